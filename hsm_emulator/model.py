@@ -1,0 +1,179 @@
+"""Typed values shared across the HSM: actions, algorithms, attributes, intents.
+
+Pure data: no I/O, no crypto. Everything here is immutable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, Protocol
+
+from .errors import InvalidInput
+
+
+class Action(str, Enum):
+    """The four key actions of seed 003's glossary, each with its own rule."""
+
+    USE = "use"
+    BLOCK = "block"
+    UNBLOCK = "unblock"
+    MODIFY = "modify"
+
+
+class KeyAlgorithm(str, Enum):
+    SECP256K1 = "SECP256K1"
+    ED25519 = "ED25519"
+    RSA = "RSA"
+    P256 = "P256"
+
+
+class SignScheme(str, Enum):
+    """How one item is signed. Chain schemes sign a digest the HSM computed itself."""
+
+    ECDSA_SECP256K1_DIGEST = "ECDSA_SECP256K1_DIGEST"  #: 32-byte digest, low-S, 64-byte r||s + recid
+    SCHNORR_BIP340_DIGEST = "SCHNORR_BIP340_DIGEST"  #: BIP340 over a BIP341 sighash, key tweaked
+    ED25519_MESSAGE = "ED25519_MESSAGE"  #: RFC 8032 over the whole message
+    #: General payload signing, as the TSB API names them (hash computed inside the HSM).
+    SHA256_WITH_RSA = "SHA256_WITH_RSA"
+    SHA256_WITH_RSA_PSS = "SHA256_WITH_RSA_PSS"
+    SHA256_WITH_ECDSA = "SHA256_WITH_ECDSA"
+    EDDSA = "EDDSA"
+
+
+@dataclass(frozen=True)
+class KeyAttributes:
+    """Seed 003's key attributes, enforced on every call."""
+
+    sign: bool = True
+    decrypt: bool = False
+    unwrap: bool = False
+    destroyable: bool = True
+    exportable: bool = False
+    derive: bool = True
+
+    @classmethod
+    def from_json(cls, data: Any) -> KeyAttributes:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise InvalidInput("attributes: must be an object")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInput(f"attributes: unknown attribute(s) {sorted(unknown)}")
+        for k, v in data.items():
+            if not isinstance(v, bool):
+                raise InvalidInput(f"attributes.{k}: must be true or false")
+        return cls(**data)
+
+    def to_json(self) -> dict[str, bool]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class IntentKind(str, Enum):
+    TRANSFER = "transfer"
+    CONTRACT_CALL = "contract_call"  #: unknown calldata: never matches amount-tier tokens
+    MESSAGE = "message"  #: typed data / off-chain message
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One outgoing movement: ``amount`` in the asset's base units (sat, wei, lamports)."""
+
+    asset: str
+    amount: int
+    destination: str
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a payload does, as decoded by the HSM itself - never as the caller claims.
+
+    Change outputs back to the wallet are not transfers. ``fee`` is volatile: a rebuilt
+    transaction may change it (fee bump, new gas price) within ``fee_cap``; everything in
+    :meth:`binding` must stay identical for approvals to remain valid.
+    """
+
+    chain: str
+    network: str
+    kind: IntentKind
+    transfers: tuple[Transfer, ...]
+    fee: int = 0
+    fee_asset: str = ""
+    details: tuple[tuple[str, str], ...] = field(default=())
+
+    def total(self, asset: str) -> int:
+        return sum(t.amount for t in self.transfers if t.asset == asset)
+
+    def assets(self) -> frozenset[str]:
+        return frozenset(t.asset for t in self.transfers)
+
+    def binding(self) -> dict[str, Any]:
+        """The fields approvals bind to: all but the volatile fee and display details."""
+        return {
+            "chain": self.chain,
+            "network": self.network,
+            "kind": self.kind.value,
+            "transfers": [
+                {"asset": t.asset, "amount": str(t.amount), "destination": t.destination}
+                for t in self.transfers
+            ],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.binding()
+        out["fee"] = str(self.fee)
+        out["feeAsset"] = self.fee_asset
+        out["details"] = {k: v for k, v in self.details}
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Intent:
+        return cls(
+            chain=data["chain"],
+            network=data["network"],
+            kind=IntentKind(data["kind"]),
+            transfers=tuple(
+                Transfer(t["asset"], int(t["amount"]), t["destination"])
+                for t in data["transfers"]
+            ),
+            fee=int(data.get("fee", "0")),
+            fee_asset=data.get("feeAsset", ""),
+            details=tuple(sorted(data.get("details", {}).items())),
+        )
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no spaces, UTF-8. Used for every digest."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class SignItem:
+    """One thing the HSM must sign for a payload.
+
+    ``path`` is relative to the request's key (e.g. ``"0/5"`` for a Bitcoin input owned by
+    the 5th receive address), or empty for the key itself. ``tweak`` is the BIP341
+    taproot tweak's merkle root (empty for key-path spends with no script tree).
+    """
+
+    scheme: SignScheme
+    data: bytes
+    path: str = ""
+    tweak: bytes = b""
+
+
+class PayloadDecoder(Protocol):
+    """Turns a payload of one type into an intent and the items to sign. Pure, no I/O.
+
+    Raises :class:`hsm_emulator.errors.DecodeError` for anything it cannot fully parse
+    (truncated, trailing bytes, unknown fields); never returns a partial intent.
+    """
+
+    payload_type: str
+
+    def decode(self, payload: bytes) -> Intent: ...
+
+    def sign_items(self, payload: bytes) -> tuple[SignItem, ...]: ...
