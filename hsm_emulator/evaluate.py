@@ -1,0 +1,208 @@
+"""Policy evaluation: pure, deterministic, the same code for dry-runs and for release.
+
+Semantics (seed 003): a rule's tokens are ORed; a token's groups are ANDed; a group is
+met by ``quorum`` *distinct* approvers of that group; ``timelock`` is the minimum and
+``timeout`` the maximum time between the HSM's timestamp of the request and release.
+Token conditions are checked on the intent the HSM decoded; a payload that could not be
+decoded (``intent is None``) only satisfies tokens without conditions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .model import Action, Intent, IntentKind
+from .policy import Conditions, Group, Policy, Token, normalize_destination
+
+#: ``spent(asset, since)``: base units this key family released since ``since``.
+SpentFn = Callable[[str, float], int]
+
+
+def _nothing_spent(asset: str, since: float) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    name: str
+    quorum: int
+    approved: tuple[str, ...]  #: fingerprints of approvers who approved
+    waiting: tuple[str, ...]  #: fingerprints who have neither approved nor rejected
+    rejected: tuple[str, ...]
+
+    @property
+    def met(self) -> bool:
+        return len(self.approved) >= self.quorum
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.quorum - len(self.approved))
+
+    @property
+    def attainable(self) -> bool:
+        return len(self.approved) + len(self.waiting) >= self.quorum
+
+
+@dataclass(frozen=True)
+class TokenStatus:
+    name: str
+    condition_failures: tuple[str, ...]
+    groups: tuple[GroupStatus, ...]
+    hold_remaining: float  #: seconds until the timelock ends (0 when past it)
+    expired: bool  #: past the timeout: this token can never release the request
+
+    @property
+    def satisfied(self) -> bool:
+        return (
+            not self.condition_failures
+            and not self.expired
+            and self.hold_remaining <= 0
+            and all(g.met for g in self.groups)
+        )
+
+    @property
+    def attainable(self) -> bool:
+        """Could still be satisfied by more approvals or by waiting."""
+        return (
+            not self.condition_failures
+            and not self.expired
+            and all(g.attainable for g in self.groups)
+        )
+
+    def describe_missing(self) -> str:
+        if self.satisfied:
+            return f"token {self.name!r}: satisfied"
+        parts = list(self.condition_failures)
+        if self.expired:
+            parts.append("timed out")
+        for g in self.groups:
+            if not g.met:
+                parts.append(f"group {g.name!r} needs {g.missing} more approval(s)")
+        if self.hold_remaining > 0:
+            parts.append(f"hold ends in {self.hold_remaining:.0f}s")
+        return f"token {self.name!r}: " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    action: Action
+    released_by: str | None  #: name of the first satisfied token, or None
+    tokens: tuple[TokenStatus, ...]
+    open_action: bool = False  #: released because the policy leaves this action open
+    no_rule: bool = False
+
+    @property
+    def released(self) -> bool:
+        return self.released_by is not None or self.open_action
+
+    @property
+    def attainable(self) -> bool:
+        return self.released or any(t.attainable for t in self.tokens)
+
+    def missing(self) -> tuple[str, ...]:
+        if self.released:
+            return ()
+        if self.no_rule:
+            return (f"no rule for action {self.action.value!r} and the policy does not leave "
+                    "it open",)
+        return tuple(t.describe_missing() for t in self.tokens)
+
+
+def evaluate(
+    policy: Policy,
+    action: Action,
+    intent: Intent | None,
+    approved: frozenset[str],
+    requested_at: float,
+    now: float,
+    *,
+    rejected: frozenset[str] = frozenset(),
+    spent: SpentFn = _nothing_spent,
+) -> Evaluation:
+    """Evaluate ``policy``'s rule for ``action`` against verified approver fingerprints."""
+    rule = policy.rule(action)
+    if rule is None:
+        open_action = action in policy.open_actions
+        return Evaluation(action, None, (), open_action=open_action, no_rule=True)
+    statuses = tuple(
+        _token_status(t, intent, approved, rejected, requested_at, now, spent) for t in rule.tokens
+    )
+    released_by = next((s.name or f"#{i}" for i, s in enumerate(statuses) if s.satisfied), None)
+    return Evaluation(action, released_by, statuses)
+
+
+def _token_status(
+    token: Token,
+    intent: Intent | None,
+    approved: frozenset[str],
+    rejected: frozenset[str],
+    requested_at: float,
+    now: float,
+    spent: SpentFn,
+) -> TokenStatus:
+    elapsed = now - requested_at
+    return TokenStatus(
+        name=token.name,
+        condition_failures=condition_failures(token.conditions, intent, now, spent),
+        groups=tuple(_group_status(g, approved, rejected) for g in token.groups),
+        hold_remaining=max(0.0, token.timelock - elapsed),
+        expired=bool(token.timeout) and elapsed > token.timeout,
+    )
+
+
+def _group_status(group: Group, approved: frozenset[str], rejected: frozenset[str]) -> GroupStatus:
+    members = [a.fingerprint for a in group.approvers]
+    return GroupStatus(
+        name=group.name,
+        quorum=group.quorum,
+        approved=tuple(fp for fp in members if fp in approved and fp not in rejected),
+        waiting=tuple(fp for fp in members if fp not in approved and fp not in rejected),
+        rejected=tuple(fp for fp in members if fp in rejected),
+    )
+
+
+def condition_failures(
+    cond: Conditions, intent: Intent | None, now: float, spent: SpentFn
+) -> tuple[str, ...]:
+    """Why ``intent`` does not meet ``cond`` (empty when it does). Fails closed."""
+    if cond.empty:
+        return ()
+    if intent is None:
+        return ("payload could not be decoded, so no condition can be checked",)
+    failures: list[str] = []
+    if cond.amounts:
+        failures.extend(_amount_failures(cond, intent))
+    if cond.destinations is not None:
+        for t in intent.transfers:
+            if normalize_destination(t.destination) not in cond.destinations:
+                failures.append(f"destination {t.destination} not on the allowlist")
+    for v in cond.velocity:
+        total = spent(v.asset, now - v.window_seconds) + intent.total(v.asset)
+        if total > v.max:
+            failures.append(
+                f"{v.asset} velocity {total} over {v.window_seconds}s exceeds limit {v.max}"
+            )
+    for f in cond.max_fee:
+        if intent.fee_asset == f.asset and intent.fee > f.max:
+            failures.append(f"fee {intent.fee} {f.asset} above cap {f.max}")
+    return tuple(failures)
+
+
+def _amount_failures(cond: Conditions, intent: Intent) -> list[str]:
+    if intent.kind is not IntentKind.TRANSFER:
+        return [f"a {intent.kind.value} is not a transfer: amount tiers do not apply"]
+    if not intent.transfers:
+        return ["no transfer to bound"]
+    bounds = {b.asset: b for b in cond.amounts}
+    failures = []
+    for asset in sorted(intent.assets()):
+        bound = bounds.get(asset)
+        total = intent.total(asset)
+        if bound is None:
+            failures.append(f"asset {asset} has no amount bound in this token")
+        elif total < bound.min:
+            failures.append(f"{asset} amount {total} below {bound.min}")
+        elif bound.max is not None and total > bound.max:
+            failures.append(f"{asset} amount {total} above {bound.max}")
+    return failures

@@ -1,0 +1,364 @@
+"""Smart Key Attributes policies: parsed from seed 003's JSON into immutable objects.
+
+The JSON shape is exactly the TSB ``POST /v1/key`` body's ``policy`` object::
+
+    {"ruleUse": {"tokens": [{"name", "timelock", "timeout",
+                             "groups": [{"name", "quorum", "approvals": [{"type", "value"}]}]}]},
+     "ruleBlock": ..., "ruleUnblock": ..., "ruleModify": ...,
+     "keyStatus": {"blocked": false}}
+
+This project adds, all optional:
+
+* ``token.conditions`` - evaluated by the HSM on the intent it decoded from the payload:
+  ``amounts`` (per asset ``min``/``max`` in base units), ``destinations`` (allowlist),
+  ``velocity`` (per asset rolling window: at most ``max`` in ``windowSeconds``) and
+  ``maxFee`` (per fee asset).
+* ``policy.openActions`` - actions a key performs freely when it has *no rule* for them.
+  Without it, an action with no rule is refused: the safe default.
+
+Times are seconds. TSB insists on multiples of 60; this HSM accepts any whole number
+of seconds (so tests and short holds work) and says so in :func:`parse_policy`.
+A ``timeout`` of 0 means no timeout. Amounts may be JSON integers or decimal strings,
+because wei amounts exceed what a JSON double can hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from .credentials import Credential, parse_credential
+from .errors import CredentialInvalid, PolicyInvalid
+from .model import Action, canonical_json
+
+#: Bounds on hostile input: no real policy comes near them.
+MAX_TOKENS = 32
+MAX_GROUPS = 16
+MAX_APPROVERS = 64
+MAX_NAME = 128
+MAX_SECONDS = 10 * 365 * 24 * 3600
+MAX_AMOUNT = 2**256 - 1
+MAX_LIST = 1024
+
+APPROVAL_TYPES = frozenset({"certificate", "public_key"})
+RULE_FIELDS = {
+    Action.USE: "ruleUse",
+    Action.BLOCK: "ruleBlock",
+    Action.UNBLOCK: "ruleUnblock",
+    Action.MODIFY: "ruleModify",
+}
+
+
+@dataclass(frozen=True)
+class Approver:
+    type: str
+    value: str
+    credential: Credential
+    name: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        return self.credential.fingerprint
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    quorum: int
+    approvers: tuple[Approver, ...]
+
+    def fingerprints(self) -> frozenset[str]:
+        return frozenset(a.fingerprint for a in self.approvers)
+
+
+@dataclass(frozen=True)
+class AmountBound:
+    asset: str
+    min: int
+    max: int | None
+
+
+@dataclass(frozen=True)
+class VelocityLimit:
+    asset: str
+    window_seconds: int
+    max: int
+
+
+@dataclass(frozen=True)
+class FeeLimit:
+    asset: str
+    max: int
+
+
+@dataclass(frozen=True)
+class Conditions:
+    amounts: tuple[AmountBound, ...] = ()
+    destinations: frozenset[str] | None = None
+    velocity: tuple[VelocityLimit, ...] = ()
+    max_fee: tuple[FeeLimit, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.amounts or self.destinations is not None or self.velocity or self.max_fee)
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    timelock: int
+    timeout: int
+    groups: tuple[Group, ...]
+    conditions: Conditions = Conditions()
+
+
+@dataclass(frozen=True)
+class Rule:
+    tokens: tuple[Token, ...]
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[tuple[Action, Rule], ...]
+    blocked: bool = False
+    open_actions: frozenset[Action] = frozenset()
+    source: str = "{}"  #: canonical JSON of the document, for hashing and display
+
+    def rule(self, action: Action) -> Rule | None:
+        for a, r in self.rules:
+            if a is action:
+                return r
+        return None
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the canonical policy document (status excluded): what attestations bind."""
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    def approvers(self) -> frozenset[str]:
+        return frozenset(
+            fp
+            for _, rule in self.rules
+            for token in rule.tokens
+            for group in token.groups
+            for fp in group.fingerprints()
+        )
+
+    def with_blocked(self, blocked: bool) -> Policy:
+        return Policy(self.rules, blocked, self.open_actions, self.source)
+
+    def to_json(self) -> dict[str, Any]:
+        import json
+
+        doc: dict[str, Any] = json.loads(self.source)
+        doc["keyStatus"] = {"blocked": self.blocked}
+        return doc
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_policy(data: Any) -> Policy:
+    """Parse and validate a policy document; :class:`PolicyInvalid` names the bad field."""
+    if data is None:
+        data = {}
+    _obj(data, "policy", {"ruleUse", "ruleBlock", "ruleUnblock", "ruleModify", "keyStatus",
+                          "openActions"})
+    rules = []
+    for action, field in RULE_FIELDS.items():
+        if data.get(field) is not None:
+            rules.append((action, _rule(data[field], f"policy.{field}")))
+    blocked = False
+    if data.get("keyStatus") is not None:
+        status = _obj(data["keyStatus"], "policy.keyStatus", {"blocked"})
+        blocked = _bool(status.get("blocked", False), "policy.keyStatus.blocked")
+    open_actions = _open_actions(data.get("openActions", []))
+    if blocked and not any(a is Action.UNBLOCK for a, _ in rules) and (
+        Action.UNBLOCK not in open_actions
+    ):
+        raise PolicyInvalid("policy.keyStatus.blocked", "a blocked key needs a ruleUnblock")
+    source_doc = {k: v for k, v in data.items() if k != "keyStatus"}
+    return Policy(tuple(rules), blocked, open_actions, canonical_json(source_doc).decode())
+
+
+def _open_actions(value: Any) -> frozenset[Action]:
+    lst = _list(value, "policy.openActions", 4)
+    out = set()
+    for i, v in enumerate(lst):
+        try:
+            out.add(Action(v))
+        except ValueError:
+            raise PolicyInvalid(f"policy.openActions[{i}]", f"unknown action {v!r}") from None
+    return frozenset(out)
+
+
+def _rule(data: Any, path: str) -> Rule:
+    _obj(data, path, {"tokens"})
+    tokens = _list(data.get("tokens"), f"{path}.tokens", MAX_TOKENS)
+    if not tokens:
+        raise PolicyInvalid(f"{path}.tokens", "a rule needs at least one token")
+    return Rule(tuple(_token(t, f"{path}.tokens[{i}]") for i, t in enumerate(tokens)))
+
+
+def _token(data: Any, path: str) -> Token:
+    _obj(data, path, {"name", "timelock", "timeout", "groups", "conditions"})
+    name = _name(data.get("name", ""), f"{path}.name")
+    timelock = _seconds(data.get("timelock", 0), f"{path}.timelock")
+    timeout = _seconds(data.get("timeout", 0), f"{path}.timeout")
+    if timeout and timelock > timeout:
+        raise PolicyInvalid(f"{path}.timelock", f"timelock {timelock}s exceeds timeout {timeout}s")
+    groups = tuple(
+        _group(g, f"{path}.groups[{i}]")
+        for i, g in enumerate(_list(data.get("groups", []), f"{path}.groups", MAX_GROUPS))
+    )
+    seen: dict[str, str] = {}
+    for gi, group in enumerate(groups):
+        for approver in group.approvers:
+            if approver.fingerprint in seen:
+                raise PolicyInvalid(
+                    f"{path}.groups[{gi}]",
+                    f"approver already in group {seen[approver.fingerprint]!r} of this token: "
+                    "one person must not count for two groups",
+                )
+            seen[approver.fingerprint] = group.name
+    conditions = _conditions(data.get("conditions"), f"{path}.conditions")
+    return Token(name, timelock, timeout, groups, conditions)
+
+
+def _group(data: Any, path: str) -> Group:
+    _obj(data, path, {"name", "quorum", "approvals"})
+    name = _name(data.get("name", ""), f"{path}.name")
+    approvals = _list(data.get("approvals"), f"{path}.approvals", MAX_APPROVERS)
+    if not approvals:
+        raise PolicyInvalid(f"{path}.approvals", "a group needs at least one approver")
+    quorum = _int(data.get("quorum"), f"{path}.quorum", 1, MAX_APPROVERS)
+    approvers = tuple(_approver(a, f"{path}.approvals[{i}]") for i, a in enumerate(approvals))
+    fps = [a.fingerprint for a in approvers]
+    if len(set(fps)) != len(fps):
+        raise PolicyInvalid(f"{path}.approvals", "duplicate approver in group")
+    if quorum > len(approvers):
+        raise PolicyInvalid(
+            f"{path}.quorum", f"quorum {quorum} larger than the group's {len(approvers)} approvers"
+        )
+    return Group(name, quorum, approvers)
+
+
+def _approver(data: Any, path: str) -> Approver:
+    _obj(data, path, {"type", "value", "name"})
+    kind = data.get("type")
+    if kind not in APPROVAL_TYPES:
+        raise PolicyInvalid(f"{path}.type", f"unknown approval type {kind!r}; "
+                            f"expected one of {sorted(APPROVAL_TYPES)}")
+    value = data.get("value")
+    if not isinstance(value, str):
+        raise PolicyInvalid(f"{path}.value", "must be a base64 string")
+    try:
+        credential = parse_credential(kind, value)
+    except CredentialInvalid as exc:
+        raise PolicyInvalid(f"{path}.value", exc.reason) from None
+    return Approver(kind, value, credential, _name(data.get("name", ""), f"{path}.name"))
+
+
+def _conditions(data: Any, path: str) -> Conditions:
+    if data is None:
+        return Conditions()
+    _obj(data, path, {"amounts", "destinations", "velocity", "maxFee"})
+    amounts = []
+    for i, a in enumerate(_list(data.get("amounts", []), f"{path}.amounts", MAX_LIST)):
+        p = f"{path}.amounts[{i}]"
+        _obj(a, p, {"asset", "min", "max"})
+        lo = _amount(a.get("min", 0), f"{p}.min")
+        hi = None if a.get("max") is None else _amount(a["max"], f"{p}.max")
+        if hi is not None and hi < lo:
+            raise PolicyInvalid(f"{p}.max", "max below min")
+        amounts.append(AmountBound(_asset(a.get("asset"), f"{p}.asset"), lo, hi))
+    if len({a.asset for a in amounts}) != len(amounts):
+        raise PolicyInvalid(f"{path}.amounts", "one bound per asset")
+    destinations = None
+    if data.get("destinations") is not None:
+        dests = _list(data["destinations"], f"{path}.destinations", MAX_LIST)
+        for i, d in enumerate(dests):
+            if not isinstance(d, str) or not d or len(d) > 256:
+                raise PolicyInvalid(f"{path}.destinations[{i}]", "must be an address string")
+        destinations = frozenset(normalize_destination(d) for d in dests)
+    velocity = []
+    for i, v in enumerate(_list(data.get("velocity", []), f"{path}.velocity", MAX_LIST)):
+        p = f"{path}.velocity[{i}]"
+        _obj(v, p, {"asset", "windowSeconds", "max"})
+        window = _seconds(v.get("windowSeconds"), f"{p}.windowSeconds")
+        if window == 0:
+            raise PolicyInvalid(f"{p}.windowSeconds", "must be positive")
+        velocity.append(VelocityLimit(_asset(v.get("asset"), f"{p}.asset"), window,
+                                      _amount(v.get("max"), f"{p}.max")))
+    fees = []
+    for i, f in enumerate(_list(data.get("maxFee", []), f"{path}.maxFee", MAX_LIST)):
+        p = f"{path}.maxFee[{i}]"
+        _obj(f, p, {"asset", "max"})
+        fees.append(FeeLimit(_asset(f.get("asset"), f"{p}.asset"), _amount(f.get("max"), f"{p}.max")))
+    return Conditions(tuple(amounts), destinations, tuple(velocity), tuple(fees))
+
+
+def normalize_destination(address: str) -> str:
+    """Hex (Ethereum) addresses compare case-insensitively; others exactly."""
+    return address.lower() if address[:2] in ("0x", "0X") else address
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def _obj(data: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise PolicyInvalid(path, "must be an object")
+    unknown = set(data) - allowed
+    if unknown:
+        raise PolicyInvalid(path, f"unknown field(s) {sorted(unknown)}")
+    return data
+
+
+def _list(data: Any, path: str, limit: int) -> list[Any]:
+    if not isinstance(data, list):
+        raise PolicyInvalid(path, "must be a list")
+    if len(data) > limit:
+        raise PolicyInvalid(path, f"at most {limit} entries")
+    return data
+
+
+def _int(value: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyInvalid(path, "must be a whole number")
+    if not lo <= value <= hi:
+        raise PolicyInvalid(path, f"must be between {lo} and {hi}")
+    return value
+
+
+def _seconds(value: Any, path: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise PolicyInvalid(path, "must not be negative")
+    return _int(value, path, 0, MAX_SECONDS)
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise PolicyInvalid(path, "must be true or false")
+    return value
+
+
+def _name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_NAME:
+        raise PolicyInvalid(path, f"must be a string of at most {MAX_NAME} characters")
+    return value
+
+
+def _asset(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise PolicyInvalid(path, "must be an asset symbol (1-64 characters)")
+    return value
+
+
+def _amount(value: Any, path: str) -> int:
+    if isinstance(value, str):
+        if not value.isdigit() or len(value) > 78:
+            raise PolicyInvalid(path, "must be a non-negative whole number of base units")
+        value = int(value)
+    return _int(value, path, 0, MAX_AMOUNT)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hsm_emulator import Hsm, ManualClock, Passphrase
+from tests.helpers import Approver
+
+#: Cheap scrypt in tests only; the default cost is used everywhere else.
+TEST_PASSPHRASE = Passphrase("correct horse battery staple", scrypt_n=2**10)
+SO = "security-officer-passphrase"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def hsm(tmp_path: Path, clock: ManualClock) -> Iterator[Hsm]:
+    h = Hsm.open(tmp_path / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO, clock=clock)
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="session")
+def people() -> dict[str, Approver]:
+    """Three traders, two compliance officers, one outsider: real P-256/Ed25519 keys."""
+    return {
+        "t1": Approver.new("trader-1", "P256"),
+        "t2": Approver.new("trader-2", "ED25519"),
+        "t3": Approver.new("trader-3", "SECP256K1"),
+        "c1": Approver.new("compliance-1", "P256"),
+        "c2": Approver.new("compliance-2", "ED25519"),
+        "x": Approver.new("outsider", "P256"),
+    }
