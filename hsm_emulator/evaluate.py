@@ -88,6 +88,7 @@ class TokenStatus:
 class Evaluation:
     action: Action
     released_by: str | None  #: name of the first satisfied token, or None
+    #: every token when nothing releases; up to the releasing token when one does
     tokens: tuple[TokenStatus, ...]
     open_action: bool = False  #: released because the policy leaves this action open
     no_rule: bool = False
@@ -125,11 +126,13 @@ def evaluate(
     if rule is None:
         open_action = action in policy.open_actions
         return Evaluation(action, None, (), open_action=open_action, no_rule=True)
-    statuses = tuple(
-        _token_status(t, intent, approved, rejected, requested_at, now, spent) for t in rule.tokens
-    )
-    released_by = next((s.name or f"#{i}" for i, s in enumerate(statuses) if s.satisfied), None)
-    return Evaluation(action, released_by, statuses)
+    statuses = []
+    for i, t in enumerate(rule.tokens):  # in policy order; the first satisfied one releases
+        status = _token_status(t, intent, approved, rejected, requested_at, now, spent)
+        statuses.append(status)
+        if status.satisfied:
+            return Evaluation(action, status.name or f"#{i}", tuple(statuses))
+    return Evaluation(action, None, tuple(statuses))
 
 
 def _token_status(

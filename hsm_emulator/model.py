@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 from .errors import InvalidInput
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """The four key actions of seed 003's glossary, each with its own rule."""
 
     USE = "use"
@@ -22,17 +22,18 @@ class Action(str, Enum):
     MODIFY = "modify"
 
 
-class KeyAlgorithm(str, Enum):
+class KeyAlgorithm(StrEnum):
     SECP256K1 = "SECP256K1"
     ED25519 = "ED25519"
     RSA = "RSA"
     P256 = "P256"
 
 
-class SignScheme(str, Enum):
+class SignScheme(StrEnum):
     """How one item is signed. Chain schemes sign a digest the HSM computed itself."""
 
-    ECDSA_SECP256K1_DIGEST = "ECDSA_SECP256K1_DIGEST"  #: 32-byte digest, low-S, 64-byte r||s + recid
+    #: 32-byte digest; low-S r||s plus the recovery id (65 bytes)
+    ECDSA_SECP256K1_DIGEST = "ECDSA_SECP256K1_DIGEST"
     SCHNORR_BIP340_DIGEST = "SCHNORR_BIP340_DIGEST"  #: BIP340 over a BIP341 sighash, key tweaked
     ED25519_MESSAGE = "ED25519_MESSAGE"  #: RFC 8032 over the whole message
     #: General payload signing, as the TSB API names them (hash computed inside the HSM).
@@ -72,7 +73,7 @@ class KeyAttributes:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-class IntentKind(str, Enum):
+class IntentKind(StrEnum):
     TRANSFER = "transfer"
     CONTRACT_CALL = "contract_call"  #: unknown calldata: never matches amount-tier tokens
     MESSAGE = "message"  #: typed data / off-chain message

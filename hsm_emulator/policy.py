@@ -25,6 +25,7 @@ because wei amounts exceed what a JSON double can hold.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,8 +150,6 @@ class Policy:
         return Policy(self.rules, blocked, self.open_actions, self.source)
 
     def to_json(self) -> dict[str, Any]:
-        import json
-
         doc: dict[str, Any] = json.loads(self.source)
         doc["keyStatus"] = {"blocked": self.blocked}
         return doc
@@ -295,7 +294,8 @@ def _conditions(data: Any, path: str) -> Conditions:
     for i, f in enumerate(_list(data.get("maxFee", []), f"{path}.maxFee", MAX_LIST)):
         p = f"{path}.maxFee[{i}]"
         _obj(f, p, {"asset", "max"})
-        fees.append(FeeLimit(_asset(f.get("asset"), f"{p}.asset"), _amount(f.get("max"), f"{p}.max")))
+        fees.append(FeeLimit(_asset(f.get("asset"), f"{p}.asset"),
+                             _amount(f.get("max"), f"{p}.max")))
     return Conditions(tuple(amounts), destinations, tuple(velocity), tuple(fees))
 
 

@@ -1,0 +1,492 @@
+"""Approver credentials: parse them once, identify them stably, verify their signatures.
+
+An approver is named in a key's policy by a certificate or a bare public key, exactly as
+the Securosys TSB does (``{"type": "certificate" | "public_key", "value": <base64 DER>}``).
+The HSM trusts the *policy*, not a CA: a certificate is only a wrapper around the
+approver's public key, so its dates and issuer are not enforced here. What matters is
+the key, and the approver's identity is the SHA-256 of its canonical SubjectPublicKeyInfo,
+so the certificate and the bare public key of one key are one approver.
+
+Everything here is pure (no I/O, no clock): callers pass ``now`` and keep replay state.
+Every refusal is an :class:`HsmError` subclass; nothing leaks a bare ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from functools import lru_cache
+from typing import Final, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from hsm_emulator.errors import ApprovalRefused, CredentialInvalid, InvalidInput
+
+__all__ = [
+    "MAX_CREDENTIAL_CHARS",
+    "Credential",
+    "CredentialKind",
+    "RsaPadding",
+    "SignatureEncoding",
+    "b64decode_strict",
+    "credential_from_public_key",
+    "parse_credential",
+    "verify",
+    "verify_timestamp",
+]
+
+MAX_CREDENTIAL_CHARS: Final = 16 * 1024
+"""Largest credential text accepted; an RSA-8192 certificate in PEM is well under half."""
+
+RSA_MIN_BITS: Final = 2048
+RSA_MAX_BITS: Final = 8192
+MAX_TIMESTAMP_CHARS: Final = 64
+
+SignatureEncoding = Literal["any", "der", "p1363"]
+RsaPadding = Literal["any", "pkcs1v15", "pss"]
+
+
+_DIGESTS: Final[dict[str, type[hashes.HashAlgorithm]]] = {
+    "SHA256": hashes.SHA256,
+    "SHA384": hashes.SHA384,
+    "SHA512": hashes.SHA512,
+}
+
+_PEM_RE: Final = re.compile(
+    r"\A\s*-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----\s*\Z", re.DOTALL
+)
+_PEM_LABEL: Final = {"certificate": "CERTIFICATE", "public_key": "PUBLIC KEY"}
+_WHITESPACE_RE: Final = re.compile(r"\s+")
+
+
+class CredentialKind(StrEnum):
+    """The key types an approver may hold; anything else is refused at policy time."""
+
+    RSA = "RSA"
+    P256 = "P256"
+    SECP256K1 = "SECP256K1"
+    ED25519 = "ED25519"
+
+
+# ECDSA group orders, to refuse r or s outside [1, n-1] before the library sees them.
+_EC_ORDER: Final[dict[CredentialKind, int]] = {
+    CredentialKind.P256: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    CredentialKind.SECP256K1: 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141,
+}
+_EC_FIELD_BYTES: Final = 32
+
+
+@dataclass(frozen=True)
+class Credential:
+    """An approver's public key, in canonical DER SubjectPublicKeyInfo form.
+
+    Construction validates that ``spki_der`` is a supported key of type ``kind`` and is
+    canonical (re-encoding gives the same bytes), so two credentials of one key always
+    compare equal and share a fingerprint. ``certificate_not_after`` is informative only
+    (a client may warn about it) and takes no part in equality.
+    """
+
+    kind: CredentialKind
+    spki_der: bytes
+    certificate_not_after: datetime | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, CredentialKind):
+            raise CredentialInvalid(f"kind must be a CredentialKind, got {self.kind!r}")
+        if not isinstance(self.spki_der, bytes):
+            raise CredentialInvalid("spki_der must be bytes")
+        key = _load_spki(self.spki_der)
+        actual = _classify(key)
+        if actual is not self.kind:
+            raise CredentialInvalid(f"key is {actual.value}, not {self.kind.value}")
+        if _spki_of(key) != self.spki_der:
+            raise CredentialInvalid("spki_der is not in canonical DER form")
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 hex of the SPKI: the approver's stable identity across cert renewals."""
+        return hashlib.sha256(self.spki_der).hexdigest()
+
+    @property
+    def public_key_b64(self) -> str:
+        """Base64 SPKI, the form TSB shows in ``approvedBy`` / ``notYetApprovedBy``."""
+        return base64.b64encode(self.spki_der).decode("ascii")
+
+
+# --------------------------------------------------------------------------- base64
+
+
+def b64decode_strict(s: str, what: str) -> bytes:
+    """Decode standard base64 that must be canonical: padded, no whitespace, no junk.
+
+    Canonical means re-encoding gives back ``s`` exactly, so one byte string has one
+    textual form and nothing can hide in padding bits. Raises InvalidInput naming ``what``.
+    """
+    if not isinstance(s, str):
+        raise InvalidInput(f"{what}: expected a base64 string, got {type(s).__name__}")
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"{what}: not valid base64 ({exc})") from None
+    if base64.b64encode(raw).decode("ascii") != s:
+        raise InvalidInput(f"{what}: base64 is not canonical (padding or trailing bits)")
+    return raw
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_credential(kind: str, value: str) -> Credential:
+    """Parse a TSB approver entry: ``kind`` is "certificate" or "public_key".
+
+    ``value`` is base64 DER (the TSB form, no newlines); PEM armour and embedded
+    whitespace are tolerated because people paste ``openssl`` output. Certificate
+    validity dates are not checked: the policy that lists the approver is the anchor.
+    """
+    if not isinstance(kind, str) or kind not in _PEM_LABEL:
+        raise CredentialInvalid(f"unknown credential type {kind!r}; use certificate/public_key")
+    der = _decode_text(kind, value)
+    if kind == "certificate":
+        return _from_certificate_der(der)
+    return credential_from_public_key(_load_spki(der))
+
+
+def credential_from_public_key(pk: PublicKeyTypes) -> Credential:
+    """Build a Credential from a ``cryptography`` public key (tests, CLI approver)."""
+    return Credential(kind=_classify(pk), spki_der=_spki_of(pk))
+
+
+def _decode_text(kind: str, value: str) -> bytes:
+    """Strip optional PEM armour and whitespace, then strict-base64 decode to DER."""
+    if not isinstance(value, str):
+        raise CredentialInvalid(f"{kind}: value must be a string")
+    if len(value) > MAX_CREDENTIAL_CHARS:
+        raise CredentialInvalid(f"{kind}: value longer than {MAX_CREDENTIAL_CHARS} characters")
+    body = value
+    match = _PEM_RE.match(value)
+    if match is not None:
+        if match.group(1) != _PEM_LABEL[kind]:
+            raise CredentialInvalid(f"{kind}: PEM label {match.group(1)!r} is not expected")
+        body = match.group(2)
+    compact = _WHITESPACE_RE.sub("", body)
+    if not compact:
+        raise CredentialInvalid(f"{kind}: empty value")
+    try:
+        return b64decode_strict(compact, kind)
+    except InvalidInput as exc:
+        raise CredentialInvalid(exc.reason) from None
+
+
+def _from_certificate_der(der: bytes) -> Credential:
+    """Take the public key out of an X.509 certificate; trailing bytes are refused."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        key = cert.public_key()
+        not_after = cert.not_valid_after_utc
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        raise CredentialInvalid(f"certificate: cannot parse DER X.509 ({_short(exc)})") from None
+    base = credential_from_public_key(key)
+    return Credential(base.kind, base.spki_der, certificate_not_after=not_after)
+
+
+@lru_cache(maxsize=512)
+def _load_spki(der: bytes) -> PublicKeyTypes:
+    """Parse DER SubjectPublicKeyInfo (cached: policies verify the same keys repeatedly)."""
+    try:
+        return serialization.load_der_public_key(der)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise CredentialInvalid(f"public_key: cannot parse DER SPKI ({_short(exc)})") from None
+
+
+def _spki_of(pk: PublicKeyTypes) -> bytes:
+    return pk.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _classify(pk: PublicKeyTypes) -> CredentialKind:
+    """Map a key to its kind, refusing weak RSA and every curve but P-256/secp256k1."""
+    if isinstance(pk, rsa.RSAPublicKey):
+        if not RSA_MIN_BITS <= pk.key_size <= RSA_MAX_BITS:
+            raise CredentialInvalid(
+                f"RSA key of {pk.key_size} bits; need {RSA_MIN_BITS}..{RSA_MAX_BITS}"
+            )
+        if pk.public_numbers().n % 2 == 0:
+            raise CredentialInvalid("RSA modulus is even: not a valid RSA key")
+        return CredentialKind.RSA
+    if isinstance(pk, ec.EllipticCurvePublicKey):
+        if isinstance(pk.curve, ec.SECP256R1):
+            return CredentialKind.P256
+        if isinstance(pk.curve, ec.SECP256K1):
+            return CredentialKind.SECP256K1
+        raise CredentialInvalid(f"EC curve {pk.curve.name} unsupported; use P-256 or secp256k1")
+    if isinstance(pk, ed25519.Ed25519PublicKey):
+        if not _ed25519_prime_order(pk.public_bytes_raw()):
+            raise CredentialInvalid("Ed25519 key is not a point of prime order L")
+        return CredentialKind.ED25519
+    raise CredentialInvalid(f"unsupported key type {type(pk).__name__}")
+
+
+def _short(exc: BaseException) -> str:
+    """First line of a library error, so reasons stay short and free of dumps."""
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- Ed25519 keys
+# A small-order Ed25519 key (the identity, a torsion point) lets anyone forge
+# signatures that verify: Wycheproof rates them "acceptable" for a verifier, but an
+# approver key must be a real key. Real keys A = [s]B lie in the subgroup of prime order
+# L, so we require [L]A = O and A != O (which also rules out mixed-order keys, whose
+# signatures verify differently under cofactored and cofactorless verifiers).
+# Arithmetic follows RFC 8032 sections 5.1.3-5.1.4 (extended coordinates).
+
+_ED_P: Final = 2**255 - 19
+_ED_D: Final = -121665 * pow(121666, -1, 2**255 - 19) % (2**255 - 19)
+_ED_L: Final = 2**252 + 27742317777372353535851937790883648493
+_ED_SQRT_M1: Final = pow(2, (2**255 - 20) // 4, 2**255 - 19)
+_EdPoint = tuple[int, int, int, int]
+_ED_IDENTITY: Final[_EdPoint] = (0, 1, 1, 0)
+
+
+@lru_cache(maxsize=512)
+def _ed25519_prime_order(encoded: bytes) -> bool:
+    point = _ed_decode(encoded)
+    if point is None or _ed_equal(point, _ED_IDENTITY):
+        return False
+    return _ed_equal(_ed_mul(_ED_L, point), _ED_IDENTITY)
+
+
+def _ed_decode(encoded: bytes) -> _EdPoint | None:
+    """RFC 8032 5.1.3 point decoding; None for a non-canonical or off-curve encoding."""
+    if len(encoded) != 32:
+        return None
+    y = int.from_bytes(encoded, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    if y >= _ED_P:
+        return None
+    x2 = (y * y - 1) * pow(_ED_D * y * y + 1, -1, _ED_P) % _ED_P
+    x = pow(x2, (_ED_P + 3) // 8, _ED_P)
+    if (x * x - x2) % _ED_P != 0:
+        x = x * _ED_SQRT_M1 % _ED_P
+    if (x * x - x2) % _ED_P != 0 or (x == 0 and sign == 1):
+        return None
+    if x & 1 != sign:
+        x = _ED_P - x
+    return (x, y, 1, x * y % _ED_P)
+
+
+def _ed_add(a: _EdPoint, b: _EdPoint) -> _EdPoint:
+    p = _ED_P
+    aa = (a[1] - a[0]) * (b[1] - b[0]) % p
+    bb = (a[1] + a[0]) * (b[1] + b[0]) % p
+    cc = 2 * a[3] * b[3] * _ED_D % p
+    dd = 2 * a[2] * b[2] % p
+    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
+    return (e * f % p, g * h % p, f * g % p, e * h % p)
+
+
+def _ed_mul(scalar: int, point: _EdPoint) -> _EdPoint:
+    result = _ED_IDENTITY
+    while scalar > 0:
+        if scalar & 1:
+            result = _ed_add(result, point)
+        point = _ed_add(point, point)
+        scalar >>= 1
+    return result
+
+
+def _ed_equal(a: _EdPoint, b: _EdPoint) -> bool:
+    p = _ED_P
+    return (a[0] * b[2] - b[0] * a[2]) % p == 0 and (a[1] * b[2] - b[1] * a[2]) % p == 0
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify(
+    cred: Credential,
+    message: bytes,
+    signature: bytes,
+    digest: str = "SHA-256",
+    *,
+    encoding: SignatureEncoding = "any",
+    rsa_padding: RsaPadding = "any",
+) -> bool:
+    """True iff ``signature`` is a valid signature of ``message`` by ``cred``.
+
+    A bad signature is an ordinary outcome, so it returns False and never raises; only
+    caller mistakes (unknown digest, encoding or padding name) raise InvalidInput.
+
+    * RSA: PKCS#1 v1.5 or PSS (MGF1 with the same hash, any salt length: PSS.AUTO),
+      because approval clients differ and both are sound; ``rsa_padding`` narrows that.
+    * ECDSA: strict DER or raw r||s (IEEE P1363, what WebCrypto emits); ``encoding``
+      narrows that. r and s must lie in [1, n-1]. Note a valid signature has several
+      accepted byte forms (DER/P1363, and s/n-s), so replay tracking must key on the
+      challenge, never on the signature bytes.
+    * Ed25519: pure EdDSA over ``message``; ``digest`` is validated but not used.
+    """
+    algorithm = _digest(digest)
+    if encoding not in ("any", "der", "p1363"):
+        raise InvalidInput(f"unknown signature encoding {encoding!r}")
+    if rsa_padding not in ("any", "pkcs1v15", "pss"):
+        raise InvalidInput(f"unknown RSA padding {rsa_padding!r}")
+    if not isinstance(message, bytes) or not isinstance(signature, bytes):
+        return False
+    key = _load_spki(cred.spki_der)
+    if isinstance(key, rsa.RSAPublicKey):
+        return _verify_rsa(key, message, signature, algorithm, rsa_padding=rsa_padding)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return _verify_ecdsa(key, cred.kind, message, signature, algorithm, encoding=encoding)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return _verify_ed25519(key, message, signature)
+    return False  # unreachable: Credential refuses other key types at construction
+
+
+def _digest(name: str) -> hashes.HashAlgorithm:
+    """Accept "SHA-256" (the TSB spelling) and the usual variants "SHA256"/"sha_256"."""
+    if not isinstance(name, str):
+        raise InvalidInput("digest must be a string such as 'SHA-256'")
+    normalised = name.upper().replace("-", "").replace("_", "")
+    factory = _DIGESTS.get(normalised)
+    if factory is None:
+        raise InvalidInput(f"unsupported digest {name!r}; use SHA-256, SHA-384 or SHA-512")
+    return factory()
+
+
+def _verify_rsa(
+    key: rsa.RSAPublicKey,
+    message: bytes,
+    signature: bytes,
+    algorithm: hashes.HashAlgorithm,
+    *,
+    rsa_padding: RsaPadding,
+) -> bool:
+    schemes: list[padding.AsymmetricPadding] = []
+    if rsa_padding in ("any", "pkcs1v15"):
+        schemes.append(padding.PKCS1v15())
+    if rsa_padding in ("any", "pss"):
+        schemes.append(padding.PSS(mgf=padding.MGF1(algorithm), salt_length=padding.PSS.AUTO))
+    return any(_try(key.verify, signature, message, scheme, algorithm) for scheme in schemes)
+
+
+def _verify_ecdsa(
+    key: ec.EllipticCurvePublicKey,
+    kind: CredentialKind,
+    message: bytes,
+    signature: bytes,
+    algorithm: hashes.HashAlgorithm,
+    *,
+    encoding: SignatureEncoding,
+) -> bool:
+    order = _EC_ORDER[kind]
+    candidates: list[tuple[int, int]] = []
+    if encoding in ("any", "der"):
+        candidates += _parse_der_rs(signature)
+    if encoding in ("any", "p1363"):
+        candidates += _parse_p1363_rs(signature)
+    sig_algorithm = ec.ECDSA(algorithm)
+    for r, s in candidates:
+        if not (0 < r < order and 0 < s < order):
+            continue
+        if _try(key.verify, encode_dss_signature(r, s), message, sig_algorithm):
+            return True
+    return False
+
+
+def _parse_der_rs(signature: bytes) -> list[tuple[int, int]]:
+    """(r, s) from a DER ECDSA-Sig-Value, only if the encoding is the canonical one."""
+    try:
+        r, s = decode_dss_signature(signature)
+    except ValueError:
+        return []
+    if r <= 0 or s <= 0 or encode_dss_signature(r, s) != signature:
+        return []
+    return [(r, s)]
+
+
+def _parse_p1363_rs(signature: bytes) -> list[tuple[int, int]]:
+    """(r, s) from fixed-width big-endian r||s; only the exact 64-byte length is valid."""
+    if len(signature) != 2 * _EC_FIELD_BYTES:
+        return []
+    half = _EC_FIELD_BYTES
+    return [(int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big"))]
+
+
+def _verify_ed25519(key: ed25519.Ed25519PublicKey, message: bytes, signature: bytes) -> bool:
+    if len(signature) != 64:
+        return False
+    return _try(key.verify, signature, message)
+
+
+def _try(check: Callable[..., None], *args: object) -> bool:
+    """Call a ``cryptography`` ``verify`` method; any of its exceptions means "not valid"."""
+    try:
+        check(*args)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+def verify_timestamp(
+    cred: Credential,
+    timestamp: str,
+    signature_b64: str,
+    now: float,
+    max_skew: float = 300.0,
+    digest: str = "SHA-256",
+) -> float:
+    """Check a signed timestamp (TSB's proof of key possession for listing tasks).
+
+    ``timestamp`` is ISO-8601 with an explicit offset ("2023-10-30T17:30:24+00:00");
+    the signature covers its exact UTF-8 bytes. Returns the timestamp as epoch seconds.
+    Raises ApprovalRefused for anything wrong (malformed, bad signature, |now-ts| >
+    ``max_skew``). The signature is checked before the clock so that a skew refusal
+    always concerns a genuine approver. Replay tracking (remembering used timestamps
+    per approver) is the caller's job: this function has no state.
+    """
+    instant = _parse_timestamp(timestamp)
+    try:
+        signature = b64decode_strict(signature_b64, "timestampSignature")
+        valid = verify(cred, timestamp.encode("utf-8"), signature, digest)
+    except InvalidInput as exc:
+        raise ApprovalRefused(exc.reason) from None
+    if not valid:
+        raise ApprovalRefused("timestamp signature does not verify with the approver's key")
+    if not abs(now - instant) <= max_skew:  # written so that a NaN refuses
+        raise ApprovalRefused(
+            f"timestamp {timestamp} is {now - instant:+.0f}s from HSM time; max skew {max_skew:g}s"
+        )
+    return instant
+
+
+def _parse_timestamp(timestamp: str) -> float:
+    """ISO-8601 to epoch seconds; a naive timestamp is ambiguous and therefore refused."""
+    if not isinstance(timestamp, str) or len(timestamp) > MAX_TIMESTAMP_CHARS:
+        raise ApprovalRefused("timestamp must be an ISO-8601 string of reasonable length")
+    if not timestamp.isascii():
+        raise ApprovalRefused("timestamp must be ASCII ISO-8601")
+    try:
+        parsed = datetime.fromisoformat(timestamp)
+    except ValueError:
+        raise ApprovalRefused(f"timestamp {timestamp!r} is not ISO-8601") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ApprovalRefused(f"timestamp {timestamp!r} has no timezone offset")
+    return parsed.timestamp()
