@@ -1,0 +1,17 @@
+"""The emulated HSM with Smart Key Attributes: keys that never leave, policies it enforces.
+
+Start with :class:`Hsm` (``Hsm.open(path, Passphrase(...), so_passphrase=...)``) and
+reach it through an :class:`HsmClient`.
+"""
+
+from .clock import Clock, ManualClock, SystemClock
+from .errors import HsmError
+from .flow import Approval, Hsm
+from .model import Action, Intent, IntentKind, KeyAlgorithm, KeyAttributes, SignScheme, Transfer
+from .store import KeyFile, Passphrase
+
+__all__ = [
+    "Action", "Approval", "Clock", "Hsm", "HsmError", "Intent", "IntentKind", "KeyAlgorithm",
+    "KeyAttributes", "KeyFile", "ManualClock", "Passphrase", "SignScheme", "SystemClock",
+    "Transfer",
+]

@@ -1,0 +1,92 @@
+"""The approval challenge (``approvalToBeSigned``): what an approver sees and signs.
+
+Encoding, version 1 - canonical JSON (sorted keys, no spaces, UTF-8), base64 on the wire::
+
+    {"format": "ska-challenge", "version": 1,
+     "body": {"requestId", "keyLabel", "action", "payloadType", "payloadDigest",
+              "intent" | null, "feeCap" | null, "hsmTime", "hsmTimestamp",
+              "policyDigest", "newPolicyDigest" | null, "initiator", "hsmId"},
+     "signature": base64(P1363 ECDSA P-256 over "SKA-CHALLENGE-v1:" + canonical(body))}
+
+The HSM's signature lets an approver client check, with the HSM's public identity key
+alone, that the broker did not alter what it shows (what you see is what you sign). The
+approver then signs the decoded envelope bytes exactly as received.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ApprovalRefused
+from .identity import Domain, IdentityKey, verify_identity
+from .model import canonical_json
+
+FORMAT = "ska-challenge"
+VERSION = 1
+MAX_CHALLENGE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Challenge:
+    request_id: str
+    envelope: bytes  #: the exact bytes approvers sign
+
+    @property
+    def approval_to_be_signed(self) -> str:
+        return base64.b64encode(self.envelope).decode()
+
+    @property
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.envelope)["body"]
+        return body
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requestId": self.request_id, "approvalToBeSigned": self.approval_to_be_signed}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Challenge:
+        return cls(d["requestId"], base64.b64decode(d["approvalToBeSigned"]))
+
+
+def seal_challenge(identity: IdentityKey, body: dict[str, Any]) -> bytes:
+    signature = identity.sign(Domain.CHALLENGE, canonical_json(body))
+    return canonical_json({
+        "format": FORMAT,
+        "version": VERSION,
+        "body": body,
+        "signature": base64.b64encode(signature).decode(),
+    })
+
+
+def open_challenge(envelope: bytes | str, hsm_public_der: bytes) -> dict[str, Any]:
+    """Check a challenge's HSM signature and return its body; for approver clients.
+
+    Accepts the raw envelope bytes or the base64 ``approvalToBeSigned`` string.
+    Raises :class:`ApprovalRefused` for anything altered, malformed or of another version.
+    """
+    if isinstance(envelope, str):
+        try:
+            envelope = base64.b64decode(envelope, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApprovalRefused("challenge is not valid base64") from None
+    if len(envelope) > MAX_CHALLENGE:
+        raise ApprovalRefused("challenge too large")
+    try:
+        doc = json.loads(envelope)
+        body = doc["body"]
+        signature = base64.b64decode(doc["signature"], validate=True)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise ApprovalRefused("challenge is not a well-formed SKA challenge") from None
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise ApprovalRefused("challenge format or version not supported")
+    if not isinstance(body, dict):
+        raise ApprovalRefused("challenge body must be an object")
+    if canonical_json(doc) != envelope:
+        raise ApprovalRefused("challenge is not in canonical form")
+    if not verify_identity(hsm_public_der, Domain.CHALLENGE, canonical_json(body), signature):
+        raise ApprovalRefused("challenge was not issued by this HSM or was altered")
+    return body

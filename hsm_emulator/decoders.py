@@ -1,0 +1,153 @@
+"""The payload decoder registry, and a test decoder until the chain decoders exist.
+
+The HSM evaluates amount, destination and velocity conditions on what *it* decodes
+from the payload it will sign - never on a number the caller claims. Chain decoders
+(``chains/``) register themselves here; ``UNSPECIFIED`` payloads have no intent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import DecodeError, InvalidInput
+from .model import Intent, IntentKind, PayloadDecoder, SignItem, SignScheme, Transfer
+
+UNSPECIFIED = "UNSPECIFIED"
+MAX_PAYLOAD = 1024 * 1024
+
+
+class DecoderRegistry:
+    def __init__(self, decoders: Iterable[PayloadDecoder] = ()) -> None:
+        self._decoders: dict[str, PayloadDecoder] = {}
+        for d in decoders:
+            self.register(d)
+
+    def register(self, decoder: PayloadDecoder) -> None:
+        if decoder.payload_type == UNSPECIFIED:
+            raise InvalidInput("UNSPECIFIED payloads cannot have a decoder")
+        self._decoders[decoder.payload_type] = decoder
+
+    def types(self) -> list[str]:
+        return sorted(self._decoders)
+
+    def get(self, payload_type: str) -> PayloadDecoder | None:
+        if payload_type == UNSPECIFIED:
+            return None
+        decoder = self._decoders.get(payload_type)
+        if decoder is None:
+            raise DecodeError(f"no decoder for payload type {payload_type!r}; known: "
+                              f"{[UNSPECIFIED, *self.types()]}")
+        return decoder
+
+    def decode(self, payload_type: str, payload: bytes) -> Intent | None:
+        """The intent of ``payload``, or None for UNSPECIFIED. Never a partial intent."""
+        return self.prepare(payload_type, payload)[0]
+
+    def prepare(self, payload_type: str, payload: bytes,
+                ) -> tuple[Intent | None, tuple[SignItem, ...]]:
+        """The intent and the items to sign, from one parse where the decoder allows it."""
+        if len(payload) > MAX_PAYLOAD:
+            raise DecodeError(f"payload larger than {MAX_PAYLOAD} bytes")
+        decoder = self.get(payload_type)
+        if decoder is None:
+            return None, ()
+        try:
+            prepare = getattr(decoder, "prepare", None)
+            if prepare is not None:
+                intent, items = prepare(payload)
+            else:
+                intent, items = decoder.decode(payload), decoder.sign_items(payload)
+        except DecodeError:
+            raise
+        except Exception as exc:  # a decoder bug must never become a signature
+            raise DecodeError(f"{payload_type} payload could not be decoded: {exc}") from None
+        if not items:
+            raise DecodeError(f"{payload_type}: nothing to sign")
+        return intent, tuple(items)
+
+
+class JsonTransferDecoder:
+    """``TEST_TRANSFER``: a JSON transfer for tests and demos before real chains.
+
+    ``{"asset": "TST", "amount": "123", "destination": "addr", "fee": "1", "nonce": 0}``;
+    unknown fields, missing fields and non-canonical amounts are refused. Signing uses
+    secp256k1 ECDSA over SHA-256 of the payload, or Ed25519 over the payload.
+    """
+
+    payload_type = "TEST_TRANSFER"
+    FIELDS = frozenset({"asset", "amount", "destination", "fee", "nonce", "kind"})
+
+    def __init__(self, scheme: SignScheme = SignScheme.ECDSA_SECP256K1_DIGEST) -> None:
+        self.scheme = scheme
+
+    def _parse(self, payload: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise DecodeError("TEST_TRANSFER payload is not JSON") from None
+        if not isinstance(doc, dict):
+            raise DecodeError("TEST_TRANSFER payload must be an object")
+        unknown = set(doc) - self.FIELDS
+        missing = {"asset", "amount", "destination"} - set(doc)
+        if unknown or missing:
+            raise DecodeError(f"TEST_TRANSFER fields: unknown {sorted(unknown)}, "
+                              f"missing {sorted(missing)}")
+        return doc
+
+    def decode(self, payload: bytes) -> Intent:
+        return self._intent(self._parse(payload))
+
+    def prepare(self, payload: bytes) -> tuple[Intent, tuple[SignItem, ...]]:
+        doc = self._parse(payload)
+        return self._intent(doc), self._items(payload)
+
+    def _intent(self, doc: dict[str, Any]) -> Intent:
+        asset, dest = doc["asset"], doc["destination"]
+        if not isinstance(asset, str) or not isinstance(dest, str) or not asset or not dest:
+            raise DecodeError("TEST_TRANSFER asset and destination must be non-empty strings")
+        kind = IntentKind(doc.get("kind", "transfer")) if doc.get("kind") in (
+            None, "transfer", "contract_call") else None
+        if kind is None:
+            raise DecodeError("TEST_TRANSFER kind must be transfer or contract_call")
+        return Intent(
+            chain="test", network="test", kind=kind,
+            transfers=(Transfer(asset, _units(doc["amount"]), dest),),
+            fee=_units(doc.get("fee", "0")), fee_asset=asset,
+        )
+
+    def sign_items(self, payload: bytes) -> tuple[SignItem, ...]:
+        self._parse(payload)
+        return self._items(payload)
+
+    def _items(self, payload: bytes) -> tuple[SignItem, ...]:
+        if self.scheme is SignScheme.ECDSA_SECP256K1_DIGEST:
+            return (SignItem(self.scheme, hashlib.sha256(payload).digest()),)
+        return (SignItem(self.scheme, payload),)
+
+
+def _units(value: Any) -> int:
+    if isinstance(value, bool):
+        raise DecodeError("amounts must be whole numbers of base units")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and value.isdigit() and len(value) <= 78:
+        n = int(value)
+    else:
+        raise DecodeError("amounts must be whole numbers of base units")
+    if n < 0 or n >= 2**256:
+        raise DecodeError("amount out of range")
+    return n
+
+
+def transfer_payload(asset: str, amount: int, destination: str, fee: int = 0,
+                  nonce: int = 0) -> bytes:
+    """Build a TEST_TRANSFER payload (for tests, demos and benchmarks)."""
+    return json.dumps({"asset": asset, "amount": str(amount), "destination": destination,
+                       "fee": str(fee), "nonce": nonce}, sort_keys=True).encode()
+
+
+def default_registry() -> DecoderRegistry:
+    return DecoderRegistry([JsonTransferDecoder()])

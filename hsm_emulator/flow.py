@@ -1,0 +1,455 @@
+"""The approval flow inside the HSM: request, challenge, verified approvals, release.
+
+1. :meth:`Hsm.begin` decodes the payload, stamps it with the HSM's clock and issues the
+   challenge; the HSM keeps the request (payload, intent, time) in its own store.
+2. Approvers sign the challenge; :meth:`Hsm.check_approval` verifies one without
+   changing anything, so the broker can show progress.
+3. :meth:`Hsm.execute` verifies every approval again (signature, group membership, this
+   request's own challenge, not the initiator), evaluates the policy on the intent the
+   HSM decoded, and only then performs the action - once: the request is closed in the
+   same transaction that signs it.
+
+Approvals bind to the intent, not to volatile fields: ``execute`` accepts a rebuilt
+payload (fee bump, new gas price or blockhash) if it decodes to the same transfers and
+its fee stays within the approved cap.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .challenge import Challenge, seal_challenge
+from .credentials import Credential, parse_credential, verify
+from .decoders import MAX_PAYLOAD, UNSPECIFIED
+from .errors import (
+    ApprovalRefused,
+    AttributeDenied,
+    CredentialInvalid,
+    HsmError,
+    IntentMismatch,
+    InvalidInput,
+    KeyBlocked,
+    PolicyNotMet,
+    RequestClosed,
+    RequestNotFound,
+)
+from .evaluate import Evaluation, SpentFn, evaluate
+from .hsm import HsmCore, KeyState
+from .model import Action, Intent, SignItem, SignScheme, canonical_json
+from .policy import parse_policy
+from .results import Execution
+
+OPEN, EXECUTED, CANCELLED = "open", "executed", "cancelled"
+MAX_APPROVALS = 256
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One approver's signature over a request's challenge (seed 003 ``/v1/approval``)."""
+
+    credential_type: str  #: "certificate" or "public_key"
+    credential: str  #: base64 DER, as in the policy
+    signature: bytes
+    digest: str = "SHA-256"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"credentialType": self.credential_type, "credential": self.credential,
+                "signature": base64.b64encode(self.signature).decode(), "digest": self.digest}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Approval:
+        return cls(d["credentialType"], d["credential"], base64.b64decode(d["signature"]),
+                   d.get("digest", "SHA-256"))
+
+
+class Hsm(HsmCore):
+    """The HSM. Open one with :meth:`Hsm.open`; reach it through an ``HsmClient``."""
+
+    # -- begin ------------------------------------------------------------------------
+
+    def begin(
+        self,
+        label: str,
+        action: Action | str = Action.USE,
+        payload: bytes = b"",
+        payload_type: str = UNSPECIFIED,
+        scheme: SignScheme | str | None = None,
+        *,
+        fee_cap: int | None = None,
+        new_policy: dict[str, Any] | None = None,
+        initiator: str = "",
+    ) -> Challenge:
+        """Record a request for a key action and issue its challenge."""
+        act = _action(action)
+        event: dict[str, Any] = {"op": "request.begin", "label": label, "action": act.value}
+
+        def start() -> Challenge:
+            state = self._usable(label)
+            body_payload, intent, _ = self._prepare(state, act, payload, payload_type,
+                                                    scheme, new_policy)
+            sch = _scheme(scheme)
+            if fee_cap is not None and (fee_cap < 0 or (intent and fee_cap < intent.fee)):
+                raise InvalidInput("feeCap must be at least the payload's fee")
+            now = self.clock.now()
+            request_id = str(uuid.uuid4())
+            body = {
+                "requestId": request_id, "keyLabel": label, "action": act.value,
+                "payloadType": payload_type,
+                "payloadDigest": hashlib.sha256(body_payload).hexdigest(),
+                "intent": None if intent is None else intent.to_json(),
+                "feeCap": None if fee_cap is None else str(fee_cap),
+                "hsmTime": now,
+                "hsmTimestamp": datetime.fromtimestamp(now, UTC).isoformat(),
+                "policyDigest": state.policy.digest,
+                "newPolicyDigest": None if new_policy is None else
+                hashlib.sha256(body_payload).hexdigest(),
+                "initiator": initiator, "hsmId": self.hsm_id,
+            }
+            envelope = seal_challenge(self.identity, body)
+            self._store.put("request", request_id, {
+                "id": request_id, "label": label, "action": act.value,
+                "payloadType": payload_type, "payload": body_payload.hex(),
+                "scheme": None if sch is None else sch.value, "intent": body["intent"],
+                "feeCap": body["feeCap"], "createdAt": now, "status": OPEN,
+                "initiator": initiator, "policyDigest": state.policy.digest,
+                "challenge": envelope.hex(),
+            })
+            event.update(requestId=request_id, payloadDigest=body["payloadDigest"])
+            return Challenge(request_id, envelope)
+
+        with self.locked():
+            return self._audited(event, start)
+
+    def _prepare(self, state: KeyState, act: Action, payload: bytes, payload_type: str,
+                 scheme: SignScheme | str | None, new_policy: dict[str, Any] | None,
+                 ) -> tuple[bytes, Intent | None, tuple[SignItem, ...]]:
+        """Check the key may act; decode the payload into its intent and what to sign."""
+        if not isinstance(payload, bytes):
+            raise InvalidInput("payload must be bytes")
+        if act is Action.USE:
+            if not state.attributes.sign:
+                raise AttributeDenied(f"key {state.label!r} does not allow signing")
+            if state.blocked:
+                raise KeyBlocked(f"key {state.label!r} is blocked")
+            return (payload, *self._items(payload_type, payload, _scheme(scheme)))
+        if payload or payload_type != UNSPECIFIED:
+            raise InvalidInput(f"a {act.value} request carries no payload")
+        if act is Action.MODIFY:
+            if new_policy is None:
+                raise InvalidInput("a modify request needs the new policy")
+            parse_policy(new_policy)
+            return canonical_json(new_policy), None, ()
+        if new_policy is not None:
+            raise InvalidInput(f"a {act.value} request takes no policy")
+        if act is Action.UNBLOCK and not state.blocked:
+            raise InvalidInput(f"key {state.label!r} is not blocked")
+        if act is Action.BLOCK and state.blocked:
+            raise InvalidInput(f"key {state.label!r} is already blocked")
+        return b"", None, ()
+
+    def _items(self, payload_type: str, payload: bytes, scheme: SignScheme | None,
+               ) -> tuple[Intent | None, tuple[SignItem, ...]]:
+        if payload_type != UNSPECIFIED:
+            if scheme is not None:
+                raise InvalidInput(f"{payload_type} payloads are signed as their chain requires;"
+                                   " give no signature algorithm")
+            return self.registry.prepare(payload_type, payload)
+        if scheme is None:
+            raise InvalidInput("an UNSPECIFIED payload needs a signature algorithm")
+        if len(payload) > MAX_PAYLOAD:
+            raise InvalidInput(f"payload larger than {MAX_PAYLOAD} bytes")
+        return None, (SignItem(scheme, payload),)
+
+    # -- approvals --------------------------------------------------------------------
+
+    def _request(self, request_id: str) -> dict[str, Any]:
+        if not isinstance(request_id, str) or len(request_id) > 64:
+            raise RequestNotFound("no such request")
+        req = self._store.get("request", request_id)
+        if req is None:
+            raise RequestNotFound(f"no request {request_id!r}")
+        return req
+
+    def _verify(self, req: dict[str, Any], state: KeyState, approval: Approval) -> Credential:
+        try:
+            cred = parse_credential(approval.credential_type, approval.credential)
+        except CredentialInvalid as exc:
+            raise ApprovalRefused(f"approver credential: {exc.reason}") from None
+        rule = state.policy.rule(Action(req["action"]))
+        members = {a.fingerprint for t in (rule.tokens if rule else ()) for g in t.groups
+                   for a in g.approvers}
+        if cred.fingerprint not in members:
+            raise ApprovalRefused(f"approver {cred.fingerprint[:16]} is in no group of this "
+                                  f"key's {req['action']} rule")
+        if req["initiator"] and req["initiator"] in (cred.fingerprint, cred.public_key_b64):
+            raise ApprovalRefused("the initiator of a request cannot approve it")
+        try:
+            valid = verify(cred, bytes.fromhex(req["challenge"]), approval.signature,
+                           approval.digest)
+        except InvalidInput as exc:  # e.g. an unsupported digest name
+            raise ApprovalRefused(f"approval: {exc.reason}") from None
+        if not valid:
+            raise ApprovalRefused(f"approver {cred.fingerprint[:16]}: signature does not verify "
+                                  "over this request's challenge")
+        return cred
+
+    def check_approval(self, request_id: str, approval: Approval) -> str:
+        """Verify one approval without changing state; returns the approver's SPKI base64."""
+        event = {"op": "approval.check", "requestId": request_id}
+
+        def check() -> str:
+            req = self._request(request_id)
+            if req["status"] != OPEN:
+                raise RequestClosed(f"request {request_id} is {req['status']}")
+            cred = self._verify(req, self._state(req["label"]), approval)
+            event["approver"] = cred.fingerprint
+            return cred.public_key_b64
+
+        with self.locked():
+            return self._audited(event, check)
+
+    def _verified_set(self, req: dict[str, Any], state: KeyState,
+                      approvals: Sequence[Approval]) -> dict[str, Credential]:
+        if len(approvals) > MAX_APPROVALS:
+            raise InvalidInput(f"at most {MAX_APPROVALS} approvals")
+        creds: dict[str, Credential] = {}
+        for a in approvals:
+            cred = self._verify(req, state, a)
+            creds[cred.fingerprint] = cred
+        return creds
+
+    # -- execute ----------------------------------------------------------------------
+
+    def execute(self, request_id: str, approvals: Sequence[Approval] = (), *,
+                payload: bytes | None = None) -> Execution:
+        """Verify approvals, evaluate the policy, and perform the action exactly once."""
+        event: dict[str, Any] = {"op": "request.execute", "requestId": request_id}
+
+        def run() -> Execution:
+            req = self._request(request_id)
+            event.update(label=req["label"], action=req["action"])
+            if req["status"] != OPEN:
+                raise RequestClosed(f"request {request_id} is already {req['status']}")
+            state = self._usable(req["label"])
+            if state.policy.digest != req["policyDigest"]:
+                raise RequestClosed("the key's policy changed since this request was made")
+            act = Action(req["action"])
+            creds = self._verified_set(req, state, approvals)
+            event["approvers"] = sorted(creds)
+            final, intent = self._final_payload(req, payload)
+            ev = evaluate(state.policy, act, intent, frozenset(creds), req["createdAt"],
+                          self.clock.now(), spent=self._spent(state.family))
+            if not ev.released:
+                raise PolicyNotMet("the policy is not met: " + " | ".join(ev.missing()),
+                                   ev.missing())
+            signatures = self._perform(state, act, req, final, intent)
+            now = self.clock.now()
+            self._store.put("request", request_id,
+                            {**req, "status": EXECUTED, "executedAt": now})
+            event.update(token=ev.released_by, payloadDigest=hashlib.sha256(final).hexdigest())
+            return Execution(request_id, state.label, act, signatures, ev.released_by,
+                             tuple(c.public_key_b64 for c in creds.values()), now, intent)
+
+        with self.locked():
+            return self._audited(event, run)
+
+    def _final_payload(self, req: dict[str, Any], payload: bytes | None,
+                       ) -> tuple[bytes, Intent | None]:
+        stored = bytes.fromhex(req["payload"])
+        approved = None if req["intent"] is None else Intent.from_json(req["intent"])
+        if payload is None or payload == stored:
+            return stored, approved
+        if Action(req["action"]) is not Action.USE or approved is None:
+            raise IntentMismatch("only a decoded transaction may be rebuilt after approval")
+        rebuilt = self.registry.decode(req["payloadType"], payload)
+        assert rebuilt is not None
+        if rebuilt.binding() != approved.binding():
+            raise IntentMismatch("the rebuilt transaction does not match the approved intent")
+        cap = approved.fee if req["feeCap"] is None else int(req["feeCap"])
+        if rebuilt.fee > cap:
+            raise IntentMismatch(f"the rebuilt transaction's fee {rebuilt.fee} exceeds the "
+                                 f"approved cap {cap}")
+        return payload, rebuilt
+
+    def _perform(self, state: KeyState, act: Action, req: dict[str, Any], payload: bytes,
+                 intent: Intent | None) -> tuple[bytes, ...]:
+        rec = dict(state.record)
+        if act is Action.USE:
+            scheme = None if req["scheme"] is None else SignScheme(req["scheme"])
+            _, items = self._items(req["payloadType"], payload, scheme)
+            sigs = self._sign(state, items)
+            self._record_spend(state.family, intent)
+            return sigs
+        if act is Action.BLOCK:
+            rec["blocked"] = True
+        elif act is Action.UNBLOCK:
+            rec["blocked"] = False
+            if state.record["parent"] and not state.record["blocked"]:
+                raise InvalidInput("this key is blocked through its parent: unblock the parent")
+        else:
+            rec["policy"] = json.loads(payload)
+        self._put_key(rec)
+        return ()
+
+    def _sign(self, state: KeyState, items: tuple[SignItem, ...]) -> tuple[bytes, ...]:
+        assert state.material is not None
+        if any(item.path for item in items) and not state.attributes.derive:
+            raise AttributeDenied("signing for a derived path needs the derive attribute")
+        return tuple(state.material.derive(item.path).sign(item.scheme, item.data, item.tweak)
+                     for item in items)
+
+    # -- velocity ledger --------------------------------------------------------------
+
+    def _spent(self, family: str) -> SpentFn:
+        def spent(asset: str, since: float) -> int:
+            rows = self._store.execute(
+                "SELECT amount FROM spends WHERE family=? AND asset=? AND at>=?",
+                (family, asset, since))
+            return sum(int(r[0]) for r in rows)
+        return spent
+
+    def _record_spend(self, family: str, intent: Intent | None) -> None:
+        if intent is None:
+            return
+        now = self.clock.now()
+        for asset in sorted(intent.assets()):
+            self._store.execute("INSERT INTO spends VALUES (?, ?, ?, ?)",
+                                (family, asset, str(intent.total(asset)), now))
+
+    # -- the auto tier and dry runs ---------------------------------------------------
+
+    def sign_now(self, label: str, payload: bytes, payload_type: str = UNSPECIFIED,
+                 scheme: SignScheme | str | None = None) -> Execution:
+        """Sign at once if a token needs no approvals and no hold (the auto tier);
+        otherwise refuse with :class:`PolicyNotMet` - then use :meth:`begin`."""
+        event: dict[str, Any] = {"op": "sign.now", "label": label, "payloadType": payload_type}
+
+        with self.locked():
+            return self._audited(event, lambda: self._sign_now(label, payload, payload_type,
+                                                              scheme, event))
+
+    def sign_batch(self, label: str, payloads: Sequence[bytes],
+                   payload_type: str = UNSPECIFIED, scheme: SignScheme | str | None = None,
+                   ) -> list[Execution]:
+        """Bulk auto-tier signing: each payload decoded, evaluated (velocity counting the
+        ones before it), signed and audited on its own, all committed at once.
+
+        All or nothing: if any payload is refused, nothing is signed and the refusal
+        names its index. Saves a commit per signature, not any check.
+        """
+        if not 0 < len(payloads) <= MAX_BATCH:
+            raise InvalidInput(f"a batch holds 1 to {MAX_BATCH} payloads")
+        event: dict[str, Any] = {"op": "sign.batch", "label": label, "size": len(payloads)}
+
+        def run() -> list[Execution]:
+            results = []
+            for i, payload in enumerate(payloads):
+                item_event: dict[str, Any] = {"op": "sign.now", "label": label,
+                                              "payloadType": payload_type, "batchIndex": i}
+                try:
+                    results.append(self._sign_now(label, payload, payload_type, scheme,
+                                                  item_event))
+                except HsmError as exc:
+                    exc.reason = f"batch item {i}: {exc.reason}"
+                    raise
+                self.audit.append(self.clock.now(), {**item_event, "result": "ok"})
+            return results
+
+        with self.locked():
+            return self._audited(event, run)
+
+    def _sign_now(self, label: str, payload: bytes, payload_type: str,
+                  scheme: SignScheme | str | None, event: dict[str, Any]) -> Execution:
+        state = self._usable(label)
+        final, intent, items = self._prepare(state, Action.USE, payload, payload_type,
+                                             scheme, None)
+        now = self.clock.now()
+        ev = evaluate(state.policy, Action.USE, intent, frozenset(), now, now,
+                      spent=self._spent(state.family))
+        if not ev.released:
+            raise PolicyNotMet("approvals are needed: " + " | ".join(ev.missing()),
+                               ev.missing())
+        sigs = self._sign(state, items)
+        self._record_spend(state.family, intent)
+        request_id = secrets.token_hex(16)
+        event.update(requestId=request_id, token=ev.released_by,
+                     payloadDigest=hashlib.sha256(final).hexdigest())
+        return Execution(request_id, label, Action.USE, sigs, ev.released_by, (), now, intent)
+
+    def dry_run(self, label: str, payload: bytes = b"", payload_type: str = UNSPECIFIED,
+                action: Action | str = Action.USE, *, approvers: Sequence[str] = (),
+                elapsed: float = 0.0) -> Evaluation:
+        """What would release this payload now (or after ``elapsed`` seconds of hold),
+        given approvers' SPKI base64 or fingerprints. Changes nothing."""
+        with self.locked():
+            state = self._state(label)
+            act = _action(action)
+            intent = self.registry.decode(payload_type, payload) if act is Action.USE else None
+            now = self.clock.now()
+            return evaluate(state.policy, act, intent, self._fingerprints(approvers),
+                            now - elapsed, now, spent=self._spent(state.family))
+
+    def request_status(self, request_id: str, approvals: Sequence[Approval] = (),
+                       rejected: Sequence[str] = ()) -> Evaluation:
+        """Evaluate an open request with these approvals (each verified) and rejections."""
+        with self.locked():
+            req = self._request(request_id)
+            state = self._state(req["label"])
+            creds = self._verified_set(req, state, approvals)
+            intent = None if req["intent"] is None else Intent.from_json(req["intent"])
+            return evaluate(state.policy, Action(req["action"]), intent, frozenset(creds),
+                            req["createdAt"], self.clock.now(),
+                            rejected=self._fingerprints(rejected), spent=self._spent(state.family))
+
+    def cancel(self, request_id: str, reason: str = "") -> None:
+        """Close an open request so it can never be executed."""
+        def run() -> None:
+            req = self._request(request_id)
+            if req["status"] != OPEN:
+                raise RequestClosed(f"request {request_id} is already {req['status']}")
+            self._store.put("request", request_id, {**req, "status": CANCELLED})
+
+        with self.locked():
+            self._audited({"op": "request.cancel", "requestId": request_id,
+                           "why": reason[:200]}, run)
+
+    def request_challenge(self, request_id: str) -> Challenge:
+        with self.locked():
+            req = self._request(request_id)
+            return Challenge(request_id, bytes.fromhex(req["challenge"]))
+
+    @staticmethod
+    def _fingerprints(values: Sequence[str]) -> frozenset[str]:
+        out = set()
+        for v in values:
+            if len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+                out.add(v)
+            else:
+                out.add(parse_credential("public_key", v).fingerprint)
+        return frozenset(out)
+
+
+def _action(value: Action | str) -> Action:
+    try:
+        return Action(value)
+    except ValueError:
+        raise InvalidInput(f"action: one of {[a.value for a in Action]}") from None
+
+
+def _scheme(value: SignScheme | str | None) -> SignScheme | None:
+    if value is None:
+        return None
+    try:
+        return SignScheme(value)
+    except ValueError:
+        raise InvalidInput(f"signature algorithm {value!r} not supported; one of "
+                           f"{[s.value for s in SignScheme]}") from None

@@ -1,0 +1,227 @@
+"""The HSM's own store: one SQLite file, key records sealed with AES-256-GCM.
+
+Layout of protection:
+
+* a random 256-bit data key (DEK) seals every record; each record's additional data is
+  its kind and id, so a record copied onto another id, edited or truncated fails to open
+  (:class:`TamperDetected`) and is never used;
+* the DEK is stored wrapped under a key-encryption key (KEK) derived from a passphrase
+  with scrypt, or read from a sealed key file; the wrong one fails with
+  :class:`StoreLocked` before anything else is read.
+
+The store is opened with an exclusive lock: an HSM is one device, and two processes
+sharing one store would defeat replay protection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from .errors import HsmError, InvalidInput, StoreLocked, TamperDetected
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, id TEXT NOT NULL, nonce BLOB NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (kind, id));
+CREATE TABLE IF NOT EXISTS spends (
+    family TEXT NOT NULL, asset TEXT NOT NULL, amount TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS spends_by_time ON spends (family, asset, at);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, event TEXT NOT NULL,
+    prev TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_heads (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
+"""
+
+#: scrypt cost (RFC 7914). 2**15 takes ~0.1 s here: slow for guessing, fine for unlocking.
+SCRYPT_N = 2**15
+
+
+@dataclass(frozen=True)
+class Passphrase:
+    value: str
+    scrypt_n: int = SCRYPT_N
+
+    def __repr__(self) -> str:
+        return "Passphrase(***)"
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """A sealed 32-byte key file; created (mode 0600) on first use if ``create``."""
+
+    path: Path
+    create: bool = True
+
+
+Unlock = Passphrase | KeyFile
+
+
+class Store:
+    def __init__(self, path: str | Path, unlock: Unlock) -> None:
+        self.path = str(path)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.executescript(SCHEMA)
+            self._aead = AESGCM(self._unlock(unlock))
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreLocked(f"cannot open HSM store {self.path}: {exc}") from None
+        except HsmError:
+            self._db.close()
+            raise
+
+    # -- master key -------------------------------------------------------------------
+
+    def _unlock(self, unlock: Unlock) -> bytes:
+        kdf_row = self._meta("kdf")
+        if kdf_row is None:
+            return self._initialise(unlock)
+        params = json.loads(kdf_row)
+        kek = _kek(unlock, params)
+        wrapped = self._meta("dek")
+        if wrapped is None:
+            raise TamperDetected("HSM store has a KDF record but no wrapped data key")
+        try:
+            return AESGCM(kek).decrypt(wrapped[:12], wrapped[12:], b"dek")
+        except InvalidTag:
+            raise StoreLocked("wrong passphrase or key file for this HSM store") from None
+
+    def _initialise(self, unlock: Unlock) -> bytes:
+        params: dict[str, Any]
+        if isinstance(unlock, Passphrase):
+            if len(unlock.value) < 8:
+                raise InvalidInput("passphrase: at least 8 characters")
+            params = {"mode": "scrypt", "salt": secrets.token_hex(16), "n": unlock.scrypt_n,
+                      "r": 8, "p": 1}
+        else:
+            params = {"mode": "keyfile"}
+        kek = _kek(unlock, params)
+        dek = secrets.token_bytes(32)
+        nonce = secrets.token_bytes(12)
+        with self.transaction():
+            self._set_meta("kdf", json.dumps(params).encode())
+            self._set_meta("dek", nonce + AESGCM(kek).encrypt(nonce, dek, b"dek"))
+        return dek
+
+    def _meta(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _set_meta(self, name: str, value: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    # -- transactions -----------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing: a state change and its audit entry commit together."""
+        with self._lock:
+            if self._db.in_transaction:  # nested: the outer transaction decides
+                yield
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    # -- sealed records ---------------------------------------------------------------
+
+    def put(self, kind: str, ident: str, obj: dict[str, Any]) -> None:
+        nonce = secrets.token_bytes(12)
+        body = self._aead.encrypt(nonce, json.dumps(obj, sort_keys=True).encode(),
+                                  _aad(kind, ident))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)",
+                             (kind, ident, nonce, body))
+
+    def get(self, kind: str, ident: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT nonce, body FROM records WHERE kind=? AND id=?", (kind, ident)
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            plain = self._aead.decrypt(bytes(row[0]), bytes(row[1]), _aad(kind, ident))
+        except (InvalidTag, ValueError):
+            raise TamperDetected(f"{kind} record {ident!r} failed authentication") from None
+        result: dict[str, Any] = json.loads(plain)
+        return result
+
+    def delete(self, kind: str, ident: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM records WHERE kind=? AND id=?", (kind, ident))
+
+    def ids(self, kind: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM records WHERE kind=? ORDER BY id", (kind,))
+            return [r[0] for r in rows.fetchall()]
+
+    # -- plain tables (velocity ledger, audit) ----------------------------------------
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def unsafe_connection(self) -> sqlite3.Connection:
+        """The raw connection, for tamper tests that play an attacker with disk access."""
+        return self._db
+
+
+def _aad(kind: str, ident: str) -> bytes:
+    return f"ska-record-v1\0{kind}\0{ident}".encode()
+
+
+def _kek(unlock: Unlock, params: dict[str, Any]) -> bytes:
+    if params["mode"] == "scrypt":
+        if not isinstance(unlock, Passphrase):
+            raise StoreLocked("this HSM store is protected by a passphrase, not a key file")
+        kdf = Scrypt(salt=bytes.fromhex(params["salt"]), length=32, n=params["n"],
+                     r=params["r"], p=params["p"])
+        return kdf.derive(unlock.value.encode())
+    if not isinstance(unlock, KeyFile):
+        raise StoreLocked("this HSM store is protected by a key file, not a passphrase")
+    return _read_key_file(unlock)
+
+
+def _read_key_file(kf: KeyFile) -> bytes:
+    path = Path(kf.path)
+    if not path.exists():
+        if not kf.create:
+            raise StoreLocked(f"key file {path} does not exist")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+    data = path.read_bytes()
+    if len(data) != 32:
+        raise StoreLocked(f"key file {path} must hold exactly 32 bytes")
+    return data
