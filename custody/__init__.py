@@ -1,0 +1,1 @@
+"""The broker domain: wallets, transfer and sign requests, the CLI. Holds no keys."""
