@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 
 from hsm_emulator.errors import ApprovalRefused, CredentialInvalid, InvalidInput
 
@@ -250,69 +251,15 @@ def _short(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- Ed25519 keys
 # A small-order Ed25519 key (the identity, a torsion point) lets anyone forge
 # signatures that verify: Wycheproof rates them "acceptable" for a verifier, but an
-# approver key must be a real key. Real keys A = [s]B lie in the subgroup of prime order
-# L, so we require [L]A = O and A != O (which also rules out mixed-order keys, whose
-# signatures verify differently under cofactored and cofactorless verifiers).
-# Arithmetic follows RFC 8032 sections 5.1.3-5.1.4 (extended coordinates).
-
-_ED_P: Final = 2**255 - 19
-_ED_D: Final = -121665 * pow(121666, -1, 2**255 - 19) % (2**255 - 19)
-_ED_L: Final = 2**252 + 27742317777372353535851937790883648493
-_ED_SQRT_M1: Final = pow(2, (2**255 - 20) // 4, 2**255 - 19)
-_EdPoint = tuple[int, int, int, int]
-_ED_IDENTITY: Final[_EdPoint] = (0, 1, 1, 0)
+# approver key must be a real key. libsodium's check requires a canonical encoding of a
+# point on the curve, in the prime-order subgroup and not of small order - which also
+# rules out mixed-order keys, whose signatures verify differently under cofactored and
+# cofactorless verifiers.
 
 
 @lru_cache(maxsize=512)
 def _ed25519_prime_order(encoded: bytes) -> bool:
-    point = _ed_decode(encoded)
-    if point is None or _ed_equal(point, _ED_IDENTITY):
-        return False
-    return _ed_equal(_ed_mul(_ED_L, point), _ED_IDENTITY)
-
-
-def _ed_decode(encoded: bytes) -> _EdPoint | None:
-    """RFC 8032 5.1.3 point decoding; None for a non-canonical or off-curve encoding."""
-    if len(encoded) != 32:
-        return None
-    y = int.from_bytes(encoded, "little")
-    sign, y = y >> 255, y & ((1 << 255) - 1)
-    if y >= _ED_P:
-        return None
-    x2 = (y * y - 1) * pow(_ED_D * y * y + 1, -1, _ED_P) % _ED_P
-    x = pow(x2, (_ED_P + 3) // 8, _ED_P)
-    if (x * x - x2) % _ED_P != 0:
-        x = x * _ED_SQRT_M1 % _ED_P
-    if (x * x - x2) % _ED_P != 0 or (x == 0 and sign == 1):
-        return None
-    if x & 1 != sign:
-        x = _ED_P - x
-    return (x, y, 1, x * y % _ED_P)
-
-
-def _ed_add(a: _EdPoint, b: _EdPoint) -> _EdPoint:
-    p = _ED_P
-    aa = (a[1] - a[0]) * (b[1] - b[0]) % p
-    bb = (a[1] + a[0]) * (b[1] + b[0]) % p
-    cc = 2 * a[3] * b[3] * _ED_D % p
-    dd = 2 * a[2] * b[2] % p
-    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
-    return (e * f % p, g * h % p, f * g % p, e * h % p)
-
-
-def _ed_mul(scalar: int, point: _EdPoint) -> _EdPoint:
-    result = _ED_IDENTITY
-    while scalar > 0:
-        if scalar & 1:
-            result = _ed_add(result, point)
-        point = _ed_add(point, point)
-        scalar >>= 1
-    return result
-
-
-def _ed_equal(a: _EdPoint, b: _EdPoint) -> bool:
-    p = _ED_P
-    return (a[0] * b[2] - b[0] * a[2]) % p == 0 and (a[1] * b[2] - b[1] * a[2]) % p == 0
+    return len(encoded) == 32 and bool(crypto_core_ed25519_is_valid_point(encoded))
 
 
 # --------------------------------------------------------------------------- verify
