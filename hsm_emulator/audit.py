@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,17 +77,19 @@ class AuditLog:
         self._identity = identity
         row = store.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         self._seq, self._head = (int(row[0][0]), str(row[0][1])) if row else (0, GENESIS)
+        self._buffer: list[tuple[Any, ...]] | None = None
 
     def append(self, at: float, event: dict[str, Any]) -> AuditEntry:
         """Append one entry; raises :class:`AuditFailure` if it cannot be written."""
         seq = self._seq + 1
         body = canonical_json(event)
         digest = entry_hash(self._head, seq, at, body)
+        row = (seq, at, body.decode(), self._head, digest)
         try:
-            self._store.execute(
-                "INSERT INTO audit VALUES (?, ?, ?, ?, ?)",
-                (seq, at, body.decode(), self._head, digest),
-            )
+            if self._buffer is not None:
+                self._buffer.append(row)
+            else:
+                self._store.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", row)
             if seq % CHECKPOINT_EVERY == 0:
                 head = self._sign(seq, digest, at)
                 self._store.execute("INSERT INTO audit_heads VALUES (?, ?)",
@@ -96,6 +99,24 @@ class AuditLog:
         entry = AuditEntry(seq, at, event, self._head, digest)
         self._seq, self._head = seq, digest
         return entry
+
+    @contextmanager
+    def buffered(self) -> Iterator[None]:
+        """Collect appends and write them in one statement, inside the caller's
+        transaction (so still before anything is returned): for bulk operations."""
+        if self._buffer is not None:
+            yield
+            return
+        self._buffer = []
+        try:
+            yield
+            rows, self._buffer = self._buffer, None
+            try:
+                self._store.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", rows)
+            except Exception as exc:
+                raise AuditFailure(f"audit entries could not be written: {exc}") from None
+        finally:
+            self._buffer = None
 
     def reload(self) -> None:
         """Re-read the head after a rolled-back transaction."""

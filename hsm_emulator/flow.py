@@ -21,7 +21,8 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -314,16 +315,32 @@ class Hsm(HsmCore):
             rows = self._store.execute(
                 "SELECT amount FROM spends WHERE family=? AND asset=? AND at>=?",
                 (family, asset, since))
-            return sum(int(r[0]) for r in rows)
+            pending = self.__dict__.get("_pending_spends") or ()
+            return sum(int(r[0]) for r in rows) + sum(
+                int(p[2]) for p in pending if p[0] == family and p[1] == asset and p[3] >= since)
         return spent
 
     def _record_spend(self, family: str, intent: Intent | None) -> None:
         if intent is None:
             return
         now = self.clock.now()
-        for asset in sorted(intent.assets()):
-            self._store.execute("INSERT INTO spends VALUES (?, ?, ?, ?)",
-                                (family, asset, str(intent.total(asset)), now))
+        rows = [(family, asset, str(intent.total(asset)), now) for asset in sorted(intent.assets())]
+        pending: list[tuple[str, str, str, float]] | None = self.__dict__.get("_pending_spends")
+        if pending is not None:
+            pending.extend(rows)
+        else:
+            self._store.executemany("INSERT INTO spends VALUES (?, ?, ?, ?)", rows)
+
+    @contextmanager
+    def _spends_buffered(self) -> Iterator[None]:
+        """Inside a batch: keep ledger rows in memory (counted by :meth:`_spent`) and
+        write them in one statement, in the batch's transaction."""
+        self.__dict__["_pending_spends"] = pending = []
+        try:
+            yield
+            self._store.executemany("INSERT INTO spends VALUES (?, ?, ?, ?)", pending)
+        finally:
+            self.__dict__["_pending_spends"] = None
 
     # -- the auto tier and dry runs ---------------------------------------------------
 
@@ -352,20 +369,25 @@ class Hsm(HsmCore):
 
         def run() -> list[Execution]:
             results = []
-            for i, payload in enumerate(payloads):
-                item_event: dict[str, Any] = {"op": "sign.now", "label": label,
-                                              "payloadType": payload_type, "batchIndex": i}
-                try:
-                    results.append(self._sign_now(label, payload, payload_type, scheme,
-                                                  item_event))
-                except HsmError as exc:
-                    exc.reason = f"batch item {i}: {exc.reason}"
-                    raise
-                self.audit.append(self.clock.now(), {**item_event, "result": "ok"})
+            with self.audit.buffered(), self._spends_buffered():
+                for i, payload in enumerate(payloads):
+                    results.append(self._batch_item(label, payload, payload_type, scheme, i))
             return results
 
         with self.locked():
             return self._audited(event, run)
+
+    def _batch_item(self, label: str, payload: bytes, payload_type: str,
+                    scheme: SignScheme | str | None, i: int) -> Execution:
+            item_event: dict[str, Any] = {"op": "sign.now", "label": label,
+                                          "payloadType": payload_type, "batchIndex": i}
+            try:
+                result = self._sign_now(label, payload, payload_type, scheme, item_event)
+            except HsmError as exc:
+                exc.reason = f"batch item {i}: {exc.reason}"
+                raise
+            self.audit.append(self.clock.now(), {**item_event, "result": "ok"})
+            return result
 
     def _sign_now(self, label: str, payload: bytes, payload_type: str,
                   scheme: SignScheme | str | None, event: dict[str, Any]) -> Execution:

@@ -188,6 +188,10 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._db.executemany(sql, rows)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
