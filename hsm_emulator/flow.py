@@ -335,7 +335,8 @@ class Hsm(HsmCore):
     def _spends_buffered(self) -> Iterator[None]:
         """Inside a batch: keep ledger rows in memory (counted by :meth:`_spent`) and
         write them in one statement, in the batch's transaction."""
-        self.__dict__["_pending_spends"] = pending = []
+        pending: list[tuple[str, str, str, float]] = []
+        self.__dict__["_pending_spends"] = pending
         try:
             yield
             self._store.executemany("INSERT INTO spends VALUES (?, ?, ?, ?)", pending)
