@@ -13,7 +13,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from .errors import DecodeError, InvalidInput
-from .model import Intent, IntentKind, PayloadDecoder, SignItem, SignScheme, Transfer
+from .model import (
+    Intent,
+    IntentKind,
+    KeyView,
+    PayloadDecoder,
+    SignItem,
+    SignScheme,
+    Transfer,
+)
 
 UNSPECIFIED = "UNSPECIFIED"
 MAX_PAYLOAD = 1024 * 1024
@@ -42,11 +50,11 @@ class DecoderRegistry:
                               f"{[UNSPECIFIED, *self.types()]}")
         return decoder
 
-    def decode(self, payload_type: str, payload: bytes) -> Intent | None:
+    def decode(self, payload_type: str, payload: bytes, owner: KeyView) -> Intent | None:
         """The intent of ``payload``, or None for UNSPECIFIED. Never a partial intent."""
-        return self.prepare(payload_type, payload)[0]
+        return self.prepare(payload_type, payload, owner)[0]
 
-    def prepare(self, payload_type: str, payload: bytes,
+    def prepare(self, payload_type: str, payload: bytes, owner: KeyView,
                 ) -> tuple[Intent | None, tuple[SignItem, ...]]:
         """The intent and the items to sign, from one parse where the decoder allows it."""
         if len(payload) > MAX_PAYLOAD:
@@ -57,9 +65,10 @@ class DecoderRegistry:
         try:
             prepare = getattr(decoder, "prepare", None)
             if prepare is not None:
-                intent, items = prepare(payload)
+                intent, items = prepare(payload, owner)
             else:
-                intent, items = decoder.decode(payload), decoder.sign_items(payload)
+                intent = decoder.decode(payload, owner)
+                items = decoder.sign_items(payload, owner)
         except DecodeError:
             raise
         except Exception as exc:  # a decoder bug must never become a signature
@@ -97,10 +106,10 @@ class JsonTransferDecoder:
                               f"missing {sorted(missing)}")
         return doc
 
-    def decode(self, payload: bytes) -> Intent:
+    def decode(self, payload: bytes, owner: KeyView) -> Intent:
         return self._intent(self._parse(payload))
 
-    def prepare(self, payload: bytes) -> tuple[Intent, tuple[SignItem, ...]]:
+    def prepare(self, payload: bytes, owner: KeyView) -> tuple[Intent, tuple[SignItem, ...]]:
         doc = self._parse(payload)
         return self._intent(doc), self._items(payload)
 
@@ -118,7 +127,7 @@ class JsonTransferDecoder:
             fee=_units(doc.get("fee", "0")), fee_asset=asset,
         )
 
-    def sign_items(self, payload: bytes) -> tuple[SignItem, ...]:
+    def sign_items(self, payload: bytes, owner: KeyView) -> tuple[SignItem, ...]:
         self._parse(payload)
         return self._items(payload)
 

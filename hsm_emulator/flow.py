@@ -44,6 +44,7 @@ from .errors import (
 )
 from .evaluate import Evaluation, SpentFn, evaluate
 from .hsm import HsmCore, KeyState
+from .keys import MaterialView
 from .model import Action, Intent, SignItem, SignScheme, canonical_json
 from .policy import parse_policy
 from .results import Execution
@@ -141,7 +142,7 @@ class Hsm(HsmCore):
                 raise AttributeDenied(f"key {state.label!r} does not allow signing")
             if state.blocked:
                 raise KeyBlocked(f"key {state.label!r} is blocked")
-            return (payload, *self._items(payload_type, payload, _scheme(scheme)))
+            return (payload, *self._items(state, payload_type, payload, _scheme(scheme)))
         if payload or payload_type != UNSPECIFIED:
             raise InvalidInput(f"a {act.value} request carries no payload")
         if act is Action.MODIFY:
@@ -157,18 +158,23 @@ class Hsm(HsmCore):
             raise InvalidInput(f"key {state.label!r} is already blocked")
         return b"", None, ()
 
-    def _items(self, payload_type: str, payload: bytes, scheme: SignScheme | None,
-               ) -> tuple[Intent | None, tuple[SignItem, ...]]:
+    def _items(self, state: KeyState, payload_type: str, payload: bytes,
+               scheme: SignScheme | None) -> tuple[Intent | None, tuple[SignItem, ...]]:
         if payload_type != UNSPECIFIED:
             if scheme is not None:
                 raise InvalidInput(f"{payload_type} payloads are signed as their chain requires;"
                                    " give no signature algorithm")
-            return self.registry.prepare(payload_type, payload)
+            return self.registry.prepare(payload_type, payload, self._view(state))
         if scheme is None:
             raise InvalidInput("an UNSPECIFIED payload needs a signature algorithm")
         if len(payload) > MAX_PAYLOAD:
             raise InvalidInput(f"payload larger than {MAX_PAYLOAD} bytes")
         return None, (SignItem(scheme, payload),)
+
+    @staticmethod
+    def _view(state: KeyState) -> MaterialView:
+        assert state.material is not None
+        return MaterialView(state.material, state.attributes.derive)
 
     # -- approvals --------------------------------------------------------------------
 
@@ -246,7 +252,7 @@ class Hsm(HsmCore):
             act = Action(req["action"])
             creds = self._verified_set(req, state, approvals)
             event["approvers"] = sorted(creds)
-            final, intent = self._final_payload(req, payload)
+            final, intent = self._final_payload(req, state, payload)
             ev = evaluate(state.policy, act, intent, frozenset(creds), req["createdAt"],
                           self.clock.now(), spent=self._spent(state.family))
             if not ev.released:
@@ -263,7 +269,7 @@ class Hsm(HsmCore):
         with self.locked():
             return self._audited(event, run)
 
-    def _final_payload(self, req: dict[str, Any], payload: bytes | None,
+    def _final_payload(self, req: dict[str, Any], state: KeyState, payload: bytes | None,
                        ) -> tuple[bytes, Intent | None]:
         stored = bytes.fromhex(req["payload"])
         approved = None if req["intent"] is None else Intent.from_json(req["intent"])
@@ -271,7 +277,7 @@ class Hsm(HsmCore):
             return stored, approved
         if Action(req["action"]) is not Action.USE or approved is None:
             raise IntentMismatch("only a decoded transaction may be rebuilt after approval")
-        rebuilt = self.registry.decode(req["payloadType"], payload)
+        rebuilt = self.registry.decode(req["payloadType"], payload, self._view(state))
         assert rebuilt is not None
         if rebuilt.binding() != approved.binding():
             raise IntentMismatch("the rebuilt transaction does not match the approved intent")
@@ -286,7 +292,7 @@ class Hsm(HsmCore):
         rec = dict(state.record)
         if act is Action.USE:
             scheme = None if req["scheme"] is None else SignScheme(req["scheme"])
-            _, items = self._items(req["payloadType"], payload, scheme)
+            _, items = self._items(state, req["payloadType"], payload, scheme)
             sigs = self._sign(state, items)
             self._record_spend(state.family, intent)
             return sigs
@@ -414,9 +420,10 @@ class Hsm(HsmCore):
         """What would release this payload now (or after ``elapsed`` seconds of hold),
         given approvers' SPKI base64 or fingerprints. Changes nothing."""
         with self.locked():
-            state = self._state(label)
+            state = self._usable(label)
             act = _action(action)
-            intent = self.registry.decode(payload_type, payload) if act is Action.USE else None
+            intent = self.registry.decode(payload_type, payload, self._view(state)) if (
+                act is Action.USE) else None
             now = self.clock.now()
             return evaluate(state.policy, act, intent, self._fingerprints(approvers),
                             now - elapsed, now, spent=self._spent(state.family))

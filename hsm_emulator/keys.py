@@ -17,7 +17,7 @@ import coincurve
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from .derivation import Curve, ExtendedKey, derive, master_from_seed, public_key
+from .derivation import Curve, ExtendedKey, derive, fingerprint, master_from_seed, public_key
 from .errors import AttributeDenied, DerivationError, InvalidInput
 from .model import KeyAlgorithm, SignScheme
 
@@ -236,3 +236,24 @@ _SIGNERS = {
     SignScheme.SHA256_WITH_RSA: _sign_rsa,
     SignScheme.SHA256_WITH_RSA_PSS: _sign_rsa_pss,
 }
+
+
+class MaterialView:
+    """A :class:`~hsm_emulator.model.KeyView` over key material: public parts only."""
+
+    def __init__(self, material: KeyMaterial, may_derive: bool) -> None:
+        self.__material = material
+        self.__may_derive = may_derive
+
+    @property
+    def algorithm(self) -> KeyAlgorithm:
+        return self.__material.algorithm
+
+    @property
+    def fingerprint(self) -> bytes:
+        return fingerprint(self.__material.extended())
+
+    def public_key(self, path: str = "") -> bytes:
+        if path and not self.__may_derive:
+            raise AttributeDenied("this key does not allow derivation")
+        return self.__material.derive(path).public_key

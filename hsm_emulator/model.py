@@ -166,15 +166,40 @@ class SignItem:
     tweak: bytes = b""
 
 
+class KeyView(Protocol):
+    """What a decoder may know of the signing key: public keys, never private ones.
+
+    Decoders use it to *prove* ownership claims made by the payload - a Bitcoin change
+    output must pay a script derived from this key at the path the PSBT names, a Solana
+    transfer's source must be this key - so a compromised broker cannot hide an
+    outgoing amount as "change".
+    """
+
+    @property
+    def algorithm(self) -> KeyAlgorithm: ...
+
+    @property
+    def fingerprint(self) -> bytes:
+        """The BIP32 fingerprint (4 bytes) of the key itself (HD keys only)."""
+        ...
+
+    def public_key(self, path: str = "") -> bytes:
+        """Compressed secp256k1 / raw Ed25519 public key at ``path`` relative to the key."""
+        ...
+
+
 class PayloadDecoder(Protocol):
     """Turns a payload of one type into an intent and the items to sign. Pure, no I/O.
 
-    Raises :class:`hsm_emulator.errors.DecodeError` for anything it cannot fully parse
-    (truncated, trailing bytes, unknown fields); never returns a partial intent.
+    Raises :class:`hsm_emulator.errors.DecodeError` (or any exception, which the
+    registry turns into one) for anything it cannot fully parse - truncated, trailing
+    bytes, unknown fields, ownership claims that ``owner`` does not confirm; never
+    returns a partial intent. A decoder may also define ``prepare(payload, owner)``
+    returning both at once from one parse.
     """
 
     payload_type: str
 
-    def decode(self, payload: bytes) -> Intent: ...
+    def decode(self, payload: bytes, owner: KeyView) -> Intent: ...
 
-    def sign_items(self, payload: bytes) -> tuple[SignItem, ...]: ...
+    def sign_items(self, payload: bytes, owner: KeyView) -> tuple[SignItem, ...]: ...
