@@ -1,0 +1,1 @@
+"""Chain adapters: Bitcoin, Ethereum, Solana. Pure building/decoding beside node clients."""

@@ -1,0 +1,52 @@
+"""One error root for the chain adapters, each with a stable code.
+
+Library exceptions (python-bitcoinlib, web3, solders, RPC transports) are translated
+into these at the adapter's edge, never leaked raw.
+"""
+
+from __future__ import annotations
+
+
+class ChainError(Exception):
+    code = "chain.error"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.reason}"
+
+
+class ChainDecodeError(ChainError):
+    """A transaction or payload could not be fully decoded (never a partial intent)."""
+
+    code = "chain.decode_error"
+
+
+class InvalidAddress(ChainError):
+    """Bad checksum, wrong length, or an address of another network."""
+
+    code = "chain.invalid_address"
+
+
+class InsufficientFunds(ChainError):
+    code = "chain.insufficient_funds"
+
+
+class BuildError(ChainError):
+    """The transfer cannot be built (dust, fee above cap, unsupported asset...)."""
+
+    code = "chain.build_error"
+
+
+class NodeUnavailable(ChainError):
+    """The node could not be reached; the caller may retry later."""
+
+    code = "chain.node_unavailable"
+
+
+class BroadcastRejected(ChainError):
+    """The node refused the transaction (its reason is kept)."""
+
+    code = "chain.broadcast_rejected"
