@@ -260,11 +260,12 @@ class Hsm(HsmCore):
                                    ev.missing())
             signatures = self._perform(state, act, req, final, intent)
             now = self.clock.now()
-            self._store.put("request", request_id,
-                            {**req, "status": EXECUTED, "executedAt": now})
+            result = Execution(request_id, state.label, act, signatures, ev.released_by,
+                               tuple(c.public_key_b64 for c in creds.values()), now, intent)
+            self._store.put("request", request_id, {**req, "status": EXECUTED,
+                                                    "executedAt": now, "result": result.to_json()})
             event.update(token=ev.released_by, payloadDigest=hashlib.sha256(final).hexdigest())
-            return Execution(request_id, state.label, act, signatures, ev.released_by,
-                             tuple(c.public_key_b64 for c in creds.values()), now, intent)
+            return result
 
         with self.locked():
             return self._audited(event, run)
@@ -451,6 +452,16 @@ class Hsm(HsmCore):
         with self.locked():
             self._audited({"op": "request.cancel", "requestId": request_id,
                            "why": reason[:200]}, run)
+
+    def request_result(self, request_id: str) -> Execution:
+        """The result of an executed request, again: a broker that crashed after the HSM
+        signed but before it recorded the signature resumes here instead of losing it
+        (the HSM never signs the same request twice)."""
+        with self.locked():
+            req = self._request(request_id)
+            if req["status"] != EXECUTED:
+                raise RequestClosed(f"request {request_id} is {req['status']}, not executed")
+            return Execution.from_json(req["result"])
 
     def request_challenge(self, request_id: str) -> Challenge:
         with self.locked():

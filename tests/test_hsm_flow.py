@@ -154,8 +154,11 @@ def test_replayed_from_another_request(hsm: Hsm, treasury: str,
     big_ch = hsm.begin(treasury, Action.USE, pay(4000, dest="mallory"), TT)
     stolen = approve(small_ch, people["t1"], people["t2"])
     refused(hsm, ApprovalRefused, hsm.execute, big_ch.request_id, stolen)
-    hsm.execute(small_ch.request_id, stolen)
+    first = hsm.execute(small_ch.request_id, stolen)
     refused(hsm, RequestClosed, hsm.execute, small_ch.request_id, stolen)  # never twice
+    assert hsm.request_result(small_ch.request_id) == first  # but never lost either
+    with pytest.raises(RequestClosed):
+        hsm.request_result(big_ch.request_id)
 
 
 def test_replayed_from_another_key(hsm: Hsm, treasury: str, people: dict[str, Approver]) -> None:
