@@ -1,4 +1,8 @@
-"""One error root for the broker domain, each with a stable code."""
+"""One error root for the broker domain, each with a stable code.
+
+The HTTP layer maps codes to statuses in one exception handler; the HSM's own errors
+(``HsmError``) pass through with their codes.
+"""
 
 from __future__ import annotations
 
@@ -9,3 +13,30 @@ class CustodyError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.reason}"
+
+
+class BadRequest(CustodyError):
+    code = "custody.bad_request"
+
+
+class Unauthorized(CustodyError):
+    code = "custody.unauthorized"
+
+
+class Forbidden(CustodyError):
+    code = "custody.forbidden"
+
+
+class NotFound(CustodyError):
+    code = "custody.not_found"
+
+
+class Conflict(CustodyError):
+    code = "custody.conflict"
+
+
+class RateLimited(CustodyError):
+    code = "custody.rate_limited"

@@ -1,0 +1,90 @@
+"""JWT bearer authentication (PyJWT) with roles; approvers authenticate by signatures.
+
+Roles: ``business`` (initiate, read and cancel its tenant's requests), ``key_admin``
+(create keys, request block / unblock / modify), ``security_officer``, ``auditor``.
+Only HS256 with the configured secret is accepted - ``alg: none`` and algorithm
+confusion are refused by pinning the algorithm list - and ``exp``, ``aud``, ``iss``
+and ``sub`` are required.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Request
+
+from custody.broker import Principal
+from custody.errors import Forbidden, RateLimited, Unauthorized
+
+ROLES = frozenset({"business", "key_admin", "security_officer", "auditor"})
+#: Failed authentications allowed per client address per minute.
+MAX_FAILURES_PER_MINUTE = 20
+
+
+class FailureLimiter:
+    def __init__(self, limit: int = MAX_FAILURES_PER_MINUTE, window: float = 60.0) -> None:
+        self.limit, self.window = limit, window
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def check(self, client: str) -> None:
+        with self._lock:
+            q = self._failures[client]
+            while q and q[0] < time.monotonic() - self.window:
+                q.popleft()
+            if len(q) >= self.limit:
+                raise RateLimited("too many failed authentications; try again later")
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._failures[client].append(time.monotonic())
+
+
+def issue_token(secret: str, subject: str, tenant: str, roles: list[str], *,
+                audience: str = "ska-custody", issuer: str = "ska-custody",
+                lifetime: int = 3600) -> str:
+    """Mint a token (for the CLI, the demo and tests; production has its own issuer)."""
+    now = int(time.time())
+    return jwt.encode({"sub": subject, "tenant": tenant, "roles": roles, "aud": audience,
+                       "iss": issuer, "iat": now, "exp": now + lifetime}, secret,
+                      algorithm="HS256")
+
+
+def principal_from(request: Request) -> Principal:
+    settings = request.app.state.settings
+    limiter: FailureLimiter = request.app.state.limiter
+    client = request.client.host if request.client else "?"
+    limiter.check(client)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        limiter.failed(client)
+        raise Unauthorized("a bearer token is required")
+    if not settings.jwt_secret:
+        raise Unauthorized("this server has no token secret configured")
+    try:
+        claims = jwt.decode(token, settings.jwt_secret, algorithms=["HS256"],
+                            audience=settings.jwt_audience, issuer=settings.jwt_issuer,
+                            options={"require": ["exp", "aud", "iss", "sub"]})
+    except jwt.PyJWTError as exc:
+        limiter.failed(client)
+        raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
+    roles = claims.get("roles", [])
+    tenant = claims.get("tenant", "")
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles) or not (
+            isinstance(tenant, str) and tenant):
+        limiter.failed(client)
+        raise Unauthorized("token needs a tenant and a list of roles")
+    return Principal(str(claims["sub"]), tenant, frozenset(roles) & ROLES)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(principal_from)]
+
+
+def require(principal: Principal, *roles: str) -> None:
+    if not principal.roles & set(roles):
+        raise Forbidden(f"needs one of the roles {sorted(roles)}")

@@ -1,0 +1,63 @@
+"""The service: ``create_app`` wires settings, the HSM client, the broker and routes.
+
+The HSM is reached only through an ``HsmClient``: in-process by default, or a
+:class:`hsm_emulator.remote.RemoteHsmClient` handed in. A scheduler thread wakes for
+the earliest hold end so held requests are released as soon as they may be.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from custody.broker import Broker
+from custody.db import make_engine, make_sessions
+from hsm_emulator import Hsm, Passphrase
+from hsm_emulator.client import HsmClient, local_client
+
+from . import problems
+from .auth import FailureLimiter
+from .routes import approvals, health, keys, requests, sign
+from .settings import Settings
+
+
+def open_local_hsm(settings: Settings) -> HsmClient:
+    return local_client(Hsm.open(settings.hsm_store, Passphrase(settings.hsm_passphrase),
+                                 so_passphrase=settings.hsm_so_passphrase or None))
+
+
+def create_app(settings: Settings, hsm: HsmClient | None = None, *,
+               broker: Broker | None = None, scheduler: bool = True) -> FastAPI:
+    client = hsm if hsm is not None else open_local_hsm(settings)
+    if broker is None:
+        broker = Broker(client, make_sessions(make_engine(settings.database_url)),
+                        max_skew=settings.max_skew_seconds)
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        thread = None
+        if scheduler:
+            thread = threading.Thread(target=broker.run_scheduler, args=(stop,),
+                                      name="release-scheduler", daemon=True)
+            thread.start()
+        yield
+        stop.set()
+        broker.stop_scheduler()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    app = FastAPI(title="SKA custody", version="0.1.0", lifespan=lifespan,
+                  description="TSB-compatible API in front of an HSM that enforces "
+                              "Smart Key Attributes.")
+    app.state.settings = settings
+    app.state.hsm = client
+    app.state.broker = broker
+    app.state.limiter = FailureLimiter()
+    problems.install(app)
+    for module in (keys, sign, approvals, requests, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,64 @@
+"""Errors as RFC 9457 problem details, from one place, with stable codes.
+
+Routes raise domain errors (``HsmError``, ``CustodyError``); this maps them. Bad input
+is always a 4xx; a 5xx means the service itself is unwell.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from custody.errors import CustodyError
+from hsm_emulator.errors import HsmError, PolicyInvalid, PolicyNotMet
+
+STATUS = {
+    "hsm.invalid_input": 400, "hsm.policy_invalid": 400, "hsm.credential_invalid": 400,
+    "hsm.decode_error": 422, "hsm.key_not_found": 404, "hsm.request_not_found": 404,
+    "hsm.key_exists": 409, "hsm.request_closed": 409, "hsm.key_blocked": 409,
+    "hsm.policy_not_met": 409, "hsm.intent_mismatch": 409, "hsm.key_invalidated": 410,
+    "hsm.attribute_denied": 403, "hsm.approval_refused": 403,
+    "hsm.authentication_failed": 401, "hsm.derivation_error": 400,
+    "hsm.store_locked": 503, "hsm.transport_error": 503, "hsm.audit_failure": 503,
+    "hsm.tamper_detected": 500,
+    "custody.bad_request": 400, "custody.unauthorized": 401, "custody.forbidden": 403,
+    "custody.not_found": 404, "custody.conflict": 409, "custody.rate_limited": 429,
+}
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": f"urn:ska-custody:problem:{code}", "title": code, "status": status,
+            "detail": detail, "code": code, **extra}
+    headers = {"Retry-After": "5"} if status in (429, 503) else None
+    return JSONResponse(body, status_code=status, media_type="application/problem+json",
+                        headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(HsmError)
+    async def _hsm(_req: Request, exc: HsmError) -> JSONResponse:
+        extra: dict[str, Any] = {}
+        if isinstance(exc, PolicyInvalid):
+            extra["field"] = exc.field
+        if isinstance(exc, PolicyNotMet):
+            extra["missing"] = list(exc.missing)
+        return problem(STATUS.get(exc.code, 500), exc.code, exc.reason, **extra)
+
+    @app.exception_handler(CustodyError)
+    async def _custody(_req: Request, exc: CustodyError) -> JSONResponse:
+        return problem(STATUS.get(exc.code, 500), exc.code, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+                  for e in exc.errors()[:20]]
+        return problem(422, "custody.invalid_body", "the request body is not valid",
+                       errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, f"http.{exc.status_code}", str(exc.detail))

@@ -1,0 +1,1 @@
+"""One module a resource: keys, sign requests, approval tasks, request status, health."""

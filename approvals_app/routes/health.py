@@ -1,0 +1,34 @@
+"""Liveness and readiness: ready only when the database and the HSM answer."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from hsm_emulator.errors import HsmError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    problems = []
+    try:
+        with request.app.state.broker.sessions() as s:
+            s.execute(text("SELECT 1"))
+    except Exception as exc:  # any database failure means not ready
+        problems.append(f"database: {type(exc).__name__}")
+    try:
+        request.app.state.hsm.identity_public_key()
+    except (HsmError, OSError) as exc:
+        problems.append(f"hsm: {type(exc).__name__}")
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503,
+                            headers={"Retry-After": "5"})
+    return JSONResponse({"status": "ready"})

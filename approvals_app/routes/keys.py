@@ -1,0 +1,74 @@
+"""``/v1/key``: create a key with attributes and SKA policy; read it back."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from approvals_app.auth import CurrentPrincipal, require
+from approvals_app.schemas import KeyCreate
+from custody.errors import BadRequest
+from hsm_emulator.model import KeyAlgorithm
+from hsm_emulator.results import KeyInfo
+
+router = APIRouter(prefix="/v1", tags=["keys"])
+
+#: TSB names keys by algorithm and curve OID; the HSM by one algorithm name.
+CURVES = {
+    ("EC", "1.3.132.0.10"): KeyAlgorithm.SECP256K1,
+    ("EC", "1.2.840.10045.3.1.7"): KeyAlgorithm.P256,
+    ("ED", "1.3.101.112"): KeyAlgorithm.ED25519,
+    ("EDDSA", "1.3.101.112"): KeyAlgorithm.ED25519,
+}
+
+
+def algorithm_of(body: KeyCreate) -> KeyAlgorithm:
+    name = body.algorithm.upper()
+    if body.curveOid is not None:
+        algo = CURVES.get((name, body.curveOid))
+        if algo is None:
+            raise BadRequest(f"unsupported algorithm/curve {body.algorithm}/{body.curveOid}")
+        return algo
+    try:
+        return KeyAlgorithm(name)
+    except ValueError:
+        raise BadRequest(f"algorithm: one of RSA, EC (+curveOid), ED, "
+                         f"{', '.join(a.value for a in KeyAlgorithm)}") from None
+
+
+def key_json(info: KeyInfo, attestation: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "label": info.label, "algorithm": info.algorithm.value, "keySize": info.key_size,
+        "publicKey": base64.b64encode(info.public_key_spki).decode(),
+        "rawPublicKey": base64.b64encode(info.public_key).decode(),
+        "attributes": info.attributes.to_json(), "policy": info.policy,
+        "policyDigest": info.policy_digest,
+        "keyStatus": {"blocked": info.blocked, "invalidated": info.invalidated},
+        "parent": info.parent, "path": info.path, "attestation": attestation,
+    }
+
+
+@router.post("/key", status_code=201)
+def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
+    require(who, "key_admin")
+    hsm = request.app.state.hsm
+    info = hsm.create_key(body.label, algorithm_of(body), key_size=body.keySize,
+                          attributes=body.attributes, policy=body.policy)
+    return key_json(info)
+
+
+@router.get("/key/{label}")
+def get_key(label: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
+    hsm = request.app.state.hsm
+    info = hsm.get_key(label)
+    return key_json(info, hsm.attest(label).to_json())
+
+
+@router.get("/key/{label}/address")
+def key_address(label: str, request: Request, who: CurrentPrincipal, kind: str,
+                network: str = "mainnet", path: str = "") -> dict[str, str]:
+    hsm = request.app.state.hsm
+    return {"label": label, "path": path, "kind": kind, "network": network,
+            "address": hsm.address(label, kind, network, path)}

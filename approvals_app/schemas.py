@@ -1,0 +1,95 @@
+"""Request and response bodies of the TSB-compatible /v1 API (seed 003's shapes).
+
+Unknown fields are refused and every string has a bound, so hostile bodies get a clear
+422 before anything is touched. Policies are validated by the HSM's own parser.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+B64_MAX = 1_500_000  #: a 1 MiB payload, base64-encoded, with room
+CRED_MAX = 16_384
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _b64(value: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not valid base64") from None
+
+
+class KeyCreate(Strict):
+    label: str = Field(min_length=1, max_length=128)
+    algorithm: str = Field(max_length=32)
+    keySize: int | None = Field(default=None, ge=256, le=8192)
+    curveOid: str | None = Field(default=None, max_length=64)
+    attributes: dict[str, bool] | None = None
+    policy: dict[str, Any] | None = None
+
+
+class SignRequestBody(Strict):
+    payload: str = Field(max_length=B64_MAX)
+    payloadType: str = Field(default="UNSPECIFIED", max_length=128)
+    signKeyName: str = Field(min_length=1, max_length=128)
+    signatureAlgorithm: str | None = Field(default=None, max_length=64)
+    metaData: dict[str, Any] | str | None = None
+    metaDataSignature: str | None = Field(default=None, max_length=4096)
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_b64(cls, v: str) -> str:
+        _b64(v, "payload")
+        return v
+
+    def payload_bytes(self) -> bytes:
+        return base64.b64decode(self.payload)
+
+
+class SignBody(Strict):
+    signRequest: SignRequestBody
+
+
+class Paging(Strict):
+    pageNumber: int = Field(default=0, ge=0, le=10_000)
+    pageSize: int = Field(default=20, ge=1, le=100)
+    sortOrder: Literal["CREATION_DATE_ASC", "CREATION_DATE_DESC"] = "CREATION_DATE_ASC"
+
+
+class TaskFilter(Strict):
+    timestamp: str = Field(max_length=64)
+    timestampSignature: str = Field(max_length=4096)
+    approverCertificate: str = Field(max_length=CRED_MAX)
+    timestampDigestAlgorithm: str = Field(default="SHA-256", max_length=16)
+    detailLevel: Literal["level1", "level2", "level3"] = "level1"
+    paging: Paging = Paging()
+
+
+class ApprovalBody(Strict):
+    id: str = Field(max_length=64)
+    approvalToBeSigned: str = Field(max_length=400_000)
+    signature: str = Field(max_length=4096)
+    approvalDigestAlgorithm: str = Field(default="SHA-256", max_length=16)
+    approverCertificate: str = Field(max_length=CRED_MAX)
+
+    @field_validator("signature")
+    @classmethod
+    def _sig_b64(cls, v: str) -> str:
+        _b64(v, "signature")
+        return v
+
+    def signature_bytes(self) -> bytes:
+        return base64.b64decode(self.signature)
+
+
+class KeyActionBody(Strict):
+    label: str = Field(min_length=1, max_length=128)
+    policy: dict[str, Any] | None = None  #: the new policy, for modify only

@@ -1,0 +1,373 @@
+"""The broker: keeps request state, collects approvals, releases when the rule is met.
+
+It plays the role of Securosys' Transaction Security Broker (seeds 002, 003) and is
+"uncritical for security": it holds no keys and everything it hands the HSM is verified
+there again. Its job is liveness - release as soon as the rule can be met (on the last
+approval, or when a hold ends), and never lose or repeat a release:
+
+* the HSM executes a request at most once; a second ``execute`` is refused;
+* every state change here is committed before the next external effect;
+* a broker that crashed after the HSM signed fetches the result again
+  (``request_result``) - so after any crash, :meth:`Broker.advance` converges.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+from hsm_emulator.client import HsmClient
+from hsm_emulator.credentials import Credential, parse_credential, verify, verify_timestamp
+from hsm_emulator.errors import ApprovalRefused, HsmError, PolicyNotMet, RequestClosed
+from hsm_emulator.evaluate import Evaluation
+from hsm_emulator.flow import Approval
+from hsm_emulator.model import Action
+from hsm_emulator.policy import Policy, parse_policy
+
+from .db import FINAL, ApprovalRecord, SeenTimestamp, SignRequest, Status
+from .errors import Conflict, CustodyError, Forbidden, NotFound
+
+#: What an approver signs to reject a task: this prefix and the challenge bytes.
+REJECT_PREFIX = b"ska-reject-v1:"
+MAX_PAGE = 100
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller of the broker (from its JWT)."""
+
+    subject: str
+    tenant: str
+    roles: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Task:
+    request: SignRequest
+    approvers_done: tuple[str, ...]
+
+
+class Broker:
+    def __init__(self, hsm: HsmClient, sessions: sessionmaker,  # type: ignore[type-arg]
+                 *, clock: Callable[[], float] = time.time, max_skew: float = 300.0,
+                 on_change: Callable[[SignRequest], None] | None = None) -> None:
+        self.hsm = hsm
+        self.sessions = sessions
+        self.clock = clock
+        self.max_skew = max_skew
+        self.on_change = on_change or (lambda _r: None)
+        self._policies: dict[tuple[str, str], Policy] = {}
+        self._wake = threading.Condition()
+
+    # -- sign requests ------------------------------------------------------------------
+
+    def submit(self, principal: Principal, label: str, action: Action, payload: bytes,
+               payload_type: str, algorithm: str | None, meta: dict[str, Any] | None,
+               new_policy: dict[str, Any] | None = None) -> SignRequest:
+        """Record a request in the HSM, then here; try to release it at once."""
+        challenge = self.hsm.begin(label, action, payload, payload_type, algorithm,
+                                   new_policy=new_policy, initiator=principal.subject)
+        body = challenge.body
+        row = SignRequest(
+            id=challenge.request_id, tenant=principal.tenant, initiator=principal.subject,
+            key_label=label, action=action.value, payload_type=payload_type,
+            payload_b64=base64.b64encode(payload).decode(), signature_algorithm=algorithm,
+            meta_data=meta, challenge_b64=challenge.approval_to_be_signed,
+            intent=body["intent"], status=Status.PENDING, hsm_time=body["hsmTime"],
+        )
+        with self.sessions.begin() as s:
+            s.add(row)
+        return self.advance(row.id)
+
+    def get(self, request_id: str, tenant: str | None = None) -> SignRequest:
+        with self.sessions() as s:
+            row: SignRequest | None = s.get(SignRequest, request_id)
+            if row is None or (tenant is not None and row.tenant != tenant):
+                raise NotFound(f"no request {request_id!r}")
+            return row
+
+    def approvals(self, request_id: str) -> list[ApprovalRecord]:
+        with self.sessions() as s:
+            return list(s.scalars(select(ApprovalRecord).where(
+                ApprovalRecord.request_id == request_id).order_by(ApprovalRecord.id)))
+
+    def cancel(self, principal: Principal, request_id: str) -> SignRequest:
+        row = self.get(request_id, principal.tenant)
+        if row.status in FINAL:
+            raise Conflict(f"request {request_id} is already {row.status}")
+        try:
+            self.hsm.cancel(request_id, f"cancelled by {principal.subject}")
+        except RequestClosed:
+            return self.advance(request_id)  # it was executed meanwhile: record that
+        self._finish(request_id, Status.CANCELLED, error="cancelled")
+        return self.get(request_id)
+
+    # -- approvers ----------------------------------------------------------------------
+
+    def authenticate_approver(self, credential_value: str, timestamp: str, signature_b64: str,
+                              digest: str = "SHA-256") -> Credential:
+        """Seed 003's task-listing proof: a fresh timestamp signed by the approval key,
+        within the allowed skew, each usable once."""
+        cred = _credential(credential_value)
+        ts = verify_timestamp(cred, timestamp, signature_b64, self.clock(), self.max_skew,
+                              digest)
+        try:
+            with self.sessions.begin() as s:
+                s.execute(delete(SeenTimestamp).where(
+                    SeenTimestamp.at < self.clock() - 2 * self.max_skew))
+                s.add(SeenTimestamp(approver=cred.fingerprint, timestamp=timestamp, at=ts))
+        except IntegrityError:
+            raise ApprovalRefused("this signed timestamp was already used") from None
+        return cred
+
+    def tasks(self, cred: Credential, page: int = 0, size: int = 20,
+              newest_first: bool = False) -> list[Task]:
+        """Pending requests this approver may approve and has not yet answered."""
+        size = max(1, min(size, MAX_PAGE))
+        with self.sessions() as s:
+            done = set(s.scalars(select(ApprovalRecord.request_id).where(
+                ApprovalRecord.approver == cred.fingerprint)))
+            order = SignRequest.created_at.desc() if newest_first else SignRequest.created_at
+            rows = s.scalars(select(SignRequest).where(
+                SignRequest.status.in_([Status.PENDING, Status.APPROVED])).order_by(order))
+            mine = [r for r in rows if r.id not in done
+                    and cred.fingerprint in self._rule_members(r.key_label, r.action)]
+        return [Task(r, ()) for r in mine[page * size:(page + 1) * size]]
+
+    def approve(self, request_id: str, credential_value: str, signature: bytes,
+                digest: str = "SHA-256", challenge_b64: str | None = None) -> SignRequest:
+        """Record one approval (verified by the HSM first), then try to release."""
+        row = self.get(request_id)
+        if challenge_b64 is not None and challenge_b64 != row.challenge_b64:
+            raise ApprovalRefused("approvalToBeSigned does not match this task's challenge")
+        if row.status in FINAL:
+            raise Conflict(f"request {request_id} is already {row.status}")
+        kind = _credential_kind(credential_value)
+        approval = Approval(kind, credential_value, signature, digest)
+        spki = self.hsm.check_approval(request_id, approval)
+        cred = parse_credential(kind, credential_value)
+        self._record(ApprovalRecord(
+            request_id=request_id, approver=cred.fingerprint, approver_key_b64=spki,
+            credential_type=kind, credential=credential_value,
+            signature_b64=base64.b64encode(signature).decode(), digest=digest))
+        return self.advance(request_id)
+
+    def reject(self, request_id: str, credential_value: str, signature: bytes,
+               digest: str = "SHA-256") -> SignRequest:
+        """An approver's signed refusal; ends the request once its policy cannot be met."""
+        row = self.get(request_id)
+        if row.status in FINAL:
+            raise Conflict(f"request {request_id} is already {row.status}")
+        cred = _credential(credential_value)
+        if cred.fingerprint not in self._rule_members(row.key_label, row.action):
+            raise ApprovalRefused("not an approver of this request")
+        message = REJECT_PREFIX + base64.b64decode(row.challenge_b64)
+        if not verify(cred, message, signature, digest):
+            raise ApprovalRefused("rejection signature does not verify")
+        self._record(ApprovalRecord(
+            request_id=request_id, approver=cred.fingerprint,
+            approver_key_b64=cred.public_key_b64, credential_type=_credential_kind(
+                credential_value), credential=credential_value,
+            signature_b64=base64.b64encode(signature).decode(), digest=digest, rejected=True))
+        return self.advance(request_id)
+
+    def _record(self, record: ApprovalRecord) -> None:
+        try:
+            with self.sessions.begin() as s:
+                s.add(record)
+        except IntegrityError:
+            raise Conflict("this approver already answered this request") from None
+
+    # -- release ------------------------------------------------------------------------
+
+    def advance(self, request_id: str) -> SignRequest:
+        """Bring a request as far as its approvals and the clock allow. Idempotent."""
+        row = self.get(request_id)
+        if row.status in FINAL:
+            return row
+        records = self.approvals(request_id)
+        approvals = [_approval(r) for r in records if not r.rejected]
+        rejected = [r.approver for r in records if r.rejected]
+        try:
+            ev = self.hsm.request_status(request_id, approvals, rejected)
+        except RequestClosed:
+            return self._recover(row)
+        except HsmError as exc:
+            return self._fail(request_id, exc)
+        if ev.released:
+            return self._release(row, approvals)
+        if not ev.attainable:
+            return self._close(row, Status.REJECTED if rejected else Status.EXPIRED, ev)
+        self._wait(row, ev)
+        return self.get(request_id)
+
+    def _close(self, row: SignRequest, status: Status, ev: Evaluation) -> SignRequest:
+        """The policy can no longer be met: close it in the HSM too, then here."""
+        try:
+            self.hsm.cancel(row.id, status.value.lower())
+        except RequestClosed:
+            return self._recover(row)
+        self._finish(row.id, status, error="; ".join(ev.missing()))
+        return self.get(row.id)
+
+    def _release(self, row: SignRequest, approvals: Sequence[Approval]) -> SignRequest:
+        try:
+            result = self.hsm.execute(row.id, approvals)
+        except RequestClosed:
+            return self._recover(row)
+        except PolicyNotMet:  # the clock moved between status and execute: look again
+            return self.advance(row.id)
+        except HsmError as exc:
+            return self._fail(row.id, exc)
+        self._finish(row.id, Status.EXECUTED, signatures=result.signatures,
+                     approved_by=list(result.approved_by), executed_at=result.executed_at)
+        return self.get(row.id)
+
+    def _recover(self, row: SignRequest) -> SignRequest:
+        """The HSM closed the request: executed (maybe by another replica, maybe before
+        a crash) - record its result - or cancelled."""
+        try:
+            result = self.hsm.request_result(row.id)
+        except RequestClosed as exc:
+            self._finish(row.id, Status.CANCELLED if "cancelled" in exc.reason else
+                         Status.FAILED, error=exc.reason)
+            return self.get(row.id)
+        self._finish(row.id, Status.EXECUTED, signatures=result.signatures,
+                     approved_by=list(result.approved_by), executed_at=result.executed_at)
+        return self.get(row.id)
+
+    def _fail(self, request_id: str, exc: HsmError) -> SignRequest:
+        self._finish(request_id, Status.FAILED, error=f"{exc.code}: {exc.reason}")
+        return self.get(request_id)
+
+    def _finish(self, request_id: str, status: Status, *, error: str | None = None,
+                signatures: Sequence[bytes] = (), approved_by: list[str] | None = None,
+                executed_at: float | None = None) -> None:
+        """Move to a final state once: only from a non-final state (first writer wins)."""
+        values: dict[str, Any] = {"status": status, "error": error, "wake_at": None,
+                                  "version": SignRequest.version + 1}
+        if status is Status.EXECUTED:
+            values.update(result=[base64.b64encode(s).decode() for s in signatures],
+                          approved_by=approved_by, execution_time=datetime.fromtimestamp(
+                              executed_at or self.clock(), UTC))
+        with self.sessions.begin() as s:
+            changed = s.execute(update(SignRequest).where(
+                SignRequest.id == request_id,
+                SignRequest.status.not_in([st.value for st in FINAL])).values(**values))
+        if changed.rowcount:
+            self.on_change(self.get(request_id))
+
+    def _wait(self, row: SignRequest, ev: Evaluation) -> None:
+        """Not releasable yet: note when the clock alone could change that."""
+        waits = []
+        for t in ev.tokens:
+            if t.attainable and all(g.met for g in t.groups) and t.hold_remaining > 0:
+                waits.append(t.hold_remaining)
+        wake = self.clock() + min(waits) if waits else None
+        status = Status.APPROVED if waits else Status.PENDING
+        with self.sessions.begin() as s:
+            s.execute(update(SignRequest).where(
+                SignRequest.id == row.id,
+                SignRequest.status.not_in([st.value for st in FINAL])).values(
+                    wake_at=wake, status=status))
+        if status != row.status:
+            self.on_change(self.get(row.id))
+        if wake is not None:
+            with self._wake:
+                self._wake.notify_all()
+
+    def due(self) -> list[str]:
+        """Requests whose hold has ended (or that should be re-examined) by now."""
+        with self.sessions() as s:
+            return list(s.scalars(select(SignRequest.id).where(
+                SignRequest.wake_at.is_not(None), SignRequest.wake_at <= self.clock(),
+                SignRequest.status.not_in([st.value for st in FINAL]))))
+
+    def next_wake(self) -> float | None:
+        with self.sessions() as s:
+            wake: float | None = s.scalar(select(SignRequest.wake_at).where(
+                SignRequest.wake_at.is_not(None),
+                SignRequest.status.not_in([st.value for st in FINAL])).order_by(
+                    SignRequest.wake_at).limit(1))
+            return wake
+
+    def tick(self) -> int:
+        """Advance every due request; returns how many were looked at."""
+        ids = self.due()
+        for request_id in ids:
+            self.advance(request_id)
+        return len(ids)
+
+    def run_scheduler(self, stop: threading.Event, max_sleep: float = 5.0) -> None:
+        """Wake for the earliest hold end (or when told a new one exists), never poll
+        blindly for long: a released hold is signed within milliseconds of its end."""
+        while not stop.is_set():
+            try:
+                self.tick()
+                wake = self.next_wake()
+            except (CustodyError, HsmError, OSError):
+                wake = None
+            delay = max_sleep if wake is None else max(0.0, min(max_sleep, wake - self.clock()))
+            with self._wake:
+                self._wake.wait(timeout=delay)
+
+    def stop_scheduler(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _rule_members(self, label: str, action: str) -> frozenset[str]:
+        info = self.hsm.get_key(label)
+        key = (label, info.policy_digest)
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = parse_policy({k: v for k, v in info.policy.items() if k != "keyStatus"})
+            self._policies[key] = policy
+        rule = policy.rule(Action(action))
+        if rule is None:
+            return frozenset()
+        return frozenset(a.fingerprint for t in rule.tokens for g in t.groups
+                         for a in g.approvers)
+
+    def members_of(self, label: str, action: str) -> list[str]:
+        """Approver SPKI (base64) of every group in the key's rule for ``action``."""
+        info = self.hsm.get_key(label)
+        policy = parse_policy({k: v for k, v in info.policy.items() if k != "keyStatus"})
+        rule = policy.rule(Action(action))
+        seen: dict[str, str] = {}
+        for t in rule.tokens if rule else ():
+            for g in t.groups:
+                for a in g.approvers:
+                    seen.setdefault(a.fingerprint, a.credential.public_key_b64)
+        return list(seen.values())
+
+
+def _approval(r: ApprovalRecord) -> Approval:
+    return Approval(r.credential_type, r.credential, base64.b64decode(r.signature_b64),
+                    r.digest)
+
+
+def _credential_kind(value: str) -> str:
+    """TSB sends ``approverCertificate``: a certificate or a bare public key."""
+    try:
+        parse_credential("certificate", value)
+    except HsmError:
+        return "public_key"
+    return "certificate"
+
+
+def _credential(value: str) -> Credential:
+    try:
+        return parse_credential(_credential_kind(value), value)
+    except HsmError as exc:
+        raise Forbidden(f"approver credential: {exc.reason}") from None

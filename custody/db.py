@@ -1,0 +1,139 @@
+"""The broker's state in SQL (SQLAlchemy 2): SQLite file by default, PostgreSQL to scale.
+
+The broker keeps request state and collected approvals; none of it is trusted by the
+HSM, which re-verifies everything. Every state change is committed before the next
+external effect, so any replica or worker can pick a request up after a crash.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+class Status(StrEnum):
+    """seed 003's request statuses."""
+
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"  #: policy met, release in progress (or waiting for the hold)
+    EXECUTED = "EXECUTED"
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+
+FINAL = frozenset({Status.EXECUTED, Status.FAILED, Status.EXPIRED, Status.REJECTED,
+                   Status.CANCELLED})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SignRequest(Base):
+    __tablename__ = "sign_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  #: the HSM's request id
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    initiator: Mapped[str] = mapped_column(String(256))
+    key_label: Mapped[str] = mapped_column(String(128), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    payload_type: Mapped[str] = mapped_column(String(128))
+    payload_b64: Mapped[str] = mapped_column(Text)
+    signature_algorithm: Mapped[str | None] = mapped_column(String(64))
+    meta_data: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    challenge_b64: Mapped[str] = mapped_column(Text)  #: approvalToBeSigned
+    intent: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=Status.PENDING)
+    hsm_time: Mapped[float] = mapped_column(Float)
+    #: when the broker should look at this request again (hold end, timeout)
+    wake_at: Mapped[float | None] = mapped_column(Float, index=True)
+    result: Mapped[list[str] | None] = mapped_column(JSON)  #: signatures, base64
+    error: Mapped[str | None] = mapped_column(Text)
+    approved_by: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    execution_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ApprovalRecord(Base):
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("request_id", "approver"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("sign_requests.id"), index=True)
+    approver: Mapped[str] = mapped_column(String(64))  #: credential fingerprint
+    approver_key_b64: Mapped[str] = mapped_column(Text)  #: SPKI, as approvedBy shows it
+    credential_type: Mapped[str] = mapped_column(String(32))
+    credential: Mapped[str] = mapped_column(Text)
+    signature_b64: Mapped[str] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(16))
+    rejected: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    __tablename__ = "idempotency"
+    __table_args__ = (UniqueConstraint("principal", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    principal: Mapped[str] = mapped_column(String(256))
+    key: Mapped[str] = mapped_column(String(128))
+    fingerprint: Mapped[str] = mapped_column(String(64))  #: hash of the request body
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SeenTimestamp(Base):
+    """Signed task-listing timestamps already used: each works once per approver."""
+
+    __tablename__ = "seen_timestamps"
+    __table_args__ = (UniqueConstraint("approver", "timestamp"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    approver: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float, index=True)
+
+
+def make_engine(url: str) -> Engine:
+    """SQLite in WAL mode (the embedded default) or PostgreSQL via psycopg 3."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: object, _record: object) -> None:
+            cur = conn.cursor()  # type: ignore[attr-defined]
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10)
+
+
+def make_sessions(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)
