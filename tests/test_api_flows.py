@@ -1,0 +1,255 @@
+"""The /v1 API with tiered policies, holds, rejections, and hostile callers."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from approvals_app.auth import issue_token
+from approvals_app.main import create_app
+from approvals_app.settings import Settings
+from custody.broker import REJECT_PREFIX
+from hsm_emulator import Hsm
+from hsm_emulator.decoders import transfer_payload
+from tests.conftest import SO, TEST_PASSPHRASE
+from tests.helpers import Approver, tiered_policy
+from tests.test_api_tutorial import SECRET, bearer
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[TestClient]:
+    hsm = Hsm.open(tmp_path / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO)
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'broker.sqlite'}",
+                        jwt_secret=SECRET)
+    with TestClient(create_app(settings, hsm)) as client:
+        yield client
+    hsm.close()
+
+
+@pytest.fixture
+def treasury(api: TestClient, people: dict[str, Approver]) -> str:
+    policy = tiered_policy([people["t1"], people["t2"], people["t3"]], [people["c1"]], hold=2,
+                           timeout=600)
+    r = api.post("/v1/key", json={"label": "treasury", "algorithm": "EC",
+                                  "curveOid": "1.3.132.0.10", "policy": policy},
+                 headers=bearer("key_admin"))
+    assert r.status_code == 201, r.text
+    return "treasury"
+
+
+def sign(api: TestClient, amount: int, nonce: int = 0, **hdr: Any) -> dict[str, Any]:
+    payload = base64.b64encode(transfer_payload("TST", amount, "bob", 1, nonce)).decode()
+    r = api.post("/v1/sign", json={"signRequest": {
+        "payload": payload, "payloadType": "TEST_TRANSFER", "signKeyName": "treasury"}},
+        headers=hdr or bearer("business"))
+    assert r.status_code == 201, r.text
+    return status(api, r.json()["signRequestId"])
+
+
+def status(api: TestClient, request_id: str) -> dict[str, Any]:
+    return api.get(f"/v1/request/{request_id}", headers=bearer("business")).json()
+
+
+def tasks(api: TestClient, who: Approver, level: str = "level2") -> list[dict[str, Any]]:
+    ts = dt.datetime.now(dt.UTC).isoformat()
+    r = api.post("/v1/filteredSignApprovalTask", json={
+        "timestamp": ts, "timestampSignature": base64.b64encode(who.sign(ts.encode())).decode(),
+        "approverCertificate": who.spki_b64, "detailLevel": level})
+    assert r.status_code == 200, r.text
+    return list(r.json()["tasks"])
+
+
+def answer(api: TestClient, who: Approver, task: dict[str, Any], reject: bool = False) -> Any:
+    challenge = base64.b64decode(task["approvalToBeSigned"])
+    sig = who.sign(REJECT_PREFIX + challenge if reject else challenge)
+    return api.post("/v1/rejection" if reject else "/v1/approval", json={
+        "id": task["id"], "approvalToBeSigned": task["approvalToBeSigned"],
+        "signature": base64.b64encode(sig).decode(), "approverCertificate": who.spki_b64})
+
+
+def test_small_is_executed_at_once(api: TestClient, treasury: str) -> None:
+    body = sign(api, 50)
+    assert body["status"] == "EXECUTED" and body["result"]
+
+
+def test_medium_released_on_second_trader(api: TestClient, treasury: str,
+                                          people: dict[str, Approver]) -> None:
+    request = sign(api, 1000)
+    assert request["status"] == "PENDING" and len(request["notYetApprovedBy"]) == 4
+    t1_tasks = tasks(api, people["t1"])
+    assert [t["id"] for t in t1_tasks] == [request["id"]]
+    assert t1_tasks[0]["intent"]["transfers"][0]["amount"] == "1000"
+    assert answer(api, people["t1"], t1_tasks[0]).json()["status"] == "PENDING"
+    assert tasks(api, people["t1"]) == []  # answered tasks are not listed again
+    assert answer(api, people["t1"], t1_tasks[0]).status_code == 409  # twice: conflict
+    start = time.perf_counter()
+    assert answer(api, people["t2"], tasks(api, people["t2"])[0]).json()["status"] == "EXECUTED"
+    assert time.perf_counter() - start < 1.0  # released within the approving call
+    assert len(status(api, request["id"])["approvedBy"]) == 2
+
+
+def test_large_waits_for_the_hold_then_releases(api: TestClient, treasury: str,
+                                                people: dict[str, Approver]) -> None:
+    request = sign(api, 10**6)
+    for who in ("t1", "t3", "c1"):
+        answer(api, people[who], tasks(api, people[who])[0])
+    assert status(api, request["id"])["status"] in ("APPROVED", "EXECUTED")
+    deadline = time.time() + 10
+    while status(api, request["id"])["status"] != "EXECUTED" and time.time() < deadline:
+        time.sleep(0.05)
+    body = status(api, request["id"])
+    assert body["status"] == "EXECUTED", body
+    executed = dt.datetime.fromisoformat(body["executionTime"]).timestamp()
+    assert executed >= body_created(api, request["id"]) + 2  # not before the hold ended
+
+
+def tasks_or_challenge(api: TestClient, request_id: str) -> str:
+    row = api.app.state.broker.get(request_id)  # type: ignore[attr-defined]
+    return str(row.challenge_b64)
+
+
+def body_created(api: TestClient, request_id: str) -> float:
+    return float(api.app.state.broker.get(request_id).hsm_time)  # type: ignore[attr-defined]
+
+
+def test_rejection_ends_the_request(api: TestClient, treasury: str,
+                                    people: dict[str, Approver]) -> None:
+    request = sign(api, 1000)
+    answer(api, people["t1"], tasks(api, people["t1"])[0], reject=True)
+    answer(api, people["t2"], tasks(api, people["t2"])[0], reject=True)
+    body = status(api, request["id"])
+    assert body["status"] == "REJECTED" and len(body["rejectedBy"]) == 2
+    late = answer(api, people["t3"], {"id": request["id"], "approvalToBeSigned":
+                                      tasks_or_challenge(api, request["id"])})
+    assert late.status_code == 409
+
+
+def test_cancel(api: TestClient, treasury: str, people: dict[str, Approver]) -> None:
+    request = sign(api, 1000)
+    other_tenant = api.delete(f"/v1/request/{request['id']}",
+                              headers=bearer("business", tenant="desk-2"))
+    assert other_tenant.status_code == 404
+    assert api.delete(f"/v1/request/{request['id']}",
+                      headers=bearer("business")).json()["status"] == "CANCELLED"
+    task = {"id": request["id"], "approvalToBeSigned": tasks_or_challenge(api, request["id"])}
+    assert answer(api, people["t1"], task).status_code == 409
+
+
+def test_initiator_cannot_approve_own_request(api: TestClient, treasury: str,
+                                              people: dict[str, Approver]) -> None:
+    t1 = people["t1"]
+    own = issue_token(SECRET, t1.spki_b64, "desk-1", ["business"])
+    request = sign(api, 1000, Authorization=f"Bearer {own}")
+    r = answer(api, t1, {"id": request["id"],
+                         "approvalToBeSigned": tasks_or_challenge(api, request["id"])})
+    assert r.status_code == 403 and "initiator" in r.json()["detail"]
+
+
+# -- hostile callers ------------------------------------------------------------------------
+
+
+def _token(claims: dict[str, Any], key: str = SECRET, alg: str = "HS256") -> str:
+    base = {"sub": "x", "tenant": "desk-1", "roles": ["business", "key_admin"],
+            "aud": "ska-custody", "iss": "ska-custody", "exp": int(time.time()) + 60}
+    return jwt.encode({**base, **claims}, key, algorithm=alg)
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    def seg(d: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
+    base = {"sub": "x", "tenant": "desk-1", "roles": ["business"], "aud": "ska-custody",
+            "iss": "ska-custody", "exp": int(time.time()) + 60}
+    return f"{seg({'alg': 'none', 'typ': 'JWT'})}.{seg({**base, **claims})}."
+
+
+@pytest.mark.parametrize("token", [
+    _unsigned({}),
+    _token({}, key="not-the-secret-but-long-enough-0123456789"),
+    _token({"exp": int(time.time()) - 10}),
+    _token({"aud": "someone-else"}),
+    _token({"iss": "someone-else"}),
+    _token({"roles": "business"}),
+    _token({"tenant": ""}),
+    "not.a.jwt",
+    "",
+])
+def test_bad_tokens_are_refused(api: TestClient, token: str) -> None:
+    r = api.get("/v1/request/whatever", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_roles_are_enforced(api: TestClient, treasury: str) -> None:
+    body = {"signRequest": {"payload": "AA==", "payloadType": "UNSPECIFIED",
+                            "signKeyName": "treasury", "signatureAlgorithm": "SHA256_WITH_ECDSA"}}
+    assert api.post("/v1/sign", json=body, headers=bearer("auditor")).status_code == 403
+    assert api.post("/v1/key", json={"label": "k2", "algorithm": "ED"},
+                    headers=bearer("business")).status_code == 403
+    assert api.post("/v1/block", json={"label": "treasury"},
+                    headers=bearer("business")).status_code == 403
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"signRequest": {}},
+    {"signRequest": {"payload": "%%%", "signKeyName": "treasury"}},
+    {"signRequest": {"payload": "AA==", "signKeyName": "treasury", "colour": "red"}},
+    {"signRequest": {"payload": "AA==", "signKeyName": "x" * 500}},
+    {"signRequest": {"payload": 12, "signKeyName": "treasury"}},
+    {"signRequest": {"payload": "AA==", "signKeyName": "treasury", "payloadType": "NOPE"}},
+    {"signRequest": {"payload": "AA==", "signKeyName": "nokey",
+                     "signatureAlgorithm": "SHA256_WITH_ECDSA"}},
+    {"signRequest": {"payload": "AA==", "signKeyName": "treasury",
+                     "signatureAlgorithm": "MD5_WITH_RSA"}},
+    {"signRequest": {"payload": "AA==", "signKeyName": "treasury", "payloadType": "TEST_TRANSFER"}},
+])
+def test_hostile_sign_bodies_get_4xx_and_change_nothing(api: TestClient, treasury: str,
+                                                         body: dict[str, Any]) -> None:
+    broker = api.app.state.broker  # type: ignore[attr-defined]
+    with broker.sessions() as s:
+        before = s.execute(text("SELECT count(*) FROM sign_requests")).scalar()
+    r = api.post("/v1/sign", json=body, headers=bearer("business"))
+    assert 400 <= r.status_code < 500, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    with broker.sessions() as s:
+        after = s.execute(text("SELECT count(*) FROM sign_requests")).scalar()
+    assert before == after
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b | {"signature": "!!"},
+    lambda b: b | {"signature": base64.b64encode(b"\x00" * 64).decode()},
+    lambda b: b | {"approverCertificate": "AAAA"},
+    lambda b: b | {"id": "no-such-request"},
+    lambda b: b | {"approvalToBeSigned": base64.b64encode(b"other").decode()},
+    lambda b: b | {"extra": 1},
+    lambda b: {k: v for k, v in b.items() if k != "signature"},
+])
+def test_hostile_approvals(api: TestClient, treasury: str, people: dict[str, Approver],
+                           mutate: Any) -> None:
+    request = sign(api, 1000)
+    task = tasks(api, people["t1"])[0]
+    challenge = base64.b64decode(task["approvalToBeSigned"])
+    good = {"id": task["id"], "approvalToBeSigned": task["approvalToBeSigned"],
+            "signature": base64.b64encode(people["t1"].sign(challenge)).decode(),
+            "approverCertificate": people["t1"].spki_b64}
+    r = api.post("/v1/approval", json=mutate(good))
+    assert 400 <= r.status_code < 500, r.text
+    assert status(api, request["id"])["approvedBy"] == []
+
+
+def test_health(api: TestClient) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/readyz").json() == {"status": "ready"}
+    assert api.get("/openapi.json").status_code == 200
