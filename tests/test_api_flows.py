@@ -253,3 +253,27 @@ def test_health(api: TestClient) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json() == {"status": "ready"}
     assert api.get("/openapi.json").status_code == 200
+
+
+def test_idempotency_key_returns_the_first_result(api: TestClient, treasury: str) -> None:
+    payload = base64.b64encode(transfer_payload("TST", 1000, "bob", 1, 7)).decode()
+    body = {"signRequest": {"payload": payload, "payloadType": "TEST_TRANSFER",
+                            "signKeyName": "treasury"}}
+    headers = bearer("business") | {"Idempotency-Key": "transfer-42"}
+    first = api.post("/v1/sign", json=body, headers=headers)
+    again = api.post("/v1/sign", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()
+    broker = api.app.state.broker  # type: ignore[attr-defined]
+    with broker.sessions() as s:
+        assert s.execute(text("SELECT count(*) FROM sign_requests")).scalar() == 1
+    other = {"signRequest": {**body["signRequest"], "payload": base64.b64encode(
+        transfer_payload("TST", 9999, "bob", 1, 7)).decode()}}
+    clash = api.post("/v1/sign", json=other, headers=headers)
+    assert clash.status_code == 409 and "different request body" in clash.json()["detail"]
+    refused = api.post("/v1/sign", json={"signRequest": {**body["signRequest"],
+                                                         "signKeyName": "nokey"}},
+                       headers=bearer("business") | {"Idempotency-Key": "k-2"})
+    assert refused.status_code == 404
+    with broker.sessions() as s:  # a refused call leaves no reservation behind
+        assert s.execute(text("SELECT count(*) FROM idempotency")).scalar() == 1

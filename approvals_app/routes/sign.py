@@ -2,49 +2,74 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
 
 from approvals_app.auth import CurrentPrincipal, require
 from approvals_app.schemas import KeyActionBody, SignBody
+from custody.broker import Principal
 from custody.errors import BadRequest
+from custody.idempotency import run_once
 from hsm_emulator.model import Action
+
+#: ``Idempotency-Key`` header: a retried creating call returns the first result.
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 router = APIRouter(prefix="/v1", tags=["sign"])
 
 
 @router.post("/sign", status_code=201)
-def sign(body: SignBody, request: Request, who: CurrentPrincipal) -> dict[str, str]:
+def sign(body: SignBody, request: Request, who: CurrentPrincipal,
+         idempotency_key: IdempotencyKey = None) -> JSONResponse:
     require(who, "business")
     r = body.signRequest
     meta = r.metaData if isinstance(r.metaData, dict) else (
         None if r.metaData is None else {"value": r.metaData})
     algorithm = r.signatureAlgorithm if r.payloadType == "UNSPECIFIED" else None
-    row = request.app.state.broker.submit(who, r.signKeyName, Action.USE, r.payload_bytes(),
-                                          r.payloadType, algorithm, meta)
-    return {"signRequestId": row.id}
+    broker = request.app.state.broker
+
+    def work() -> tuple[int, dict[str, Any]]:
+        row = broker.submit(who, r.signKeyName, Action.USE, r.payload_bytes(), r.payloadType,
+                            algorithm, meta)
+        return 201, {"signRequestId": row.id}
+
+    status, response = run_once(broker.sessions, f"{who.tenant}/{who.subject}",
+                                idempotency_key, body.model_dump(), work)
+    return JSONResponse(response, status_code=status)
 
 
-def _key_action(request: Request, who: Any, body: KeyActionBody, action: Action) -> dict[str, str]:
+def _key_action(request: Request, who: Principal, body: KeyActionBody, action: Action,
+                key: str | None) -> JSONResponse:
     require(who, "key_admin")
     if (body.policy is None) == (action is Action.MODIFY):
         raise BadRequest("a policy goes with modify, and only with modify")
-    row = request.app.state.broker.submit(who, body.label, action, b"", "UNSPECIFIED", None,
-                                          None, new_policy=body.policy)
-    return {"requestId": row.id, "status": row.status}
+    broker = request.app.state.broker
+
+    def work() -> tuple[int, dict[str, Any]]:
+        row = broker.submit(who, body.label, action, b"", "UNSPECIFIED", None, None,
+                            new_policy=body.policy)
+        return 201, {"requestId": row.id, "status": row.status}
+
+    status, response = run_once(broker.sessions, f"{who.tenant}/{who.subject}", key,
+                                {"action": action.value, **body.model_dump()}, work)
+    return JSONResponse(response, status_code=status)
 
 
 @router.post("/block", status_code=201)
-def block(body: KeyActionBody, request: Request, who: CurrentPrincipal) -> dict[str, str]:
-    return _key_action(request, who, body, Action.BLOCK)
+def block(body: KeyActionBody, request: Request, who: CurrentPrincipal,
+          idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _key_action(request, who, body, Action.BLOCK, idempotency_key)
 
 
 @router.post("/unblock", status_code=201)
-def unblock(body: KeyActionBody, request: Request, who: CurrentPrincipal) -> dict[str, str]:
-    return _key_action(request, who, body, Action.UNBLOCK)
+def unblock(body: KeyActionBody, request: Request, who: CurrentPrincipal,
+            idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _key_action(request, who, body, Action.UNBLOCK, idempotency_key)
 
 
 @router.post("/modify", status_code=201)
-def modify(body: KeyActionBody, request: Request, who: CurrentPrincipal) -> dict[str, str]:
-    return _key_action(request, who, body, Action.MODIFY)
+def modify(body: KeyActionBody, request: Request, who: CurrentPrincipal,
+           idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return _key_action(request, who, body, Action.MODIFY, idempotency_key)
