@@ -6,10 +6,13 @@ import base64
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from approvals_app.auth import CurrentPrincipal, require
+from approvals_app.routes.sign import IdempotencyKey
 from approvals_app.schemas import KeyCreate
 from custody.errors import BadRequest
+from custody.idempotency import run_once
 from hsm_emulator.model import KeyAlgorithm
 from hsm_emulator.results import KeyInfo
 
@@ -51,12 +54,20 @@ def key_json(info: KeyInfo, attestation: dict[str, Any] | None = None) -> dict[s
 
 
 @router.post("/key", status_code=201)
-def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
+def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal,
+               idempotency_key: IdempotencyKey = None) -> JSONResponse:
     require(who, "key_admin")
     hsm = request.app.state.hsm
-    info = hsm.create_key(body.label, algorithm_of(body), key_size=body.keySize,
-                          attributes=body.attributes, policy=body.policy)
-    return key_json(info)
+
+    def work() -> tuple[int, dict[str, Any]]:
+        info = hsm.create_key(body.label, algorithm_of(body), key_size=body.keySize,
+                              attributes=body.attributes, policy=body.policy)
+        return 201, key_json(info)
+
+    status, response = run_once(request.app.state.broker.sessions,
+                                f"{who.tenant}/{who.subject}", idempotency_key,
+                                body.model_dump(), work)
+    return JSONResponse(response, status_code=status)
 
 
 @router.get("/key/{label}")
