@@ -13,6 +13,9 @@ bench_app = typer.Typer(help="Benchmarks: one JSON object per line, the last the
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
+#: HS256 keys shorter than the hash are weak (RFC 7518 section 3.2).
+MIN_SECRET = 32
+
 
 @app.command()
 def demo(data_dir: Path = typer.Option(Path(".custody-demo"), help="Where the demo HSM lives."),
@@ -22,6 +25,53 @@ def demo(data_dir: Path = typer.Option(Path(".custody-demo"), help="Where the de
 
     if not run_demo(data_dir, Console()):
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1", help="Listen address."),
+          port: int = typer.Option(8000, min=1, max=65535),
+          database_url: str = typer.Option(None, envvar="CUSTODY_DATABASE_URL",
+                                           help="SQLAlchemy URL (default: SQLite file)."),
+          hsm_store: Path = typer.Option(None, envvar="CUSTODY_HSM_STORE",
+                                         help="The in-process HSM's store file."),
+          ) -> None:
+    """Run the API server. Secrets come from the environment only:
+    CUSTODY_HSM_PASSPHRASE, CUSTODY_HSM_SO_PASSPHRASE (first start), CUSTODY_JWT_SECRET."""
+    import dataclasses
+
+    import uvicorn
+
+    from approvals_app.main import create_app
+    from approvals_app.settings import Settings
+
+    settings = Settings.from_env()
+    if database_url:
+        settings = dataclasses.replace(settings, database_url=database_url)
+    if hsm_store:
+        settings = dataclasses.replace(settings, hsm_store=hsm_store)
+    if not settings.hsm_passphrase or len(settings.jwt_secret) < MIN_SECRET:
+        Console(stderr=True).print("[red]set CUSTODY_HSM_PASSPHRASE and CUSTODY_JWT_SECRET "
+                                   f"(at least {MIN_SECRET} characters)[/]")
+        raise typer.Exit(2)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def token(subject: str, tenant: str = typer.Option("default"),
+          role: list[str] = typer.Option(["business"], help="Repeat for several roles."),
+          lifetime: int = typer.Option(3600, min=60, max=86400)) -> None:
+    """Mint a development JWT signed with CUSTODY_JWT_SECRET (production has an issuer)."""
+    import os
+
+    from approvals_app.auth import ROLES, issue_token
+
+    secret = os.environ.get("CUSTODY_JWT_SECRET", "")
+    unknown = set(role) - ROLES
+    if len(secret) < MIN_SECRET or unknown:
+        Console(stderr=True).print(f"[red]need CUSTODY_JWT_SECRET of {MIN_SECRET}+ characters; "
+                                   f"roles among {sorted(ROLES)}[/]")
+        raise typer.Exit(2)
+    print(issue_token(secret, subject, tenant, role, lifetime=lifetime))
 
 
 @bench_app.command("hsm")
