@@ -10,17 +10,20 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from custody.broker import Broker
-from custody.db import make_engine, make_sessions
+from custody.db import SignRequest, Status, make_engine, make_sessions
 from hsm_emulator import Hsm, Passphrase
 from hsm_emulator.client import HsmClient, local_client
 
 from . import problems
 from .auth import FailureLimiter
-from .routes import approvals, health, keys, requests, sign
+from .events import EventHub
+from .metrics import Metrics
+from .routes import approvals, events, health, keys, requests, sign
 from .settings import Settings
 
 
@@ -32,9 +35,18 @@ def open_local_hsm(settings: Settings) -> HsmClient:
 def create_app(settings: Settings, hsm: HsmClient | None = None, *,
                broker: Broker | None = None, scheduler: bool = True) -> FastAPI:
     client = hsm if hsm is not None else open_local_hsm(settings)
+    hub, metrics = EventHub(), Metrics()
+
+    def on_change(row: SignRequest) -> None:
+        hub.publish({"id": row.id, "status": row.status, "keyLabel": row.key_label,
+                     "action": row.action})
+        metrics.requests.labels(row.status).inc()
+        if row.status == Status.EXECUTED and row.execution_time is not None:
+            metrics.release.observe(max(0.0, row.execution_time.timestamp() - row.hsm_time))
+
     if broker is None:
         broker = Broker(client, make_sessions(make_engine(settings.database_url)),
-                        max_skew=settings.max_skew_seconds)
+                        max_skew=settings.max_skew_seconds, on_change=on_change)
     stop = threading.Event()
 
     @asynccontextmanager
@@ -57,7 +69,18 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     app.state.hsm = client
     app.state.broker = broker
     app.state.limiter = FailureLimiter()
+    app.state.events = hub
+    app.state.metrics = metrics
     problems.install(app)
-    for module in (keys, sign, approvals, requests, health):
+    for module in (keys, sign, approvals, requests, events, health):
         app.include_router(module.router)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.http.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
     return app

@@ -38,9 +38,16 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
                         headers=headers)
 
 
+def _count(req: Request, code: str) -> None:
+    metrics = getattr(req.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.refusals.labels(code).inc()
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(HsmError)
-    async def _hsm(_req: Request, exc: HsmError) -> JSONResponse:
+    async def _hsm(req: Request, exc: HsmError) -> JSONResponse:
+        _count(req, exc.code)
         extra: dict[str, Any] = {}
         if isinstance(exc, PolicyInvalid):
             extra["field"] = exc.field
@@ -49,7 +56,8 @@ def install(app: FastAPI) -> None:
         return problem(STATUS.get(exc.code, 500), exc.code, exc.reason, **extra)
 
     @app.exception_handler(CustodyError)
-    async def _custody(_req: Request, exc: CustodyError) -> JSONResponse:
+    async def _custody(req: Request, exc: CustodyError) -> JSONResponse:
+        _count(req, exc.code)
         return problem(STATUS.get(exc.code, 500), exc.code, exc.reason)
 
     @app.exception_handler(RequestValidationError)

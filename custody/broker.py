@@ -86,6 +86,7 @@ class Broker:
         )
         with self.sessions.begin() as s:
             s.add(row)
+        self.on_change(row)
         return self.advance(row.id)
 
     def get(self, request_id: str, tenant: str | None = None) -> SignRequest:
@@ -325,6 +326,10 @@ class Broker:
             self._wake.notify_all()
 
     # -- helpers ------------------------------------------------------------------------
+
+    def rule_members(self, label: str, action: str) -> frozenset[str]:
+        """Fingerprints of every approver in the key's rule for ``action``."""
+        return self._rule_members(label, action)
 
     def _rule_members(self, label: str, action: str) -> frozenset[str]:
         info = self.hsm.get_key(label)

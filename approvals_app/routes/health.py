@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from hsm_emulator.errors import HsmError
@@ -32,3 +33,10 @@ def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503,
                             headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
