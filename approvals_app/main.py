@@ -61,6 +61,7 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
         broker.stop_scheduler()
         if thread is not None:
             thread.join(timeout=5)
+        broker.close()
 
     app = FastAPI(title="SKA custody", version="0.1.0", lifespan=lifespan,
                   description="TSB-compatible API in front of an HSM that enforces "

@@ -68,6 +68,12 @@ class Broker:
         self._policies: dict[tuple[str, str], Policy] = {}
         self._wake = threading.Condition()
 
+    def close(self) -> None:
+        """Release the database connections."""
+        bind = self.sessions.kw.get("bind")
+        if bind is not None:
+            bind.dispose()
+
     # -- sign requests ------------------------------------------------------------------
 
     def submit(self, principal: Principal, label: str, action: Action, payload: bytes,

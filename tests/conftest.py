@@ -7,6 +7,7 @@ import pytest
 
 from hsm_emulator import Hsm, ManualClock, Passphrase
 from tests.helpers import Approver
+from tests.pg import postgres  # noqa: F401 - a session fixture for every test module
 
 #: Cheap scrypt in tests only; the default cost is used everywhere else.
 TEST_PASSPHRASE = Passphrase("correct horse battery staple", scrypt_n=2**10)

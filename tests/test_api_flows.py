@@ -26,11 +26,15 @@ from tests.helpers import Approver, tiered_policy
 from tests.test_api_tutorial import SECRET, bearer
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[TestClient]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    """The same API tests on the embedded default and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'broker.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database()
     hsm = Hsm.open(tmp_path / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO)
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'broker.sqlite'}",
-                        jwt_secret=SECRET)
+    settings = Settings(database_url=url, jwt_secret=SECRET)
     with TestClient(create_app(settings, hsm)) as client:
         yield client
     hsm.close()
