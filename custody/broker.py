@@ -80,6 +80,10 @@ class Broker:
                payload_type: str, algorithm: str | None, meta: dict[str, Any] | None,
                new_policy: dict[str, Any] | None = None) -> SignRequest:
         """Record a request in the HSM, then here; try to release it at once."""
+        if action is Action.USE:
+            executed = self._auto_sign(principal, label, payload, payload_type, algorithm, meta)
+            if executed is not None:
+                return executed
         challenge = self.hsm.begin(label, action, payload, payload_type, algorithm,
                                    new_policy=new_policy, initiator=principal.subject)
         body = challenge.body
@@ -94,6 +98,29 @@ class Broker:
             s.add(row)
         self.on_change(row)
         return self.advance(row.id)
+
+    def _auto_sign(self, principal: Principal, label: str, payload: bytes, payload_type: str,
+                   algorithm: str | None, meta: dict[str, Any] | None) -> SignRequest | None:
+        """The auto tier in one HSM round: if a token needs no approvals and no hold, sign
+        now (the HSM re-checks everything); otherwise None and the approval flow runs."""
+        if not self.hsm.dry_run(label, payload, payload_type).released:
+            return None
+        try:
+            result = self.hsm.sign_now(label, payload, payload_type, algorithm)
+        except PolicyNotMet:  # the policy changed in between: take the approval flow
+            return None
+        row = SignRequest(
+            id=result.request_id, tenant=principal.tenant, initiator=principal.subject,
+            key_label=label, action=Action.USE.value, payload_type=payload_type,
+            payload_b64=base64.b64encode(payload).decode(), signature_algorithm=algorithm,
+            meta_data=meta, challenge_b64="", intent=None if result.intent is None else
+            result.intent.to_json(), status=Status.EXECUTED, hsm_time=result.executed_at,
+            result=[base64.b64encode(sig).decode() for sig in result.signatures],
+            approved_by=[], execution_time=datetime.fromtimestamp(result.executed_at, UTC))
+        with self.sessions.begin() as s:
+            s.add(row)
+        self.on_change(row)
+        return row
 
     def get(self, request_id: str, tenant: str | None = None) -> SignRequest:
         with self.sessions() as s:

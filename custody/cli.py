@@ -86,5 +86,19 @@ def bench_hsm(iterations: int = typer.Option(2000, min=10, help="Signatures per 
     print_lines(run(iterations, rounds, batch))
 
 
+@bench_app.command("api")
+def bench_api(requests: int = typer.Option(2000, min=10, help="Auto-signed requests."),
+              approved: int = typer.Option(200, min=2, help="2-of-3 approved requests."),
+              concurrency: int = typer.Option(8, min=1, max=64, help="Client threads."),
+              database: list[str] = typer.Option(["sqlite", "postgresql"],
+                                                 help="Repeat: sqlite, postgresql."),
+              ) -> None:
+    """Sign requests end to end through HTTP per database (headline: auto_rps, ...)."""
+    from .bench import print_lines
+    from .bench_api import bench_api as run
+
+    print_lines(run(requests, approved, concurrency, tuple(database)))
+
+
 if __name__ == "__main__":
     app()
