@@ -56,6 +56,17 @@ def serve(host: str = typer.Option("127.0.0.1", help="Listen address."),
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
+@app.command("db-upgrade")
+def db_upgrade(database_url: str = typer.Option(..., envvar="CUSTODY_DATABASE_URL")) -> None:
+    """Apply the broker's database migrations (also done at server start)."""
+    from .db import make_engine, upgrade
+
+    engine = make_engine(database_url)
+    upgrade(engine)
+    engine.dispose()
+    Console().print("[green]database schema is up to date[/]")
+
+
 @app.command()
 def token(subject: str, tenant: str = typer.Option("default"),
           role: list[str] = typer.Option(["business"], help="Repeat for several roles."),

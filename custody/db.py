@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import (
     JSON,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -22,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -134,6 +139,26 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10)
 
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+#: PostgreSQL advisory lock key: replicas starting together migrate one at a time.
+MIGRATION_LOCK = 0x5CA0C0DE
+
+
+def alembic_config(connection: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (Alembic), safely from many replicas."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+        command.upgrade(alembic_config(conn), "head")
+
+
 def make_sessions(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
-    Base.metadata.create_all(engine)
+    upgrade(engine)
     return sessionmaker(engine, expire_on_commit=False)
