@@ -23,7 +23,7 @@ from . import problems
 from .auth import FailureLimiter
 from .events import EventHub
 from .metrics import Metrics
-from .routes import approvals, events, health, keys, requests, sign
+from .routes import approvals, audit, events, health, keys, requests, sign
 from .settings import Settings
 
 
@@ -73,7 +73,7 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     app.state.events = hub
     app.state.metrics = metrics
     problems.install(app)
-    for module in (keys, sign, approvals, requests, events, health):
+    for module in (keys, sign, approvals, requests, events, audit, health):
         app.include_router(module.router)
 
     @app.middleware("http")

@@ -67,6 +67,47 @@ def db_upgrade(database_url: str = typer.Option(..., envvar="CUSTODY_DATABASE_UR
     Console().print("[green]database schema is up to date[/]")
 
 
+@app.command("audit-verify")
+def audit_verify(url: str = typer.Option("http://127.0.0.1:8000", help="The API server."),
+                 hsm_key: str = typer.Option(..., help="The HSM identity public key "
+                                             "(base64 SPKI), obtained out of band."),
+                 ) -> None:
+    """Fetch the audit log and verify its hash chain and signed heads offline.
+
+    Set CUSTODY_TOKEN to an auditor's bearer token."""
+    import base64
+    import os
+
+    import httpx
+    from rich.progress import Progress
+
+    from hsm_emulator.audit import AuditEntry, SignedHead, verify_log
+
+    headers = {"Authorization": f"Bearer {os.environ.get('CUSTODY_TOKEN', '')}"}
+    entries: list[AuditEntry] = []
+    heads: list[SignedHead] = []
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as client, Progress() as bar:
+        task = bar.add_task("fetching audit log", total=None)
+        while True:
+            r = client.get("/v1/audit", params={"start": len(entries) + 1, "limit": 5000})
+            if r.status_code != 200:
+                Console(stderr=True).print(f"[red]{r.status_code}: {r.text[:300]}[/]")
+                raise typer.Exit(2)
+            page = r.json()
+            entries += [AuditEntry.from_json(e) for e in page["entries"]]
+            heads = [SignedHead.from_json(page["head"]),
+                     *(SignedHead.from_json(h) for h in page["checkpoints"])]
+            bar.update(task, completed=len(entries))
+            if len(page["entries"]) < 5000:
+                break
+    report = verify_log(entries, heads, base64.b64decode(hsm_key))
+    if not report.ok:
+        Console().print(f"[red]audit log NOT verified[/]: {report.problems}")
+        raise typer.Exit(1)
+    Console().print(f"[green]audit log verified[/]: {report.entries} entries, "
+                    f"{len(heads)} signed heads")
+
+
 @app.command()
 def token(subject: str, tenant: str = typer.Option("default"),
           role: list[str] = typer.Option(["business"], help="Repeat for several roles."),

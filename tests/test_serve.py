@@ -49,3 +49,53 @@ def test_serve_refuses_weak_secret(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "custody.cli", "serve"], env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and "at least 32" in result.stderr
+
+
+def test_audit_verify_against_a_live_server(tmp_path: Path) -> None:
+    """The auditor's path: fetch over HTTP, verify offline with the pinned HSM key."""
+    port = free_port()
+    env = os.environ | {"CUSTODY_HSM_PASSPHRASE": "serve test passphrase",
+                        "CUSTODY_HSM_SO_PASSPHRASE": "serve test officer",
+                        "CUSTODY_JWT_SECRET": SECRET,
+                        "CUSTODY_DATABASE_URL": f"sqlite:///{tmp_path / 'broker.sqlite'}",
+                        "CUSTODY_HSM_STORE": str(tmp_path / "hsm.sqlite")}
+    proc = subprocess.Popen([sys.executable, "-m", "custody.cli", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{base}/readyz", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        import json
+
+        with urllib.request.urlopen(f"{base}/v1/hsm", timeout=5) as r:
+            key = json.loads(r.read())["identityPublicKey"]
+        token = subprocess.run([sys.executable, "-m", "custody.cli", "token", "auditor-1",
+                                "--role", "auditor"], env=env, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        ok = subprocess.run([sys.executable, "-m", "custody.cli", "audit-verify", "--url", base,
+                             "--hsm-key", key], env=env | {"CUSTODY_TOKEN": token},
+                            capture_output=True, text=True, timeout=60, check=False)
+        assert ok.returncode == 0 and "audit log verified" in ok.stdout, ok.stdout + ok.stderr
+        import base64
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        other = base64.b64encode(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+        bad = subprocess.run([sys.executable, "-m", "custody.cli", "audit-verify", "--url", base,
+                              "--hsm-key", other], env=env | {"CUSTODY_TOKEN": token},
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert bad.returncode == 1 and "NOT verified" in bad.stdout
+        denied = subprocess.run([sys.executable, "-m", "custody.cli", "audit-verify", "--url",
+                                 base, "--hsm-key", key], env=env | {"CUSTODY_TOKEN": "x"},
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert denied.returncode == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)

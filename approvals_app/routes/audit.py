@@ -1,0 +1,34 @@
+"""``/v1/audit``: the HSM's hash-chained log and its signed head, for auditors.
+
+The broker only relays: verification needs nothing but the HSM's public identity key
+(``GET /v1/hsm``), so an auditor checks offline that nothing was edited, removed,
+reordered or cut - the broker cannot fake a head the HSM did not sign.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from approvals_app.auth import CurrentPrincipal, require
+
+router = APIRouter(prefix="/v1", tags=["audit"])
+
+
+@router.get("/audit")
+def audit(request: Request, who: CurrentPrincipal, start: int = Query(1, ge=1),
+          limit: int = Query(1000, ge=1, le=10_000)) -> dict[str, Any]:
+    require(who, "auditor", "security_officer")
+    hsm = request.app.state.hsm
+    entries = hsm.audit_entries(start, limit)
+    return {"entries": [e.to_json() for e in entries], "head": hsm.audit_head().to_json(),
+            "checkpoints": [h.to_json() for h in hsm.audit_checkpoints()]}
+
+
+@router.get("/hsm")
+def hsm_identity(request: Request) -> dict[str, str]:
+    """The HSM's public identity key: the root for challenges, attestations, audit."""
+    der = request.app.state.hsm.identity_public_key()
+    return {"identityPublicKey": base64.b64encode(der).decode()}
