@@ -1,0 +1,183 @@
+"""A Solana JSON-RPC client for the handful of methods the adapter uses. I/O.
+
+Standard library only (``urllib``); works against ``solana-test-validator``, a public
+cluster endpoint, or :mod:`chains.solana.devnode`. Every failure leaves as a
+:mod:`chains.errors` error: transport problems and HTTP 429/5xx as
+:class:`~chains.errors.NodeUnavailable` (retry later), a refused ``sendTransaction`` as
+:class:`~chains.errors.BroadcastRejected`, anything else the node says as
+:class:`~chains.errors.ChainError`.
+
+Methods: https://solana.com/docs/rpc/http
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, Final, ParamSpec, TypeVar
+
+from chains.errors import BroadcastRejected, ChainError, NodeUnavailable
+
+COMMITMENT: Final = "confirmed"
+#: JSON-RPC "invalid params"; the node uses it for an account that does not exist.
+INVALID_PARAMS: Final = -32602
+_MAX_RESPONSE = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Blockhash:
+    blockhash: str  #: base58
+    last_valid_block_height: int
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    lamports: int
+    owner: str  #: base58 program id
+    data: bytes
+    executable: bool
+
+
+@dataclass(frozen=True)
+class SignatureStatus:
+    slot: int
+    confirmations: int | None  #: None once rooted (finalized)
+    err: Any  #: None if the transaction succeeded
+    confirmation_status: str | None  #: "processed" | "confirmed" | "finalized"
+
+
+class RpcError(ChainError):
+    """The node answered with a JSON-RPC error (``rpc_code`` is the node's number)."""
+
+    code = "chain.rpc_error"
+
+    def __init__(self, reason: str, rpc_code: int = 0) -> None:
+        super().__init__(reason)
+        self.rpc_code = rpc_code
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _answer_checked(fn: Callable[P, R]) -> Callable[P, R]:
+    """A node answer missing or mistyping a field is a ChainError, not a KeyError."""
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ChainError(f"{fn.__name__}: malformed node answer ({exc!r})") from None
+    return wrapper
+
+
+class SolanaRpcClient:
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("the Solana RPC URL must be http(s)")
+        self.url = url
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+
+    def call(self, method: str, params: list[Any] | None = None) -> Any:
+        """One JSON-RPC 2.0 request; the ``result``, or a :mod:`chains.errors` error."""
+        body = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method,
+                           "params": params or []}).encode()
+        request = urllib.request.Request(self.url, body, method="POST",  # noqa: S310 (http(s) checked in __init__)
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310
+                raw = resp.read(_MAX_RESPONSE + 1)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429 or exc.code >= 500:
+                raise NodeUnavailable(f"{method}: HTTP {exc.code}") from None
+            raise ChainError(f"{method}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise NodeUnavailable(f"{method}: {exc}") from None
+        if len(raw) > _MAX_RESPONSE:
+            raise ChainError(f"{method}: response too large")
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise ChainError(f"{method}: the node's answer is not JSON") from None
+        if not isinstance(doc, dict):
+            raise ChainError(f"{method}: malformed JSON-RPC answer")
+        if doc.get("error") is not None:
+            err = doc["error"] if isinstance(doc["error"], dict) else {}
+            raise RpcError(f"{method}: {err.get('message', doc['error'])}",
+                           int(err.get("code", 0)))
+        return doc.get("result")
+
+    # -- the methods ------------------------------------------------------------------
+
+    @_answer_checked
+    def latest_blockhash(self) -> Blockhash:
+        value = self._value("getLatestBlockhash", [{"commitment": COMMITMENT}])
+        return Blockhash(value["blockhash"], int(value["lastValidBlockHeight"]))
+
+    @_answer_checked
+    def genesis_hash(self) -> str:
+        return str(self.call("getGenesisHash"))
+
+    @_answer_checked
+    def balance(self, address: str) -> int:
+        return int(self._value("getBalance", [address, {"commitment": COMMITMENT}]))
+
+    @_answer_checked
+    def token_balance(self, token_account: str) -> int | None:
+        """The raw amount held, or None if there is no such token account."""
+        try:
+            value = self._value("getTokenAccountBalance",
+                                [token_account, {"commitment": COMMITMENT}])
+        except RpcError as exc:
+            if exc.rpc_code == INVALID_PARAMS:
+                return None
+            raise
+        return int(value["amount"])
+
+    @_answer_checked
+    def account_info(self, address: str) -> AccountInfo | None:
+        value = self._value("getAccountInfo",
+                            [address, {"encoding": "base64", "commitment": COMMITMENT}])
+        if value is None:
+            return None
+        return AccountInfo(int(value["lamports"]), value["owner"],
+                           base64.b64decode(value["data"][0]), bool(value["executable"]))
+
+    @_answer_checked
+    def minimum_balance_for_rent_exemption(self, size: int) -> int:
+        return int(self.call("getMinimumBalanceForRentExemption", [size]))
+
+    def send_transaction(self, raw: bytes) -> str:
+        """Submit a signed transaction; its signature (base58), the transaction id."""
+        try:
+            return str(self.call("sendTransaction", [
+                base64.b64encode(raw).decode(),
+                {"encoding": "base64", "preflightCommitment": COMMITMENT}]))
+        except RpcError as exc:
+            raise BroadcastRejected(exc.reason) from None
+
+    @_answer_checked
+    def signature_statuses(self, signatures: list[str]) -> list[SignatureStatus | None]:
+        value = self._value("getSignatureStatuses",
+                            [signatures, {"searchTransactionHistory": True}])
+        return [None if s is None else SignatureStatus(
+            int(s["slot"]), s.get("confirmations"), s.get("err"), s.get("confirmationStatus"))
+            for s in value]
+
+    @_answer_checked
+    def request_airdrop(self, address: str, lamports: int) -> str:
+        """Faucet lamports (test validators and devnet only)."""
+        return str(self.call("requestAirdrop", [address, lamports]))
+
+    def _value(self, method: str, params: list[Any]) -> Any:
+        result = self.call(method, params)
+        if not isinstance(result, dict) or "value" not in result:
+            raise ChainError(f"{method}: malformed answer")
+        return result["value"]
