@@ -1,0 +1,110 @@
+"""Strict readers and writers for Bitcoin's wire encodings (compact sizes, outputs, paths).
+
+Every reader refuses what Bitcoin Core's ``serialize.h`` refuses - truncation and
+non-canonical compact sizes ("non-canonical ReadCompactSize()") - and callers check
+:meth:`Reader.done` so trailing bytes are an error, never ignored.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from chains.errors import ChainDecodeError
+
+#: 21 million BTC in satoshis: an amount above is invalid (consensus ``MoneyRange``).
+MAX_MONEY = 21_000_000 * 100_000_000
+HARDENED = 0x8000_0000
+
+
+class Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ChainDecodeError("truncated")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def compact_size(self) -> int:
+        first = self.read(1)[0]
+        if first < 0xFD:
+            return first
+        size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
+        value = int.from_bytes(self.read(size), "little")
+        if value < {2: 0xFD, 4: 0x1_0000, 8: 0x1_0000_0000}[size]:
+            raise ChainDecodeError("non-canonical compact size")
+        return value
+
+    def var_bytes(self) -> bytes:
+        return self.read(self.compact_size())
+
+    def u32(self) -> int:
+        return int(struct.unpack("<I", self.read(4))[0])
+
+    def at_end(self) -> bool:
+        return self.pos == len(self.data)
+
+    def done(self, what: str) -> None:
+        if not self.at_end():
+            raise ChainDecodeError(f"{what}: {len(self.data) - self.pos} trailing bytes")
+
+
+def compact_size(n: int) -> bytes:
+    if n < 0xFD:
+        return bytes([n])
+    if n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "little")
+    if n <= 0xFFFF_FFFF:
+        return b"\xfe" + n.to_bytes(4, "little")
+    return b"\xff" + n.to_bytes(8, "little")
+
+
+def var_bytes(data: bytes) -> bytes:
+    return compact_size(len(data)) + data
+
+
+@dataclass(frozen=True)
+class TxOut:
+    """An output: ``amount`` in satoshis and its script."""
+
+    amount: int
+    script: bytes
+
+    def serialize(self) -> bytes:
+        return self.amount.to_bytes(8, "little") + var_bytes(self.script)
+
+    @classmethod
+    def parse(cls, data: bytes) -> TxOut:
+        r = Reader(data)
+        amount = int.from_bytes(r.read(8), "little", signed=True)
+        script = r.var_bytes()
+        r.done("output")
+        if not 0 <= amount <= MAX_MONEY:
+            raise ChainDecodeError(f"output amount {amount} outside [0, 21e14]")
+        return cls(amount, script)
+
+
+@dataclass(frozen=True)
+class KeyOrigin:
+    """BIP174 key origin: a 4-byte fingerprint and the derivation path from it."""
+
+    fingerprint: bytes
+    path: tuple[int, ...]
+
+    def serialize(self) -> bytes:
+        return self.fingerprint + b"".join(i.to_bytes(4, "little") for i in self.path)
+
+    @classmethod
+    def parse(cls, data: bytes) -> KeyOrigin:
+        if len(data) < 4 or len(data) % 4:
+            raise ChainDecodeError("key origin must be a fingerprint and 4-byte indices")
+        path = tuple(int.from_bytes(data[i:i + 4], "little") for i in range(4, len(data), 4))
+        return cls(data[:4], path)
+
+    def path_str(self) -> str:
+        """The path as :func:`hsm_emulator.derivation.parse_path` reads it (``0/5``)."""
+        return "/".join(f"{i - HARDENED}'" if i >= HARDENED else str(i) for i in self.path)
