@@ -94,8 +94,8 @@ class HsmClient(Protocol):
 #: Names of the calls an HsmClient forwards: the whole surface, nothing else.
 CALLS = tuple(
     name for name in HsmClient.__dict__
-    if not name.startswith("_") and callable(getattr(HsmClient, name))
-)
+    if not name.startswith("_") and callable(getattr(HsmClient, name)) and name != "close"
+)  # ``close`` is the client's own lifecycle, never forwarded to the HSM
 
 
 def local_client(hsm: Hsm) -> HsmClient:

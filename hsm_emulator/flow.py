@@ -45,7 +45,7 @@ from .errors import (
 from .evaluate import Evaluation, SpentFn, evaluate
 from .hsm import HsmCore, KeyState
 from .keys import MaterialView
-from .model import Action, Intent, SignItem, SignScheme, canonical_json
+from .model import Action, Intent, IntentKind, SignItem, SignScheme, canonical_json
 from .policy import parse_policy
 from .results import Execution
 
@@ -276,8 +276,12 @@ class Hsm(HsmCore):
         approved = None if req["intent"] is None else Intent.from_json(req["intent"])
         if payload is None or payload == stored:
             return stored, approved
-        if Action(req["action"]) is not Action.USE or approved is None:
-            raise IntentMismatch("only a decoded transaction may be rebuilt after approval")
+        if Action(req["action"]) is not Action.USE or approved is None or (
+                approved.kind is not IntentKind.TRANSFER):
+            # A contract call's or message's meaning is in its data, which the binding does
+            # not carry: only plain transfers may be rebuilt under their approvals.
+            raise IntentMismatch("only a decoded transfer may be rebuilt after approval; "
+                                 "a changed contract call or message needs new approvals")
         rebuilt = self.registry.decode(req["payloadType"], payload, self._view(state))
         assert rebuilt is not None
         if rebuilt.binding() != approved.binding():
@@ -393,6 +397,7 @@ class Hsm(HsmCore):
                 result = self._sign_now(label, payload, payload_type, scheme, item_event)
             except HsmError as exc:
                 exc.reason = f"batch item {i}: {exc.reason}"
+                exc.args = (exc.reason,)
                 raise
             self.audit.append(self.clock.now(), {**item_event, "result": "ok"})
             return result

@@ -115,6 +115,10 @@ class HsmCore:
             }
             with store.transaction():
                 store.put("partition", "config", partition)
+        elif allow_export and not partition["allowExport"]:
+            store.close()
+            raise InvalidInput("allow_export is a partition setting fixed when the HSM is "
+                               "initialised; this HSM does not allow export")
         hsm = cls(store, clock, decoders or default_registry(), partition)
         if hsm.audit.entries(1, 1) == []:
             hsm._audited({"op": "hsm.init", "hsmId": hsm.hsm_id,
@@ -153,8 +157,10 @@ class HsmCore:
             yield
 
     def audit_entries(self, start: int = 1, limit: int = 1000) -> list[AuditEntry]:
+        if not isinstance(start, int) or not isinstance(limit, int) or start < 1:
+            raise InvalidInput("audit_entries: start >= 1 and limit are whole numbers")
         with self.locked():
-            return self.audit.entries(start, min(limit, 10_000))
+            return self.audit.entries(start, max(0, min(limit, 10_000)))
 
     def audit_head(self) -> SignedHead:
         with self.locked():
@@ -308,7 +314,7 @@ class HsmCore:
         """An address of ``label`` (or of its child at ``path``), computed inside the HSM."""
         with self.locked():
             material = self._derived(label, path)
-            return address(AddressKind(kind), Network(network), material.public_key)
+            return address(kind, network, material.public_key)  # type: ignore[arg-type]
 
     def _derived(self, label: str, path: str) -> KeyMaterial:
         state = self._usable(label)
