@@ -138,6 +138,16 @@ def bench_hsm(iterations: int = typer.Option(2000, min=10, help="Signatures per 
     print_lines(run(iterations, rounds, batch))
 
 
+@bench_app.command("eth-sign")
+def bench_eth(iterations: int = typer.Option(2000, min=10, help="Transactions per round."),
+              rounds: int = typer.Option(3, min=1)) -> None:
+    """eth_account.sign_transaction vs the project's path, byte-identical (headline: speedup)."""
+    from .bench import print_lines
+    from .bench_eth import bench_eth_sign
+
+    print_lines(bench_eth_sign(iterations, rounds))
+
+
 @bench_app.command("api")
 def bench_api(requests: int = typer.Option(2000, min=10, help="Auto-signed requests."),
               approved: int = typer.Option(200, min=2, help="2-of-3 approved requests."),

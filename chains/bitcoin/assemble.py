@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import coincurve
-from bitcoin.core import CTransaction, CTxInWitness, CTxWitness  # type: ignore[import-untyped]
-from bitcoin.core.script import CScriptWitness  # type: ignore[import-untyped]
+from bitcoin.core import CTransaction, CTxInWitness, CTxWitness
+from bitcoin.core.script import CScriptWitness
 from coincurve.ecdsa import cdata_to_der, deserialize_recoverable, recoverable_convert
 
 from chains.errors import BuildError, ChainDecodeError

@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bitcoin.core import (  # type: ignore[import-untyped]
+from bitcoin.core import (
     COutPoint,
     CTransaction,
     CTxIn,
     CTxOut,
     lx,
 )
-from bitcoin.core.script import CScript  # type: ignore[import-untyped]
+from bitcoin.core.script import CScript
 
 from chains.errors import BuildError
 from hsm_emulator.derivation import parse_path

@@ -18,7 +18,7 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
-from bitcoin.core import CTransaction  # type: ignore[import-untyped]
+from bitcoin.core import CTransaction
 
 from chains.errors import ChainDecodeError
 

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from bitcoin.core.script import (  # type: ignore[import-untyped]
+from bitcoin.core.script import (
     SIGVERSION_WITNESS_V0,
     CScript,
     SignatureHash,
