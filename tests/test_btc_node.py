@@ -36,13 +36,15 @@ from coincurve import PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chains.bitcoin.node import RegtestNode, RpcServer, miner, wire
-from chains.bitcoin.node.address import REGTEST, AddressError, decode_segwit
+from chains.bitcoin import blocks as wire
+from chains.bitcoin.addresses import decode_segwit, script_to_address
+from chains.bitcoin.node import RegtestNode, RpcServer, miner
 from chains.bitcoin.node.descriptor import DescriptorError, checksum, strip_checksum
 from chains.bitcoin.node.policy import TxDecodeFailed, decode
 from chains.bitcoin.node.server import handle_one
 from chains.bitcoin.rpc import BitcoinRpc, RpcBroadcastRejected, RpcCallError, btc_to_sats
 from chains.errors import BroadcastRejected
+from chains.errors import InvalidAddress as AddressError
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = Path(__file__).parent / "vectors"
@@ -73,7 +75,7 @@ class Key:
 
     @property
     def address(self) -> str:
-        return REGTEST.from_script(self.p2wpkh) or ""
+        return script_to_address("regtest", self.p2wpkh)
 
     def taproot_tweaked(self) -> tuple[PrivateKey, bytes]:
         """BIP86-style key-path output key (no script tree): Q = P + H_TapTweak(P)G."""
@@ -123,7 +125,7 @@ def bip341_keypath_digest(tx: wire.Tx, spent: list[Utxo], index: int) -> bytes:
     msg += sha(b"".join(i.sequence.to_bytes(4, "little") for i in tx.inputs))
     msg += sha(
         b"".join(
-            o.value.to_bytes(8, "little") + bytes([len(o.script_pubkey)]) + o.script_pubkey
+            o.amount.to_bytes(8, "little") + bytes([len(o.script)]) + o.script
             for o in tx.outputs
         )
     )

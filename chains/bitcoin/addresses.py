@@ -10,8 +10,10 @@ which network each prefix belongs to and which witness programs the wallet pays 
 A wrong-network address is refused with :class:`~chains.errors.InvalidAddress` before
 anything is built. Two limits of the formats themselves: testnet and signet share every
 prefix, and regtest shares the base58 version bytes with them (only bech32 differs).
-Witness versions 2 to 16 are refused: they are anyone-can-spend until a soft fork
-gives them meaning, so paying to one is almost certainly a mistake.
+The wallet refuses witness versions 2 to 16 (:func:`address_to_script`): they are
+anyone-can-spend until a soft fork gives them meaning, so paying to one is almost
+certainly a mistake. The regtest node takes every address Core takes
+(:func:`destination_script`, :func:`destination_address`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from bip_utils import (
 
 from chains.errors import ChainDecodeError, InvalidAddress
 
-from .scripts import ScriptKind, classify
+from .scripts import ScriptKind, classify, script_type, witness_script, witness_version
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,6 @@ NETWORKS = {
 #: BIP173: a bech32 string is at most 90 characters; base58 P2PKH/P2SH at most 35.
 _MAX_CHARS = 90
 _LIBRARY_ERRORS = (ValueError, TypeError, Bech32ChecksumError, Base58ChecksumError)
-#: Witness program lengths the wallet pays to, by (version, length).
-_SEGWIT = {(0, 20): b"\x00\x14", (0, 32): b"\x00\x20", (1, 32): b"\x51\x20"}
 
 
 def network_params(network: str) -> NetworkParams:
@@ -62,14 +62,25 @@ def network_params(network: str) -> NetworkParams:
 
 
 def address_to_script(network: str, address: str) -> bytes:
-    """The output script ``address`` pays to on ``network``, or :class:`InvalidAddress`."""
+    """The output script ``address`` pays to on ``network``, if the wallet pays to it
+    (:func:`~.scripts.classify`), or :class:`InvalidAddress`."""
+    script = destination_script(network, address)
+    try:
+        classify(script)
+    except ChainDecodeError:
+        raise InvalidAddress(f"witness v{witness_version(script)} with a {len(script) - 2}-byte "
+                             "program is not an output type this wallet pays to") from None
+    return script
+
+
+def destination_script(network: str, address: str) -> bytes:
+    """The output script of any valid address of ``network``, as Core's
+    ``DecodeDestination`` reads it (witness versions 2 to 16 included)."""
     params = network_params(network)
     if not isinstance(address, str) or not address.isascii() or not address:
         raise InvalidAddress("address must be a non-empty ASCII string")
-    if len(address) > _MAX_CHARS:
-        raise InvalidAddress(f"address longer than {_MAX_CHARS} characters")
     if address.lower().startswith(params.hrp + "1"):
-        return _segwit_script(params, address)
+        return witness_script(*decode_segwit(params.hrp, address))
     if any(address.lower().startswith(p.hrp + "1") for p in NETWORKS.values()):
         raise InvalidAddress(f"a segwit address of another network, not {network}")
     return _base58_script(params, address)
@@ -80,16 +91,15 @@ def validate_address(network: str, address: str) -> str:
     return script_to_address(network, address_to_script(network, address))
 
 
-def _segwit_script(params: NetworkParams, address: str) -> bytes:
+def decode_segwit(hrp: str, address: str) -> tuple[int, bytes]:
+    """BIP173/BIP350: (witness version, program) of a segwit address, or InvalidAddress."""
+    if len(address) > _MAX_CHARS:
+        raise InvalidAddress(f"address longer than {_MAX_CHARS} characters")
     try:
-        version, program = SegwitBech32Decoder.Decode(params.hrp, address)
+        version, program = SegwitBech32Decoder.Decode(hrp, address)
     except _LIBRARY_ERRORS as exc:
-        raise InvalidAddress(f"invalid {params.name} segwit address: {exc}") from None
-    prefix = _SEGWIT.get((version, len(program)))
-    if prefix is None:
-        raise InvalidAddress(f"witness v{version} with a {len(program)}-byte program is not "
-                             "an output type this wallet pays to")
-    return prefix + bytes(program)
+        raise InvalidAddress(f"invalid {hrp} segwit address: {exc}") from None
+    return version, bytes(program)
 
 
 def _base58_script(params: NetworkParams, address: str) -> bytes:
@@ -108,21 +118,34 @@ def _base58_script(params: NetworkParams, address: str) -> bytes:
 
 
 def script_to_address(network: str, script: bytes) -> str:
-    """How an output script is shown to approvers on ``network``.
+    """How an output script the wallet pays to is shown to approvers on ``network``.
 
     OP_RETURN outputs have no address: they render as ``OP_RETURN:<hex of the script
     after the opcode>`` so the data is part of what approvers see and sign off on.
     """
-    params = network_params(network)
+    network_params(network)
     try:
         kind = classify(script)
     except ChainDecodeError as exc:
         raise InvalidAddress(exc.reason) from None
-    if kind is ScriptKind.P2PKH:
-        return str(Base58Encoder.CheckEncode(bytes([params.p2pkh]) + script[3:23]))
-    if kind is ScriptKind.P2SH:
-        return str(Base58Encoder.CheckEncode(bytes([params.p2sh]) + script[2:22]))
     if kind is ScriptKind.OP_RETURN:
         return "OP_RETURN:" + script[1:].hex()
-    version = 1 if kind is ScriptKind.P2TR else 0
+    address = destination_address(network, script)
+    if address is None:  # unreachable: every other ScriptKind has an address
+        raise InvalidAddress(f"no address for {script.hex()}")
+    return address
+
+
+def destination_address(network: str, script: bytes) -> str | None:
+    """The address of any output script on ``network`` (Core's ``ExtractDestination``),
+    ``None`` for scripts without one (OP_RETURN, P2PK, non-standard)."""
+    params = network_params(network)
+    kind = script_type(script)
+    if kind == "pubkeyhash":
+        return str(Base58Encoder.CheckEncode(bytes([params.p2pkh]) + script[3:23]))
+    if kind == "scripthash":
+        return str(Base58Encoder.CheckEncode(bytes([params.p2sh]) + script[2:22]))
+    version = witness_version(script)
+    if version is None or kind == "nonstandard":
+        return None
     return str(SegwitBech32Encoder.Encode(params.hrp, version, script[2:]))

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from chains.errors import BuildError, ChainDecodeError, InsufficientFunds
 
-from .scripts import ScriptKind, classify, p2tr_script, p2wpkh_script
+from .scripts import (
+    ScriptKind,
+    classify,
+    is_unspendable,
+    p2tr_script,
+    p2wpkh_script,
+    witness_version,
+)
 from .wire import MAX_MONEY, compact_size
 
 #: Change below this is not created; the amount goes to the fee instead (546 sat is the
@@ -88,12 +95,11 @@ def fee_for(size: int, fee_rate_sat_vb: float) -> int:
 
 
 def dust_threshold(script: bytes) -> int:
-    """Core's ``GetDustThreshold``: the cost of creating and spending the output at
-    3 sat/vB. OP_RETURN outputs are unspendable and never dust."""
-    kind = classify(script)
-    if kind is ScriptKind.OP_RETURN:
+    """Core's ``GetDustThreshold`` of any output script: the cost of creating and
+    spending it at 3 sat/vB. Unspendable outputs (OP_RETURN) are never dust."""
+    if is_unspendable(script):
         return 0
-    witness = kind in (ScriptKind.P2WPKH, ScriptKind.P2WSH, ScriptKind.P2TR)
+    witness = witness_version(script) is not None
     spend = 32 + 4 + 1 + (107 // 4 if witness else 107) + 4
     return (output_size(script) + spend) * DUST_RELAY_SAT_VB
 

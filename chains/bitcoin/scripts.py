@@ -8,8 +8,10 @@ The wallet spends two kinds of coins, both single-key and both derived from the 
   by ``hashTapTweak(x(P))``:
   https://github.com/bitcoin/bips/blob/master/bip-0086.mediawiki#address-derivation
 
-:func:`classify` names every output template the decoder accepts; anything else
-(bare multisig, P2PK, non-standard scripts, unknown witness versions) is refused.
+:func:`script_type` names any output script as Bitcoin Core does (``GetTxnOutputType``
+in src/script/solver.cpp); :func:`classify` narrows that to the templates the decoder
+accepts and refuses anything else (bare multisig, P2PK, non-standard scripts, unknown
+witness versions).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ OP_RETURN = 0x6A
 #: Bitcoin Core's -datacarriersize default before v30 (83 bytes of script). Larger
 #: OP_RETURN outputs are refused: they would not relay everywhere.
 MAX_OP_RETURN_SCRIPT = 83
+#: Consensus MAX_SCRIPT_SIZE: a longer output script can never be spent.
+MAX_SCRIPT_SIZE = 10_000
 
 
 def hash160(data: bytes) -> bytes:
@@ -79,24 +83,68 @@ def taproot_output_key(internal: bytes, merkle_root: bytes = b"") -> bytes:
     return bytes(point.format(compressed=True)[1:])
 
 
-def classify(script: bytes) -> ScriptKind:
-    """The template of an output script, or :class:`ChainDecodeError`."""
+def is_unspendable(script: bytes) -> bool:
+    """Core's ``CScript::IsUnspendable``: such outputs never enter the UTXO set."""
+    return (bool(script) and script[0] == OP_RETURN) or len(script) > MAX_SCRIPT_SIZE
+
+
+def witness_version(script: bytes) -> int | None:
+    """BIP141's witness program test: a version opcode and one 2-40 byte push."""
+    n = len(script)
+    if 4 <= n <= 42 and (script[0] == 0 or 0x51 <= script[0] <= 0x60) and script[1] == n - 2:
+        return script[0] - 0x50 if script[0] else 0
+    return None
+
+
+def witness_script(version: int, program: bytes) -> bytes:
+    """``OP_n <program>``: the output script of a witness program."""
+    return bytes([0x50 + version if version else 0, len(program)]) + program
+
+
+#: Core's names of the witness programs with a meaning, by (version, program).
+_WITNESS_TYPES = {(0, 20): "witness_v0_keyhash", (0, 32): "witness_v0_scripthash",
+                  (1, 32): "witness_v1_taproot"}
+ANCHOR = b"\x51\x02\x4e\x73"  #: pay-to-anchor, ``OP_1 <0x4e73>``
+
+
+def script_type(script: bytes) -> str:
+    """Core's ``GetTxnOutputType`` name of an output script (bare multisig is not told
+    apart: it is "nonstandard" here, as it is to this wallet)."""
     n = len(script)
     if n == 25 and script[:3] == b"\x76\xa9\x14" and script[23:] == b"\x88\xac":
-        return ScriptKind.P2PKH
+        return "pubkeyhash"
     if n == 23 and script[:2] == b"\xa9\x14" and script[22] == 0x87:
-        return ScriptKind.P2SH
-    if n == 22 and script[:2] == b"\x00\x14":
-        return ScriptKind.P2WPKH
-    if n == 34 and script[:2] == b"\x00\x20":
-        return ScriptKind.P2WSH
-    if n == 34 and script[:2] == b"\x51\x20":
-        return ScriptKind.P2TR
+        return "scripthash"
+    if n in (35, 67) and script[0] == n - 2 and script[-1] == 0xAC:
+        return "pubkey"
     if n and script[0] == OP_RETURN:
-        if n > MAX_OP_RETURN_SCRIPT:
-            raise ChainDecodeError(f"OP_RETURN script longer than {MAX_OP_RETURN_SCRIPT} bytes")
-        return ScriptKind.OP_RETURN
-    raise ChainDecodeError(f"unsupported output script {script[:40].hex()}")
+        return "nulldata"
+    return _witness_type(script)
+
+
+def _witness_type(script: bytes) -> str:
+    version = witness_version(script)
+    if version is None:
+        return "nonstandard"
+    if script == ANCHOR:
+        return "anchor"
+    default = "nonstandard" if version == 0 else "witness_unknown"
+    return _WITNESS_TYPES.get((version, len(script) - 2), default)
+
+
+_KINDS = {"pubkeyhash": ScriptKind.P2PKH, "scripthash": ScriptKind.P2SH,
+          "witness_v0_keyhash": ScriptKind.P2WPKH, "witness_v0_scripthash": ScriptKind.P2WSH,
+          "witness_v1_taproot": ScriptKind.P2TR, "nulldata": ScriptKind.OP_RETURN}
+
+
+def classify(script: bytes) -> ScriptKind:
+    """The template of an output script, or :class:`ChainDecodeError`."""
+    kind = _KINDS.get(script_type(script))
+    if kind is None:
+        raise ChainDecodeError(f"unsupported output script {script[:40].hex()}")
+    if kind is ScriptKind.OP_RETURN and len(script) > MAX_OP_RETURN_SCRIPT:
+        raise ChainDecodeError(f"OP_RETURN script longer than {MAX_OP_RETURN_SCRIPT} bytes")
+    return kind
 
 
 def _compressed(public_key: bytes) -> None:

@@ -1,5 +1,7 @@
 """Strict readers and writers for Bitcoin's wire encodings (compact sizes, outputs, paths).
 
+Transactions and blocks built on these are in :mod:`chains.bitcoin.blocks`.
+
 Every reader refuses what Bitcoin Core's ``serialize.h`` refuses - truncation and
 non-canonical compact sizes ("non-canonical ReadCompactSize()") - and callers check
 :meth:`Reader.done` so trailing bytes are an error, never ignored.
@@ -7,6 +9,7 @@ non-canonical compact sizes ("non-canonical ReadCompactSize()") - and callers ch
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -15,6 +18,10 @@ from chains.errors import ChainDecodeError
 #: 21 million BTC in satoshis: an amount above is invalid (consensus ``MoneyRange``).
 MAX_MONEY = 21_000_000 * 100_000_000
 HARDENED = 0x8000_0000
+
+
+def sha256d(data: bytes) -> bytes:
+    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
 
 
 class Reader:
@@ -44,6 +51,9 @@ class Reader:
 
     def u32(self) -> int:
         return int(struct.unpack("<I", self.read(4))[0])
+
+    def i32(self) -> int:
+        return int(struct.unpack("<i", self.read(4))[0])
 
     def at_end(self) -> bool:
         return self.pos == len(self.data)
@@ -75,17 +85,21 @@ class TxOut:
     script: bytes
 
     def serialize(self) -> bytes:
-        return self.amount.to_bytes(8, "little") + var_bytes(self.script)
+        return self.amount.to_bytes(8, "little", signed=True) + var_bytes(self.script)
+
+    @classmethod
+    def read(cls, r: Reader) -> TxOut:
+        """One output as a transaction carries it; the amount is not range-checked."""
+        return cls(int.from_bytes(r.read(8), "little", signed=True), r.var_bytes())
 
     @classmethod
     def parse(cls, data: bytes) -> TxOut:
         r = Reader(data)
-        amount = int.from_bytes(r.read(8), "little", signed=True)
-        script = r.var_bytes()
+        out = cls.read(r)
         r.done("output")
-        if not 0 <= amount <= MAX_MONEY:
-            raise ChainDecodeError(f"output amount {amount} outside [0, 21e14]")
-        return cls(amount, script)
+        if not 0 <= out.amount <= MAX_MONEY:
+            raise ChainDecodeError(f"output amount {out.amount} outside [0, 21e14]")
+        return out
 
 
 @dataclass(frozen=True)

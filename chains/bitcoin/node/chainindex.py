@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from chains.bitcoin.node.wire import Block, parse_block
+from chains.bitcoin.blocks import Block, parse_block
+from chains.bitcoin.scripts import is_unspendable
 
-#: Core never adds provably unspendable outputs to the UTXO set (CScript::IsUnspendable).
-MAX_SCRIPT_SIZE = 10_000
 Outpoint = tuple[bytes, int]  #: (txid in internal byte order, output index)
 
 
@@ -41,12 +40,6 @@ class BlockSource(Protocol):
     def block_bytes(self, height: int) -> bytes: ...
 
 
-def is_unspendable(script_pubkey: bytes) -> bool:
-    return (bool(script_pubkey) and script_pubkey[0] == 0x6A) or len(
-        script_pubkey
-    ) > MAX_SCRIPT_SIZE
-
-
 class ChainIndex:
     """Unspent outputs and confirmed transactions of the active chain."""
 
@@ -70,9 +63,9 @@ class ChainIndex:
             txid = tx.txid
             self.txs[txid] = TxLocation(height, position)
             for n, out in enumerate(tx.outputs):
-                if not is_unspendable(out.script_pubkey):
+                if not is_unspendable(out.script):
                     self.coins[(txid, n)] = Coin(
-                        out.value, out.script_pubkey, height, tx.is_coinbase
+                        out.amount, out.script, height, tx.is_coinbase
                     )
 
     def sync(self, source: BlockSource) -> list[Block]:

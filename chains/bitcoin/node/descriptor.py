@@ -8,7 +8,8 @@ a real bitcoind.
 
 from __future__ import annotations
 
-from chains.bitcoin.node.address import AddressError, Network
+from chains.bitcoin.addresses import destination_address, destination_script
+from chains.errors import InvalidAddress
 
 _INPUT_CHARSET = (  #: BIP380's three groups of 32 characters, in order
     "0123456789()[],'/*abcdefgh@:$%{}"
@@ -76,7 +77,7 @@ def strip_checksum(desc: str) -> str:
     return body
 
 
-def descriptor_script(desc: str, network: Network) -> bytes:
+def descriptor_script(desc: str, network: str) -> bytes:
     """The one scriptPubKey an ``addr(ADDR)`` or ``raw(HEX)`` descriptor stands for."""
     body = strip_checksum(desc.strip())
     name, _, rest = body.partition("(")
@@ -85,8 +86,8 @@ def descriptor_script(desc: str, network: Network) -> bytes:
     arg = rest[:-1]
     if name == "addr":
         try:
-            return network.to_script(arg)
-        except AddressError:
+            return destination_script(network, arg)
+        except InvalidAddress:
             raise DescriptorError(f"Address is not valid: {arg}") from None
     if name == "raw":
         try:
@@ -96,7 +97,7 @@ def descriptor_script(desc: str, network: Network) -> bytes:
     raise DescriptorError(f"'{name}' descriptors are not supported by this regtest node")
 
 
-def infer_descriptor(spk: bytes, network: Network) -> str:
+def infer_descriptor(spk: bytes, network: str) -> str:
     """Core's InferDescriptor with no keys known: ``addr()`` when there is an address."""
-    addr = network.from_script(spk)
+    addr = destination_address(network, spk)
     return with_checksum(f"addr({addr})" if addr else f"raw({spk.hex()})")

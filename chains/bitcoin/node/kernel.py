@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pbk
 
-from chains.bitcoin.node.wire import Header, parse_header
+from chains.bitcoin.blocks import Header, parse_header
 
 #: Log lines in which Core prints a failed block's ``BlockValidationState::ToString()``.
 _REASON_PATTERNS = (

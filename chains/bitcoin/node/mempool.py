@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from chains.bitcoin.blocks import Block, Tx
 from chains.bitcoin.node.chainindex import ChainIndex, Coin, Outpoint
-from chains.bitcoin.node.wire import Block, Tx
 
 #: Core's MEMPOOL_HEIGHT: the height a coin created by an unconfirmed transaction has.
 MEMPOOL_HEIGHT = 0x7FFFFFFF
@@ -54,7 +54,7 @@ class Mempool:
         if entry is None or outpoint[1] >= len(entry.tx.outputs):
             return None
         out = entry.tx.outputs[outpoint[1]]
-        return Coin(out.value, out.script_pubkey, MEMPOOL_HEIGHT, coinbase=False)
+        return Coin(out.amount, out.script, MEMPOOL_HEIGHT, coinbase=False)
 
     def descendants(self, txids: Iterable[bytes]) -> set[bytes]:
         """The given transactions and every mempool transaction spending from them."""

@@ -12,17 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from chains.bitcoin.node.wire import (
-    COINBASE_INDEX,
-    NULL_HASH,
-    Block,
-    Header,
-    Tx,
-    TxIn,
-    TxOut,
-    merkle_root,
-    sha256d,
-)
+from chains.bitcoin.blocks import COINBASE_INDEX, NULL_HASH, Block, Header, Tx, TxIn, merkle_root
+from chains.bitcoin.wire import TxOut, sha256d
 
 COIN = 100_000_000
 #: Regtest halves the subsidy every 150 blocks (Core chainparams, CRegTestParams).

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chains.bitcoin.blocks import Block, Header, Tx, parse_block, parse_header
 from chains.bitcoin.node import miner, policy, rules
 from chains.bitcoin.node.chainindex import ChainIndex, Coin, Outpoint
 from chains.bitcoin.node.journal import BlockJournal
 from chains.bitcoin.node.kernel import BlockRejected, Kernel
 from chains.bitcoin.node.mempool import Entry, Mempool
-from chains.bitcoin.node.wire import Block, Header, Tx, parse_block, parse_header
 
 #: Blocks in the median-time-past window (BIP113).
 MTP_WINDOW = 11

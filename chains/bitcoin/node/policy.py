@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import pbk
 from pbk.script import PrecomputedTransactionData
 
+from chains.bitcoin.blocks import Tx, parse_tx
 from chains.bitcoin.node import rules
 from chains.bitcoin.node.chainindex import ChainIndex, Coin
 from chains.bitcoin.node.mempool import Entry, Mempool
-from chains.bitcoin.node.wire import Tx, WireError, parse_tx
+from chains.errors import ChainDecodeError
 
 
 class TxDecodeFailed(Exception):
@@ -67,7 +68,7 @@ def decode(raw: bytes) -> Tx:
     try:
         tx = parse_tx(raw)
         pbk.Transaction(raw)
-    except (WireError, RuntimeError):
+    except (ChainDecodeError, RuntimeError):
         raise TxDecodeFailed("TX decode failed") from None
     return tx
 
@@ -123,7 +124,7 @@ def _check_inputs(tx: Tx, coins: list[Coin], ctx: Context) -> int:
                 "bad-txns-premature-spend-of-coinbase", f"tried to spend coinbase at depth {depth}"
             )
     value_in = sum(c.value for c in coins)
-    value_out = sum(o.value for o in tx.outputs)
+    value_out = sum(o.amount for o in tx.outputs)
     if not rules.money_range(value_in):
         raise TxRejected("bad-txns-inputvalues-outofrange")
     if value_in < value_out:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from chains.bitcoin.addresses import destination_script
+from chains.bitcoin.blocks import parse_header
 from chains.bitcoin.node import views
-from chains.bitcoin.node.address import REGTEST, AddressError
 from chains.bitcoin.node.descriptor import DescriptorError, descriptor_script, infer_descriptor
 from chains.bitcoin.node.dispatch import Params, parse_hash, rpc
 from chains.bitcoin.node.jsonrpc import (
@@ -19,7 +20,7 @@ from chains.bitcoin.node.jsonrpc import (
 from chains.bitcoin.node.kernel import BlockRejected
 from chains.bitcoin.node.miner import bits_to_target
 from chains.bitcoin.node.node import RegtestNode
-from chains.bitcoin.node.wire import parse_header
+from chains.errors import InvalidAddress
 
 
 @rpc("getblockcount")
@@ -104,8 +105,8 @@ def generatetoaddress(node: RegtestNode, p: Params) -> list[str]:
     count, address = p.get_int(0), p.get(1, "string")
     p.get_int(2, 1_000_000)
     try:
-        script = REGTEST.to_script(address)
-    except AddressError:
+        script = destination_script(views.NETWORK, address)
+    except InvalidAddress:
         raise RpcError(RPC_INVALID_ADDRESS_OR_KEY, "Error: Invalid address") from None
     try:
         return [views.hex_id(h) for h in node.generate(count, script)]
@@ -158,7 +159,7 @@ def scantxoutset(node: RegtestNode, p: Params) -> Any:
                 "txid": views.hex_id(op[0]),
                 "vout": op[1],
                 "scriptPubKey": coin.script_pubkey.hex(),
-                "desc": infer_descriptor(coin.script_pubkey, REGTEST),
+                "desc": infer_descriptor(coin.script_pubkey, views.NETWORK),
                 "amount": Amount(coin.value),
                 "coinbase": coin.coinbase,
                 "height": coin.height,
@@ -184,6 +185,6 @@ def _scan_script(obj: Any) -> bytes:
             RPC_INVALID_PARAMETER, "Scan object needs to be either a string or an object"
         )
     try:
-        return descriptor_script(desc, REGTEST)
+        return descriptor_script(desc, views.NETWORK)
     except DescriptorError as exc:
         raise RpcError(RPC_INVALID_ADDRESS_OR_KEY, str(exc)) from None

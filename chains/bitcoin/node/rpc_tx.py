@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 from chains.bitcoin.node import rules, views
-from chains.bitcoin.node.chainindex import is_unspendable
 from chains.bitcoin.node.dispatch import Params, parse_btc, parse_hash, rpc
 from chains.bitcoin.node.jsonrpc import (
     RPC_DESERIALIZATION_ERROR,
@@ -28,6 +27,7 @@ from chains.bitcoin.node.jsonrpc import (
 from chains.bitcoin.node.mempool import Entry
 from chains.bitcoin.node.node import RegtestNode
 from chains.bitcoin.node.policy import Context, TxDecodeFailed, TxRejected, accept, decode
+from chains.bitcoin.scripts import is_unspendable
 
 #: Core's DEFAULT_MAX_RAW_TX_FEE_RATE: 0.10 BTC/kvB.
 DEFAULT_MAX_FEERATE = Decimal("0.10")
@@ -63,7 +63,7 @@ def sendrawtransaction(node: RegtestNode, p: Params) -> str:
         raise RpcError(
             RPC_DESERIALIZATION_ERROR, "TX decode failed. Make sure the tx has at least one input."
         ) from None
-    if sum(o.value for o in tx.outputs if is_unspendable(o.script_pubkey)) > max_burn:
+    if sum(o.amount for o in tx.outputs if is_unspendable(o.script)) > max_burn:
         raise RpcError(
             RPC_VERIFY_ERROR,
             "Unspendable output exceeds maximum configured by user (maxburnamount)",

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from chains.bitcoin.node.address import script_type
-from chains.bitcoin.node.chainindex import Coin, is_unspendable
+from chains.bitcoin.blocks import Tx
+from chains.bitcoin.coins import dust_threshold
+from chains.bitcoin.node.chainindex import Coin
 from chains.bitcoin.node.mempool import MEMPOOL_HEIGHT
-from chains.bitcoin.node.wire import Tx
+from chains.bitcoin.scripts import script_type
+from chains.bitcoin.wire import MAX_MONEY
 
 COIN = 100_000_000
-MAX_MONEY = 21_000_000 * COIN
 COINBASE_MATURITY = 100
 MAX_BLOCK_WEIGHT = 4_000_000
 MAX_STANDARD_TX_WEIGHT = 400_000
@@ -27,7 +28,6 @@ LOCKTIME_THRESHOLD = 500_000_000
 SEQUENCE_FINAL = 0xFFFFFFFF
 SEQUENCE_DISABLE_FLAG = 1 << 31
 SEQUENCE_TYPE_FLAG = 1 << 22
-DUST_RELAY_FEERATE = 3_000  #: sat/kvB (policy.h DUST_RELAY_TX_FEE)
 DEFAULT_MIN_RELAY_FEERATE = 100  #: sat/kvB (policy.h DEFAULT_MIN_RELAY_TX_FEE, Core v30)
 INCREMENTAL_RELAY_FEERATE = 100  #: sat/kvB (policy.h DEFAULT_INCREMENTAL_RELAY_FEE)
 
@@ -58,9 +58,9 @@ def feerate_str(fee: int, vsize: int) -> str:
 def _output_values_reason(tx: Tx) -> str | None:
     total = 0
     for out in tx.outputs:
-        total += out.value
-        for bad, reason in ((out.value < 0, "bad-txns-vout-negative"),
-                            (out.value > MAX_MONEY, "bad-txns-vout-toolarge"),
+        total += out.amount
+        for bad, reason in ((out.amount < 0, "bad-txns-vout-negative"),
+                            (out.amount > MAX_MONEY, "bad-txns-vout-toolarge"),
                             (total > MAX_MONEY, "bad-txns-txouttotal-toolarge")):
             if bad:
                 return reason
@@ -82,26 +82,15 @@ def check_transaction(tx: Tx) -> str | None:
     return next((reason for failed, reason in checks if failed()), None)
 
 
-def dust_threshold(script_pubkey: bytes) -> int:
-    if is_unspendable(script_pubkey):
-        return 0
-    size = 8 + len(script_pubkey) + (1 if len(script_pubkey) < 0xFD else 3)
-    witness = (
-        script_type(script_pubkey).startswith("witness_") or script_type(script_pubkey) == "anchor"
-    )
-    size += 32 + 4 + 1 + (107 // 4 if witness else 107) + 4
-    return fee_for(DUST_RELAY_FEERATE, size)
-
-
 def check_standard(tx: Tx) -> str | None:
     """The part of IsStandardTx a wallet meets, and PreChecks' minimum size."""
     checks: tuple[tuple[Callable[[], bool], str], ...] = (
         (lambda: not 1 <= tx.version <= TX_MAX_STANDARD_VERSION, "version"),
         (lambda: tx.weight > MAX_STANDARD_TX_WEIGHT, "tx-size"),
         (lambda: any(len(i.script_sig) > 1650 for i in tx.inputs), "scriptsig-size"),
-        (lambda: any(script_type(o.script_pubkey) == "nonstandard" for o in tx.outputs),
+        (lambda: any(script_type(o.script) == "nonstandard" for o in tx.outputs),
          "scriptpubkey"),
-        (lambda: any(o.value < dust_threshold(o.script_pubkey) for o in tx.outputs), "dust"),
+        (lambda: any(o.amount < dust_threshold(o.script) for o in tx.outputs), "dust"),
         (lambda: len(tx.serialize(witness=False)) < MIN_STANDARD_TX_NONWITNESS_SIZE,
          "tx-size-small"),
     )

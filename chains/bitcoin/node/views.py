@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from chains.bitcoin.node.address import REGTEST, script_type
+from chains.bitcoin.addresses import destination_address
+from chains.bitcoin.blocks import Block, Tx
 from chains.bitcoin.node.asm import script_to_asm
 from chains.bitcoin.node.descriptor import infer_descriptor
 from chains.bitcoin.node.jsonrpc import Amount
 from chains.bitcoin.node.miner import bits_to_target
 from chains.bitcoin.node.node import RegtestNode
-from chains.bitcoin.node.wire import Block, Tx, compact_size
+from chains.bitcoin.scripts import script_type
+from chains.bitcoin.wire import compact_size
+
+NETWORK = "regtest"  #: whose addresses the node shows and takes
 
 
 def hex_id(h: bytes) -> str:
@@ -33,10 +37,10 @@ def difficulty(bits: int) -> float:
 def script_pubkey(spk: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {
         "asm": script_to_asm(spk),
-        "desc": infer_descriptor(spk, REGTEST),
+        "desc": infer_descriptor(spk, NETWORK),
         "hex": spk.hex(),
     }
-    address = REGTEST.from_script(spk)
+    address = destination_address(NETWORK, spk)
     if address:
         out["address"] = address
     out["type"] = script_type(spk)
@@ -74,7 +78,7 @@ def tx_json(tx: Tx, *, fee: int | None = None) -> dict[str, Any]:
         "locktime": tx.locktime,
         "vin": _vin(tx),
         "vout": [
-            {"value": Amount(o.value), "n": n, "scriptPubKey": script_pubkey(o.script_pubkey)}
+            {"value": Amount(o.amount), "n": n, "scriptPubKey": script_pubkey(o.script)}
             for n, o in enumerate(tx.outputs)
         ],
     }
@@ -132,7 +136,7 @@ def block_json(node: RegtestNode, height: int, block: Block, verbosity: int) -> 
     else:
         spent = node.kernel.spent_values(height)
         out["tx"] = [
-            tx_json(t, fee=None if i == 0 else sum(spent[i - 1]) - sum(o.value for o in t.outputs))
+            tx_json(t, fee=None if i == 0 else sum(spent[i - 1]) - sum(o.amount for o in t.outputs))
             for i, t in enumerate(block.txs)
         ]
     return out

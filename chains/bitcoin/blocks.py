@@ -1,73 +1,24 @@
-"""Consensus serialization of transactions and blocks, just what the node needs.
+"""Transactions and blocks in consensus encoding, with their hashes, size and weight.
 
-Parsing here is only for indexing and for RPC views: every byte a block or a
-transaction carries is judged by Bitcoin Core's own code (``pbk``) before the node
-keeps it. Formats: the transaction and block encodings of the Bitcoin protocol and
-the segwit serialization of BIP144
-(https://github.com/bitcoin/bips/blob/master/bip-0144.mediawiki).
+Formats: the transaction and block encodings of the Bitcoin protocol and the segwit
+serialization of BIP144 (https://github.com/bitcoin/bips/blob/master/bip-0144.mediawiki).
+Reading is as strict as :class:`~chains.bitcoin.wire.Reader` (truncation, non-canonical
+compact sizes and trailing bytes are :class:`~chains.errors.ChainDecodeError`); output
+amounts are not range-checked here, that is a consensus rule for the caller.
 """
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass
+
+from chains.errors import ChainDecodeError
+
+from .wire import Reader, TxOut, compact_size, sha256d, var_bytes
 
 NULL_HASH = bytes(32)
 COINBASE_INDEX = 0xFFFFFFFF
 WITNESS_SCALE_FACTOR = 4
-
-
-class WireError(ValueError):
-    """Bytes that are not a transaction or block in consensus encoding."""
-
-
-def sha256d(data: bytes) -> bytes:
-    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
-
-
-def compact_size(n: int) -> bytes:
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + struct.pack("<H", n)
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + struct.pack("<I", n)
-    return b"\xff" + struct.pack("<Q", n)
-
-
-class Reader:
-    """A cursor over bytes that refuses to read past the end."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise WireError("unexpected end of data")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u32(self) -> int:
-        return int(struct.unpack("<I", self.take(4))[0])
-
-    def u64(self) -> int:
-        return int(struct.unpack("<Q", self.take(8))[0])
-
-    def varint(self) -> int:
-        first = self.take(1)[0]
-        if first < 0xFD:
-            return first
-        size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
-        return int.from_bytes(self.take(size), "little")
-
-    def var_bytes(self) -> bytes:
-        return self.take(self.varint())
-
-    def at_end(self) -> bool:
-        return self.pos == len(self.data)
 
 
 @dataclass(frozen=True)
@@ -81,12 +32,6 @@ class TxIn:
     @property
     def is_null(self) -> bool:
         return self.prev_txid == NULL_HASH and self.prev_index == COINBASE_INDEX
-
-
-@dataclass(frozen=True)
-class TxOut:
-    value: int
-    script_pubkey: bytes
 
 
 @dataclass(frozen=True)
@@ -106,20 +51,16 @@ class Tx:
 
     def serialize(self, *, witness: bool = True) -> bytes:
         with_witness = witness and self.has_witness
-        out = [struct.pack("<i", self.version)]
-        if with_witness:
-            out.append(b"\x00\x01")
+        out = [struct.pack("<i", self.version), b"\x00\x01" if with_witness else b""]
         out.append(compact_size(len(self.inputs)))
         for i in self.inputs:
-            out += [i.prev_txid, struct.pack("<I", i.prev_index)]
-            out += [compact_size(len(i.script_sig)), i.script_sig, struct.pack("<I", i.sequence)]
+            out += [i.prev_txid, struct.pack("<I", i.prev_index), var_bytes(i.script_sig),
+                    struct.pack("<I", i.sequence)]
         out.append(compact_size(len(self.outputs)))
-        for o in self.outputs:
-            out += [struct.pack("<q", o.value), compact_size(len(o.script_pubkey)), o.script_pubkey]
+        out += [o.serialize() for o in self.outputs]
         if with_witness:
             for i in self.inputs:
-                out.append(compact_size(len(i.witness)))
-                out += [compact_size(len(item)) + item for item in i.witness]
+                out += [compact_size(len(i.witness)), *map(var_bytes, i.witness)]
         out.append(struct.pack("<I", self.locktime))
         return b"".join(out)
 
@@ -143,22 +84,20 @@ class Tx:
 
 
 def read_tx(r: Reader) -> Tx:
-    version = struct.unpack("<i", r.take(4))[0]
-    n_in = r.varint()
+    version = r.i32()
+    n_in = r.compact_size()
     segwit = False
     if n_in == 0:  # BIP144 marker, then flag 0x01
-        if r.take(1) != b"\x01":
-            raise WireError("bad segwit flag")
-        segwit, n_in = True, r.varint()
-    raw_in = [(r.take(32), r.u32(), r.var_bytes(), r.u32()) for _ in range(n_in)]
-    outputs = tuple(
-        TxOut(struct.unpack("<q", r.take(8))[0], r.var_bytes()) for _ in range(r.varint())
-    )
+        if r.read(1) != b"\x01":
+            raise ChainDecodeError("bad segwit flag")
+        segwit, n_in = True, r.compact_size()
+    raw_in = [(r.read(32), r.u32(), r.var_bytes(), r.u32()) for _ in range(n_in)]
+    outputs = tuple(TxOut.read(r) for _ in range(r.compact_size()))
     witnesses: list[tuple[bytes, ...]] = [()] * n_in
     if segwit:
-        witnesses = [tuple(r.var_bytes() for _ in range(r.varint())) for _ in range(n_in)]
+        witnesses = [tuple(r.var_bytes() for _ in range(r.compact_size())) for _ in range(n_in)]
         if not any(witnesses):
-            raise WireError("superfluous witness record")
+            raise ChainDecodeError("superfluous witness record")
     inputs = tuple(TxIn(*raw, witness=w) for raw, w in zip(raw_in, witnesses, strict=True))
     return Tx(version, inputs, outputs, r.u32())
 
@@ -167,8 +106,7 @@ def parse_tx(data: bytes) -> Tx:
     """Exactly one transaction, no trailing bytes."""
     r = Reader(data)
     tx = read_tx(r)
-    if not r.at_end():
-        raise WireError("trailing bytes after transaction")
+    r.done("transaction")
     return tx
 
 
@@ -196,7 +134,7 @@ class Header:
 
 def parse_header(data: bytes) -> Header:
     if len(data) != 80:
-        raise WireError("a block header is 80 bytes")
+        raise ChainDecodeError("a block header is 80 bytes")
     version = struct.unpack("<i", data[:4])[0]
     time, bits, nonce = struct.unpack("<III", data[68:80])
     return Header(version, data[4:36], data[36:68], time, bits, nonce)
@@ -214,10 +152,9 @@ class Block:
 
 def parse_block(data: bytes) -> Block:
     r = Reader(data)
-    header = parse_header(r.take(80))
-    txs = tuple(read_tx(r) for _ in range(r.varint()))
-    if not r.at_end():
-        raise WireError("trailing bytes after block")
+    header = parse_header(r.read(80))
+    txs = tuple(read_tx(r) for _ in range(r.compact_size()))
+    r.done("block")
     return Block(header, txs)
 
 
