@@ -10,14 +10,17 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 
+from chains.registry import registry
 from custody.broker import Broker
 from custody.db import SignRequest, Status, make_engine, make_sessions
 from hsm_emulator import Hsm, Passphrase
 from hsm_emulator.client import HsmClient, local_client
+from hsm_emulator.remote import RemoteHsmClient
 
 from . import problems
 from .auth import FailureLimiter
@@ -27,14 +30,19 @@ from .routes import approvals, audit, events, health, keys, requests, sign
 from .settings import Settings
 
 
-def open_local_hsm(settings: Settings) -> HsmClient:
+def open_hsm(settings: Settings) -> HsmClient:
+    """The HSM as its own process if ``hsm_url`` is set, else in-process (the default)."""
+    if settings.hsm_url:
+        secret = Path(settings.hsm_secret_file).read_bytes().strip()
+        return RemoteHsmClient(settings.hsm_url, secret)
     return local_client(Hsm.open(settings.hsm_store, Passphrase(settings.hsm_passphrase),
-                                 so_passphrase=settings.hsm_so_passphrase or None))
+                                 so_passphrase=settings.hsm_so_passphrase or None,
+                                 decoders=registry()))
 
 
 def create_app(settings: Settings, hsm: HsmClient | None = None, *,
                broker: Broker | None = None, scheduler: bool = True) -> FastAPI:
-    client = hsm if hsm is not None else open_local_hsm(settings)
+    client = hsm if hsm is not None else open_hsm(settings)
     hub, metrics = EventHub(), Metrics()
 
     def on_change(row: SignRequest) -> None:

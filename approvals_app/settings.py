@@ -17,6 +17,10 @@ class Settings:
     jwt_audience: str = "ska-custody"
     jwt_issuer: str = "ska-custody"
     max_skew_seconds: float = 300.0
+    #: The HSM as its own process (``unix:/path`` or ``tcp:127.0.0.1:port``); empty:
+    #: in-process. Several API replicas need this: one HSM store has one owner.
+    hsm_url: str = ""
+    hsm_secret_file: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -29,4 +33,6 @@ class Settings:
             jwt_secret=env.get("CUSTODY_JWT_SECRET", ""),
             jwt_audience=env.get("CUSTODY_JWT_AUDIENCE", cls.jwt_audience),
             jwt_issuer=env.get("CUSTODY_JWT_ISSUER", cls.jwt_issuer),
+            hsm_url=env.get("CUSTODY_HSM_URL", ""),
+            hsm_secret_file=env.get("CUSTODY_HSM_SECRET_FILE", ""),
         )

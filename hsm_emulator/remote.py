@@ -1263,9 +1263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_address(args.listen)
         secret = _read_secret(args.secret_file)
         clock: Clock = FileClock(args.clock_file) if args.clock_file else SystemClock()
+        # The chains' pure decoders (networks from CUSTODY_NETWORKS): the HSM decodes
+        # every payload it signs itself.
+        from chains.registry import registry
+
         hsm = Hsm.open(args.store, Passphrase(passphrase, scrypt_n=args.scrypt_n),
                        so_passphrase=so_passphrase, allow_export=args.allow_export,
-                       clock=clock)
+                       clock=clock, decoders=registry())
     except (HsmError, OSError) as exc:
         print(f"hsm-server: {exc}", file=sys.stderr)
         return 1
