@@ -49,11 +49,41 @@ def serve(host: str = typer.Option("127.0.0.1", help="Listen address."),
         settings = dataclasses.replace(settings, database_url=database_url)
     if hsm_store:
         settings = dataclasses.replace(settings, hsm_store=hsm_store)
-    if not settings.hsm_passphrase or len(settings.jwt_secret) < MIN_SECRET:
-        Console(stderr=True).print("[red]set CUSTODY_HSM_PASSPHRASE and CUSTODY_JWT_SECRET "
-                                   f"(at least {MIN_SECRET} characters)[/]")
+    if (not settings.hsm_passphrase and not settings.hsm_url) or (
+            len(settings.jwt_secret) < MIN_SECRET):
+        Console(stderr=True).print("[red]set CUSTODY_HSM_PASSPHRASE (or CUSTODY_HSM_URL) and "
+                                   f"CUSTODY_JWT_SECRET (at least {MIN_SECRET} characters)[/]")
         raise typer.Exit(2)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker() -> None:
+    """Run only the release scheduler (no HTTP): releases held requests when their hold
+    ends. Any number of workers and API replicas may share one database and one HSM."""
+    import signal
+    import threading
+
+    from approvals_app.main import open_hsm
+    from approvals_app.settings import Settings
+
+    from .broker import Broker
+    from .db import make_engine, make_sessions
+
+    settings = Settings.from_env()
+    broker = Broker(open_hsm(settings), make_sessions(make_engine(settings.database_url)),
+                    max_skew=settings.max_skew_seconds)
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+        broker.stop_scheduler()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    Console().print("release worker running")
+    broker.run_scheduler(stop)
+    broker.close()
 
 
 @app.command("db-upgrade")
