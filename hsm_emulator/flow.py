@@ -192,12 +192,15 @@ class Hsm(HsmCore):
         except CredentialInvalid as exc:
             raise ApprovalRefused(f"approver credential: {exc.reason}") from None
         rule = state.policy.rule(Action(req["action"]))
-        members = {a.fingerprint for t in (rule.tokens if rule else ()) for g in t.groups
-                   for a in g.approvers}
-        if cred.fingerprint not in members:
+        entries = [a for t in (rule.tokens if rule else ()) for g in t.groups
+                   for a in g.approvers if a.fingerprint == cred.fingerprint]
+        if not entries:
             raise ApprovalRefused(f"approver {cred.fingerprint[:16]} is in no group of this "
                                   f"key's {req['action']} rule")
-        if req["initiator"] and req["initiator"] in (cred.fingerprint, cred.public_key_b64):
+        # Segregation of duties: the initiator is named by its key or, for a desk login,
+        # by the person's name - which is also the approver's "name" in the policy.
+        identities = {cred.fingerprint, cred.public_key_b64} | {a.name for a in entries if a.name}
+        if req["initiator"] and req["initiator"] in identities:
             raise ApprovalRefused("the initiator of a request cannot approve it")
         try:
             valid = verify(cred, bytes.fromhex(req["challenge"]), approval.signature,

@@ -194,6 +194,16 @@ def test_initiator_cannot_approve(hsm: Hsm, treasury: str, people: dict[str, App
     refused(hsm, ApprovalRefused, hsm.execute, ch.request_id, approve(ch, t1, people["t2"]))
 
 
+def test_initiator_named_in_the_policy_cannot_approve(hsm: Hsm, treasury: str,
+                                                     people: dict[str, Approver]) -> None:
+    """A desk user (JWT subject "trader-1") who is also an approver (policy name
+    "trader-1") cannot approve the request they made, whatever key they use."""
+    ch = hsm.begin(treasury, Action.USE, pay(200), TT, initiator=people["t1"].name)
+    refused(hsm, ApprovalRefused, hsm.execute, ch.request_id,
+            approve(ch, people["t1"], people["t2"]))
+    assert hsm.execute(ch.request_id, approve(ch, people["t2"], people["t3"])).token == "medium"
+
+
 def test_undecodable_payload_cannot_use_amount_tiers(hsm: Hsm, treasury: str) -> None:
     refused(hsm, PolicyNotMet, hsm.sign_now, treasury, b"\x00" * 32, "UNSPECIFIED",
             "SHA256_WITH_ECDSA")
