@@ -7,7 +7,9 @@ the earliest hold end so held requests are released as soon as they may be.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,12 +24,14 @@ from hsm_emulator import Hsm, Passphrase
 from hsm_emulator.client import HsmClient, local_client
 from hsm_emulator.remote import RemoteHsmClient
 
-from . import problems
+from . import logs, problems
 from .auth import FailureLimiter
 from .events import EventHub
 from .metrics import Metrics
 from .routes import approvals, audit, events, health, keys, requests, sign
 from .settings import Settings
+
+log = logging.getLogger("custody.api")
 
 
 def open_hsm(settings: Settings) -> HsmClient:
@@ -85,11 +89,22 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
         app.include_router(module.router)
 
     @app.middleware("http")
-    async def count(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.http.labels(request.method, path, str(response.status_code)).inc()
-        return response
+    async def observe(request: Request, call_next: Any) -> Any:
+        rid = logs.choose_request_id(request.headers.get("x-request-id"))
+        token = logs.request_id.set(rid)
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.http.labels(request.method, path, str(response.status_code)).inc()
+            response.headers["X-Request-ID"] = rid
+            log.info("request", extra={
+                "method": request.method, "path": path, "status": response.status_code,
+                "ms": round((time.perf_counter() - start) * 1000, 2),
+                "client": request.client.host if request.client else "-"})
+            return response
+        finally:
+            logs.request_id.reset(token)
 
     return app

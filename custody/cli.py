@@ -54,7 +54,10 @@ def serve(host: str = typer.Option("127.0.0.1", help="Listen address."),
         Console(stderr=True).print("[red]set CUSTODY_HSM_PASSPHRASE (or CUSTODY_HSM_URL) and "
                                    f"CUSTODY_JWT_SECRET (at least {MIN_SECRET} characters)[/]")
         raise typer.Exit(2)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    from approvals_app import logs
+
+    logs.configure()
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
 
 
 @app.command()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_serve_refuses_weak_secret(tmp_path: Path) -> None:
     env = os.environ | {"CUSTODY_HSM_PASSPHRASE": "p" * 12, "CUSTODY_JWT_SECRET": "short"}
     result = subprocess.run([sys.executable, "-m", "custody.cli", "serve"], env=env,
                             capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 2 and "at least 32" in result.stderr
+    assert result.returncode == 2 and "at least 32" in " ".join(result.stderr.split())
 
 
 def test_audit_verify_against_a_live_server(tmp_path: Path) -> None:
@@ -99,3 +100,44 @@ def test_audit_verify_against_a_live_server(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)
+
+
+def test_logs_are_json_lines_with_request_ids(tmp_path: Path) -> None:
+    """Structured logs carry the request id, and never a token or a passphrase."""
+    port = free_port()
+    passphrase = "serve test passphrase"
+    env = os.environ | {"CUSTODY_HSM_PASSPHRASE": passphrase,
+                        "CUSTODY_HSM_SO_PASSPHRASE": "serve test officer",
+                        "CUSTODY_JWT_SECRET": SECRET,
+                        "CUSTODY_DATABASE_URL": f"sqlite:///{tmp_path / 'broker.sqlite'}",
+                        "CUSTODY_HSM_STORE": str(tmp_path / "hsm.sqlite")}
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "custody.cli", "serve", "--port",
+                                 str(port)], env=env, stdout=out, stderr=out)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{base}/readyz", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        req = urllib.request.Request(f"{base}/v1/request/nope",
+                                     headers={"X-Request-ID": "trace-42",
+                                              "Authorization": "Bearer not-a-real-token"})
+        try:
+            urllib.request.urlopen(req, timeout=5)
+        except urllib.error.HTTPError as err:
+            assert err.code == 401 and err.headers["X-Request-ID"] == "trace-42"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+    import json
+
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    mine = [x for x in lines if x.get("request_id") == "trace-42"]
+    assert mine and mine[0]["status"] == 401 and mine[0]["path"] == "/v1/request/{request_id}"
+    text = log.read_text()
+    assert "not-a-real-token" not in text and passphrase not in text and SECRET not in text
