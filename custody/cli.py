@@ -7,11 +7,16 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .admin_cli import key_app, policy_app, request_app
+
 app = typer.Typer(help="SKA custody wallet: HSM-enforced policies for treasury transfers.",
                   no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: one JSON object per line, the last the headline.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(key_app, name="key")
+app.add_typer(request_app, name="request")
+app.add_typer(policy_app, name="policy")
 
 #: HS256 keys shorter than the hash are weak (RFC 7518 section 3.2).
 MIN_SECRET = 32

@@ -1,0 +1,107 @@
+"""``custody key|request|policy ...``: administration through the API (or offline).
+
+Calls go to the server at ``--url`` with the bearer token in ``CUSTODY_TOKEN``; errors
+come back as the server's problem details and end the command with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hsm_emulator.errors import HsmError
+
+from .explain import explain
+
+key_app = typer.Typer(help="Keys in the HSM, through the API.", no_args_is_help=True)
+request_app = typer.Typer(help="Sign requests: status and cancel.", no_args_is_help=True)
+policy_app = typer.Typer(help="SKA policies, offline.", no_args_is_help=True)
+URL = typer.Option("http://127.0.0.1:8000", envvar="CUSTODY_URL", help="The API server.")
+
+
+def _call(method: str, url: str, path: str, body: Any = None) -> Any:
+    headers = {"Authorization": f"Bearer {os.environ.get('CUSTODY_TOKEN', '')}"}
+    try:
+        r = httpx.request(method, url + path, json=body, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        Console(stderr=True).print(f"[red]cannot reach {url}: {exc}[/]")
+        raise typer.Exit(2) from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        Console(stderr=True).print(f"[red]{r.status_code}: {detail}[/]")
+        raise typer.Exit(1)
+    return r.json()
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        Console(stderr=True).print(f"[red]cannot read {path}: {exc}[/]")
+        raise typer.Exit(2) from None
+
+
+@key_app.command("create")
+def key_create(label: str, algorithm: str = typer.Option("SECP256K1"),
+               policy: Path = typer.Option(None, help="JSON file: the policy object."),
+               url: str = URL) -> None:
+    """Create a key with its policy (role key_admin)."""
+    body: dict[str, Any] = {"label": label, "algorithm": algorithm}
+    if policy is not None:
+        body["policy"] = _load(policy)
+    info = _call("POST", url, "/v1/key", body)
+    Console().print(f"created [cyan]{info['label']}[/] policy {info['policyDigest'][:16]}")
+
+
+@key_app.command("show")
+def key_show(label: str, url: str = URL) -> None:
+    """Public key, attributes, status and policy of a key."""
+    info = _call("GET", url, f"/v1/key/{label}")
+    table = Table(title=f"key {label}", show_header=False)
+    for field in ("algorithm", "publicKey", "policyDigest", "keyStatus", "attributes"):
+        table.add_row(field, json.dumps(info.get(field)))
+    Console().print(table)
+    for line in explain({k: v for k, v in info["policy"].items() if k != "keyStatus"}):
+        Console().print(line)
+
+
+@request_app.command("show")
+def request_show(request_id: str, url: str = URL) -> None:
+    """Status, approvals and result of a request."""
+    info = _call("GET", url, f"/v1/request/{request_id}")
+    table = Table(title=f"request {request_id}", show_header=False)
+    for field in ("status", "keyLabel", "action", "executionTime", "error"):
+        table.add_row(field, str(info.get(field)))
+    table.add_row("approved by", str(len(info["approvedBy"])))
+    table.add_row("waiting for", str(len(info["notYetApprovedBy"])))
+    table.add_row("rejected by", str(len(info["rejectedBy"])))
+    Console().print(table)
+
+
+@request_app.command("cancel")
+def request_cancel(request_id: str, url: str = URL) -> None:
+    """Cancel an open request (it can never be executed afterwards)."""
+    info = _call("DELETE", url, f"/v1/request/{request_id}")
+    Console().print(f"request {request_id}: {info['status']}")
+
+
+@policy_app.command("explain")
+def policy_explain(policy: Path) -> None:
+    """Say in plain words what a policy file requires (parsed by the HSM's parser)."""
+    try:
+        lines = explain(_load(policy))
+    except HsmError as exc:
+        Console(stderr=True).print(f"[red]invalid policy: {exc.reason}[/]")
+        raise typer.Exit(1) from None
+    for line in lines:
+        Console().print(line, highlight=False)

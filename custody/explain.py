@@ -1,0 +1,91 @@
+"""A policy in plain words: what each action needs, tier by tier.
+
+Pure: parses with the HSM's own parser (so what is explained is what is enforced) and
+returns lines of text.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from hsm_emulator.model import Action
+from hsm_emulator.policy import Conditions, Policy, Token, parse_policy
+
+#: Decimals of well-known assets, for showing base units as amounts.
+DECIMALS = {"BTC": 8, "ETH": 18, "SOL": 9, "TST": 0}
+ACTION_WORDS = {Action.USE: "Signing (use)", Action.BLOCK: "Blocking the key",
+                Action.UNBLOCK: "Unblocking the key", Action.MODIFY: "Changing this policy"}
+
+
+def amount(asset: str, units: int) -> str:
+    decimals = DECIMALS.get(asset)
+    if not decimals:
+        return f"{units:,} {asset} base units"
+    value = Decimal(units).scaleb(-decimals).normalize()
+    return f"{value:,f} {asset}"
+
+
+def duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def explain(document: dict[str, Any]) -> list[str]:
+    policy = parse_policy(document)
+    lines = [f"Policy {policy.digest[:16]} - the key is currently "
+             f"{'BLOCKED' if policy.blocked else 'usable'}."]
+    for action in Action:
+        lines.extend(_rule(policy, action))
+    return lines
+
+
+def _rule(policy: Policy, action: Action) -> list[str]:
+    rule = policy.rule(action)
+    head = ACTION_WORDS[action]
+    if rule is None:
+        free = action in policy.open_actions
+        return [f"{head}: {'allowed without approvals' if free else 'never allowed'} "
+                "(no rule)."]
+    out = [f"{head}: any one of these {len(rule.tokens)} way(s):"]
+    for i, token in enumerate(rule.tokens, 1):
+        out.append(f"  {i}. {_token(token)}")
+    return out
+
+
+def _token(token: Token) -> str:
+    parts = []
+    when = _conditions(token.conditions)
+    parts.append(f"'{token.name or 'unnamed'}'" + (f" when {when}" if when else ""))
+    if not token.groups:
+        parts.append("signed at once, no approvals")
+    for g in token.groups:
+        names = ", ".join(a.name or a.fingerprint[:12] for a in g.approvers)
+        parts.append(f"{g.quorum} of {len(g.approvers)} from '{g.name}' ({names})")
+    if token.timelock:
+        parts.append(f"then a hold of {duration(token.timelock)}")
+    if token.timeout:
+        parts.append(f"all within {duration(token.timeout)} of the request")
+    return "; ".join(parts) + "."
+
+
+def _conditions(c: Conditions) -> str:
+    words = []
+    for b in c.amounts:
+        if b.max is None:
+            words.append(f"{b.asset} amount is at least {amount(b.asset, b.min)}" if b.min
+                         else f"the transfer is in {b.asset}")
+        elif b.min:
+            words.append(f"{b.asset} amount is between {amount(b.asset, b.min)} and "
+                         f"{amount(b.asset, b.max)}")
+        else:
+            words.append(f"{b.asset} amount is at most {amount(b.asset, b.max)}")
+    if c.destinations is not None:
+        words.append(f"every destination is one of {len(c.destinations)} allowed address(es)")
+    for v in c.velocity:
+        words.append(f"at most {amount(v.asset, v.max)} in any {duration(v.window_seconds)}")
+    for f in c.max_fee:
+        words.append(f"the fee is at most {amount(f.asset, f.max)}")
+    return " and ".join(words)
