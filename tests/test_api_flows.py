@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,23 +22,36 @@ from approvals_app.main import create_app
 from approvals_app.settings import Settings
 from custody.broker import REJECT_PREFIX
 from hsm_emulator import Hsm
+from hsm_emulator.client import HsmClient
 from hsm_emulator.decoders import transfer_payload
+from hsm_emulator.remote import RemoteHsmClient, serve
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, tiered_policy
 from tests.test_api_tutorial import SECRET, bearer
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "remote-hsm"])
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    """The same API tests on the embedded default and on a real PostgreSQL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'broker.sqlite'}"
-    else:
+    """The same API tests on the embedded default, on a real PostgreSQL, and with the
+    HSM reached over its socket protocol (RemoteHsmClient) instead of in-process."""
+    if request.param == "postgresql":
         url = request.getfixturevalue("postgres").create_database()
+    else:
+        url = f"sqlite:///{tmp_path / 'broker.sqlite'}"
     hsm = Hsm.open(tmp_path / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO)
+    client: HsmClient = hsm
+    stop = threading.Event()
+    if request.param == "remote-hsm":
+        ready, secret = threading.Event(), os.urandom(32)
+        address = f"unix:{tmp_path / 'hsm.sock'}"
+        threading.Thread(target=serve, args=(hsm, address, secret),
+                         kwargs={"ready": ready, "stop": stop}, daemon=True).start()
+        assert ready.wait(10)
+        client = RemoteHsmClient(address, secret)
     settings = Settings(database_url=url, jwt_secret=SECRET)
-    with TestClient(create_app(settings, hsm)) as client:
-        yield client
+    with TestClient(create_app(settings, client)) as test_client:
+        yield test_client
+    stop.set()
     hsm.close()
 
 
@@ -281,3 +296,63 @@ def test_idempotency_key_returns_the_first_result(api: TestClient, treasury: str
     assert refused.status_code == 404
     with broker.sessions() as s:  # a refused call leaves no reservation behind
         assert s.execute(text("SELECT count(*) FROM idempotency")).scalar() == 1
+
+
+def test_failed_authentication_is_rate_limited(api: TestClient) -> None:
+    codes = [api.get("/v1/request/x", headers={"Authorization": "Bearer nope"}).status_code
+             for _ in range(25)]
+    assert codes[:20] == [401] * 20 and codes[-1] == 429
+    limited = api.get("/v1/request/x", headers=bearer("business"))
+    assert limited.status_code == 429 and limited.headers["Retry-After"]
+
+
+HOSTILE = [
+    ("post", "/v1/key", {"label": "", "algorithm": "RSA"}),
+    ("post", "/v1/key", {"label": "k", "algorithm": "RSA", "keySize": 10**9}),
+    ("post", "/v1/key", {"label": "k", "algorithm": "EC", "curveOid": "1.2.3"}),
+    ("post", "/v1/key", {"label": "k", "algorithm": "DSA"}),
+    ("post", "/v1/key", {"label": "k", "algorithm": "ED", "policy": {"ruleUse": 7}}),
+    ("post", "/v1/key", {"label": "k", "algorithm": "ED", "attributes": {"sign": "yes"}}),
+    ("post", "/v1/key", {"label": "k" * 129, "algorithm": "ED"}),
+    ("post", "/v1/key", ["not", "an", "object"]),
+    ("post", "/v1/block", {"label": "treasury", "policy": {}}),
+    ("post", "/v1/block", {"label": "no-such-key"}),
+    ("post", "/v1/unblock", {"label": "treasury"}),
+    ("post", "/v1/modify", {"label": "treasury"}),
+    ("post", "/v1/modify", {"label": "treasury", "policy": {"ruleUse": {"tokens": []}}}),
+    ("post", "/v1/filteredSignApprovalTask", {"timestamp": "yesterday",
+                                              "timestampSignature": "AA==",
+                                              "approverCertificate": "AAAA"}),
+    ("post", "/v1/filteredSignApprovalTask", {"timestamp": "2020-01-01T00:00:00+00:00",
+                                              "timestampSignature": "AA==",
+                                              "approverCertificate": "AAAA",
+                                              "paging": {"pageSize": 10**6}}),
+    ("post", "/v1/rejection", {"id": "x", "approvalToBeSigned": "AA==", "signature": "AA==",
+                               "approverCertificate": "AAAA"}),
+    ("get", "/v1/key/no-such-key", None),
+    ("get", "/v1/key/treasury/address?kind=p2pkh&network=mainnet", None),
+    ("get", "/v1/key/treasury/address?kind=p2wpkh&network=moon", None),
+    ("get", "/v1/key/treasury/address?kind=p2wpkh&network=mainnet&path=m/x", None),
+    ("get", "/v1/audit?limit=-5", None),
+    ("get", "/v1/audit?start=0", None),
+    ("delete", "/v1/request/no-such-request", None),
+    ("get", "/v1/approver/events?timestamp=x&signature=AA==&certificate=AAAA", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), HOSTILE)
+def test_hostile_input_on_every_route(api: TestClient, treasury: str, method: str, path: str,
+                                      body: Any) -> None:
+    headers = bearer("business", "key_admin", "auditor")
+    before = api.get("/v1/audit", headers=headers).json()["entries"]
+    keys_before = api.get("/v1/key/treasury", headers=headers).json()["policyDigest"]
+    kwargs: dict[str, Any] = {"headers": headers}
+    if body is not None:
+        kwargs["json"] = body
+    r = api.request(method.upper(), path, **kwargs)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    after = api.get("/v1/audit", headers=headers).json()["entries"]
+    # nothing changed: only refusals may have been audited
+    assert all(e["event"].get("result") == "refused" for e in after[len(before):]), after
+    assert api.get("/v1/key/treasury", headers=headers).json()["policyDigest"] == keys_before
