@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
 
 from .errors import AuditFailure
@@ -69,6 +70,26 @@ def entry_hash(prev: str, seq: int, at: float, event: dict[str, Any] | bytes) ->
     return hashlib.sha256(f"{prev}\n{seq}\n{at!r}\n".encode() + body).hexdigest()
 
 
+def event_text(event: dict[str, Any]) -> str:
+    """``canonical_json(event)`` as text, built directly for the usual flat event.
+
+    An event whose keys are strings and whose values are strings or integers (every
+    signing event) is written out here - sorted keys, ``json``'s own string escaping,
+    ``int`` digits - which is byte for byte what ``canonical_json`` gives, without the
+    general encoder's set-up per call. Anything else goes through ``canonical_json``.
+    So the hash definition of :func:`entry_hash` is unchanged.
+    """
+    parts = []
+    for key in sorted(event):
+        value = event[key]
+        kind = type(value)
+        if type(key) is not str or (kind is not str and kind is not int):
+            return canonical_json(event).decode()
+        text = encode_basestring(value) if kind is str else int.__repr__(value)
+        parts.append(f"{encode_basestring(key)}:{text}")
+    return "{" + ",".join(parts) + "}"
+
+
 class AuditLog:
     """The log inside the HSM's store. Appends join the caller's store transaction."""
 
@@ -81,10 +102,20 @@ class AuditLog:
 
     def append(self, at: float, event: dict[str, Any]) -> AuditEntry:
         """Append one entry; raises :class:`AuditFailure` if it cannot be written."""
+        prev = self._head
+        seq, digest = self._write(at, event)
+        return AuditEntry(seq, at, event, prev, digest)
+
+    def record(self, at: float, event: dict[str, Any]) -> None:
+        """:meth:`append` for bulk callers that do not use the entry it returns."""
+        self._write(at, event)
+
+    def _write(self, at: float, event: dict[str, Any]) -> tuple[int, str]:
+        """Write (or buffer) the next entry and move the head to it."""
         seq = self._seq + 1
-        body = canonical_json(event)
-        digest = entry_hash(self._head, seq, at, body)
-        row = (seq, at, body.decode(), self._head, digest)
+        text = event_text(event)
+        digest = entry_hash(self._head, seq, at, text.encode())
+        row = (seq, at, text, self._head, digest)
         try:
             if self._buffer is not None:
                 self._buffer.append(row)
@@ -96,9 +127,8 @@ class AuditLog:
                                     (seq, json.dumps(head.to_json())))
         except Exception as exc:
             raise AuditFailure(f"audit entry could not be written: {exc}") from None
-        entry = AuditEntry(seq, at, event, self._head, digest)
         self._seq, self._head = seq, digest
-        return entry
+        return seq, digest
 
     @contextmanager
     def buffered(self) -> Iterator[None]:
@@ -112,7 +142,7 @@ class AuditLog:
             yield
             rows, self._buffer = self._buffer, None
             try:
-                self._store.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", rows)
+                self._store.insert_rows("audit", rows)
             except Exception as exc:
                 raise AuditFailure(f"audit entries could not be written: {exc}") from None
         finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import DecodeError, InvalidInput
 from .model import (
@@ -24,7 +24,10 @@ from .model import (
 )
 
 UNSPECIFIED = "UNSPECIFIED"
+_DIGEST = SignScheme.ECDSA_SECP256K1_DIGEST  #: looked up once (Enum class attributes are slow)
 MAX_PAYLOAD = 1024 * 1024
+#: the decoder ``json.loads`` uses, called directly to skip its per-call argument checks
+_JSON = json.JSONDecoder()
 
 
 class DecoderRegistry:
@@ -88,22 +91,25 @@ class JsonTransferDecoder:
 
     payload_type = "TEST_TRANSFER"
     FIELDS = frozenset({"asset", "amount", "destination", "fee", "nonce", "kind"})
+    REQUIRED = frozenset({"asset", "amount", "destination"})
+    #: ``kind`` values accepted (absent means a transfer)
+    KINDS: ClassVar[dict[str, IntentKind]] = {
+        "transfer": IntentKind.TRANSFER, "contract_call": IntentKind.CONTRACT_CALL}
 
     def __init__(self, scheme: SignScheme = SignScheme.ECDSA_SECP256K1_DIGEST) -> None:
         self.scheme = scheme
 
     def _parse(self, payload: bytes) -> dict[str, Any]:
         try:
-            doc = json.loads(payload.decode("utf-8"))
+            doc = _JSON.decode(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise DecodeError("TEST_TRANSFER payload is not JSON") from None
         if not isinstance(doc, dict):
             raise DecodeError("TEST_TRANSFER payload must be an object")
-        unknown = set(doc) - self.FIELDS
-        missing = {"asset", "amount", "destination"} - set(doc)
-        if unknown or missing:
-            raise DecodeError(f"TEST_TRANSFER fields: unknown {sorted(unknown)}, "
-                              f"missing {sorted(missing)}")
+        fields = doc.keys()
+        if not (fields <= self.FIELDS and fields >= self.REQUIRED):
+            raise DecodeError(f"TEST_TRANSFER fields: unknown {sorted(fields - self.FIELDS)}, "
+                              f"missing {sorted(self.REQUIRED - fields)}")
         return doc
 
     def decode(self, payload: bytes, owner: KeyView) -> Intent:
@@ -117,36 +123,38 @@ class JsonTransferDecoder:
         asset, dest = doc["asset"], doc["destination"]
         if not isinstance(asset, str) or not isinstance(dest, str) or not asset or not dest:
             raise DecodeError("TEST_TRANSFER asset and destination must be non-empty strings")
-        kind = IntentKind(doc.get("kind", "transfer")) if doc.get("kind") in (
-            None, "transfer", "contract_call") else None
+        kind_name = doc.get("kind", "transfer")
+        kind = self.KINDS.get(kind_name) if isinstance(kind_name, str) else None
         if kind is None:
             raise DecodeError("TEST_TRANSFER kind must be transfer or contract_call")
-        return Intent(
-            chain="test", network="test", kind=kind,
-            transfers=(Transfer(asset, _units(doc["amount"]), dest),),
-            fee=_units(doc.get("fee", "0")), fee_asset=asset,
-        )
+        transfer = Transfer(asset, _units(doc["amount"]), dest)
+        # chain, network, kind, transfers, fee, fee_asset (positional: built per payload)
+        return Intent("test", "test", kind, (transfer,), _units(doc.get("fee", "0")), asset)
 
     def sign_items(self, payload: bytes, owner: KeyView) -> tuple[SignItem, ...]:
         self._parse(payload)
         return self._items(payload)
 
     def _items(self, payload: bytes) -> tuple[SignItem, ...]:
-        if self.scheme is SignScheme.ECDSA_SECP256K1_DIGEST:
+        if self.scheme is _DIGEST:
             return (SignItem(self.scheme, hashlib.sha256(payload).digest()),)
         return (SignItem(self.scheme, payload),)
 
 
+#: amounts must fit 256 bits (a name, so it is not recomputed on every call)
+UNITS_LIMIT = 2**256
+
+
 def _units(value: Any) -> int:
-    if isinstance(value, bool):
-        raise DecodeError("amounts must be whole numbers of base units")
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, str) and value.isdigit() and len(value) <= 78:
+    if isinstance(value, str):  # the usual form: a decimal string
+        if not (value.isdigit() and len(value) <= 78):
+            raise DecodeError("amounts must be whole numbers of base units")
         n = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        n = value
     else:
         raise DecodeError("amounts must be whole numbers of base units")
-    if n < 0 or n >= 2**256:
+    if n < 0 or n >= UNITS_LIMIT:
         raise DecodeError("amount out of range")
     return n
 

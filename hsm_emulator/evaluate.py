@@ -19,6 +19,9 @@ from .policy import Conditions, Group, Policy, Token, normalize_destination
 SpentFn = Callable[[str, float], int]
 
 
+_TRANSFER = IntentKind.TRANSFER  #: looked up once (Enum class attributes are slow to read)
+
+
 def _nothing_spent(asset: str, since: float) -> int:
     return 0
 
@@ -58,7 +61,7 @@ class TokenStatus:
             not self.condition_failures
             and not self.expired
             and self.hold_remaining <= 0
-            and all(g.met for g in self.groups)
+            and (not self.groups or all(g.met for g in self.groups))  # auto tier: no groups
         )
 
     @property
@@ -145,12 +148,14 @@ def _token_status(
     spent: SpentFn,
 ) -> TokenStatus:
     elapsed = now - requested_at
+    groups = tuple(_group_status(g, approved, rejected) for g in token.groups) if (
+        token.groups) else ()  # an auto-tier token has none: skip building the generator
     return TokenStatus(
-        name=token.name,
-        condition_failures=condition_failures(token.conditions, intent, now, spent),
-        groups=tuple(_group_status(g, approved, rejected) for g in token.groups),
-        hold_remaining=max(0.0, token.timelock - elapsed),
-        expired=bool(token.timeout) and elapsed > token.timeout,
+        token.name,
+        condition_failures(token.conditions, intent, now, spent),
+        groups,
+        max(0.0, token.timelock - elapsed),
+        bool(token.timeout) and elapsed > token.timeout,
     )
 
 
@@ -173,9 +178,7 @@ def condition_failures(
         return ()
     if intent is None:
         return ("payload could not be decoded, so no condition can be checked",)
-    failures: list[str] = []
-    if cond.amounts:
-        failures.extend(_amount_failures(cond, intent))
+    failures = _amount_failures(cond, intent) if cond.amounts else []
     if cond.destinations is not None:
         for t in intent.transfers:
             if normalize_destination(t.destination) not in cond.destinations:
@@ -193,15 +196,14 @@ def condition_failures(
 
 
 def _amount_failures(cond: Conditions, intent: Intent) -> list[str]:
-    if intent.kind is not IntentKind.TRANSFER:
+    if intent.kind is not _TRANSFER:
         return [f"a {intent.kind.value} is not a transfer: amount tiers do not apply"]
     if not intent.transfers:
         return ["no transfer to bound"]
     bounds = {b.asset: b for b in cond.amounts}
-    failures = []
-    for asset in sorted(intent.assets()):
+    failures: list[str] = []
+    for asset, total in intent.totals().items():  # sorted by asset, one pass
         bound = bounds.get(asset)
-        total = intent.total(asset)
         if bound is None:
             failures.append(f"asset {asset} has no amount bound in this token")
         elif total < bound.min:

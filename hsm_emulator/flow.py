@@ -21,11 +21,11 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from .challenge import Challenge, seal_challenge
 from .credentials import Credential, parse_credential, verify
@@ -52,6 +52,23 @@ from .results import Execution
 OPEN, EXECUTED, CANCELLED = "open", "executed", "cancelled"
 MAX_APPROVALS = 256
 MAX_BATCH = 1000
+#: Enum members used per payload, looked up once: on Python 3.11 reading an attribute of
+#: an Enum class is several times slower than reading a module global.
+_USE = Action.USE
+NO_APPROVALS: frozenset[str] = frozenset()  #: the auto tier's approver set
+X = TypeVar("X")
+Y = TypeVar("Y")
+
+
+class _AutoItem(NamedTuple):
+    """A payload the auto tier has decoded and released, not yet signed."""
+
+    state: KeyState
+    payload: bytes
+    intent: Intent | None
+    items: tuple[SignItem, ...]
+    token: str | None  #: the releasing token
+    at: float  #: when the policy released it
 
 
 @dataclass(frozen=True)
@@ -137,7 +154,7 @@ class Hsm(HsmCore):
         """Check the key may act; decode the payload into its intent and what to sign."""
         if not isinstance(payload, bytes):
             raise InvalidInput("payload must be bytes")
-        if act is Action.USE:
+        if act is _USE:
             if not state.attributes.sign:
                 raise AttributeDenied(f"key {state.label!r} does not allow signing")
             if state.blocked:
@@ -317,10 +334,10 @@ class Hsm(HsmCore):
 
     def _sign(self, state: KeyState, items: tuple[SignItem, ...]) -> tuple[bytes, ...]:
         assert state.material is not None
-        if any(item.path for item in items) and not state.attributes.derive:
+        if not state.attributes.derive and any(item.path for item in items):
             raise AttributeDenied("signing for a derived path needs the derive attribute")
-        return tuple(state.material.derive(item.path).sign(item.scheme, item.data, item.tweak)
-                     for item in items)
+        return tuple([state.material.derive(item.path).sign(item.scheme, item.data, item.tweak)
+                      for item in items])
 
     # -- velocity ledger --------------------------------------------------------------
 
@@ -338,7 +355,7 @@ class Hsm(HsmCore):
         if intent is None:
             return
         now = self.clock.now()
-        rows = [(family, asset, str(intent.total(asset)), now) for asset in sorted(intent.assets())]
+        rows = [(family, asset, str(total), now) for asset, total in intent.totals().items()]
         pending: list[tuple[str, str, str, float]] | None = self.__dict__.get("_pending_spends")
         if pending is not None:
             pending.extend(rows)
@@ -353,7 +370,7 @@ class Hsm(HsmCore):
         self.__dict__["_pending_spends"] = pending
         try:
             yield
-            self._store.executemany("INSERT INTO spends VALUES (?, ?, ?, ?)", pending)
+            self._store.insert_rows("spends", pending)
         finally:
             self.__dict__["_pending_spends"] = None
 
@@ -365,9 +382,13 @@ class Hsm(HsmCore):
         otherwise refuse with :class:`PolicyNotMet` - then use :meth:`begin`."""
         event: dict[str, Any] = {"op": "sign.now", "label": label, "payloadType": payload_type}
 
+        def run() -> Execution:
+            checked = self._check_auto(label, payload, payload_type, scheme)
+            signatures = self._sign(checked.state, checked.items)
+            return self._release(label, checked, signatures, secrets.token_hex(16), event)
+
         with self.locked():
-            return self._audited(event, lambda: self._sign_now(label, payload, payload_type,
-                                                              scheme, event))
+            return self._audited(event, run)
 
     def sign_batch(self, label: str, payloads: Sequence[bytes],
                    payload_type: str = UNSPECIFIED, scheme: SignScheme | str | None = None,
@@ -376,52 +397,66 @@ class Hsm(HsmCore):
         ones before it), signed and audited on its own, all committed at once.
 
         All or nothing: if any payload is refused, nothing is signed and the refusal
-        names its index. Saves a commit per signature, not any check.
+        names its index. Saves a commit per signature, not any check. The work runs in
+        three passes - check every item, sign every item, audit every item - because
+        running each kind of work back to back is markedly faster than alternating them
+        (CPU caches); every pass is inside the batch's one transaction, so nothing is
+        returned before all of it is committed, and a refused batch signs nothing.
         """
         if not 0 < len(payloads) <= MAX_BATCH:
             raise InvalidInput(f"a batch holds 1 to {MAX_BATCH} payloads")
         event: dict[str, Any] = {"op": "sign.batch", "label": label, "size": len(payloads)}
 
         def run() -> list[Execution]:
-            results = []
             with self.audit.buffered(), self._spends_buffered():
-                for i, payload in enumerate(payloads):
-                    results.append(self._batch_item(label, payload, payload_type, scheme, i))
-            return results
+                checked = _per_item(
+                    lambda p: self._check_auto(label, p, payload_type, scheme), payloads)
+                signatures = _per_item(lambda c: self._sign(c.state, c.items), checked)
+                return self._release_batch(label, payload_type, checked, signatures)
 
         with self.locked():
             return self._audited(event, run)
 
-    def _batch_item(self, label: str, payload: bytes, payload_type: str,
-                    scheme: SignScheme | str | None, i: int) -> Execution:
-            item_event: dict[str, Any] = {"op": "sign.now", "label": label,
-                                          "payloadType": payload_type, "batchIndex": i}
-            try:
-                result = self._sign_now(label, payload, payload_type, scheme, item_event)
-            except HsmError as exc:
-                exc.reason = f"batch item {i}: {exc.reason}"
-                exc.args = (exc.reason,)
-                raise
-            self.audit.append(self.clock.now(), {**item_event, "result": "ok"})
-            return result
+    def _release_batch(self, label: str, payload_type: str, checked: list[_AutoItem],
+                       signatures: list[tuple[bytes, ...]]) -> list[Execution]:
+        """The batch's results, and for each item its own audit entry - the entry
+        :meth:`sign_now` writes, with the item's index."""
+        ids = secrets.token_hex(16 * len(checked))  # every request id from one draw
+        events: list[dict[str, Any]] = [
+            {"op": "sign.now", "label": label, "payloadType": payload_type, "batchIndex": i}
+            for i in range(len(checked))]
+        results = [self._release(label, item, sigs, ids[32 * i:32 * i + 32], events[i])
+                   for i, (item, sigs) in enumerate(zip(checked, signatures, strict=True))]
+        for event in events:
+            event["result"] = "ok"
+            self.audit.record(self.clock.now(), event)
+        return results
 
-    def _sign_now(self, label: str, payload: bytes, payload_type: str,
-                  scheme: SignScheme | str | None, event: dict[str, Any]) -> Execution:
+    def _check_auto(self, label: str, payload: bytes, payload_type: str,
+                    scheme: SignScheme | str | None) -> _AutoItem:
+        """Decode ``payload`` and evaluate the key's policy on it now, with no approvals;
+        refuse unless a token releases it. Records the spend in the velocity ledger (in
+        the caller's transaction), so the next payload's velocity check counts it."""
         state = self._usable(label)
-        final, intent, items = self._prepare(state, Action.USE, payload, payload_type,
+        final, intent, items = self._prepare(state, _USE, payload, payload_type,
                                              scheme, None)
         now = self.clock.now()
-        ev = evaluate(state.policy, Action.USE, intent, frozenset(), now, now,
+        ev = evaluate(state.policy, _USE, intent, NO_APPROVALS, now, now,
                       spent=self._spent(state.family))
         if not ev.released:
             raise PolicyNotMet("approvals are needed: " + " | ".join(ev.missing()),
                                ev.missing())
-        sigs = self._sign(state, items)
         self._record_spend(state.family, intent)
-        request_id = secrets.token_hex(16)
-        event.update(requestId=request_id, token=ev.released_by,
-                     payloadDigest=hashlib.sha256(final).hexdigest())
-        return Execution(request_id, label, Action.USE, sigs, ev.released_by, (), now, intent)
+        return _AutoItem(state, final, intent, items, ev.released_by, now)
+
+    @staticmethod
+    def _release(label: str, checked: _AutoItem, signatures: tuple[bytes, ...],
+                 request_id: str, event: dict[str, Any]) -> Execution:
+        """The result of a signed auto-tier payload; fills in its audit event."""
+        event.update(requestId=request_id, token=checked.token,
+                     payloadDigest=hashlib.sha256(checked.payload).hexdigest())
+        return Execution(request_id, label, _USE, signatures, checked.token, (),
+                         checked.at, checked.intent)
 
     def dry_run(self, label: str, payload: bytes = b"", payload_type: str = UNSPECIFIED,
                 action: Action | str = Action.USE, *, approvers: Sequence[str] = (),
@@ -485,6 +520,20 @@ class Hsm(HsmCore):
             else:
                 out.add(parse_credential("public_key", v).fingerprint)
         return frozenset(out)
+
+
+def _per_item(step: Callable[[X], Y], inputs: Sequence[X]) -> list[Y]:
+    """``[step(x) for x in inputs]``, except that a refusal names the batch item it
+    came from."""
+    done: list[Y] = []
+    try:
+        for x in inputs:
+            done.append(step(x))
+    except HsmError as exc:
+        exc.reason = f"batch item {len(done)}: {exc.reason}"
+        exc.args = (exc.reason,)
+        raise
+    return done
 
 
 def _action(value: Action | str) -> Action:

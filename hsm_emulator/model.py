@@ -111,6 +111,14 @@ class Intent:
     def assets(self) -> frozenset[str]:
         return frozenset(t.asset for t in self.transfers)
 
+    def totals(self) -> dict[str, int]:
+        """Every asset's total, in sorted asset order: one pass over the transfers, for
+        callers that need each asset's total (:meth:`total` walks them once per asset)."""
+        sums: dict[str, int] = {}
+        for t in self.transfers:
+            sums[t.asset] = sums.get(t.asset, 0) + t.amount
+        return dict(sorted(sums.items())) if len(sums) > 1 else sums
+
     def binding(self) -> dict[str, Any]:
         """The fields approvals bind to: all but the volatile fee and display details."""
         return {
@@ -146,9 +154,14 @@ class Intent:
         )
 
 
+#: ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` builds
+#: this very encoder on every call; building it once gives the same bytes for less.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(obj: Any) -> bytes:
     """Deterministic JSON bytes: sorted keys, no spaces, UTF-8. Used for every digest."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(obj).encode()
 
 
 @dataclass(frozen=True)

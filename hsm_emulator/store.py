@@ -20,7 +20,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS audit (
     prev TEXT NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_heads (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
 """
+
+#: The plain tables :meth:`Store.insert_rows` writes to, and its statement for each.
+_PLAIN_INSERTS = {"audit": "INSERT INTO audit VALUES ", "spends": "INSERT INTO spends VALUES "}
+#: Rows per multi-row INSERT (SQLite's variable limit may lower it).
+MAX_ROWS_PER_INSERT = 500
 
 #: scrypt cost (RFC 7914). 2**15 takes ~0.1 s here: slow for guessing, fine for unlocking.
 SCRYPT_N = 2**15
@@ -80,6 +85,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.executescript(SCHEMA)
+            self._max_variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._aead = AESGCM(self._unlock(unlock))
         except sqlite3.Error as exc:
             self._db.close()
@@ -191,6 +197,25 @@ class Store:
     def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self._lock:
             self._db.executemany(sql, rows)
+
+    def insert_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` (all of the table's width) into a plain table, in the caller's
+        transaction, as one multi-row ``INSERT ... VALUES (..), (..)`` per chunk.
+
+        SQLite does the same work per row either way, but binding and stepping one
+        statement instead of one per row roughly halves the cost of a batch's audit
+        and ledger rows compared with ``executemany``.
+        """
+        if not rows:
+            return
+        width = len(rows[0])
+        per = max(1, min(MAX_ROWS_PER_INSERT, self._max_variables // width))
+        one = "(" + ",".join("?" * width) + ")"
+        with self._lock:
+            for start in range(0, len(rows), per):
+                chunk = rows[start:start + per]
+                self._db.execute(_PLAIN_INSERTS[table] + ",".join([one] * len(chunk)),
+                                 [value for row in chunk for value in row])
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,83 @@
+"""The signing path's shortcuts give exactly what the plain code gives.
+
+Audit text is byte for byte ``canonical_json`` (so entry hashes keep their definition),
+``Intent.totals`` agrees with ``total``, multi-row inserts write every row, and a batch
+refused while signing names its item and commits nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hsm_emulator import Hsm
+from hsm_emulator.audit import event_text, verify_log
+from hsm_emulator.errors import InvalidInput
+from hsm_emulator.model import Intent, IntentKind, Transfer, canonical_json
+from hsm_emulator.store import MAX_ROWS_PER_INSERT
+
+_scalars = st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False)
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.text(max_size=5), inner, max_size=3), max_leaves=8)
+
+
+@given(st.dictionaries(st.text(), _values, max_size=10))
+def test_event_text_is_canonical_json(event: dict[str, Any]) -> None:
+    try:
+        expected = canonical_json(event)
+    except UnicodeEncodeError:  # a lone surrogate: neither can be written
+        with pytest.raises(UnicodeEncodeError):
+            event_text(event).encode()
+        return
+    assert event_text(event).encode() == expected
+
+
+def test_event_text_on_awkward_strings() -> None:
+    event = {"é\n\"key\"": "va\\lue\x00\u2028", "n": -12, "big": 2**200, "b": "ok",
+             "zz": "😀"}
+    assert event_text(event).encode() == canonical_json(event)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["BTC", "ETH", "USDC", "A"]),
+                          st.integers(0, 2**256 - 1)), max_size=6))
+def test_totals_agree_with_total(pairs: list[tuple[str, int]]) -> None:
+    intent = Intent("test", "test", IntentKind.TRANSFER,
+                    tuple(Transfer(a, n, "dest") for a, n in pairs))
+    totals = intent.totals()
+    assert list(totals) == sorted(intent.assets())
+    assert totals == {a: intent.total(a) for a in intent.assets()}
+
+
+def test_insert_rows_writes_every_row_in_chunks(hsm: Hsm) -> None:
+    store = hsm._store
+    rows = [("fam", "TST", str(i), float(i)) for i in range(2 * MAX_ROWS_PER_INSERT + 3)]
+    with store.transaction():
+        store.insert_rows("spends", rows)
+        store.insert_rows("spends", [])
+    got = store.execute("SELECT family, asset, amount, at FROM spends ORDER BY at")
+    assert got == rows
+
+
+def test_batch_refused_while_signing_names_the_item_and_commits_nothing(hsm: Hsm) -> None:
+    hsm.create_key("k", "SECP256K1", policy={"openActions": ["use"]})
+    before = len(hsm.audit_entries(1, 10_000))
+    with pytest.raises(InvalidInput) as err:
+        # the third payload is no 32-byte digest: it passes the checks, fails at signing
+        hsm.sign_batch("k", [b"\x01" * 32, b"\x02" * 32, b"\x03" * 31], "UNSPECIFIED",
+                       "ECDSA_SECP256K1_DIGEST")
+    assert err.value.reason.startswith("batch item 2: ")
+    entries = hsm.audit_entries(1, 10_000)
+    assert len(entries) == before + 1  # only the refusal: no item entry was committed
+    assert entries[-1].event["op"] == "sign.batch"
+    assert entries[-1].event["result"] == "refused"
+    assert verify_log(entries, [hsm.audit_head()], hsm.identity_public_key()).ok
+    results = hsm.sign_batch("k", [b"\x01" * 32, b"\x02" * 32], "UNSPECIFIED",
+                             "ECDSA_SECP256K1_DIGEST")
+    items = hsm.audit_entries(before + 2, 10)
+    assert [e.event["batchIndex"] for e in items[:2]] == [0, 1]
+    assert [e.event["requestId"] for e in items[:2]] == [r.request_id for r in results]
+    assert len({r.request_id for r in results}) == 2
+    assert all(len(r.request_id) == 32 for r in results)
