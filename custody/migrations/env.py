@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from custody.db import Base
+from custody.treasury import models as _treasury  # noqa: F401 - registers its tables
 
 config = context.config
 target_metadata = Base.metadata
