@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from .admin_cli import key_app, policy_app, request_app
+from .approver_cli import approver_app
 
 app = typer.Typer(help="SKA custody wallet: HSM-enforced policies for treasury transfers.",
                   no_args_is_help=True)
@@ -17,6 +18,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(key_app, name="key")
 app.add_typer(request_app, name="request")
 app.add_typer(policy_app, name="policy")
+app.add_typer(approver_app, name="approver")
 
 #: HS256 keys shorter than the hash are weak (RFC 7518 section 3.2).
 MIN_SECRET = 32

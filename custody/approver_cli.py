@@ -1,0 +1,285 @@
+"""``custody approver ...``: approve or reject sign requests from the command line.
+
+Commands (stable; scripts and the browser approver's tests call them)::
+
+    custody approver init --type rsa|p256|secp256k1|ed25519 --key-file KEY
+                          [--csr CSR.pem --subject "CN=trader-1,O=Desk"]
+    custody approver show-key [--plain]          # SPKI base64 = policy approvals[].value
+    custody approver pin-hsm [--hsm-key B64 | --expect-fingerprint HEX] [--force]
+    custody approver tasks                        # open tasks, decoded, verified
+    custody approver show ID
+    custody approver approve ID [--yes]
+    custody approver reject ID [--yes]
+
+Options shared by the commands, each also from the environment: ``--key-file``
+(CUSTODY_APPROVER_KEY), ``--server`` (CUSTODY_APPROVER_SERVER, http:// or https://),
+``--ca-file`` (CUSTODY_APPROVER_CA_FILE, a private CA for TLS). The key's passphrase
+comes from ``--passphrase-file``, else CUSTODY_APPROVER_PASSPHRASE, else a hidden prompt;
+it is never a command-line value.
+
+``pin-hsm`` records the HSM identity key in ``KEY.hsm-pin.json``. Every challenge is
+then checked against that pinned key before anything is shown or signed: what you see
+is what the HSM issued, whatever the server says. Exit status: 0 done, 1 refused or not
+verified, 2 local problem (key file, passphrase, arguments), 3 server unreachable / TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import approver_keys as keys
+from .approver_client import ApproverClient
+from .approver_keys import ApproverError, ApproverKey, KeyType
+from .approver_verify import VerifiedTask, verify_task
+
+approver_app = typer.Typer(help="Approve or reject sign requests with your approval key.",
+                           no_args_is_help=True)
+
+KEY_FILE = typer.Option(..., "--key-file", envvar="CUSTODY_APPROVER_KEY",
+                        help="The encrypted approval key (PKCS#8 PEM).")
+SERVER = typer.Option("http://127.0.0.1:8000", "--server", envvar="CUSTODY_APPROVER_SERVER",
+                      help="The API server, http:// or https://.")
+CA_FILE = typer.Option(None, "--ca-file", envvar="CUSTODY_APPROVER_CA_FILE",
+                       help="PEM CA bundle for a server with a private CA.")
+PASS_FILE = typer.Option(None, "--passphrase-file",
+                         help="File whose first line is the key's passphrase "
+                              "(else CUSTODY_APPROVER_PASSPHRASE, else a prompt).")
+YES = typer.Option(False, "--yes", help="Do not ask for confirmation.")
+PASSPHRASE_ENV = "CUSTODY_APPROVER_PASSPHRASE"  # noqa: S105 - a variable name
+
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Every ApproverError ends the command with its message and exit code."""
+    try:
+        yield
+    except ApproverError as exc:
+        err.print(Text("error: ", style="bold red") + _safe(exc.reason))
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _safe(value: Any) -> Text:
+    """Untrusted text as literal rich Text: no markup, control characters escaped (a
+    destination must not rewrite the terminal)."""
+    s = str(value)
+    return Text("".join(c if c.isprintable() else repr(c)[1:-1] for c in s))
+
+
+def _passphrase(passphrase_file: Path | None, confirm: bool = False) -> str:
+    if passphrase_file is not None:
+        try:
+            lines = passphrase_file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ApproverError(f"cannot read passphrase file {passphrase_file}: {exc}", 2) \
+                from None
+        if not lines or not lines[0]:
+            raise ApproverError(f"passphrase file {passphrase_file} is empty", 2)
+        return lines[0]
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    value: str = typer.prompt("Approval key passphrase", hide_input=True,
+                              confirmation_prompt=confirm)
+    return value
+
+
+def _key(key_file: Path, passphrase_file: Path | None) -> ApproverKey:
+    return keys.load_key(key_file, _passphrase(passphrase_file))
+
+
+def _pinned(key_file: Path) -> bytes:
+    der = keys.load_pin(key_file)
+    if der is None:
+        raise ApproverError(f"no HSM key pinned for {key_file}; run `custody approver "
+                            "pin-hsm` first (and compare its fingerprint out of band)", 2)
+    return der
+
+
+def _confirm(question: str) -> bool:
+    return bool(typer.confirm(question, default=False))
+
+
+def _age(body: dict[str, Any]) -> str:
+    try:
+        seconds = max(0, int(time.time() - float(body["hsmTime"])))
+    except (KeyError, TypeError, ValueError):
+        return "?"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 \
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _show(task: VerifiedTask) -> None:
+    table = Table(title=f"request {task.request_id} (verified HSM challenge)",
+                  show_header=False)
+    for name, value in task.intent_lines():
+        table.add_row(name, _safe(value))
+    table.add_row("age", _age(task.body))
+    out.print(table)
+
+
+@approver_app.command("init")
+def init(kind: KeyType = typer.Option(..., "--type", help="Key type."),
+         key_file: Path = KEY_FILE, passphrase_file: Path = PASS_FILE,
+         csr: Path = typer.Option(None, "--csr", help="Also write a CSR (PEM) here."),
+         subject: str = typer.Option(None, "--subject",
+                                     help="CSR subject, RFC 4514: 'CN=trader-1,O=Desk'."),
+         ) -> None:
+    """Create an approval key, encrypted with a passphrase; print its public key."""
+    with _refusals():
+        if csr is not None and not subject:
+            raise ApproverError("--csr needs --subject", 2)
+        if key_file.exists():
+            raise ApproverError(f"{key_file} exists; refusing to overwrite an approval key", 2)
+        passphrase = _passphrase(passphrase_file, confirm=True)
+        keys.check_passphrase(passphrase)
+        key = ApproverKey(keys.generate(kind))
+        request = key.csr_pem(subject) if csr is not None else None  # checked before saving
+        keys.save_key(key_file, key, passphrase)
+        if csr is not None and request is not None:
+            csr.write_bytes(request)
+            err.print(f"certificate signing request written to {csr}")
+        err.print(f"{key.kind} approval key written to {key_file} (encrypted); "
+                  "its public key for policies (SPKI, base64):")
+        print(key.spki_b64)
+
+
+@approver_app.command("show-key")
+def show_key(key_file: Path = KEY_FILE, passphrase_file: Path = PASS_FILE,
+             plain: bool = typer.Option(False, "--plain", help="Print only the SPKI base64."),
+             ) -> None:
+    """The public key (what goes in a policy), its type and fingerprint; the pinned HSM."""
+    with _refusals():
+        key = _key(key_file, passphrase_file)
+        if plain:
+            print(key.spki_b64)
+            return
+        pin = keys.load_pin(key_file)
+        table = Table(title=f"approval key {key_file}", show_header=False)
+        table.add_row("type", key.kind)
+        table.add_row("public key (SPKI)", key.spki_b64)
+        table.add_row("fingerprint (sha256)", key.fingerprint)
+        table.add_row("pinned HSM", keys.hsm_fingerprint(pin) if pin else "none")
+        out.print(table)
+
+
+@approver_app.command("pin-hsm")
+def pin_hsm(key_file: Path = KEY_FILE, server: str = SERVER, ca_file: Path = CA_FILE,
+            hsm_key: str = typer.Option(None, "--hsm-key",
+                                        help="The HSM identity key (base64 SPKI) obtained out "
+                                             "of band; else fetched from the server."),
+            expect: str = typer.Option(None, "--expect-fingerprint",
+                                       help="Refuse unless the key has this sha256 (hex)."),
+            force: bool = typer.Option(False, "--force", help="Replace a different pin."),
+            ) -> None:
+    """Trust one HSM identity key for this approval key: challenges are checked with it."""
+    with _refusals():
+        if hsm_key is None:
+            with ApproverClient(server, ca_file) as client:
+                hsm_key = client.hsm_identity()
+            source = server
+        else:
+            source = "out of band"
+        der = keys.parse_hsm_key(hsm_key)
+        fingerprint = keys.hsm_fingerprint(der)
+        if expect is not None and expect.strip().lower() != fingerprint:
+            raise ApproverError(f"the HSM key's fingerprint is {fingerprint}, not the "
+                                "expected one; nothing pinned")
+        old = keys.load_pin(key_file)
+        if old is not None and old != der and not force:
+            raise ApproverError(f"a different HSM key ({keys.hsm_fingerprint(old)}) is "
+                                "pinned; refusing to replace it without --force")
+        path = keys.save_pin(key_file, der, source)
+        out.print(f"pinned HSM identity key {fingerprint} in {path}")
+        if expect is None:
+            out.print("compare this fingerprint with your security officer's copy")
+
+
+@approver_app.command("tasks")
+def tasks(key_file: Path = KEY_FILE, server: str = SERVER, ca_file: Path = CA_FILE,
+          passphrase_file: Path = PASS_FILE) -> None:
+    """Your open tasks, each verified against the pinned HSM key."""
+    with _refusals():
+        pin = _pinned(key_file)
+        key = _key(key_file, passphrase_file)
+        with ApproverClient(server, ca_file) as client:
+            found = client.all_tasks(key)
+        table = Table(title=f"{len(found)} open task(s)")
+        for col in ("id", "key", "action", "asset", "amount", "destination", "fee",
+                    "created (HSM)", "age"):
+            table.add_column(col)
+        refused = []
+        for raw in found:
+            try:
+                task = verify_task(raw, pin)
+            except ApproverError as exc:
+                refused.append(exc.reason)
+                continue
+            b = task.body
+            intent = b.get("intent") or {}
+            legs = intent.get("transfers") or [{}]
+            table.add_row(task.request_id, _safe(b.get("keyLabel")), _safe(b.get("action")),
+                          _safe(legs[0].get("asset", "-")), _safe(legs[0].get("amount", "-"))
+                          + (f" (+{len(legs) - 1} more)" if len(legs) > 1 else ""),
+                          _safe(legs[0].get("destination", "-")),
+                          _safe(intent.get("fee", "-")), _safe(b.get("hsmTimestamp")),
+                          _age(b))
+        out.print(table)
+        for reason in refused:
+            err.print(Text("NOT VERIFIED: ", style="bold red") + _safe(reason))
+        if refused:
+            raise typer.Exit(1)
+
+
+@approver_app.command("show")
+def show(request_id: str, key_file: Path = KEY_FILE, server: str = SERVER,
+         ca_file: Path = CA_FILE, passphrase_file: Path = PASS_FILE) -> None:
+    """One task's decoded intent, from its verified HSM challenge."""
+    with _refusals():
+        pin = _pinned(key_file)
+        key = _key(key_file, passphrase_file)
+        with ApproverClient(server, ca_file) as client:
+            _show(verify_task(client.find_task(key, request_id), pin))
+
+
+def _answer(request_id: str, key_file: Path, server: str, ca_file: Path | None,
+            passphrase_file: Path | None, yes: bool, reject: bool) -> None:
+    verb = "reject" if reject else "approve"
+    with _refusals():
+        pin = _pinned(key_file)
+        key = _key(key_file, passphrase_file)
+        with ApproverClient(server, ca_file) as client:
+            task = verify_task(client.find_task(key, request_id), pin)
+            _show(task)
+            if not yes and not _confirm(f"{verb.capitalize()} request {request_id}?"):
+                err.print(f"not {verb}d; nothing was sent")
+                raise typer.Exit(1)
+            result = client.answer(key, task, reject=reject)
+        out.print(f"{verb}d {request_id}: request is now {_safe(result.get('status'))}")
+
+
+@approver_app.command("approve")
+def approve(request_id: str, key_file: Path = KEY_FILE, server: str = SERVER,
+            ca_file: Path = CA_FILE, passphrase_file: Path = PASS_FILE,
+            yes: bool = YES) -> None:
+    """Verify the challenge, show the intent, confirm, sign and submit the approval."""
+    _answer(request_id, key_file, server, ca_file, passphrase_file, yes, reject=False)
+
+
+@approver_app.command("reject")
+def reject(request_id: str, key_file: Path = KEY_FILE, server: str = SERVER,
+           ca_file: Path = CA_FILE, passphrase_file: Path = PASS_FILE,
+           yes: bool = YES) -> None:
+    """Like approve, but sign a refusal (``ska-reject-v1:`` + the challenge)."""
+    _answer(request_id, key_file, server, ca_file, passphrase_file, yes, reject=True)

@@ -1,0 +1,93 @@
+"""Check a task the server lists against the HSM-signed challenge inside it.
+
+The server (broker) is "uncritical for security": it may lie. What the approver is
+shown must therefore come from the challenge, whose signature is checked with the
+pinned HSM identity key (:func:`hsm_emulator.challenge.open_challenge`); and everything
+the server says beside it - request id, key, action, payload type, decoded intent, the
+payload itself - must agree with the challenge, or the task is refused as a whole.
+Pure: no network, no clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from hsm_emulator.challenge import open_challenge
+from hsm_emulator.errors import ApprovalRefused
+
+from .approver_keys import ApproverError
+
+#: Task fields the server states that the challenge body also carries.
+_SAME = (("keyLabel", "keyLabel"), ("action", "action"), ("payloadType", "payloadType"),
+         ("intent", "intent"))
+
+
+@dataclass(frozen=True)
+class VerifiedTask:
+    """A task whose challenge verified: ``body`` is the HSM's word, ``envelope`` the
+    exact bytes the approver signs."""
+
+    request_id: str
+    body: dict[str, Any]
+    envelope: bytes
+    challenge_b64: str
+
+    def intent_lines(self) -> list[tuple[str, str]]:
+        """(field, value) pairs to show a person, from the HSM-signed body only."""
+        b = self.body
+        rows = [("request", self.request_id), ("key", str(b.get("keyLabel"))),
+                ("action", str(b.get("action"))), ("payload type", str(b.get("payloadType"))),
+                ("payload sha256", str(b.get("payloadDigest"))),
+                ("created (HSM time)", str(b.get("hsmTimestamp"))),
+                ("initiator", str(b.get("initiator")))]
+        intent = b.get("intent")
+        if isinstance(intent, dict):
+            rows.append(("chain", f"{intent.get('chain')} {intent.get('network')}"))
+            for i, t in enumerate(intent.get("transfers") or []):
+                n = f" #{i + 1}" if len(intent["transfers"]) > 1 else ""
+                rows += [(f"asset{n}", str(t.get("asset"))), (f"amount{n}", str(t.get("amount"))),
+                         (f"destination{n}", str(t.get("destination")))]
+            rows.append(("fee", f"{intent.get('fee')} {intent.get('feeAsset') or ''}".strip()))
+        if b.get("feeCap") is not None:
+            rows.append(("fee cap", str(b["feeCap"])))
+        if b.get("newPolicyDigest") is not None:
+            rows.append(("new policy sha256", str(b["newPolicyDigest"])))
+        return rows
+
+
+def verify_task(task: Any, hsm_public_der: bytes) -> VerifiedTask:
+    """Open the task's challenge with the pinned HSM key and cross-check the server's
+    claims; raise :class:`ApproverError` naming the first disagreement."""
+    if not isinstance(task, dict) or not isinstance(task.get("id"), str):
+        raise ApproverError("the server sent a malformed task")
+    request_id = task["id"]
+    b64 = task.get("approvalToBeSigned")
+    if not isinstance(b64, str):
+        raise ApproverError(f"task {request_id}: no challenge (approvalToBeSigned)")
+    try:
+        body = open_challenge(b64, hsm_public_der)
+    except ApprovalRefused as exc:
+        raise ApproverError(f"task {request_id}: challenge refused: {exc.reason} "
+                            "- do not approve; report this server") from None
+    if body.get("requestId") != request_id:
+        raise ApproverError(f"task {request_id}: the challenge is for request "
+                            f"{body.get('requestId')!r}, not this one - do not approve")
+    for ours, theirs in _SAME:
+        if ours in task and task[ours] != body.get(theirs):
+            raise ApproverError(f"task {request_id}: the server shows {ours} "
+                                f"{task[ours]!r} but the HSM challenge says "
+                                f"{body.get(theirs)!r} - do not approve")
+    if "payload" in task and body.get("action") == "use":
+        try:
+            payload = base64.b64decode(task["payload"], validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise ApproverError(f"task {request_id}: the payload is not base64") from None
+        if hashlib.sha256(payload).hexdigest() != body.get("payloadDigest"):
+            raise ApproverError(f"task {request_id}: the payload the server shows is not the "
+                                "one in the HSM challenge - do not approve")
+    envelope = base64.b64decode(b64)
+    return VerifiedTask(request_id, body, envelope, b64)
