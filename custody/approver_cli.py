@@ -148,7 +148,11 @@ def init(kind: KeyType = typer.Option(..., "--type", help="Key type."),
         request = key.csr_pem(subject) if csr is not None else None  # checked before saving
         keys.save_key(key_file, key, passphrase)
         if csr is not None and request is not None:
-            csr.write_bytes(request)
+            try:
+                csr.write_bytes(request)
+            except OSError as exc:
+                raise ApproverError(f"the key was saved to {key_file}, but the CSR cannot "
+                                    f"be written to {csr}: {exc.strerror}", 2) from None
             err.print(f"certificate signing request written to {csr}")
         err.print(f"{key.kind} approval key written to {key_file} (encrypted); "
                   "its public key for policies (SPKI, base64):")

@@ -20,6 +20,7 @@ from hsm_emulator.challenge import open_challenge
 from hsm_emulator.errors import ApprovalRefused
 
 from .approver_keys import ApproverError
+from .explain import amount
 
 #: Task fields the server states that the challenge body also carries.
 _SAME = (("keyLabel", "keyLabel"), ("action", "action"), ("payloadType", "payloadType"),
@@ -49,7 +50,8 @@ class VerifiedTask:
             rows.append(("chain", f"{intent.get('chain')} {intent.get('network')}"))
             for i, t in enumerate(intent.get("transfers") or []):
                 n = f" #{i + 1}" if len(intent["transfers"]) > 1 else ""
-                rows += [(f"asset{n}", str(t.get("asset"))), (f"amount{n}", str(t.get("amount"))),
+                rows += [(f"asset{n}", str(t.get("asset"))),
+                         (f"amount{n}", _amount(t.get("asset"), t.get("amount"))),
                          (f"destination{n}", str(t.get("destination")))]
             rows.append(("fee", f"{intent.get('fee')} {intent.get('feeAsset') or ''}".strip()))
         if b.get("feeCap") is not None:
@@ -57,6 +59,14 @@ class VerifiedTask:
         if b.get("newPolicyDigest") is not None:
             rows.append(("new policy sha256", str(b["newPolicyDigest"])))
         return rows
+
+
+def _amount(asset: Any, units: Any) -> str:
+    """Base units as the HSM signed them, and in whole units where the asset is known."""
+    try:
+        return f"{units} ({amount(str(asset), int(units))})"
+    except (TypeError, ValueError):
+        return str(units)
 
 
 def verify_task(task: Any, hsm_public_der: bytes) -> VerifiedTask:

@@ -170,7 +170,8 @@ def test_show_confirm_and_reject(live: Live, tmp_path: Path,
     request_id = submit(live, "desk-reject", 4000, "mallory")
     shown = cli("show", request_id, "--key-file", str(key_file), live=live)
     assert shown.exit_code == 0, shown.output
-    assert "verified HSM challenge" in shown.stdout and "4000" in shown.stdout
+    assert "verified HSM challenge" in shown.stdout
+    assert "4000 (4,000 TST base units)" in shown.stdout
     declined = cli("approve", request_id, "--key-file", str(key_file), live=live, input="n\n")
     assert declined.exit_code == 1 and "nothing was sent" in declined.output
     assert status(live, request_id)["approvedBy"] == []
@@ -224,6 +225,8 @@ def test_passphrase_from_file_and_prompt(tmp_path: Path) -> None:
                    CUSTODY_APPROVER_PASSPHRASE="", input="from a file, not argv\n")
     assert prompted.exit_code == 0 and made.stdout.strip() in prompted.stdout
     assert "from a file" not in prompted.stdout
+    argv = cli("show-key", "--key-file", str(key_file), "--passphrase", "in argv")
+    assert argv.exit_code == 2 and "No such option" in argv.output  # by design
 
 
 # -- refusals ---------------------------------------------------------------------------
