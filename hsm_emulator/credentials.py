@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,13 +40,17 @@ from hsm_emulator.errors import ApprovalRefused, CredentialInvalid, InvalidInput
 
 __all__ = [
     "MAX_CREDENTIAL_CHARS",
+    "WEBAUTHN",
     "Credential",
     "CredentialKind",
+    "PasskeyBinding",
     "RsaPadding",
     "SignatureEncoding",
     "b64decode_strict",
     "credential_from_public_key",
+    "encode_assertion",
     "parse_credential",
+    "passkey_value",
     "verify",
     "verify_timestamp",
 ]
@@ -104,6 +109,8 @@ class Credential:
     kind: CredentialKind
     spki_der: bytes
     certificate_not_after: datetime | None = field(default=None, compare=False)
+    #: Set for a WebAuthn passkey: its signatures are assertions bound to this RP.
+    passkey: PasskeyBinding | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, CredentialKind):
@@ -116,10 +123,18 @@ class Credential:
             raise CredentialInvalid(f"key is {actual.value}, not {self.kind.value}")
         if _spki_of(key) != self.spki_der:
             raise CredentialInvalid("spki_der is not in canonical DER form")
+        if self.passkey is not None and self.kind is not CredentialKind.P256:
+            raise CredentialInvalid("a passkey must be an ES256 (P-256) key")
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 hex of the SPKI: the approver's stable identity across cert renewals."""
+        """SHA-256 hex of the SPKI: the approver's stable identity across cert renewals.
+
+        A passkey's identity also covers its RP binding, so nobody can present the same
+        key with another rpId or origin list and still match the policy's entry."""
+        if self.passkey is not None:
+            return hashlib.sha256(b"ska-passkey-v1:" + self.passkey.document(
+                self.spki_der)).hexdigest()
         return hashlib.sha256(self.spki_der).hexdigest()
 
     @property
@@ -158,6 +173,8 @@ def parse_credential(kind: str, value: str) -> Credential:
     whitespace are tolerated because people paste ``openssl`` output. Certificate
     validity dates are not checked: the policy that lists the approver is the anchor.
     """
+    if kind == WEBAUTHN:
+        return _parse_passkey(value)
     if not isinstance(kind, str) or kind not in _PEM_LABEL:
         raise CredentialInvalid(f"unknown credential type {kind!r}; use certificate/public_key")
     der = _decode_text(kind, value)
@@ -294,6 +311,9 @@ def verify(
         raise InvalidInput(f"unknown RSA padding {rsa_padding!r}")
     if not isinstance(message, bytes) or not isinstance(signature, bytes):
         return False
+    if cred.passkey is not None:
+        return isinstance(algorithm, hashes.SHA256) and _verify_assertion(cred, message,
+                                                                          signature)
     key = _load_spki(cred.spki_der)
     if isinstance(key, rsa.RSAPublicKey):
         return _verify_rsa(key, message, signature, algorithm, rsa_padding=rsa_padding)
@@ -437,3 +457,160 @@ def _parse_timestamp(timestamp: str) -> float:
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ApprovalRefused(f"timestamp {timestamp!r} has no timezone offset")
     return parsed.timestamp()
+
+
+# --------------------------------------------------------------------------- passkeys
+# A WebAuthn passkey (https://www.w3.org/TR/webauthn-3/#sctn-verifying-assertion) never
+# signs the challenge itself: it signs ``authenticatorData || SHA-256(clientDataJSON)``,
+# and clientDataJSON carries the challenge. So the HSM checks the whole assertion: the
+# type is "webauthn.get", the challenge is SHA-256 of the bytes being approved (an SKA
+# challenge can be far larger than a WebAuthn challenge should be, and a digest keeps
+# clientDataJSON short), the origin is one the policy names, rpIdHash is SHA-256 of the
+# policy's rpId, the user was present (and verified, if the policy asks), and the ES256
+# signature holds. The RP binding is part of the credential the policy lists (and of its
+# fingerprint), so it changes only through the key's ruleModify. The signature counter
+# is not tracked: verification here is stateless, and synced passkeys report 0 anyway.
+
+WEBAUTHN: Final = "webauthn"
+_MAX_ASSERTION: Final = 8192
+_MAX_ORIGINS: Final = 8
+_UP, _UV, _AT, _ED = 0x01, 0x04, 0x40, 0x80
+_RP_ID_RE: Final = re.compile(r"\A[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\Z")
+_ORIGIN_RE: Final = re.compile(r"\A(https://[a-z0-9.-]+|http://(localhost|127\.0\.0\.1))"
+                               r"(:[0-9]{1,5})?\Z")
+
+
+@dataclass(frozen=True)
+class PasskeyBinding:
+    """Where a passkey may be used: the WebAuthn RP id and the page origins."""
+
+    rp_id: str
+    origins: tuple[str, ...]
+    user_verification: bool = False  #: require the UV flag, not only UP
+
+    def document(self, spki_der: bytes) -> bytes:
+        """The canonical JSON a policy's ``webauthn`` entry holds (base64-encoded)."""
+        return json.dumps({"origins": list(self.origins), "publicKey": _b64(spki_der),
+                           "rpId": self.rp_id, "userVerification": self.user_verification},
+                          sort_keys=True, separators=(",", ":")).encode()
+
+
+def passkey_value(spki_der: bytes, rp_id: str, origins: tuple[str, ...],
+                  user_verification: bool = False) -> str:
+    """The ``value`` of a policy entry ``{"type": "webauthn", ...}`` for a passkey."""
+    doc = PasskeyBinding(rp_id, tuple(origins), user_verification).document(spki_der)
+    value = _b64(doc)
+    _parse_passkey(value)  # refuse now what a policy would refuse later
+    return value
+
+
+def encode_assertion(authenticator_data: bytes, client_data_json: bytes,
+                     signature: bytes) -> bytes:
+    """The approval ``signature`` bytes of a passkey: its assertion as canonical JSON."""
+    return json.dumps({"authenticatorData": _b64url(authenticator_data),
+                       "clientDataJSON": _b64url(client_data_json),
+                       "signature": _b64url(signature)},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64url(text: object) -> bytes | None:
+    """Strict unpadded base64url, or None."""
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if _b64url(raw) == text else None
+
+
+def _parse_passkey(value: str) -> Credential:
+    """A ``webauthn`` entry: base64 of the canonical binding document, nothing else."""
+    doc_bytes = _decode_text(WEBAUTHN, value) if isinstance(value, str) else b""
+    try:
+        doc = json.loads(doc_bytes)
+    except (ValueError, UnicodeDecodeError):
+        raise CredentialInvalid("webauthn: value is not base64 of a JSON document") from None
+    if not isinstance(doc, dict) or set(doc) != {"origins", "publicKey", "rpId",
+                                                 "userVerification"}:
+        raise CredentialInvalid("webauthn: needs exactly origins, publicKey, rpId, "
+                                "userVerification")
+    rp_id, origins, uv = doc["rpId"], doc["origins"], doc["userVerification"]
+    if not isinstance(rp_id, str) or not _RP_ID_RE.match(rp_id):
+        raise CredentialInvalid("webauthn: rpId must be a lower-case host name")
+    if (not isinstance(origins, list) or not 1 <= len(origins) <= _MAX_ORIGINS
+            or not all(isinstance(o, str) and _ORIGIN_RE.match(o) for o in origins)):
+        raise CredentialInvalid("webauthn: origins must be 1-8 https (or local http) origins")
+    if not isinstance(uv, bool):
+        raise CredentialInvalid("webauthn: userVerification must be true or false")
+    base = parse_credential("public_key", doc["publicKey"]) if isinstance(
+        doc["publicKey"], str) else None
+    if base is None or base.kind is not CredentialKind.P256:
+        raise CredentialInvalid("webauthn: publicKey must be a P-256 (ES256) SPKI")
+    binding = PasskeyBinding(rp_id, tuple(origins), uv)
+    if binding.document(base.spki_der) != doc_bytes:
+        raise CredentialInvalid("webauthn: value is not in canonical form")
+    return Credential(CredentialKind.P256, base.spki_der, passkey=binding)
+
+
+def _verify_assertion(cred: Credential, message: bytes, signature: bytes) -> bool:
+    """A WebAuthn assertion over ``message`` by this passkey, per the RP binding."""
+    binding = cred.passkey
+    parts = _assertion_parts(signature)
+    if binding is None or parts is None:
+        return False
+    auth, client, sig = parts
+    if not (_authenticator_data_ok(binding, auth)
+            and _client_data_ok(binding, client, message)):
+        return False
+    key = _load_spki(cred.spki_der)
+    return isinstance(key, ec.EllipticCurvePublicKey) and _verify_ecdsa(
+        key, cred.kind, auth + hashlib.sha256(client).digest(), sig, hashes.SHA256(),
+        encoding="der")
+
+
+def _assertion_parts(signature: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """authenticatorData, clientDataJSON and the signature, from :func:`encode_assertion`."""
+    if len(signature) > _MAX_ASSERTION:
+        return None
+    try:
+        parts = json.loads(signature)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(parts, dict) or set(parts) != {"authenticatorData", "clientDataJSON",
+                                                     "signature"}:
+        return None
+    auth, client, sig = (_unb64url(parts[k]) for k in ("authenticatorData",
+                                                        "clientDataJSON", "signature"))
+    if auth is None or client is None or sig is None:
+        return None
+    return auth, client, sig
+
+
+def _authenticator_data_ok(binding: PasskeyBinding, auth: bytes) -> bool:
+    """rpIdHash, UP (and UV if required); exactly 37 bytes: no AT data, no extensions."""
+    if len(auth) != 37 or auth[:32] != hashlib.sha256(binding.rp_id.encode()).digest():
+        return False
+    flags = auth[32]
+    return bool(flags & _UP) and not flags & (_AT | _ED) and (
+        not binding.user_verification or bool(flags & _UV))
+
+
+def _client_data_ok(binding: PasskeyBinding, client: bytes, message: bytes) -> bool:
+    """type "webauthn.get", challenge = SHA-256(message), an allowed origin, same-origin."""
+    try:
+        data = json.loads(client)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    expected = _b64url(hashlib.sha256(message).digest())
+    return (isinstance(data, dict) and data.get("type") == "webauthn.get"
+            and data.get("challenge") == expected and data.get("origin") in binding.origins
+            and data.get("crossOrigin", False) is False)

@@ -42,7 +42,7 @@ MAX_SECONDS = 10 * 365 * 24 * 3600
 MAX_AMOUNT = 2**256 - 1
 MAX_LIST = 1024
 
-APPROVAL_TYPES = frozenset({"certificate", "public_key"})
+APPROVAL_TYPES = frozenset({"certificate", "public_key", "webauthn"})
 RULE_FIELDS = {
     Action.USE: "ruleUse",
     Action.BLOCK: "ruleBlock",
