@@ -1,0 +1,337 @@
+"""The compromised-broker attack kit: wallets on the local chains, and the attempt harness.
+
+The attacker holds everything outside the HSM - here, a :class:`RemoteHsmClient`
+connection to the HSM running as its own process, and the chain nodes. A *world* is
+one chain's wallet: it builds unsigned transactions the way a (hostile) broker would,
+and reads balances from the node. :func:`attempt` runs one malicious call and checks
+the promise: refused with a specific :class:`HsmError`, the refusal in the HSM's audit
+log, and no balance moved on the chain.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import coincurve
+from solders.hash import Hash
+from solders.pubkey import Pubkey
+
+from chains.bitcoin.adapter import BitcoinAdapter
+from chains.bitcoin.addresses import script_to_address
+from chains.bitcoin.assemble import finalize
+from chains.bitcoin.builder import ChangeKey, Payment, build_psbt
+from chains.bitcoin.ownership import key_fingerprint
+from chains.bitcoin.psbt import Psbt
+from chains.bitcoin.rpc import BitcoinRpc, btc_to_sats
+from chains.bitcoin.scripts import ScriptKind, p2wpkh_script
+from chains.ethereum.client import EthClient
+from chains.ethereum.encoding import address_bytes, checksum
+from chains.ethereum.erc20 import encode_transfer
+from chains.ethereum.parse import decode_unsigned
+from chains.ethereum.tx import Eip1559Tx, assemble, serialize_unsigned
+from chains.solana.adapter import SolanaAdapter
+from chains.solana.tx import ComputeBudget, build_sol_transfer
+from chains.solana.tx import assemble as sol_assemble
+from hsm_emulator.client import HsmClient
+from hsm_emulator.errors import HsmError
+from tests.helpers import Approver, group, token
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DAY = 86_400
+HOLD, TIMEOUT = DAY, 3 * DAY  #: the large tier's hold and timeout (seconds)
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """One asset's treasury tiers, in base units."""
+
+    asset: str
+    small: int  #: auto-signed up to this
+    medium: int  #: two traders up to this; above it the large tier
+    velocity: int  #: the auto tier's rolling-window limit over :data:`DAY`
+
+
+def treasury_policy(traders: list[Approver], compliance: list[Approver], tiers: list[Tiers],
+                    fee_asset: str, max_fee: int) -> dict[str, Any]:
+    """The design card's tiers for several assets, with velocity and a fee cap."""
+    fee = [{"asset": fee_asset, "max": max_fee}]
+
+    def amounts(tier: str) -> list[dict[str, Any]]:
+        return [{"asset": t.asset, **({"max": getattr(t, tier)} if tier else {"min": 0})}
+                for t in tiers]
+
+    small = {"amounts": amounts("small"), "maxFee": fee, "velocity": [
+        {"asset": t.asset, "windowSeconds": DAY, "max": t.velocity} for t in tiers]}
+    admins = [group("admins", 2, traders)]
+    return {
+        "ruleUse": {"tokens": [
+            token("small", [], conditions=small),
+            token("medium", [group("traders", 2, traders)], timeout=3600,
+                  conditions={"amounts": amounts("medium"), "maxFee": fee}),
+            token("large", [group("traders", 2, traders), group("compliance", 1, compliance)],
+                  timelock=HOLD, timeout=TIMEOUT,
+                  conditions={"amounts": amounts(""), "maxFee": fee}),
+        ]},
+        "ruleBlock": {"tokens": [token("block", [group("admins", 1, traders)])]},
+        "ruleUnblock": {"tokens": [token("unblock", admins)]},
+        "ruleModify": {"tokens": [token("modify", admins)]},
+    }
+
+
+class World(Protocol):
+    """One chain's HSM wallet, as the attacker sees it."""
+
+    chain: str
+    label: str
+    payload_type: str
+    tiers: Tiers  #: of the native asset
+    max_fee: int
+
+    def build(self, amount: int, *, to: int = 0, high_fee: bool = False,
+              asset: str | None = None) -> bytes:
+        """An unsigned transfer from the wallet to attacker address ``to`` (0 or 1)."""
+        ...
+
+    def send(self, payload: bytes, signatures: tuple[bytes, ...]) -> None:
+        """Assemble, broadcast and confirm a transfer the HSM signed."""
+        ...
+
+    def balances(self) -> dict[str, int]:
+        """The wallet's and the attacker addresses' balances, read from the node."""
+        ...
+
+    def settle(self) -> None:
+        """Confirm whatever is pending (mine), so a leaked signature would show."""
+        ...
+
+
+# -- Bitcoin (regtest node) -------------------------------------------------------------
+
+BURN = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"  #: BIP173's example, regtest
+
+
+@dataclass
+class BtcWorld:
+    rpc: BitcoinRpc
+    client: HsmClient
+    label: str = "btc"
+    chain: str = "btc"
+    payload_type: str = "BITCOIN_PSBT:regtest"
+    tiers: Tiers = Tiers("BTC", 10**8, 10 * 10**8, 3 * 10**8)
+    max_fee: int = 50_000  #: sat
+    attackers: tuple[str, str] = field(default=("", ""))
+
+    def __post_init__(self) -> None:
+        # Public keys cached: an invalidated key answers nothing, but its coins stay.
+        self.public_key = functools.cache(self.client.public_key)
+        self.adapter = BitcoinAdapter("regtest", self.rpc, self.public_key)
+        self.attackers = (_btc_address(), _btc_address())
+
+    def fund(self, coinbases: int) -> None:
+        for i in range(coinbases):
+            self.rpc.generatetoaddress(1, self.adapter.address_at(self.label, f"0/{i}"))
+        self.rpc.generatetoaddress(100, BURN)  # coinbase maturity
+
+    def build(self, amount: int, *, to: int = 0, high_fee: bool = False,
+              asset: str | None = None) -> bytes:
+        coins = self.adapter.coins(self.label)
+        used = {c.path for c in coins}
+        path = next(f"1/{i}" for i in range(200) if f"1/{i}" not in used)
+        change = ChangeKey(path, self.public_key(self.label, path), ScriptKind.P2WPKH)
+        fingerprint = key_fingerprint(self.public_key(self.label, ""))
+        psbt = build_psbt("regtest", coins, [Payment(self.attackers[to], amount)], change,
+                          1_000.0 if high_fee else 2.0, fingerprint)
+        return psbt.serialize()
+
+    def send(self, payload: bytes, signatures: tuple[bytes, ...]) -> None:
+        self.adapter.broadcast(finalize(Psbt.parse(payload), signatures))
+        self.settle()
+
+    def balances(self) -> dict[str, int]:
+        out = {"wallet": sum(c.amount for c in self.adapter.coins(self.label))}
+        for i, addr in enumerate(self.attackers):
+            scan = self.rpc.scantxoutset([f"addr({addr})"])
+            out[f"attacker{i}"] = sum(btc_to_sats(u["amount"]) for u in scan["unspents"])
+        out["mempool"] = len(self.rpc.call("getrawmempool"))
+        return out
+
+    def settle(self) -> None:
+        self.rpc.generatetoaddress(1, BURN)
+
+
+def _btc_address() -> str:
+    pub = coincurve.PrivateKey().public_key.format()
+    return script_to_address("regtest", p2wpkh_script(pub))
+
+
+# -- Ethereum (anvil) -------------------------------------------------------------------
+
+
+@dataclass
+class EthWorld:
+    eth: EthClient
+    client: HsmClient
+    chain_id: int
+    token: str = ""  #: the ERC-20's address, once deployed
+    token_tiers: Tiers | None = None
+    label: str = "eth"
+    payload_type: str = ""
+    chain: str = "eth"
+    tiers: Tiers = Tiers("ETH", 10**18, 10 * 10**18, 3 * 10**18)
+    max_fee: int = 10**15  #: wei, gasLimit * maxFeePerGas
+    attackers: tuple[str, str] = field(default=("", ""))
+
+    def __post_init__(self) -> None:
+        self.payload_type = f"ETHEREUM_TX:eip155:{self.chain_id}"
+        self.address = self.client.address(self.label, "ethereum", "mainnet")
+        self.attackers = (checksum(os.urandom(20)), checksum(os.urandom(20)))
+
+    @property
+    def token_asset(self) -> str:
+        return "ERC20:" + self.token.lower()
+
+    def build(self, amount: int, *, to: int = 0, high_fee: bool = False,
+              asset: str | None = None) -> bytes:
+        nonce = self.eth.pending_nonce(self.address)
+        quote = self.eth.fee_quote()
+        max_fee = 100 * 10**9 if high_fee else quote.max_fee
+        dest = address_bytes(self.attackers[to])
+        if asset is None or asset == "ETH":
+            tx = Eip1559Tx(self.chain_id, nonce, quote.priority_fee, max_fee, 21_000, dest,
+                           amount)
+        else:
+            tx = Eip1559Tx(self.chain_id, nonce, quote.priority_fee, max_fee, 100_000,
+                           address_bytes(self.token), 0, encode_transfer(dest, amount))
+        return serialize_unsigned(tx)
+
+    def send(self, payload: bytes, signatures: tuple[bytes, ...]) -> None:
+        txid = self.eth.send_raw_transaction(assemble(decode_unsigned(payload), signatures[0]))
+        self.eth.wait_for_depth(txid, 1, timeout=20)
+
+    def balances(self) -> dict[str, int]:
+        out = {"wallet": self.eth.balance(self.address),
+               "nonce": self.eth.pending_nonce(self.address)}
+        for i, addr in enumerate(self.attackers):
+            out[f"attacker{i}"] = self.eth.balance(addr)
+        if self.token:
+            out["wallet_token"] = self.eth.erc20_balance(self.token, self.address)
+            for i, addr in enumerate(self.attackers):
+                out[f"attacker{i}_token"] = self.eth.erc20_balance(self.token, addr)
+        return out
+
+    def settle(self) -> None:
+        self.eth.rpc("evm_mine", [])
+
+
+# -- Solana (litesvm behind the dev node) ------------------------------------------------
+
+
+@dataclass
+class SolWorld:
+    adapter: SolanaAdapter
+    client: HsmClient
+    label: str = "sol"
+    chain: str = "sol"
+    payload_type: str = "SOLANA_TX:localnet"
+    tiers: Tiers = Tiers("SOL", 10**9, 10 * 10**9, 3 * 10**9)
+    max_fee: int = 100_000  #: lamports
+    attackers: tuple[str, str] = field(default=("", ""))
+
+    def __post_init__(self) -> None:
+        self.payer = Pubkey.from_bytes(self.client.public_key(self.label))
+        self.attackers = (str(Pubkey.new_unique()), str(Pubkey.new_unique()))
+
+    def build(self, amount: int, *, to: int = 0, high_fee: bool = False,
+              asset: str | None = None) -> bytes:
+        blockhash = Hash.from_string(self.adapter.client.latest_blockhash().blockhash)
+        budget = ComputeBudget(1_000, 10**9 if high_fee else 1_000)
+        return build_sol_transfer(self.payer, Pubkey.from_string(self.attackers[to]), amount,
+                                  blockhash, budget)
+
+    def send(self, payload: bytes, signatures: tuple[bytes, ...]) -> None:
+        self.adapter.broadcast(sol_assemble(payload, signatures[0]))
+
+    def balances(self) -> dict[str, int]:
+        out = {"wallet": self.adapter.balance(str(self.payer))}
+        for i, addr in enumerate(self.attackers):
+            out[f"attacker{i}"] = self.adapter.balance(addr)
+        return out
+
+    def settle(self) -> None:
+        """LiteSVM executes a transaction as it is sent: nothing is pending."""
+
+
+# -- the attempt harness ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One attack on one chain, as the summary records it."""
+
+    attack: str
+    chain: str
+    refused: bool
+    expected: str  #: the HsmError code the HSM must refuse with
+    code: str | None  #: what it refused with (None: it did not refuse)
+    reason: str
+    audit_entry: bool  #: a ``refused`` entry with that code appeared in the HSM's log
+    funds_moved: bool
+
+    @property
+    def held(self) -> bool:
+        return self.refused and self.code == self.expected and self.audit_entry and (
+            not self.funds_moved)
+
+
+def attempt(name: str, world: World, client: HsmClient, expect: type[HsmError],
+            malicious: Callable[[], object]) -> Outcome:
+    """Run ``malicious``; record whether the HSM refused it, logged it, and held funds."""
+    before = world.balances()
+    start = client.audit_head().seq + 1
+    code, reason = None, ""
+    try:
+        malicious()
+    except HsmError as exc:
+        code, reason = exc.code, exc.reason
+    world.settle()
+    after = world.balances()
+    entries = client.audit_entries(start, 1000)
+    logged = any(e.event.get("result") == "refused" and e.event.get("code") == code
+                 and e.event.get("reason") == reason for e in entries) if code else False
+    return Outcome(name, world.chain, code is not None, expect.code, code, reason, logged,
+                   before != after)
+
+
+def write_summary(outcomes: list[Outcome], path: Path = ARTIFACTS / "attacks.json") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{**asdict(o), "held": o.held} for o in outcomes]
+    path.write_text(json.dumps({"attacks": rows, "total": len(rows),
+                                "held": sum(r["held"] for r in rows)}, indent=1) + "\n")
+
+
+def markdown_table(path: Path = ARTIFACTS / "attacks.json") -> str:
+    """The report's table: one row per attack, a column per chain (``python -m
+    tests.attack_kit`` prints it from the last run's summary)."""
+    rows = json.loads(path.read_text())["attacks"]
+    chains = sorted({r["chain"] for r in rows})
+    names = list(dict.fromkeys(r["attack"] for r in rows))
+    cell = {(r["attack"], r["chain"]): r for r in rows}
+    lines = ["| attack | " + " | ".join(chains) + " |", "|---|" + "---|" * len(chains)]
+    for n in names:
+        cols = []
+        for c in chains:
+            r = cell.get((n, c))
+            cols.append("" if r is None else
+                        ("refused `" + str(r["code"]) + "`" if r["held"] else "**HELD NOT**"))
+        lines.append(f"| {n} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
