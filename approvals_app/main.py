@@ -28,7 +28,17 @@ from . import logs, problems
 from .auth import FailureLimiter
 from .events import EventHub
 from .metrics import Metrics
-from .routes import approvals, audit, events, health, keys, requests, sign
+from .routes import (
+    approvals,
+    approver_page,
+    audit,
+    enrolment,
+    events,
+    health,
+    keys,
+    requests,
+    sign,
+)
 from .settings import Settings
 
 log = logging.getLogger("custody.api")
@@ -85,7 +95,8 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     app.state.events = hub
     app.state.metrics = metrics
     problems.install(app)
-    for module in (keys, sign, approvals, requests, events, audit, health):
+    for module in (keys, sign, approvals, requests, events, audit, health, enrolment,
+                   approver_page):
         app.include_router(module.router)
 
     @app.middleware("http")

@@ -21,6 +21,10 @@ class Settings:
     #: in-process. Several API replicas need this: one HSM store has one owner.
     hsm_url: str = ""
     hsm_secret_file: str = ""
+    #: WebAuthn relying party of the approver page (a host name; never an IP address)
+    #: and the page origins a passkey may be used from.
+    webauthn_rp_id: str = "localhost"
+    webauthn_origins: tuple[str, ...] = ("http://localhost:8000",)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -35,4 +39,7 @@ class Settings:
             jwt_issuer=env.get("CUSTODY_JWT_ISSUER", cls.jwt_issuer),
             hsm_url=env.get("CUSTODY_HSM_URL", ""),
             hsm_secret_file=env.get("CUSTODY_HSM_SECRET_FILE", ""),
+            webauthn_rp_id=env.get("CUSTODY_WEBAUTHN_RP_ID", cls.webauthn_rp_id),
+            webauthn_origins=tuple(env.get("CUSTODY_WEBAUTHN_ORIGINS", ",".join(
+                cls.webauthn_origins)).split(",")),
         )

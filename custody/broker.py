@@ -399,12 +399,14 @@ def _approval(r: ApprovalRecord) -> Approval:
 
 
 def _credential_kind(value: str) -> str:
-    """TSB sends ``approverCertificate``: a certificate or a bare public key."""
-    try:
-        parse_credential("certificate", value)
-    except HsmError:
-        return "public_key"
-    return "certificate"
+    """TSB sends ``approverCertificate``: a certificate, a passkey entry or a bare key."""
+    for kind in ("certificate", "webauthn"):
+        try:
+            parse_credential(kind, value)
+        except HsmError:
+            continue
+        return kind
+    return "public_key"
 
 
 def _credential(value: str) -> Credential:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from custody import enrolment as _enrolment  # noqa: F401 - registers its table
 from custody.db import Base
 from custody.treasury import models as _treasury  # noqa: F401 - registers its tables
 

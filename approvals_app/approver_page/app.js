@@ -1,0 +1,317 @@
+// The approver page: enrol, list tasks live, verify each challenge, approve or reject.
+// Untrusted text (everything from the server) only ever goes into textContent.
+import {
+  b64, concat, createPasskey, ENROL_PREFIX, forgetDevice, importHsmKey, loadDevice,
+  newDeviceKey, REJECT_PREFIX, saveDevice, sha256hex, signer, verifyChallenge,
+} from "./crypto.js";
+
+const $ = (id) => document.getElementById(id);
+//: Decimals of assets the page knows; others are shown in base units.
+const DECIMALS = { BTC: 8, ETH: 18, SOL: 9, USDC: 6, USDT: 6 };
+const state = { device: null, hsmKey: null, sign: null, tasks: new Map(), open: null,
+  events: null, refreshing: false, again: false };
+
+function show(...ids) {
+  for (const s of ["enrol", "waiting", "tasks", "detail"]) $(s).hidden = !ids.includes(s);
+}
+function fail(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+async function api(path, body) {
+  const r = await fetch(path, body === undefined ? {} : {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body) });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(data.detail || `${path}: HTTP ${r.status}`);
+  return data;
+}
+
+// -- enrolment ----------------------------------------------------------------------
+
+async function pinHsm() {
+  const { identityPublicKey } = await api("/v1/hsm");
+  const fp = await sha256hex(Uint8Array.from(atob(identityPublicKey), (c) => c.charCodeAt(0)));
+  const expected = new URLSearchParams(location.hash.slice(1)).get("hsm");
+  if (expected && expected.toLowerCase() !== fp) {
+    throw new Error("the server's HSM key is not the one in your enrolment link: stop");
+  }
+  return { hsmKeyB64: identityPublicKey, hsmFingerprint: fp };
+}
+
+function enteredName() {
+  const name = $("name").value.trim();
+  if (!/^[A-Za-z0-9 ._@-]{1,64}$/.test(name)) throw new Error("name: letters, digits, ._@-");
+  return name;
+}
+
+async function enrolKey() {
+  const name = enteredName();
+  const hsm = await pinHsm();
+  const key = await newDeviceKey();
+  const message = new TextEncoder().encode(
+    `${ENROL_PREFIX}${name}\n${key.publicKey}\n${hsm.hsmFingerprint}`);
+  const proof = await signer({ privateKey: key.privateKey })(message);
+  const e = await api("/v1/enrolment", { name, publicKey: key.publicKey,
+    hsmFingerprint: hsm.hsmFingerprint, proof: b64(proof) });
+  return { kind: "key", name, ...hsm, ...key, enrolmentId: e.id, fingerprint: e.fingerprint,
+    credential: key.publicKey };
+}
+
+async function enrolPasskey() {
+  const name = enteredName();
+  const hsm = await pinHsm();
+  const start = await api("/v1/enrolment/passkey", { name, hsmFingerprint: hsm.hsmFingerprint });
+  const made = await createPasskey(start.options);
+  const e = await api(`/v1/enrolment/${start.id}/passkey`, { credential: made.credential });
+  return { kind: "passkey", name, ...hsm, rpId: made.rpId, enrolmentId: e.id,
+    credentialId: made.credential.id, fingerprint: e.fingerprint, credential: null };
+}
+
+async function enrol(how) {
+  fail("");
+  for (const b of document.querySelectorAll("#enrol button")) b.disabled = true;
+  try {
+    state.device = await how();
+    await saveDevice(state.device);
+    await start();
+  } catch (e) {
+    fail(`Enrolment failed: ${e.message}`);
+  } finally {
+    for (const b of document.querySelectorAll("#enrol button")) b.disabled = false;
+  }
+}
+
+async function waitForConfirmation() {
+  const d = state.device;
+  show("waiting");
+  $("enrolment-id").textContent = d.enrolmentId;
+  $("my-fp").textContent = d.fingerprint;
+  $("hsm-fp").textContent = d.hsmFingerprint;
+  for (;;) {
+    const e = await api(`/v1/enrolment/${d.enrolmentId}`);
+    if (e.status === "CONFIRMED") {
+      if (e.hsmFingerprint !== d.hsmFingerprint) throw new Error("enrolment changed");
+      d.credential = d.credential || e.credential;
+      d.confirmed = true;
+      await saveDevice(d);
+      return;
+    }
+    if (e.status === "REFUSED") throw new Error("an administrator refused this enrolment");
+    await new Promise((r) => setTimeout(r, 1500));
+  }
+}
+
+// -- tasks ----------------------------------------------------------------------------
+
+async function proof() {
+  const timestamp = new Date().toISOString();
+  const sig = await state.sign(new TextEncoder().encode(timestamp));
+  return { timestamp, timestampSignature: b64(sig),
+    approverCertificate: state.device.credential };
+}
+
+function listen() {
+  if (state.events) state.events.close();
+  proof().then((p) => {
+    const q = new URLSearchParams({ timestamp: p.timestamp, signature: p.timestampSignature,
+      certificate: p.approverCertificate });
+    const es = new EventSource(`/approver/api/events?${q}`);
+    state.events = es;
+    es.addEventListener("hello", () => { connected(true); refresh(); });
+    es.addEventListener("task", () => refresh());
+    es.onerror = () => {  // each signed timestamp works once: reconnect with a new one
+      es.close();
+      connected(false);
+      setTimeout(listen, 3000);
+    };
+  }).catch((e) => fail(`Cannot sign in: ${e.message}`));
+}
+
+function connected(on) {
+  $("conn").dataset.state = on ? "on" : "off";
+  $("conn").textContent = on ? "live" : "offline";
+}
+
+async function refresh() {
+  if (state.refreshing) { state.again = true; return; }
+  state.refreshing = true;
+  try {
+    do {
+      state.again = false;
+      const { tasks } = await api("/approver/api/tasks", await proof());
+      const next = new Map();
+      for (const t of tasks) {
+        try {
+          const { bytes, body } = await verifyChallenge(state.hsmKey, t.approvalToBeSigned, t.id);
+          next.set(t.id, { ...t, bytes, body, error: null });
+        } catch (e) {
+          next.set(t.id, { ...t, bytes: null, body: null, error: e.message });
+        }
+      }
+      state.tasks = next;
+      renderList();
+    } while (state.again);
+  } catch (e) {
+    fail(`Cannot list tasks: ${e.message}`);
+  } finally {
+    state.refreshing = false;
+  }
+}
+
+function amount(value, asset) {
+  const d = DECIMALS[asset];
+  if (d === undefined || !/^\d+$/.test(value)) return `${value} ${asset} (base units)`;
+  const v = value.padStart(d + 1, "0");
+  const whole = v.slice(0, v.length - d);
+  const frac = v.slice(v.length - d).replace(/0+$/, "");
+  return `${whole}${frac ? "." + frac : ""} ${asset}`;
+}
+
+function headline(t) {
+  const tr = t.body && t.body.intent && t.body.intent.transfers;
+  if (tr && tr.length) return tr.map((x) => amount(x.amount, x.asset)).join(" + ");
+  return t.body ? `${t.body.action} ${t.body.keyLabel}` : "unverified task";
+}
+
+function timeLeft(t) {
+  const deadlines = (t.tokens || []).map((k) => k.deadline).filter((d) => d);
+  if (!deadlines.length) return "no deadline";
+  const s = Math.max(...deadlines) - Date.now() / 1000;
+  if (s <= 0) return "expired";
+  const m = Math.floor(s / 60);
+  return m >= 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m} min ${Math.floor(s % 60)} s`;
+}
+
+function renderList() {
+  const list = $("task-list");
+  list.replaceChildren();
+  $("count").textContent = String(state.tasks.size);
+  $("empty").hidden = state.tasks.size > 0;
+  for (const t of state.tasks.values()) {
+    const li = el("li", undefined, t.error ? "task bad" : "task");
+    li.dataset.id = t.id;
+    if (t.error) {
+      li.append(el("div", "Refused: this challenge was not signed by your HSM", "amount"),
+        el("div", t.error), el("div", `request ${t.id}`, "hint"));
+    } else {
+      const tr = (t.body.intent && t.body.intent.transfers) || [];
+      li.append(el("div", headline(t), "amount"),
+        el("div", tr.length ? `to ${tr.map((x) => x.destination).join(", ")}` : t.body.payloadType),
+        el("div", `${t.body.keyLabel} · ${timeLeft(t)} left`, "hint"));
+      li.addEventListener("click", () => openTask(t.id));
+    }
+    list.append(li);
+  }
+  if (state.open && !state.tasks.has(state.open) && !$("detail").hidden
+      && $("outcome").hidden) {
+    closeTask();
+  }
+}
+
+function row(dl, label, value) {
+  dl.append(el("dt", label), el("dd", value));
+}
+
+function openTask(id) {
+  const t = state.tasks.get(id);
+  if (!t || t.error) return;
+  state.open = id;
+  const b = t.body;
+  const dl = el("dl");
+  const intent = b.intent;
+  if (intent) {
+    row(dl, "Chain", `${intent.chain} (${intent.network})`);
+    for (const x of intent.transfers) {
+      row(dl, "Amount", amount(x.amount, x.asset));
+      row(dl, "Asset", x.asset);
+      row(dl, "To", x.destination);
+    }
+    row(dl, "Fee", amount(intent.fee, intent.feeAsset || (intent.transfers[0] || {}).asset || ""));
+    if (b.feeCap) row(dl, "Fee cap", b.feeCap);
+  } else {
+    row(dl, "Payload", `${b.payloadType}, not decoded by the HSM`);
+  }
+  row(dl, "Key", b.keyLabel);
+  row(dl, "Action", b.action);
+  row(dl, "Initiator", b.initiator || "-");
+  row(dl, "HSM time", b.hsmTimestamp);
+  row(dl, "Request", b.requestId);
+  const broker = el("dl");
+  row(broker, "Tier", (t.tokens || []).map((k) => `${k.name} (${k.missing} more)`).join(", ")
+    || "-");
+  row(broker, "Approved by", t.approvedBy.join(", ") || "nobody yet");
+  if (t.rejectedBy.length) row(broker, "Rejected by", t.rejectedBy.join(", "));
+  row(broker, "Time left", timeLeft(t));
+  $("detail-body").replaceChildren(
+    el("h2", headline(t)), el("p", "Verified: signed by your HSM", "ok"), dl,
+    el("p", "Progress, as the broker reports it:", "broker"), broker);
+  $("outcome").hidden = true;
+  $("approve").disabled = $("reject").disabled = false;
+  $("detail-actions").hidden = false;
+  show("tasks", "detail");
+  $("tasks").hidden = true;
+}
+
+function closeTask() {
+  state.open = null;
+  show("tasks");
+}
+
+async function answer(reject) {
+  const t = state.tasks.get(state.open);
+  if (!t || !t.bytes) return;
+  $("approve").disabled = $("reject").disabled = true;
+  fail("");
+  try {
+    const message = reject ? concat(REJECT_PREFIX, t.bytes) : t.bytes;
+    const signature = b64(await state.sign(message));
+    const r = await api(reject ? "/v1/rejection" : "/v1/approval", {
+      id: t.id, approvalToBeSigned: t.approvalToBeSigned, signature,
+      approverCertificate: state.device.credential });
+    state.tasks.delete(t.id);
+    $("detail-actions").hidden = true;
+    $("outcome").textContent = `${reject ? "Rejected" : "Approved"}: request is ${r.status}`;
+    $("outcome").hidden = false;
+    renderList();
+  } catch (e) {
+    fail(`Not sent: ${e.message}`);
+    $("approve").disabled = $("reject").disabled = false;
+  }
+}
+
+// -- start ------------------------------------------------------------------------------
+
+async function start() {
+  const d = state.device;
+  if (!d) { show("enrol"); return; }
+  if (!d.confirmed) await waitForConfirmation();
+  state.hsmKey = await importHsmKey(d.hsmKeyB64);
+  state.sign = signer(d);
+  $("me").hidden = false;
+  $("me-name").textContent = d.name;
+  $("me-hsm").textContent = d.hsmFingerprint.slice(0, 16);
+  show("tasks");
+  listen();
+}
+
+$("enrol-key").addEventListener("click", () => enrol(enrolKey));
+$("enrol-passkey").addEventListener("click", () => enrol(enrolPasskey));
+$("approve").addEventListener("click", () => answer(false));
+$("reject").addEventListener("click", () => answer(true));
+$("back").addEventListener("click", closeTask);
+$("forget").addEventListener("click", async () => {
+  if (state.events) state.events.close();
+  await forgetDevice();
+  location.reload();
+});
+setInterval(() => { if (state.tasks.size && !$("tasks").hidden) renderList(); }, 1000);
+
+loadDevice().then((d) => { state.device = d || null; return start(); })
+  .catch((e) => fail(e.message));

@@ -1,0 +1,137 @@
+// Keys, signatures and the HSM challenge check - WebCrypto and WebAuthn only.
+//
+// Trust: the HSM identity key is fetched once, at enrolment, from /v1/hsm, checked
+// against the fingerprint in the enrolment link (#hsm=<sha256 hex>) when there is one,
+// shown to the user, and stored in IndexedDB with the device key. It is never fetched
+// again: a broker that later serves another key, or a challenge it altered, cannot pass
+// verifyChallenge(). The administrator who confirms the enrolment restates the HSM
+// fingerprint and the server refuses a device that pinned another one. What remains
+// trusted is the code of this page itself (served by the same origin): serve it from a
+// separate static origin, or install it, where the broker must not be able to change it.
+
+const enc = new TextEncoder();
+export const REJECT_PREFIX = enc.encode("ska-reject-v1:");
+export const ENROL_PREFIX = "ska-enrol-v1:";
+const CHALLENGE_DOMAIN = enc.encode("SKA-CHALLENGE-v1:");
+const ECDSA = { name: "ECDSA", namedCurve: "P-256" };
+const SHA256 = { name: "ECDSA", hash: "SHA-256" };
+
+export const b64 = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)));
+export const unb64 = (text) => Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+export const b64url = (bytes) => b64(bytes).replace(/\+/g, "-").replace(/\//g, "_")
+  .replace(/=+$/, "");
+export const unb64url = (text) => unb64(text.replace(/-/g, "+").replace(/_/g, "/")
+  + "===".slice((text.length + 3) % 4));
+export const concat = (...parts) => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+};
+export async function sha256(bytes) {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+}
+export async function sha256hex(bytes) {
+  return [...await sha256(bytes)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// -- IndexedDB: one record, the device ------------------------------------------------
+
+function db() {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open("ska-approver", 1);
+    req.onupgradeneeded = () => req.result.createObjectStore("state");
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+async function tx(mode, run) {
+  const conn = await db();
+  return new Promise((resolve, reject) => {
+    const t = conn.transaction("state", mode);
+    const req = run(t.objectStore("state"));
+    t.oncomplete = () => resolve(req.result);
+    t.onerror = () => reject(t.error);
+  });
+}
+export const loadDevice = () => tx("readonly", (s) => s.get("device"));
+export const saveDevice = (device) => tx("readwrite", (s) => s.put(device, "device"));
+export const forgetDevice = () => tx("readwrite", (s) => s.delete("device"));
+
+// -- the device key: non-extractable ECDSA P-256 ----------------------------------------
+
+export async function newDeviceKey() {
+  const pair = await crypto.subtle.generateKey(ECDSA, false, ["sign", "verify"]);
+  const spki = new Uint8Array(await crypto.subtle.exportKey("spki", pair.publicKey));
+  return { privateKey: pair.privateKey, publicKey: b64(spki) };
+}
+
+// A signer turns bytes into the approval "signature" the HSM verifies: a P1363 ECDSA
+// signature for a device key, a WebAuthn assertion (as JSON) for a passkey.
+export function signer(device) {
+  if (device.kind === "passkey") {
+    return (bytes) => passkeyAssert(device, bytes);
+  }
+  return async (bytes) => new Uint8Array(
+    await crypto.subtle.sign(SHA256, device.privateKey, bytes));
+}
+
+async function passkeyAssert(device, bytes) {
+  // The WebAuthn challenge is SHA-256 of the bytes approved (see hsm_emulator/credentials).
+  const cred = await navigator.credentials.get({ publicKey: {
+    challenge: await sha256(bytes), rpId: device.rpId, userVerification: "preferred",
+    allowCredentials: [{ type: "public-key", id: unb64url(device.credentialId) }],
+  } });
+  const r = cred.response;
+  const doc = { authenticatorData: b64url(r.authenticatorData),
+    clientDataJSON: b64url(r.clientDataJSON), signature: b64url(r.signature) };
+  const keys = Object.keys(doc).sort();  // canonical JSON, as the HSM encodes it
+  return enc.encode("{" + keys.map((k) => `"${k}":"${doc[k]}"`).join(",") + "}");
+}
+
+export async function createPasskey(options) {
+  const o = JSON.parse(options);
+  o.challenge = unb64url(o.challenge);
+  o.user.id = unb64url(o.user.id);
+  o.excludeCredentials = (o.excludeCredentials || []).map((c) => ({ ...c, id: unb64url(c.id) }));
+  const cred = await navigator.credentials.create({ publicKey: o });
+  const r = cred.response;
+  return { credential: { id: cred.id, rawId: b64url(cred.rawId), type: cred.type,
+    response: { clientDataJSON: b64url(r.clientDataJSON),
+      attestationObject: b64url(r.attestationObject) },
+    clientExtensionResults: cred.getClientExtensionResults() },
+  rpId: o.rp.id };
+}
+
+// -- the HSM's challenge ----------------------------------------------------------------
+
+export async function importHsmKey(spkiB64) {
+  return crypto.subtle.importKey("spki", unb64(spkiB64), ECDSA, false, ["verify"]);
+}
+
+const HEAD = enc.encode('{"body":');
+const TAIL = /,"format":"ska-challenge","signature":"([A-Za-z0-9+/]{86}==)","version":1}$/;
+
+// Verify an approvalToBeSigned against the pinned HSM key; return {bytes, body}.
+// The envelope is canonical JSON with sorted keys, so the signed body is exactly the
+// bytes between '{"body":' and the tail: we verify those bytes and display their parse,
+// never a re-serialisation. Throws on anything altered, malformed or unexpected.
+export async function verifyChallenge(hsmKey, approvalToBeSigned, requestId) {
+  let bytes;
+  try { bytes = unb64(approvalToBeSigned); } catch { throw new Error("challenge is not base64"); }
+  const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  const tail = TAIL.exec(text);
+  if (!tail || !HEAD.every((b, i) => bytes[i] === b)) {
+    throw new Error("challenge is not an SKA challenge (v1)");
+  }
+  const tailBytes = enc.encode(tail[0]).length;
+  const bodyBytes = bytes.slice(HEAD.length, bytes.length - tailBytes);
+  const ok = await crypto.subtle.verify(SHA256, hsmKey, unb64(tail[1]),
+    concat(CHALLENGE_DOMAIN, bodyBytes));
+  if (!ok) throw new Error("the HSM did not sign this challenge: it was altered");
+  const body = JSON.parse(new TextDecoder().decode(bodyBytes));
+  if (typeof body !== "object" || body === null || body.requestId !== requestId) {
+    throw new Error("challenge belongs to another request");
+  }
+  return { bytes, body };
+}
