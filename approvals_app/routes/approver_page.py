@@ -25,7 +25,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import Field
 
-from approvals_app.problems import V1_PROBLEMS
 from approvals_app.schemas import CRED_MAX, Strict
 from custody.broker import Broker, Task
 from custody.db import SignRequest
@@ -88,7 +87,7 @@ def _approver(request: Request, timestamp: str, signature: str, certificate: str
     return cred
 
 
-@router.post("/approver/api/tasks", responses=V1_PROBLEMS)
+@router.post("/approver/api/tasks")
 def page_tasks(body: SignedTimestamp, request: Request) -> dict[str, Any]:
     cred = _approver(request, body.timestamp, body.timestampSignature,
                      body.approverCertificate)
@@ -96,7 +95,7 @@ def page_tasks(body: SignedTimestamp, request: Request) -> dict[str, Any]:
     return {"tasks": [task_view(broker, t) for t in broker.tasks(cred, 0, 50, True)]}
 
 
-@router.get("/approver/api/events", response_class=StreamingResponse, responses=V1_PROBLEMS)
+@router.get("/approver/api/events", response_class=StreamingResponse)
 async def page_events(request: Request, timestamp: str = Query(max_length=64),
                       signature: str = Query(max_length=4096),
                       certificate: str = Query(max_length=CRED_MAX)) -> StreamingResponse:

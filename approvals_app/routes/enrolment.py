@@ -33,7 +33,6 @@ from webauthn.helpers.structs import (
 )
 
 from approvals_app.auth import CurrentPrincipal, require
-from approvals_app.problems import V1_PROBLEMS
 from approvals_app.schemas import Strict
 from custody.enrolment import (
     Enrolment,
@@ -48,7 +47,7 @@ from hsm_emulator.credentials import passkey_value
 from hsm_emulator.errors import CredentialInvalid
 from hsm_emulator.model import Action
 
-router = APIRouter(prefix="/v1", tags=["enrolment"], responses=V1_PROBLEMS)
+router = APIRouter(prefix="/v1", tags=["enrolment"])
 #: Undecided enrolments allowed at once: strangers can ask, not fill the table.
 MAX_OPEN = 200
 ADMINS = ("key_admin", "security_officer")
