@@ -20,6 +20,9 @@ from fastapi import FastAPI, Request
 from chains.registry import registry
 from custody.broker import Broker
 from custody.db import SignRequest, Status, make_engine, make_sessions
+from custody.treasury import webhooks
+from custody.treasury.networks import ChainEndpoints, Networks
+from custody.treasury.transfers import Treasury
 from hsm_emulator import Hsm, Passphrase
 from hsm_emulator.client import HsmClient, local_client
 from hsm_emulator.remote import RemoteHsmClient
@@ -39,6 +42,7 @@ from .routes import (
     requests,
     sign,
 )
+from .routes import treasury as treasury_routes
 from .settings import Settings
 
 log = logging.getLogger("custody.api")
@@ -54,8 +58,23 @@ def open_hsm(settings: Settings) -> HsmClient:
                                  decoders=registry()))
 
 
+def start_workers(broker: Broker, treasury: Treasury,
+                  stop: threading.Event) -> list[threading.Thread]:
+    """The release scheduler (holds) and the treasury worker (broadcast, confirmations,
+    webhooks), as daemon threads of this process; ``custody worker`` runs the same."""
+    threads = [
+        threading.Thread(target=broker.run_scheduler, args=(stop,), name="release-scheduler",
+                         daemon=True),
+        threading.Thread(target=treasury.run, args=(stop, webhooks.Dispatcher(broker.sessions)),
+                         name="treasury-worker", daemon=True)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def create_app(settings: Settings, hsm: HsmClient | None = None, *,
-               broker: Broker | None = None, scheduler: bool = True) -> FastAPI:
+               broker: Broker | None = None, scheduler: bool = True,
+               chains: ChainEndpoints | None = None) -> FastAPI:
     client = hsm if hsm is not None else open_hsm(settings)
     hub, metrics = EventHub(), Metrics()
 
@@ -69,19 +88,17 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     if broker is None:
         broker = Broker(client, make_sessions(make_engine(settings.database_url)),
                         max_skew=settings.max_skew_seconds, on_change=on_change)
+    treasury = Treasury(broker, Networks(chains or ChainEndpoints.from_env(), client))
     stop = threading.Event()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        thread = None
-        if scheduler:
-            thread = threading.Thread(target=broker.run_scheduler, args=(stop,),
-                                      name="release-scheduler", daemon=True)
-            thread.start()
+        threads = start_workers(broker, treasury, stop) if scheduler else []
         yield
         stop.set()
         broker.stop_scheduler()
-        if thread is not None:
+        treasury.nudge()
+        for thread in threads:
             thread.join(timeout=5)
         broker.close()
 
@@ -91,12 +108,13 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     app.state.settings = settings
     app.state.hsm = client
     app.state.broker = broker
+    app.state.treasury = treasury
     app.state.limiter = FailureLimiter()
     app.state.events = hub
     app.state.metrics = metrics
     problems.install(app)
-    for module in (keys, sign, approvals, requests, events, audit, health, enrolment,
-                   approver_page):
+    for module in (keys, sign, approvals, requests, events, audit, health, treasury_routes,
+                   enrolment, approver_page):
         app.include_router(module.router)
 
     @app.middleware("http")

@@ -14,6 +14,7 @@ approval, or when a hold ends), and never lose or repeat a release:
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from chains.errors import ChainError
 from hsm_emulator.client import HsmClient
 from hsm_emulator.credentials import Credential, parse_credential, verify, verify_timestamp
 from hsm_emulator.errors import ApprovalRefused, HsmError, PolicyNotMet, RequestClosed
@@ -39,6 +41,9 @@ from .errors import Conflict, CustodyError, Forbidden, NotFound
 #: What an approver signs to reject a task: this prefix and the challenge bytes.
 REJECT_PREFIX = b"ska-reject-v1:"
 MAX_PAGE = 100
+#: How soon a release that could not be finalized (node unreachable) is tried again.
+RETRY_SECONDS = 5.0
+log = logging.getLogger("custody.broker")
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,13 @@ class Task:
 class Broker:
     def __init__(self, hsm: HsmClient, sessions: sessionmaker,  # type: ignore[type-arg]
                  *, clock: Callable[[], float] = time.time, max_skew: float = 300.0,
-                 on_change: Callable[[SignRequest], None] | None = None) -> None:
+                 on_change: Callable[[SignRequest], None] | None = None,
+                 finalize: Callable[[SignRequest], bytes | None] | None = None) -> None:
         self.hsm = hsm
+        #: called just before the HSM executes an approved request; may return a rebuilt
+        #: payload (fresh nonce, fees, blockhash) that the HSM checks against the approved
+        #: intent and fee cap. ``None`` signs the payload as requested.
+        self.finalize = finalize
         self.sessions = sessions
         self.clock = clock
         self.max_skew = max_skew
@@ -78,14 +88,17 @@ class Broker:
 
     def submit(self, principal: Principal, label: str, action: Action, payload: bytes,
                payload_type: str, algorithm: str | None, meta: dict[str, Any] | None,
-               new_policy: dict[str, Any] | None = None) -> SignRequest:
-        """Record a request in the HSM, then here; try to release it at once."""
-        if action is Action.USE:
+               new_policy: dict[str, Any] | None = None, *, fee_cap: int | None = None,
+               auto: bool = True) -> SignRequest:
+        """Record a request in the HSM, then here; try to release it at once. ``fee_cap``:
+        the most a rebuilt transaction may pay (approvals bind to intent and cap)."""
+        if action is Action.USE and auto:
             executed = self._auto_sign(principal, label, payload, payload_type, algorithm, meta)
             if executed is not None:
                 return executed
         challenge = self.hsm.begin(label, action, payload, payload_type, algorithm,
-                                   new_policy=new_policy, initiator=principal.subject)
+                                   fee_cap=fee_cap, new_policy=new_policy,
+                                   initiator=principal.subject)
         body = challenge.body
         row = SignRequest(
             id=challenge.request_id, tenant=principal.tenant, initiator=principal.subject,
@@ -257,8 +270,16 @@ class Broker:
         return self.get(row.id)
 
     def _release(self, row: SignRequest, approvals: Sequence[Approval]) -> SignRequest:
+        payload = None
+        if self.finalize is not None:
+            try:
+                payload = self.finalize(row)
+            except (CustodyError, ChainError, OSError) as exc:  # node down, fees too high
+                log.warning("finalizing %s failed, retrying: %s", row.id, exc)
+                self._retry_later(row.id, RETRY_SECONDS)
+                return self.get(row.id)
         try:
-            result = self.hsm.execute(row.id, approvals)
+            result = self.hsm.execute(row.id, approvals, payload=payload)
         except RequestClosed:
             return self._recover(row)
         except PolicyNotMet:  # the clock moved between status and execute: look again
@@ -321,6 +342,15 @@ class Broker:
         if wake is not None:
             with self._wake:
                 self._wake.notify_all()
+
+    def _retry_later(self, request_id: str, seconds: float) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(SignRequest).where(
+                SignRequest.id == request_id,
+                SignRequest.status.not_in([st.value for st in FINAL])).values(
+                    wake_at=self.clock() + seconds))
+        with self._wake:
+            self._wake.notify_all()
 
     def due(self) -> list[str]:
         """Requests whose hold has ended (or that should be re-examined) by now."""

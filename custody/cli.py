@@ -25,12 +25,16 @@ MIN_SECRET = 32
 
 
 @app.command()
-def demo(data_dir: Path = typer.Option(Path(".custody-demo"), help="Where the demo HSM lives."),
+def demo(data_dir: Path = typer.Option(Path(".custody-demo"),
+                                       help="Scratch directory (wiped at start)."),
+         hold: int = typer.Option(5, min=0, max=3600,
+                                  help="The large tier's hold in seconds (24 h in production)."),
          ) -> None:
-    """Run the treasury demo on the embedded default (in-process HSM, SQLite)."""
+    """A treasury day end to end on local Bitcoin, Ethereum and Solana networks, through
+    the API (in-process HSM, SQLite). Exits non-zero if any transfer did not confirm."""
     from .demo import run_demo
 
-    if not run_demo(data_dir, Console()):
+    if not run_demo(data_dir, Console(), hold=hold):
         raise typer.Exit(1)
 
 
@@ -69,30 +73,41 @@ def serve(host: str = typer.Option("127.0.0.1", help="Listen address."),
 
 @app.command()
 def worker() -> None:
-    """Run only the release scheduler (no HTTP): releases held requests when their hold
-    ends. Any number of workers and API replicas may share one database and one HSM."""
+    """Run the workers without HTTP: the release scheduler (held requests released when
+    their hold ends) and the transfer worker (broadcast, confirmations, webhooks). Any
+    number of workers and API replicas may share one database and one HSM."""
     import signal
     import threading
 
-    from approvals_app.main import open_hsm
+    from approvals_app.main import open_hsm, start_workers
     from approvals_app.settings import Settings
 
     from .broker import Broker
     from .db import make_engine, make_sessions
+    from .treasury.networks import ChainEndpoints, Networks
+    from .treasury.transfers import Treasury
 
     settings = Settings.from_env()
-    broker = Broker(open_hsm(settings), make_sessions(make_engine(settings.database_url)),
+    hsm = open_hsm(settings)
+    broker = Broker(hsm, make_sessions(make_engine(settings.database_url)),
                     max_skew=settings.max_skew_seconds)
+    # transfers too: broadcast, confirmations, webhooks (chains from CUSTODY_*_RPC)
+    treasury = Treasury(broker, Networks(ChainEndpoints.from_env(), hsm))
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
         stop.set()
         broker.stop_scheduler()
+        treasury.nudge()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    Console().print("release worker running")
-    broker.run_scheduler(stop)
+    Console().print("release and transfer worker running")
+    threads = start_workers(broker, treasury, stop)
+    while not stop.wait(1.0):
+        pass
+    for thread in threads:
+        thread.join(timeout=5)
     broker.close()
 
 

@@ -40,3 +40,10 @@ class Conflict(CustodyError):
 
 class RateLimited(CustodyError):
     code = "custody.rate_limited"
+
+
+class Unavailable(CustodyError):
+    """A part the call needs (a chain node, the HSM, the database) does not answer; the
+    caller may retry later."""
+
+    code = "custody.unavailable"

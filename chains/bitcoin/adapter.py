@@ -38,11 +38,14 @@ class BitcoinAdapter:
 
     def __init__(self, network: str, rpc: BitcoinRpc, public_key_at: PublicKeyAt, *,
                  gap: int = 20, kind: ScriptKind = ScriptKind.P2WPKH,
-                 confirmations: int = 1) -> None:
+                 confirmations: int = 1,
+                 issued: Callable[[str], int] | None = None) -> None:
         if kind not in (ScriptKind.P2WPKH, ScriptKind.P2TR):
             raise BuildError("the wallet's addresses are P2WPKH or P2TR")
         self.network, self.rpc, self.public_key_at = network, rpc, public_key_at
         self.gap, self.kind, self.depth = gap, kind, confirmations
+        #: ``label -> receive addresses handed out``: the scan covers them plus the gap
+        self.issued = issued or (lambda _label: 0)
         self.payload_type = BitcoinPsbtDecoder(network).payload_type
 
     # -- pure parts -------------------------------------------------------------------
@@ -66,8 +69,10 @@ class BitcoinAdapter:
     # -- building (reads coins and fees from the node) ------------------------------
 
     def coins(self, label: str) -> list[Utxo]:
-        """The wallet's unspent coins among the first ``gap`` receive and change paths."""
-        paths = [f"{chain}/{i}" for chain in (0, 1) for i in range(self.gap)]
+        """The wallet's unspent coins among its issued receive addresses plus ``gap``
+        more, and the first ``gap`` change paths."""
+        receive = self.issued(label) + self.gap
+        paths = [f"0/{i}" for i in range(receive)] + [f"1/{i}" for i in range(self.gap)]
         by_script = {self.script_at(label, p): p for p in paths}
         scan = self.rpc.scantxoutset([f"raw({s.hex()})" for s in by_script])
         coins = []
@@ -78,11 +83,13 @@ class BitcoinAdapter:
                               path, self.public_key_at(label, path)))
         return coins
 
-    def build_transfer(self, source: Source, request: TransferRequest) -> UnsignedTx:
+    def build_transfer(self, source: Source, request: TransferRequest, *,
+                       exclude: frozenset[str] = frozenset()) -> UnsignedTx:
+        """``exclude``: outpoints (``txid:vout``) other pending transfers already spend."""
         if request.asset != "BTC":
             raise BuildError(f"asset {request.asset!r} is not on Bitcoin")
         destination = self.validate_address(request.destination)
-        coins = self.coins(source.label)
+        coins = [c for c in self.coins(source.label) if f"{c.txid}:{c.vout}" not in exclude]
         if sum(c.amount for c in coins) < request.amount:
             raise InsufficientFunds(f"wallet {source.label} holds less than {request.amount} sat")
         used = {c.path for c in coins}

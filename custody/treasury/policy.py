@@ -1,0 +1,135 @@
+"""The treasury policy template of the design card, as SKA tokens the HSM enforces.
+
+Per asset of a wallet, three tokens (ORed by the HSM):
+
+* ``small-<SYM>``  - amount <= ``small``: no approvals (auto-sign), optionally capped by a
+  rolling 24 h ``dailySmall`` velocity so structuring many small transfers stops;
+* ``medium-<SYM>`` - amount <= ``medium``: ``tradersQuorum`` of the traders group,
+  within ``mediumTimeout``;
+* ``large-<SYM>``  - up to ``max`` (the hard limit, if set): traders AND
+  ``complianceQuorum`` of compliance, and a ``hold`` (timelock) before release, within
+  ``largeTimeout``.
+
+Amounts in the configuration are decimal strings in the asset's units; the tokens carry
+base units, evaluated by the HSM on the transaction it decodes itself. Block needs one
+trader; unblock and modify need the large tier's approvers. ``custody policy explain``
+shows the result in plain words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from custody.errors import BadRequest
+
+from .units import to_base_units
+
+DEFAULTS: dict[str, Any] = {"hold": 86400, "mediumTimeout": 3600, "largeTimeout": 3 * 86400,
+                            "tradersQuorum": 2, "complianceQuorum": 1}
+_KNOWN = {"traders", "compliance", "tiers", *DEFAULTS}
+
+
+@dataclass(frozen=True)
+class AssetInfo:
+    symbol: str  #: what desks write: BTC, ETH, USDC
+    asset: str  #: the chain's id the HSM's decoder reports: BTC, ETH, ERC20:0x.., SPL:<mint>
+    decimals: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"symbol": self.symbol, "asset": self.asset, "decimals": self.decimals}
+
+
+def _int(config: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = config.get(name, DEFAULTS[name])
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"policy.{name} must be a whole number in [{low}, {high}]")
+    return value
+
+
+def _people(config: dict[str, Any], name: str, quorum: int) -> list[dict[str, Any]]:
+    people = config.get(name)
+    if not isinstance(people, list) or len(people) < quorum:
+        raise BadRequest(f"policy.{name} must list at least {quorum} approvers")
+    out = []
+    for i, p in enumerate(people):
+        if not isinstance(p, dict) or not isinstance(p.get("value"), str) or (
+                p.get("type", "public_key") not in ("public_key", "certificate")):
+            raise BadRequest(f"policy.{name}[{i}] needs type public_key|certificate and value")
+        out.append({"type": p.get("type", "public_key"), "value": p["value"],
+                    "name": str(p.get("name", f"{name}-{i + 1}"))[:64]})
+    return out
+
+
+def treasury_policy(config: dict[str, Any], assets: list[AssetInfo]) -> dict[str, Any]:
+    """The SKA policy (seed 003's shape plus conditions) for a wallet's configuration."""
+    if not isinstance(config, dict):
+        raise BadRequest("policy must be an object")
+    unknown = set(config) - _KNOWN
+    if unknown:
+        raise BadRequest(f"policy has unknown fields {sorted(unknown)}")
+    tq = _int(config, "tradersQuorum", 1, 16)
+    cq = _int(config, "complianceQuorum", 1, 16)
+    hold = _int(config, "hold", 0, 30 * 86400)
+    medium_timeout = _int(config, "mediumTimeout", 0, 30 * 86400)
+    large_timeout = _int(config, "largeTimeout", 0, 90 * 86400)
+    if large_timeout and large_timeout <= hold:
+        raise BadRequest("policy.largeTimeout must be longer than the hold")
+    traders = {"name": "traders", "quorum": tq, "approvals": _people(config, "traders", tq)}
+    compliance = {"name": "compliance", "quorum": cq,
+                  "approvals": _people(config, "compliance", cq)}
+    tiers = config.get("tiers")
+    if not isinstance(tiers, dict):
+        raise BadRequest("policy.tiers must map each asset symbol to its thresholds")
+    by_symbol = {a.symbol: a for a in assets}
+    if set(tiers) != set(by_symbol):
+        raise BadRequest(f"policy.tiers must cover exactly the wallet's assets "
+                         f"{sorted(by_symbol)}")
+    tokens: list[dict[str, Any]] = []
+    for symbol in sorted(tiers):
+        tokens += _asset_tokens(symbol, tiers[symbol], by_symbol[symbol], traders, compliance,
+                                hold, medium_timeout, large_timeout)
+    return {
+        "ruleUse": {"tokens": tokens},
+        "ruleBlock": {"tokens": [{"name": "block", "timelock": 0, "timeout": 0, "groups": [
+            {**traders, "quorum": 1}]}]},
+        "ruleUnblock": {"tokens": [{"name": "unblock", "timelock": 0, "timeout": 0,
+                                    "groups": [traders, compliance]}]},
+        "ruleModify": {"tokens": [{"name": "modify", "timelock": 0, "timeout": 0,
+                                   "groups": [traders, compliance]}]},
+    }
+
+
+def _asset_tokens(symbol: str, tier: Any, info: AssetInfo, traders: dict[str, Any],
+                  compliance: dict[str, Any], hold: int, medium_timeout: int,
+                  large_timeout: int) -> list[dict[str, Any]]:
+    if not isinstance(tier, dict) or set(tier) - {"small", "medium", "dailySmall", "max"} or (
+            "small" not in tier or "medium" not in tier):
+        raise BadRequest(f"policy.tiers.{symbol} needs small and medium (optionally dailySmall "
+                         "and max, the hard limit), as decimal strings")
+    small = to_base_units(tier["small"], info.decimals, what=f"tiers.{symbol}.small")
+    medium = to_base_units(tier["medium"], info.decimals, what=f"tiers.{symbol}.medium")
+    if not 0 <= small < medium:
+        raise BadRequest(f"policy.tiers.{symbol}: small must be below medium")
+    large: dict[str, Any] = {"asset": info.asset, "min": "0"}
+    if "max" in tier:
+        hard = to_base_units(tier["max"], info.decimals, what=f"tiers.{symbol}.max")
+        if hard <= medium:
+            raise BadRequest(f"policy.tiers.{symbol}: max must be above medium")
+        large["max"] = str(hard)
+    small_cond: dict[str, Any] = {"amounts": [{"asset": info.asset, "max": str(small)}]}
+    if "dailySmall" in tier:
+        daily = to_base_units(tier["dailySmall"], info.decimals,
+                              what=f"tiers.{symbol}.dailySmall")
+        small_cond["velocity"] = [{"asset": info.asset, "windowSeconds": 86400,
+                                   "max": str(daily)}]
+    return [
+        {"name": f"small-{symbol}", "timelock": 0, "timeout": 0, "groups": [],
+         "conditions": small_cond},
+        {"name": f"medium-{symbol}", "timelock": 0, "timeout": medium_timeout,
+         "groups": [traders], "conditions": {"amounts": [{"asset": info.asset,
+                                                          "max": str(medium)}]}},
+        {"name": f"large-{symbol}", "timelock": hold, "timeout": large_timeout,
+         "groups": [traders, compliance],
+         "conditions": {"amounts": [large]}},
+    ]

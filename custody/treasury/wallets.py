@@ -1,0 +1,215 @@
+"""Wallets: an HSM key on one chain and network, its assets, its tiered policy, and its
+deposit addresses.
+
+Bitcoin wallets derive a fresh receive address per request (``0/i`` below the wallet's
+key, BIP44's last two levels) and honour a gap limit: at most ``GAP_LIMIT`` addresses in
+a row may be unused, the window the adapter scans for coins, so no deposit is missed.
+Ethereum and Solana wallets are one account each (the key itself): on an account chain a
+deposit is attributed by its sender or memo, and a desk that wants segregated balances
+opens another wallet.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from solders.pubkey import Pubkey
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from chains.bitcoin.adapter import BitcoinAdapter
+from chains.errors import ChainError
+from custody.broker import Principal
+from custody.errors import BadRequest, Conflict, CustodyError, NotFound
+from hsm_emulator.errors import HsmError
+
+from .models import DepositAddress, Wallet
+from .networks import Networks
+from .policy import AssetInfo, treasury_policy
+
+GAP_LIMIT = 20
+NATIVE = {"bitcoin": AssetInfo("BTC", "BTC", 8), "ethereum": AssetInfo("ETH", "ETH", 18),
+          "solana": AssetInfo("SOL", "SOL", 9)}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SYMBOL = re.compile(r"^[A-Z][A-Z0-9]{1,11}$")
+_ERC20 = re.compile(r"^ERC20:0x[0-9a-f]{40}$")
+
+
+def assets_of(wallet: Wallet) -> list[AssetInfo]:
+    return [AssetInfo(str(a["symbol"]), str(a["asset"]), int(a["decimals"]))  # type: ignore[call-overload]
+            for a in wallet.assets]
+
+
+def _token_assets(chain: str, tokens: Any) -> list[AssetInfo]:
+    if tokens is None:
+        return []
+    if not isinstance(tokens, list) or len(tokens) > 20:
+        raise BadRequest("tokens must be a list of at most 20 {symbol, asset, decimals}")
+    out = []
+    for i, t in enumerate(tokens):
+        if not isinstance(t, dict) or set(t) != {"symbol", "asset", "decimals"}:
+            raise BadRequest(f"tokens[{i}] needs exactly symbol, asset, decimals")
+        symbol, asset, decimals = t["symbol"], t["asset"], t["decimals"]
+        if not isinstance(symbol, str) or not _SYMBOL.match(symbol):
+            raise BadRequest(f"tokens[{i}].symbol: 2-12 upper-case letters and digits")
+        if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 36:
+            raise BadRequest(f"tokens[{i}].decimals: a whole number 0-36")
+        if chain == "ethereum" and not (isinstance(asset, str) and _ERC20.match(asset)):
+            raise BadRequest(f"tokens[{i}].asset: ERC20:<lower-case 0x address>")
+        if chain == "solana":
+            try:
+                ok = isinstance(asset, str) and asset.startswith("SPL:") and (
+                    str(Pubkey.from_string(asset[4:])) == asset[4:])
+            except ValueError:
+                ok = False
+            if not ok:
+                raise BadRequest(f"tokens[{i}].asset: SPL:<base58 mint address>")
+        if chain == "bitcoin":
+            raise BadRequest("Bitcoin wallets hold BTC only")
+        out.append(AssetInfo(symbol, asset, decimals))
+    return out
+
+
+def create_wallet(sessions: sessionmaker[Session], networks: Networks,
+                  who: Principal, name: str, chain: str, network: str, tokens: Any,
+                  policy: Any) -> Wallet:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise BadRequest("name: 1-64 letters, digits, '_', '.', '-'")
+    networks.check(chain, network)
+    assets = [NATIVE[chain], *_token_assets(chain, tokens)]
+    if len({a.symbol for a in assets}) != len(assets):
+        raise BadRequest("asset symbols must be unique in a wallet")
+    ska = treasury_policy(policy, assets)  # refused here, before any key exists
+    with sessions() as s:
+        if s.scalar(select(Wallet.id).where(Wallet.tenant == who.tenant, Wallet.name == name)):
+            raise Conflict(f"a wallet named {name!r} exists")
+    wallet_id = uuid.uuid4().hex
+    label = f"wallet-{wallet_id[:16]}"
+    algorithm = "ED25519" if chain == "solana" else "SECP256K1"
+    try:
+        networks.hsm.create_key(label, algorithm, policy=ska)
+    except HsmError as exc:
+        raise BadRequest(f"the HSM refused the wallet key: {exc.reason}") from None
+    address = _first_address(networks, chain, label)
+    wallet = Wallet(id=wallet_id, tenant=who.tenant, name=name, chain=chain, network=network,
+                    key_label=label, address=address, assets=[a.to_json() for a in assets],
+                    policy_config=policy)
+    try:
+        with sessions.begin() as s:
+            s.add(wallet)
+            s.flush()
+            s.add(DepositAddress(wallet_id=wallet_id, idx=0, path=_path(chain, 0),
+                                 address=address, label="primary"))
+    except IntegrityError:
+        raise Conflict(f"a wallet named {name!r} exists") from None
+    return wallet
+
+
+def _path(chain: str, index: int) -> str:
+    return f"0/{index}" if chain == "bitcoin" else ""
+
+
+def _first_address(networks: Networks, chain: str, label: str) -> str:
+    if chain == "bitcoin":
+        adapter = networks.adapter("bitcoin")
+        assert isinstance(adapter, BitcoinAdapter)
+        return adapter.address_at(label, "0/0")
+    if chain == "ethereum":
+        return networks.hsm.address(label, "ethereum", "mainnet")
+    return str(Pubkey.from_bytes(networks.hsm.public_key(label)))
+
+
+def get_wallet(sessions: sessionmaker[Session], who: Principal,
+               wallet_id: str) -> Wallet:
+    with sessions() as s:
+        wallet = s.get(Wallet, wallet_id) if isinstance(wallet_id, str) else None
+        if wallet is None or wallet.tenant != who.tenant:
+            raise NotFound(f"no wallet {wallet_id!r}")
+        return wallet
+
+
+def list_wallets(sessions: sessionmaker[Session], who: Principal) -> list[Wallet]:
+    with sessions() as s:
+        return list(s.scalars(select(Wallet).where(Wallet.tenant == who.tenant).order_by(
+            Wallet.created_at)))
+
+
+def addresses(sessions: sessionmaker[Session], wallet: Wallet) -> list[DepositAddress]:
+    with sessions() as s:
+        return list(s.scalars(select(DepositAddress).where(
+            DepositAddress.wallet_id == wallet.id).order_by(DepositAddress.idx)))
+
+
+def new_address(sessions: sessionmaker[Session], networks: Networks,
+                wallet: Wallet, label: str) -> DepositAddress:
+    if not isinstance(label, str) or len(label) > 128 or not label.isprintable():
+        raise BadRequest("label: at most 128 printable characters")
+    if wallet.chain != "bitcoin":
+        raise BadRequest(f"a {wallet.chain} wallet is one account: its deposit address is "
+                         f"{wallet.address}")
+    adapter = networks.adapter("bitcoin")
+    assert isinstance(adapter, BitcoinAdapter)
+    known = addresses(sessions, wallet)
+    used = _used(adapter, wallet, known)
+    unused_tail = 0
+    for a in reversed(known):
+        if a.address in used:
+            break
+        unused_tail += 1
+    if unused_tail >= GAP_LIMIT:
+        raise Conflict(f"{GAP_LIMIT} addresses in a row are unused (the gap limit): reuse one "
+                       "of them or wait for a deposit")
+    for _ in range(3):
+        with sessions() as s:
+            index = (s.scalar(select(func.max(DepositAddress.idx)).where(
+                DepositAddress.wallet_id == wallet.id)) or 0) + 1
+        if index >= GAP_LIMIT * 50:
+            raise Conflict("this wallet has no more receive addresses in its scan window")
+        address = adapter.address_at(wallet.key_label, _path("bitcoin", index))
+        row = DepositAddress(wallet_id=wallet.id, idx=index, path=_path("bitcoin", index),
+                             address=address, label=label)
+        try:
+            with sessions.begin() as s:
+                s.add(row)
+            return row
+        except IntegrityError:
+            continue  # another request took this index: take the next
+    raise Conflict("address allocation contended; retry")
+
+
+def _used(adapter: BitcoinAdapter, wallet: Wallet, known: list[DepositAddress]) -> set[str]:
+    try:
+        coins = adapter.coins(wallet.key_label)
+    except ChainError as exc:
+        raise CustodyError(f"the Bitcoin node did not answer: {exc}") from None
+    paths = {c.path for c in coins}
+    return {a.address for a in known if a.path in paths}
+
+
+def balances(networks: Networks, wallet: Wallet) -> list[dict[str, Any]]:
+    """From the node, now: never a number kept here."""
+    from .units import to_text
+
+    out = []
+    adapter: Any = networks.adapter(wallet.chain)
+    for a in assets_of(wallet):
+        try:
+            if wallet.chain == "bitcoin":
+                coins = adapter.coins(wallet.key_label)
+                amount = sum(c.amount for c in coins)
+                extra: dict[str, Any] = {"utxos": len(coins)}
+            elif wallet.chain == "ethereum":
+                amount = adapter.client.balance(wallet.address) if a.asset == "ETH" else (
+                    adapter.client.erc20_balance(a.asset[len("ERC20:"):], wallet.address))
+                extra = {}
+            else:
+                amount = adapter.balance(wallet.address, a.asset)
+                extra = {}
+        except ChainError as exc:
+            raise CustodyError(f"the {wallet.chain} node did not answer: {exc}") from None
+        out.append({"symbol": a.symbol, "asset": a.asset, "amount": to_text(amount, a.decimals),
+                    "baseUnits": str(amount), **extra})
+    return out
