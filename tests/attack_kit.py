@@ -316,20 +316,21 @@ def write_summary(outcomes: list[Outcome], path: Path = ARTIFACTS / "attacks.jso
 
 
 def markdown_table(path: Path = ARTIFACTS / "attacks.json") -> str:
-    """The report's table: one row per attack, a column per chain (``python -m
-    tests.attack_kit`` prints it from the last run's summary)."""
+    """The report's table from the last run's summary (``python -m tests.attack_kit``):
+    one row per attack, a column per chain; "held" = refused with the expected code, the
+    refusal in the audit log, no balance moved."""
     rows = json.loads(path.read_text())["attacks"]
-    chains = sorted({r["chain"] for r in rows})
-    names = list(dict.fromkeys(r["attack"] for r in rows))
+    order = ["btc", "eth", "sol", "hsm-store"]
+    chains = sorted({r["chain"] for r in rows}, key=lambda c: (c not in order, order.index(c)
+                                                               if c in order else 0, c))
     cell = {(r["attack"], r["chain"]): r for r in rows}
-    lines = ["| attack | " + " | ".join(chains) + " |", "|---|" + "---|" * len(chains)]
-    for n in names:
-        cols = []
-        for c in chains:
-            r = cell.get((n, c))
-            cols.append("" if r is None else
-                        ("refused `" + str(r["code"]) + "`" if r["held"] else "**HELD NOT**"))
-        lines.append(f"| {n} | " + " | ".join(cols) + " |")
+    lines = ["| attack | refused with | " + " | ".join(chains) + " |",
+             "|---|---|" + "---|" * len(chains)]
+    for name in dict.fromkeys(r["attack"] for r in rows):
+        expected = next(r["expected"] for r in rows if r["attack"] == name)
+        cols = ["" if (name, c) not in cell else
+                "held" if cell[(name, c)]["held"] else "**NOT HELD**" for c in chains]
+        lines.append(f"| {name} | `{expected}` | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
