@@ -32,9 +32,12 @@ def demo(data_dir: Path = typer.Option(Path(".custody-demo"),
          ) -> None:
     """A treasury day end to end on local Bitcoin, Ethereum and Solana networks, through
     the API (in-process HSM, SQLite). Exits non-zero if any transfer did not confirm."""
+    import sys
+
     from .demo import run_demo
 
-    if not run_demo(data_dir, Console(), hold=hold):
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # logs keep the table
+    if not run_demo(data_dir, console, hold=hold):
         raise typer.Exit(1)
 
 
