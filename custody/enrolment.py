@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, String, Text, select, update
+from sqlalchemy import DateTime, String, Text, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
@@ -132,6 +132,15 @@ class Enrolments:
         if not done.rowcount:
             raise Conflict("this enrolment is not waiting for a passkey registration")
         return self.get(enrolment_id)
+
+    def drop_stale_registrations(self) -> int:
+        """Forget passkey registrations whose challenge expired (nobody finished them)."""
+        cutoff = datetime.fromtimestamp(self.clock() - REGISTRATION_SECONDS, UTC)
+        with self.sessions.begin() as s:
+            done = s.execute(delete(Enrolment).where(
+                Enrolment.status == EnrolmentStatus.REGISTERING,
+                Enrolment.created_at < cutoff))
+        return int(done.rowcount or 0)
 
     def _insert(self, row: Enrolment) -> Enrolment:
         try:

@@ -181,6 +181,12 @@ def test_a_passkey_enrols_and_approves(api: TestClient, treasury: str,
     assert api.post(f"/v1/enrolment/{eid}/passkey",
                     json={"credential": wrong}).status_code == 400
     challenge = base64.urlsafe_b64decode(options["challenge"] + "==")
+    for stranger in (SoftPasskey(origin="https://evil.example"), SoftPasskey(rp_id="evil.io")):
+        r = api.post(f"/v1/enrolment/{eid}/passkey",
+                     json={"credential": stranger.registration(challenge)})
+        assert r.status_code == 400, r.text
+    assert api.post(f"/v1/enrolment/{eid}/passkey", json={"credential": {
+        "id": "x", "rawId": "x", "type": "public-key", "response": {}}}).status_code == 400
     r = api.post(f"/v1/enrolment/{eid}/passkey",
                  json={"credential": passkey.registration(challenge)})
     assert r.status_code == 200 and r.json()["status"] == "PENDING", r.text

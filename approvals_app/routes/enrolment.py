@@ -25,7 +25,7 @@ from webauthn.helpers.decode_credential_public_key import (
     DecodedEC2PublicKey,
     decode_credential_public_key,
 )
-from webauthn.helpers.exceptions import InvalidRegistrationResponse
+from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
     AuthenticatorSelectionCriteria,
     ResidentKeyRequirement,
@@ -94,7 +94,9 @@ def enrolment_json(row: Enrolment) -> dict[str, Any]:
 
 
 def _room(store: Enrolments) -> None:
-    if len(store.find(EnrolmentStatus.PENDING)) >= MAX_OPEN:
+    store.drop_stale_registrations()
+    if len(store.find(EnrolmentStatus.PENDING)) + len(
+            store.find(EnrolmentStatus.REGISTERING)) >= MAX_OPEN:
         raise RateLimited("too many enrolments wait for a decision; try again later")
 
 
@@ -140,7 +142,7 @@ def passkey_finish(enrolment_id: str, body: PasskeyFinishBody, store: Store,
             expected_origin=list(settings.webauthn_origins),
             supported_pub_key_algs=[COSEAlgorithmIdentifier.ECDSA_SHA_256])
         key = decode_credential_public_key(verified.credential_public_key)
-    except (InvalidRegistrationResponse, ValueError, KeyError, TypeError) as exc:
+    except (WebAuthnException, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadRequest(f"passkey registration does not verify: {exc}") from None
     if not isinstance(key, DecodedEC2PublicKey) or key.crv != 1:
         raise BadRequest("passkey must be an ES256 (P-256) key")
