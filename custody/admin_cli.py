@@ -97,11 +97,33 @@ def request_cancel(request_id: str, url: str = URL) -> None:
 
 @policy_app.command("explain")
 def policy_explain(policy: Path) -> None:
-    """Say in plain words what a policy file requires (parsed by the HSM's parser)."""
+    """Say in plain words what a policy file requires (parsed by the HSM's parser).
+
+    The file is either an SKA policy (seed 003's shape) or a treasury wallet's tier
+    configuration (``chain``, ``traders``, ``compliance``, ``tiers``, optional ``tokens``,
+    ``hold``, timeouts - the body of ``POST /v1/wallets``' ``policy`` plus ``chain`` and
+    ``tokens``), which is first turned into the SKA policy the wallet's key would get."""
+    from .errors import CustodyError
+    from .treasury.policy import treasury_policy
+    from .treasury.wallets import NATIVE, token_assets
+
+    document = _load(policy)
+    decimals: dict[str, int] = {}
     try:
-        lines = explain(_load(policy))
+        if isinstance(document, dict) and "tiers" in document:
+            chain = document.get("chain")
+            if chain not in NATIVE:
+                raise CustodyError(f"a tier configuration names its chain: {sorted(NATIVE)}")
+            assets = [NATIVE[chain], *token_assets(chain, document.get("tokens"))]
+            decimals = {a.asset: a.decimals for a in assets}
+            document = treasury_policy({k: v for k, v in document.items()
+                                        if k not in ("chain", "tokens")}, assets)
+        lines = explain(document, decimals)
     except HsmError as exc:
         Console(stderr=True).print(f"[red]invalid policy: {exc.reason}[/]")
+        raise typer.Exit(1) from None
+    except CustodyError as exc:
+        Console(stderr=True).print(f"[red]invalid tier configuration: {exc.reason}[/]")
         raise typer.Exit(1) from None
     for line in lines:
         Console().print(line, highlight=False)

@@ -6,6 +6,7 @@ returns lines of text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -18,8 +19,8 @@ ACTION_WORDS = {Action.USE: "Signing (use)", Action.BLOCK: "Blocking the key",
                 Action.UNBLOCK: "Unblocking the key", Action.MODIFY: "Changing this policy"}
 
 
-def amount(asset: str, units: int) -> str:
-    decimals = DECIMALS.get(asset)
+def amount(asset: str, units: int, known: Mapping[str, int] | None = None) -> str:
+    decimals = (known or {}).get(asset, DECIMALS.get(asset))
     if not decimals:
         return f"{units:,} {asset} base units"
     value = Decimal(units).scaleb(-decimals).normalize()
@@ -33,16 +34,17 @@ def duration(seconds: int) -> str:
     return f"{seconds} s"
 
 
-def explain(document: dict[str, Any]) -> list[str]:
+def explain(document: dict[str, Any], decimals: Mapping[str, int] | None = None) -> list[str]:
+    """``decimals``: asset id -> decimals for assets beyond the well-known ones (tokens)."""
     policy = parse_policy(document)
     lines = [f"Policy {policy.digest[:16]} - the key is currently "
              f"{'BLOCKED' if policy.blocked else 'usable'}."]
     for action in Action:
-        lines.extend(_rule(policy, action))
+        lines.extend(_rule(policy, action, decimals or {}))
     return lines
 
 
-def _rule(policy: Policy, action: Action) -> list[str]:
+def _rule(policy: Policy, action: Action, known: Mapping[str, int]) -> list[str]:
     rule = policy.rule(action)
     head = ACTION_WORDS[action]
     if rule is None:
@@ -51,13 +53,13 @@ def _rule(policy: Policy, action: Action) -> list[str]:
                 "(no rule)."]
     out = [f"{head}: any one of these {len(rule.tokens)} way(s):"]
     for i, token in enumerate(rule.tokens, 1):
-        out.append(f"  {i}. {_token(token)}")
+        out.append(f"  {i}. {_token(token, known)}")
     return out
 
 
-def _token(token: Token) -> str:
+def _token(token: Token, known: Mapping[str, int]) -> str:
     parts = []
-    when = _conditions(token.conditions)
+    when = _conditions(token.conditions, known)
     parts.append(f"'{token.name or 'unnamed'}'" + (f" when {when}" if when else ""))
     if not token.groups:
         parts.append("signed at once, no approvals")
@@ -71,21 +73,22 @@ def _token(token: Token) -> str:
     return "; ".join(parts) + "."
 
 
-def _conditions(c: Conditions) -> str:
+def _conditions(c: Conditions, known: Mapping[str, int]) -> str:
     words = []
     for b in c.amounts:
         if b.max is None:
-            words.append(f"{b.asset} amount is at least {amount(b.asset, b.min)}" if b.min
-                         else f"the transfer is in {b.asset}")
+            words.append(f"{b.asset} amount is at least {amount(b.asset, b.min, known)}"
+                         if b.min else f"the transfer is in {b.asset}")
         elif b.min:
-            words.append(f"{b.asset} amount is between {amount(b.asset, b.min)} and "
-                         f"{amount(b.asset, b.max)}")
+            words.append(f"{b.asset} amount is between {amount(b.asset, b.min, known)} and "
+                         f"{amount(b.asset, b.max, known)}")
         else:
-            words.append(f"{b.asset} amount is at most {amount(b.asset, b.max)}")
+            words.append(f"{b.asset} amount is at most {amount(b.asset, b.max, known)}")
     if c.destinations is not None:
         words.append(f"every destination is one of {len(c.destinations)} allowed address(es)")
     for v in c.velocity:
-        words.append(f"at most {amount(v.asset, v.max)} in any {duration(v.window_seconds)}")
+        words.append(f"at most {amount(v.asset, v.max, known)} in any "
+                     f"{duration(v.window_seconds)}")
     for f in c.max_fee:
-        words.append(f"the fee is at most {amount(f.asset, f.max)}")
+        words.append(f"the fee is at most {amount(f.asset, f.max, known)}")
     return " and ".join(words)

@@ -43,7 +43,7 @@ def assets_of(wallet: Wallet) -> list[AssetInfo]:
             for a in wallet.assets]
 
 
-def _token_assets(chain: str, tokens: Any) -> list[AssetInfo]:
+def token_assets(chain: str, tokens: Any) -> list[AssetInfo]:
     if tokens is None:
         return []
     if not isinstance(tokens, list) or len(tokens) > 20:
@@ -79,7 +79,7 @@ def create_wallet(sessions: sessionmaker[Session], networks: Networks,
     if not isinstance(name, str) or not _NAME.match(name):
         raise BadRequest("name: 1-64 letters, digits, '_', '.', '-'")
     networks.check(chain, network)
-    assets = [NATIVE[chain], *_token_assets(chain, tokens)]
+    assets = [NATIVE[chain], *token_assets(chain, tokens)]
     if len({a.symbol for a in assets}) != len(assets):
         raise BadRequest("asset symbols must be unique in a wallet")
     ska = treasury_policy(policy, assets)  # refused here, before any key exists
