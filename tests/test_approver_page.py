@@ -3,7 +3,8 @@
 One server and one enrolled browser for the module: the page enrols (WebCrypto key in
 IndexedDB), an administrator confirms it, the key's admins approve the policy change
 that adds it to the traders, and then tasks arrive over SSE and are approved, rejected
-or - when the broker alters a challenge - refused. Screenshots of each step go to
+or - when the broker alters a challenge - refused; the second approver of the medium
+transfer is the `custody approver` CLI. Screenshots of each step go to
 ``tests/artifacts/approver_page/``.
 """
 
@@ -22,9 +23,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from typer.testing import CliRunner
 
 from approvals_app.main import create_app
 from approvals_app.settings import Settings
+from custody.approver_cli import approver_app
+from custody.approver_keys import load_key
 from custody.broker import REJECT_PREFIX
 from hsm_emulator import Hsm
 from hsm_emulator.decoders import transfer_payload
@@ -36,6 +40,7 @@ from tests.test_serve import free_port
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts" / "approver_page"
 ADMIN = bearer("key_admin", sub="alice-admin")
+CLI_PASSPHRASE = "the cli approver's test passphrase"
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
@@ -51,9 +56,17 @@ class World:
     base: str
     http: httpx.Client
     hsm_fp: str
-    traders: list[Approver]
+    traders: list[Approver]  #: [the `custody approver` CLI's key, a Python approver]
     admins: list[Approver]
     browser: Any
+    cli_env: dict[str, str]
+
+    def cli(self, *args: str) -> str:
+        """``custody approver ...`` (the other engineer's CLI), against this server."""
+        result = CliRunner().invoke(approver_app, [*args, "--server", str(self.http.base_url)],
+                                    env=self.cli_env)
+        assert result.exit_code == 0, result.output
+        return result.output
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +85,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     deadline = time.time() + 10
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    traders = [Approver.new("trader-1"), Approver.new("trader-2", "ED25519")]
+    cli_env = {"CUSTODY_APPROVER_KEY": str(tmp / "cli-trader.pem"),
+               "CUSTODY_APPROVER_PASSPHRASE": CLI_PASSPHRASE}
+    made = CliRunner().invoke(approver_app, ["init", "--type", "p256"], env=cli_env)
+    assert made.exit_code == 0, made.output
+    cli_key = load_key(tmp / "cli-trader.pem", CLI_PASSPHRASE).private
+    traders = [Approver("cli-trader", cli_key), Approver.new("trader-2", "ED25519")]
     admins = [Approver.new("admin-1"), Approver.new("admin-2")]
     policy = tiered_policy(traders, [Approver.new("compliance")], admins=admins)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http, \
@@ -83,7 +101,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         der = base64.b64decode(http.get("/v1/hsm").json()["identityPublicKey"])
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                      args=["--no-sandbox"])
-        yield World(base, http, hashlib.sha256(der).hexdigest(), traders, admins, browser)
+        world = World(base, http, hashlib.sha256(der).hexdigest(), traders, admins, browser,
+                      cli_env)
+        world.cli("pin-hsm", "--expect-fingerprint", world.hsm_fp)
+        yield world
         browser.close()
     server.should_exit = True
     thread.join(timeout=10)
@@ -164,8 +185,8 @@ def page(world: World) -> Iterator[Any]:
     context.close()
 
 
-def test_medium_transfer_released_by_browser_and_python_approver(world: World,
-                                                                 page: Any) -> None:
+def test_medium_transfer_released_by_browser_and_cli_approver(world: World,
+                                                              page: Any) -> None:
     start = time.perf_counter()
     request_id = submit(world, 1000)
     task = page.wait_for_selector(f'li.task[data-id="{request_id}"]', timeout=10_000)
@@ -183,7 +204,8 @@ def test_medium_transfer_released_by_browser_and_python_approver(world: World,
     page.wait_for_selector("#outcome:not([hidden])")
     assert page.text_content("#outcome") == "Approved: request is PENDING"
     shot(page, "06-approved")
-    assert python_answer(world, world.traders[0], request_id) == "EXECUTED"
+    out = world.cli("approve", request_id, "--yes")  # the second approver: the CLI
+    assert f"approved {request_id}: request is now EXECUTED" in " ".join(out.split())
     body = request_status(world, request_id)
     assert body["status"] == "EXECUTED" and len(body["approvedBy"]) == 2
     page.click("#back")
