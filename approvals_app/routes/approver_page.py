@@ -8,7 +8,19 @@ the HSM verifies the signature itself.
 
 Everything this router adds to a task (who approved, tiers, deadlines) is the broker's
 word, shown as such; what is signed is the HSM-signed challenge, which the page verifies
-with the HSM key it pinned at enrolment (see ``approver_page/app.js``).
+with WebCrypto before it offers Approve or Reject.
+
+Where the HSM identity key comes from: it is pinned *once*, at enrolment, and never
+fetched again. The page reads ``GET /v1/hsm``, refuses it unless it matches the
+fingerprint in the enrolment link (``/approver/#hsm=<sha256 hex>``, which the security
+officer hands out with the link, out of band), shows the fingerprint, and stores the key
+in IndexedDB beside the device key. The administrator who confirms the enrolment must
+restate the HSM fingerprint, and a device that pinned another key is refused. So a broker
+that later swaps the key or alters a challenge is caught by the page; one that lies at
+enrolment is caught by the link's pin or by the administrator. The remaining trust is in
+the page's own code, which this origin serves: for the full guarantee, serve
+``approver_page/`` from a separate static origin the broker cannot write to.
+Approvals are not gated by enrolment here: the HSM verifies every one itself.
 """
 
 from __future__ import annotations
