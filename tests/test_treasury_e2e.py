@@ -8,6 +8,7 @@ balances from LiteSVM.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -303,3 +304,31 @@ def test_deposit_addresses_respect_the_gap_limit(api: TestClient, nets: LocalNet
     listed = api.get(f"/v1/wallets/{w['id']}/addresses", headers=DESK).json()
     assert [a["path"] for a in listed] == [f"0/{i}" for i in range(21)]
     assert len({a["address"] for a in listed}) == 21
+
+
+def test_webhooks_report_every_state_signed(api: TestClient, nets: LocalNets,
+                                            btc_wallet: dict[str, Any]) -> None:
+    from custody.treasury.webhooks import verify
+    from tests.test_treasury_webhooks import Receiver
+
+    receiver = Receiver()
+    try:
+        r = api.post("/v1/webhooks", json={"url": receiver.url}, headers=DESK)
+        assert r.status_code == 201, r.text
+        hook = r.json()
+        t = transfer(api, btc_wallet["id"], "BTC", "0.2", BURN)
+        _mine_until_confirmed(api, nets, t)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            states = [json.loads(body)["transfer"]["state"] for _h, body in receiver.seen
+                      if json.loads(body)["transfer"]["id"] == t["id"]]
+            if "confirmed" in states:
+                break
+            time.sleep(0.2)
+        assert states == ["requested", "signed", "broadcast", "confirmed"]
+        for headers, body in receiver.seen:
+            assert verify(hook["secret"], headers["x-custody-signature"], body, time.time())
+        listed = api.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=DESK).json()
+        assert {d["status"] for d in listed} == {"delivered"}
+    finally:
+        receiver.server.shutdown()
