@@ -192,15 +192,15 @@ class Treasury:
         if t.sign_request_id:
             return self.broker.get(t.sign_request_id)
         with self.sessions() as s:
-            for row in s.scalars(select(SignRequest).where(
-                    SignRequest.key_label == wallet.key_label,
-                    SignRequest.payload_b64 == t.payload_b64)):
-                if (row.meta_data or {}).get("transferId") == t.id:
-                    s.expunge(row)
-                    with self.sessions.begin() as w:
-                        w.execute(update(TransferRecord).where(
-                            TransferRecord.id == t.id).values(sign_request_id=row.id))
-                    return row
+            rows = list(s.scalars(select(SignRequest).where(
+                SignRequest.key_label == wallet.key_label,
+                SignRequest.payload_b64 == t.payload_b64)))
+        for row in rows:
+            if (row.meta_data or {}).get("transferId") == t.id:
+                with self.sessions.begin() as w:
+                    w.execute(update(TransferRecord).where(
+                        TransferRecord.id == t.id).values(sign_request_id=row.id))
+                return row
         return None
 
     def on_request_change(self, row: SignRequest) -> None:
