@@ -200,7 +200,9 @@ def balances(networks: Networks, wallet: Wallet) -> list[dict[str, Any]]:
             if wallet.chain == "bitcoin":
                 coins = adapter.coins(wallet.key_label)
                 amount = sum(c.amount for c in coins)
-                extra: dict[str, Any] = {"utxos": len(coins)}
+                extra: dict[str, Any] = {"utxos": len(coins), "coins": [
+                    {"outpoint": f"{c.txid}:{c.vout}", "amount": to_text(c.amount, 8),
+                     "path": c.path} for c in coins]}
             elif wallet.chain == "ethereum":
                 amount = adapter.client.balance(wallet.address) if a.asset == "ETH" else (
                     adapter.client.erc20_balance(a.asset[len("ERC20:"):], wallet.address))
