@@ -6,11 +6,13 @@ is always a 4xx; a 5xx means the service itself is unwell.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from custody.errors import CustodyError
@@ -30,12 +32,15 @@ STATUS = {
 }
 
 
-def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None,
+            **extra: Any) -> JSONResponse:
     body = {"type": f"urn:ska-custody:problem:{code}", "title": code, "status": status,
             "detail": detail, "code": code, **extra}
-    headers = {"Retry-After": "5"} if status in (429, 503) else None
+    out = dict(headers or {})
+    if status in (429, 503):
+        out["Retry-After"] = "5"
     return JSONResponse(body, status_code=status, media_type="application/problem+json",
-                        headers=headers)
+                        headers=out)
 
 
 def _count(req: Request, code: str) -> None:
@@ -68,5 +73,21 @@ def install(app: FastAPI) -> None:
                        errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, f"http.{exc.status_code}", str(exc.detail))
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110 15.5.6: say which methods are allowed
+            headers["Allow"] = _allowed(req)
+        return problem(exc.status_code, f"http.{exc.status_code}", str(exc.detail),
+                       headers=headers)
+
+
+def _allowed(req: Request) -> str:
+    """Every method of every route on this path. Starlette's own ``Allow`` lists only the
+    first route's, wrong for a path served by two (GET and DELETE /v1/request/{id})."""
+    path = req.scope.get("path", "")
+    methods: set[str] = set()
+    for route in iter_route_contexts(req.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
