@@ -115,7 +115,9 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     problems.install(app)
     for module in (keys, sign, approvals, requests, events, audit, health, treasury_routes,
                    enrolment, approver_page):
-        app.include_router(module.router)
+        # every refusal is problem+json (problems.install): the spec says so, per route
+        app.include_router(module.router, responses=None if module is health
+                           else problems.REFUSALS)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Any:

@@ -7,12 +7,14 @@ is always a 4xx; a 5xx means the service itself is unwell.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from custody.errors import CustodyError
@@ -29,7 +31,36 @@ STATUS = {
     "hsm.tamper_detected": 500,
     "custody.bad_request": 400, "custody.unauthorized": 401, "custody.forbidden": 403,
     "custody.not_found": 404, "custody.conflict": 409, "custody.rate_limited": 429,
+    "custody.unavailable": 503,
 }
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """The body of every refusal (RFC 9457), with ``field``, ``missing`` or ``errors``
+    added where they help."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of the problem+json refusals a route can give, so the spec
+    says what the service really answers (and fuzzers can hold it to that)."""
+    schema = Problem.model_json_schema()
+    return {code: {"description": HTTPStatus(code).phrase,
+                   "content": {PROBLEM_JSON: {"schema": schema}}} for code in codes}
+
+
+#: What any API route may answer besides success: bad input, authentication and roles,
+#: unknown ids, state conflicts, an invalidated key, the failure limiter, and an HSM
+#: that is locked or unreachable.
+REFUSALS = responses(400, 401, 403, 404, 409, 410, 422, 429, 503)
 
 
 def problem(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None,
@@ -39,8 +70,7 @@ def problem(status: int, code: str, detail: str, headers: Mapping[str, str] | No
     out = dict(headers or {})
     if status in (429, 503):
         out["Retry-After"] = "5"
-    return JSONResponse(body, status_code=status, media_type="application/problem+json",
-                        headers=out)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=out)
 
 
 def _count(req: Request, code: str) -> None:

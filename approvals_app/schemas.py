@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 B64_MAX = 1_500_000  #: a 1 MiB payload, base64-encoded, with room
 CRED_MAX = 16_384
+#: Exactly what ``base64.b64decode(..., validate=True)`` accepts, declared in the OpenAPI
+#: spec so clients (and fuzzers) know a base64 field before the validator says so.
+B64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+B64_SCHEMA = {"pattern": B64_PATTERN}
 
 
 class Strict(BaseModel):
@@ -37,7 +41,7 @@ class KeyCreate(Strict):
 
 
 class SignRequestBody(Strict):
-    payload: str = Field(max_length=B64_MAX)
+    payload: str = Field(max_length=B64_MAX, json_schema_extra=B64_SCHEMA)
     payloadType: str = Field(default="UNSPECIFIED", max_length=128)
     signKeyName: str = Field(min_length=1, max_length=128)
     signatureAlgorithm: str | None = Field(default=None, max_length=64)
@@ -76,7 +80,7 @@ class TaskFilter(Strict):
 class ApprovalBody(Strict):
     id: str = Field(max_length=64)
     approvalToBeSigned: str = Field(max_length=400_000)
-    signature: str = Field(max_length=4096)
+    signature: str = Field(max_length=4096, json_schema_extra=B64_SCHEMA)
     approvalDigestAlgorithm: str = Field(default="SHA-256", max_length=16)
     approverCertificate: str = Field(max_length=CRED_MAX)
 

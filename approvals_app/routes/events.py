@@ -21,7 +21,9 @@ KEEPALIVE_SECONDS = 15.0
 POLL_SECONDS = 0.5
 
 
-@router.get("/approver/events")
+@router.get("/approver/events", response_class=StreamingResponse, responses={
+    200: {"description": "Server-sent events: `tasks`, then `task` per change",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def approver_events(
     request: Request,
     timestamp: str = Query(max_length=64),

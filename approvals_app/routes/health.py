@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -17,7 +17,11 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {
+    "description": "The database or the HSM does not answer",
+    "content": {"application/json": {"schema": {"type": "object", "properties": {
+        "status": {"const": "unavailable"},
+        "problems": {"type": "array", "items": {"type": "string"}}}}}}}})
 def readyz(request: Request) -> JSONResponse:
     problems = []
     try:
@@ -35,7 +39,7 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     registry = request.app.state.metrics.registry
