@@ -15,10 +15,13 @@ from fastapi import APIRouter, Query, Request
 from approvals_app.auth import CurrentPrincipal, require
 
 router = APIRouter(prefix="/v1", tags=["audit"])
+#: Audit sequence numbers are SQLite/PostgreSQL 64-bit integers; a larger ``start`` is
+#: refused here (422) rather than overflowing in the HSM's store (a 500).
+MAX_SEQ = 2**63 - 1
 
 
 @router.get("/audit")
-def audit(request: Request, who: CurrentPrincipal, start: int = Query(1, ge=1),
+def audit(request: Request, who: CurrentPrincipal, start: int = Query(1, ge=1, le=MAX_SEQ),
           limit: int = Query(1000, ge=1, le=10_000)) -> dict[str, Any]:
     require(who, "auditor", "security_officer")
     hsm = request.app.state.hsm
