@@ -33,7 +33,7 @@ from hsm_emulator.errors import ApprovalRefused, HsmError, PolicyNotMet, Request
 from hsm_emulator.evaluate import Evaluation
 from hsm_emulator.flow import Approval
 from hsm_emulator.model import Action
-from hsm_emulator.policy import Policy, parse_policy
+from hsm_emulator.policy import Policy, Rule, parse_policy
 
 from .db import FINAL, ApprovalRecord, SeenTimestamp, SignRequest, Status
 from .errors import Conflict, CustodyError, Forbidden, NotFound
@@ -325,12 +325,16 @@ class Broker:
             self.on_change(self.get(request_id))
 
     def _wait(self, row: SignRequest, ev: Evaluation) -> None:
-        """Not releasable yet: note when the clock alone could change that."""
+        """Not releasable yet: note when the clock alone could change that - a hold that
+        ends, or a timeout that passes. Without the timeouts a request nobody answers (or
+        one whose release a crash cut short) would stay PENDING for ever."""
         waits = []
         for t in ev.tokens:
             if t.attainable and all(g.met for g in t.groups) and t.hold_remaining > 0:
                 waits.append(t.hold_remaining)
-        wake = self.clock() + min(waits) if waits else None
+        now = self.clock()
+        wakes = [now + w for w in waits] + self._timeouts(row, ev, now)
+        wake = min(wakes) if wakes else None
         status = Status.APPROVED if waits else Status.PENDING
         with self.sessions.begin() as s:
             s.execute(update(SignRequest).where(
@@ -342,6 +346,18 @@ class Broker:
         if wake is not None:
             with self._wake:
                 self._wake.notify_all()
+
+    def _timeouts(self, row: SignRequest, ev: Evaluation, now: float) -> list[float]:
+        """When each still attainable token times out (just after: the HSM's test is
+        strict); if the HSM's clock lags ours, look again a second later."""
+        try:
+            rule = self._rule(row.key_label, row.action)
+        except HsmError:
+            return []
+        tokens = rule.tokens if rule is not None else ()
+        return [max(row.hsm_time + tok.timeout + 1.0, now + 1.0)
+                for tok, status in zip(tokens, ev.tokens, strict=False)
+                if tok.timeout and status.attainable]
 
     def _retry_later(self, request_id: str, seconds: float) -> None:
         with self.sessions.begin() as s:
@@ -397,14 +413,17 @@ class Broker:
         """Fingerprints of every approver in the key's rule for ``action``."""
         return self._rule_members(label, action)
 
-    def _rule_members(self, label: str, action: str) -> frozenset[str]:
+    def _rule(self, label: str, action: str) -> Rule | None:
         info = self.hsm.get_key(label)
         key = (label, info.policy_digest)
         policy = self._policies.get(key)
         if policy is None:
             policy = parse_policy({k: v for k, v in info.policy.items() if k != "keyStatus"})
             self._policies[key] = policy
-        rule = policy.rule(Action(action))
+        return policy.rule(Action(action))
+
+    def _rule_members(self, label: str, action: str) -> frozenset[str]:
+        rule = self._rule(label, action)
         if rule is None:
             return frozenset()
         return frozenset(a.fingerprint for t in rule.tokens for g in t.groups
