@@ -20,16 +20,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from chains.errors import ChainError
 from hsm_emulator.client import HsmClient
 from hsm_emulator.credentials import Credential, parse_credential, verify, verify_timestamp
-from hsm_emulator.errors import ApprovalRefused, HsmError, PolicyNotMet, RequestClosed
+from hsm_emulator.errors import (
+    ApprovalRefused,
+    HsmError,
+    PolicyNotMet,
+    RequestClosed,
+    TransportError,
+)
 from hsm_emulator.evaluate import Evaluation
 from hsm_emulator.flow import Approval
 from hsm_emulator.model import Action
@@ -251,6 +257,8 @@ class Broker:
             ev = self.hsm.request_status(request_id, approvals, rejected)
         except RequestClosed:
             return self._recover(row)
+        except TransportError:
+            self._unreachable(row.id)
         except HsmError as exc:
             return self._fail(request_id, exc)
         if ev.released:
@@ -284,6 +292,8 @@ class Broker:
             return self._recover(row)
         except PolicyNotMet:  # the clock moved between status and execute: look again
             return self.advance(row.id)
+        except TransportError:  # outcome unknown: the retry finds it (request_result)
+            self._unreachable(row.id)
         except HsmError as exc:
             return self._fail(row.id, exc)
         self._finish(row.id, Status.EXECUTED, signatures=result.signatures,
@@ -302,6 +312,13 @@ class Broker:
         self._finish(row.id, Status.EXECUTED, signatures=result.signatures,
                      approved_by=list(result.approved_by), executed_at=result.executed_at)
         return self.get(row.id)
+
+    def _unreachable(self, request_id: str) -> NoReturn:
+        """The HSM is down, not refusing: an outage must not end a request. Look again
+        later (the scheduler retries), and tell the caller to retry (503)."""
+        self._retry_later(request_id, RETRY_SECONDS)
+        raise TransportError(f"the HSM is unreachable; request {request_id} is kept and "
+                             "retried")
 
     def _fail(self, request_id: str, exc: HsmError) -> SignRequest:
         self._finish(request_id, Status.FAILED, error=f"{exc.code}: {exc.reason}")
@@ -397,7 +414,7 @@ class Broker:
             try:
                 self.tick()
                 wake = self.next_wake()
-            except (CustodyError, HsmError, OSError):
+            except (CustodyError, HsmError, OSError, SQLAlchemyError):  # an outage: go on
                 wake = None
             delay = max_sleep if wake is None else max(0.0, min(max_sleep, wake - self.clock()))
             with self._wake:
