@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from approvals_app.auth import CurrentPrincipal, require
+from approvals_app.auth import ROLES, CurrentPrincipal, require
 from approvals_app.routes.sign import IdempotencyKey
 from approvals_app.schemas import KeyCreate
 from custody.errors import BadRequest
@@ -72,6 +72,7 @@ def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal,
 
 @router.get("/key/{label}")
 def get_key(label: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
+    require(who, *ROLES)  # a valid token without a custody role reads nothing
     hsm = request.app.state.hsm
     info = hsm.get_key(label)
     return key_json(info, hsm.attest(label).to_json())
@@ -80,6 +81,7 @@ def get_key(label: str, request: Request, who: CurrentPrincipal) -> dict[str, An
 @router.get("/key/{label}/address")
 def key_address(label: str, request: Request, who: CurrentPrincipal, kind: str,
                 network: str = "mainnet", path: str = "") -> dict[str, str]:
+    require(who, *ROLES)
     hsm = request.app.state.hsm
     return {"label": label, "path": path, "kind": kind, "network": network,
             "address": hsm.address(label, kind, network, path)}
