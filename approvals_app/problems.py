@@ -113,11 +113,14 @@ def install(app: FastAPI) -> None:
 
 def _allowed(req: Request) -> str:
     """Every method of every route on this path. Starlette's own ``Allow`` lists only the
-    first route's, wrong for a path served by two (GET and DELETE /v1/request/{id})."""
+    first route's, wrong for a path served by two (GET and DELETE /v1/request/{id}). As
+    OpenAPI matches paths, a concrete one (``/v1/enrolment/passkey``) hides a template
+    that would also match (``/v1/enrolment/{enrolment_id}``)."""
     path = req.scope.get("path", "")
-    methods: set[str] = set()
+    found: list[tuple[str, set[str]]] = []
     for route in iter_route_contexts(req.app.router.routes):
         regex = getattr(route, "path_regex", None)
-        if route.methods and regex is not None and regex.match(path):
-            methods |= route.methods
-    return ", ".join(sorted(methods))
+        if route.methods and route.path and regex is not None and regex.match(path):
+            found.append((route.path, route.methods))
+    concrete = [m for p, m in found if "{" not in p]
+    return ", ".join(sorted(set[str]().union(*(concrete or [m for _, m in found]))))
