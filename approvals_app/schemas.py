@@ -11,14 +11,13 @@ import binascii
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.json_schema import JsonDict
 
 B64_MAX = 1_500_000  #: a 1 MiB payload, base64-encoded, with room
 CRED_MAX = 16_384
 #: Exactly what ``base64.b64decode(..., validate=True)`` accepts, declared in the OpenAPI
 #: spec so clients (and fuzzers) know a base64 field before the validator says so.
 B64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
-B64_SCHEMA: JsonDict = {"pattern": B64_PATTERN}
+B64_SCHEMA: dict[str, Any] = {"pattern": B64_PATTERN}
 
 
 class Strict(BaseModel):
