@@ -103,7 +103,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     def _broker(self) -> Broker:
         sessions = make_sessions(make_engine(self.db_url))
-        return Broker(self.dying, sessions, clock=self.clock.now)  # type: ignore[arg-type]
+        return Broker(self.dying, sessions, clock=self.clock.now)
 
     def teardown(self) -> None:
         try:
@@ -128,7 +128,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     @initialize(target=requests, amount=st.sampled_from(AMOUNTS[1:]))
     def first(self, amount: int) -> str:
-        return self.create(amount)
+        return str(self.create(amount))
 
     #: outsiders, rejections and power cuts drawn less often than plain approvals, so
     #: runs of a few steps still reach quorums and releases

@@ -78,7 +78,7 @@ class Recorder:
         self.texts: list[str] = []
 
     def __call__(self, method: str, url: str, **kwargs: Any) -> Response:
-        r = self.client.request(method, url, **kwargs)
+        r: Response = self.client.request(method, url, **kwargs)
         self.texts.append(r.text)
         self.texts.append(repr(dict(r.headers)))
         return r
