@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from custody.errors import CustodyError
@@ -79,7 +81,20 @@ def _count(req: Request, code: str) -> None:
         metrics.refusals.labels(code).inc()
 
 
+#: Database errors that mean "the database is unavailable" (down, restarting, pool
+#: exhausted, locked), not "this request is wrong": 503 with Retry-After, like the HSM's.
+DB_OUTAGES = (OperationalError, InterfaceError, PoolTimeout)
+
+
 def install(app: FastAPI) -> None:
+    async def _database(req: Request, exc: Exception) -> JSONResponse:
+        _count(req, "custody.database_unavailable")
+        return problem(503, "custody.database_unavailable",
+                       f"the database is unavailable ({type(exc).__name__}); retry shortly")
+
+    for outage in DB_OUTAGES:
+        app.add_exception_handler(outage, _database)
+
     @app.exception_handler(HsmError)
     async def _hsm(req: Request, exc: HsmError) -> JSONResponse:
         _count(req, exc.code)

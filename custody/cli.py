@@ -107,6 +107,11 @@ def worker() -> None:
     signal.signal(signal.SIGINT, on_signal)
     Console().print("release and transfer worker running")
     threads = start_workers(broker, treasury, stop)
+    from approvals_app.recovery import run_sweeper, sweep_interval  # crash leftovers
+
+    threads.append(threading.Thread(target=run_sweeper, args=(broker, stop, sweep_interval()),
+                                    name="recovery-sweep", daemon=True))
+    threads[-1].start()
     while not stop.wait(1.0):
         pass
     for thread in threads:

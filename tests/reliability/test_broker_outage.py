@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from custody.broker import RETRY_SECONDS, Broker, Principal
+from custody.broker import RETRY_SECONDS, Broker
 from custody.db import Status, make_engine, make_sessions
 from hsm_emulator import Hsm, ManualClock
 from hsm_emulator.decoders import transfer_payload
 from hsm_emulator.errors import TransportError
 from hsm_emulator.model import Action
 from tests.conftest import SO, TEST_PASSPHRASE
-from tests.helpers import Approver, tiered_policy
+from tests.helpers import Approver
 
-DESK = Principal("desk-user", "desk-1", frozenset({"business"}))
+from .local import DESK, treasury
 
 
 class UnpluggableHsm:
@@ -52,11 +52,8 @@ class UnpluggableHsm:
 def test_an_hsm_outage_keeps_the_request_and_it_releases_on_return(
         tmp_path: Path, clock: ManualClock) -> None:
     traders = [Approver.new(n) for n in ("t1", "t2", "t3")]
-    hsm = Hsm.open(tmp_path / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO, clock=clock)
-    hsm.create_key("treasury", "SECP256K1", policy=tiered_policy(traders, [Approver.new("c")]))
-    cable = UnpluggableHsm(hsm)
-    broker = Broker(cable, make_sessions(make_engine(f"sqlite:///{tmp_path / 'b.sqlite'}")),  # type: ignore[arg-type]
-                    clock=clock.now)
+    hsm, broker = treasury(tmp_path, clock, traders, UnpluggableHsm)
+    cable: UnpluggableHsm = broker.hsm  # type: ignore[assignment]
     try:
         row = broker.submit(DESK, "treasury", Action.USE, transfer_payload("TST", 1000, "bob"),
                             "TEST_TRANSFER", None, None)
