@@ -1,0 +1,130 @@
+"""The kill -9 loop: mixed traffic while the API, the worker and the HSM process are
+SIGKILLed at random points and restarted; after every iteration, the invariants.
+
+    python -m tests.reliability.killloop --db sqlite|postgres --iterations N --seed S
+
+One JSON object per line per iteration, then a summary line. Exit status 1 if any
+invariant was violated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+from typing import Any
+
+from .cluster import Cluster
+from .invariants import Hook, check, observe, orphans
+from .traffic import Desk, GaveUp, Ledger, Scenario, run_traffic
+
+FINAL = frozenset({"EXECUTED", "FAILED", "EXPIRED", "REJECTED", "CANCELLED"})
+#: Client threads of traffic during an iteration.
+CLIENTS = 2
+#: A request must reach its final state this long after the restart.
+SETTLE_SECONDS = 30.0
+#: Creates replayed with their Idempotency-Key after each iteration.
+REPLAYS = 4
+
+
+def victims(rng: random.Random) -> list[str]:
+    chosen = [n for n, p in (("hsm", 0.3), ("api0", 0.8), ("worker", 0.6)) if rng.random() < p]
+    return chosen or ["api0"]
+
+
+def settle(desk: Desk, scenarios: list[Scenario]) -> None:
+    """Resume what the crash interrupted, then wait for every request to be final."""
+    for s in scenarios:
+        for _ in range(2):
+            try:
+                if not s.complete:
+                    desk.drive(s)
+                break
+            except (GaveUp, AssertionError) as exc:
+                desk.ledger.note(f"resume: {str(exc)[:80]}")
+    deadline = time.time() + SETTLE_SECONDS
+    waiting = [s for s in scenarios if s.request_id is not None]
+    while waiting and time.time() < deadline:
+        waiting = [s for s in waiting if desk.status(str(s.request_id))["status"] not in FINAL]
+        time.sleep(0.2 if waiting else 0)
+
+
+def iteration(cluster: Cluster, desk: Desk, rng: random.Random,
+              hooks: list[Hook]) -> dict[str, Any]:
+    start, first = time.time(), len(desk.ledger.scenarios)
+    stop = threading.Event()
+    threads = [threading.Thread(target=run_traffic, args=(desk, stop, rng.random()))
+               for _ in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    kills = []
+    for _ in range(rng.randint(1, 2)):
+        time.sleep(rng.uniform(0.3, 2.0))
+        chosen = victims(rng)
+        for name in chosen:
+            cluster.kill(name)
+        kills.append(chosen)
+        time.sleep(rng.uniform(0.0, 0.5))
+        for name in ("hsm", "api0", "worker"):  # the HSM first: the others connect to it
+            if name in chosen:
+                cluster.start(name)
+    stop.set()
+    for t in threads:
+        t.join()
+    mine = desk.ledger.scenarios[first:]
+    settle(desk, mine)
+    obs = observe(cluster, desk.ledger)
+    acked = [s for s in mine if s.request_id is not None]
+    for s in rng.sample(acked, min(REPLAYS, len(acked))):
+        obs.replays[s.key] = (str(s.request_id), desk.replay_create(s))
+    violations = check(obs, hooks)
+    return {"iteration": 0, "kills": kills, "requests": len(mine),
+            "unacknowledged": len(mine) - len(acked), "orphans": orphans(obs),
+            "audit_entries": len(obs.audit), "violations": violations,
+            "seconds": round(time.time() - start, 1)}
+
+
+def run(db: str, iterations: int, seed: int, hooks: list[Hook] | None = None,
+        out: Any = sys.stdout) -> dict[str, Any]:
+    rng = random.Random(seed)
+    cluster = Cluster(db)
+    ledger = Ledger()
+    total: dict[str, Any] = {"summary": True, "db": db, "iterations": iterations, "seed": seed,
+                             "kills": {}, "requests": 0, "violations": 0, "orphans": 0}
+    try:
+        cluster.start_all()
+        desk = Desk(cluster.urls, ledger, deadline=30.0)
+        desk.setup()
+        for i in range(1, iterations + 1):
+            line = iteration(cluster, desk, rng, hooks or []) | {"iteration": i, "db": db}
+            for chosen in line["kills"]:
+                for name in chosen:
+                    total["kills"][name] = total["kills"].get(name, 0) + 1
+            total["requests"] += line["requests"]
+            total["violations"] += len(line["violations"])
+            total["orphans"] = line["orphans"]
+            print(json.dumps(line), file=out, flush=True)
+        total["client_errors"] = dict(sorted(ledger.errors.items()))
+        total["calls"] = ledger.calls
+        desk.close()
+    finally:
+        cluster.close()
+    print(json.dumps(total), file=out, flush=True)
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.reliability.killloop",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    return 1 if run(args.db, args.iterations, args.seed)["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
