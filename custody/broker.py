@@ -162,8 +162,8 @@ class Broker:
             raise Conflict(f"request {request_id} is already {row.status}")
         try:
             self.hsm.cancel(request_id, f"cancelled by {principal.subject}")
-        except RequestClosed:
-            return self.advance(request_id)  # it was executed meanwhile: record that
+        except RequestClosed:  # executed meanwhile, or cancelled by a call that then died
+            return self._recover(row)  # (the HSM's request_status still evaluates it)
         self._finish(request_id, Status.CANCELLED, error="cancelled")
         return self.get(request_id)
 

@@ -42,7 +42,6 @@ class Cluster:
         self.hsm_url = f"unix:{self.work / 'hsm.sock'}"
         self.ports = {f"api{i}": free_port() for i in range(replicas)}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.log = (self.work / "processes.log").open("ab")
         self.env = os.environ | {
             "CUSTODY_DATABASE_URL": self.db_url, "CUSTODY_HSM_URL": self.hsm_url,
             "CUSTODY_HSM_SECRET_FILE": str(self.secret_file), "CUSTODY_JWT_SECRET": SECRET,
@@ -66,9 +65,14 @@ class Cluster:
             env, cmd = self.env, ["-m", "custody.cli", "worker"]
         else:
             env, cmd = self.env, ["-m", "custody.cli", "serve", "--port", str(self.ports[name])]
-        self.procs[name] = subprocess.Popen([sys.executable, *cmd], env=env, cwd=ROOT,
-                                            stdout=self.log, stderr=self.log)
-        if name == "hsm":
+        log = self.work / f"{name}.log"
+        mark = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as out:
+            self.procs[name] = subprocess.Popen([sys.executable, *cmd], env=env, cwd=ROOT,
+                                                stdout=out, stderr=out)
+        if name == "worker":  # up once its scheduler runs (it has migrated, connected)
+            self._wait(lambda: b"worker running" in log.read_bytes()[mark:], name)
+        elif name == "hsm":
             self._wait(lambda: self.hsm_client().close() is None, name)
         elif name != "worker":
             url = f"http://127.0.0.1:{self.ports[name]}"
@@ -83,7 +87,7 @@ class Cluster:
         while time.time() < deadline:
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"{name} exited with {self.procs[name].returncode}; "
-                                   f"see {self.work / 'processes.log'}")
+                                   f"see {self.work / (name + '.log')}")
             try:
                 if probe():  # type: ignore[operator]
                     return
@@ -139,6 +143,5 @@ class Cluster:
     def close(self) -> None:
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM)
-        self.log.close()
         if self.pg is not None:
             self.pg.stop()

@@ -67,3 +67,19 @@ def test_a_database_outage_is_a_503_with_retry_after() -> None:
     assert r.status_code == 503
     assert r.headers["retry-after"] and r.headers["content-type"] == "application/problem+json"
     assert r.json()["code"] == "custody.database_unavailable"
+
+
+def test_a_retried_cancel_after_a_crash_ends_cancelled(tmp_path: Path,
+                                                       clock: ManualClock) -> None:
+    """Found by the kill loop: the API died after the HSM cancelled, before the broker
+    recorded it; the retried DELETE answered 200 but left the request PENDING for ever
+    (the HSM's request_status still evaluates a cancelled request)."""
+    hsm, broker = treasury(tmp_path, clock, [Approver.new(n) for n in ("t1", "t2", "t3")])
+    try:
+        row = broker.submit(DESK, "treasury", Action.USE, transfer_payload("TST", 1000, "bob"),
+                            "TEST_TRANSFER", None, None)
+        hsm.cancel(row.id, "cancelled by desk-user")  # ... and the process died here
+        assert broker.cancel(DESK, row.id).status == Status.CANCELLED
+    finally:
+        broker.close()
+        hsm.close()
