@@ -272,8 +272,8 @@ class Broker:
         """The policy can no longer be met: close it in the HSM too, then here."""
         try:
             self.hsm.cancel(row.id, status.value.lower())
-        except RequestClosed:
-            return self._recover(row)
+        except RequestClosed:  # closed by this very step before a crash: same outcome
+            return self._recover(row, unexecuted=status)
         self._finish(row.id, status, error="; ".join(ev.missing()))
         return self.get(row.id)
 
@@ -300,14 +300,14 @@ class Broker:
                      approved_by=list(result.approved_by), executed_at=result.executed_at)
         return self.get(row.id)
 
-    def _recover(self, row: SignRequest) -> SignRequest:
+    def _recover(self, row: SignRequest, unexecuted: Status | None = None) -> SignRequest:
         """The HSM closed the request: executed (maybe by another replica, maybe before
-        a crash) - record its result - or cancelled."""
+        a crash) - record its result - or cancelled (as ``unexecuted``, if given)."""
         try:
             result = self.hsm.request_result(row.id)
         except RequestClosed as exc:
-            self._finish(row.id, Status.CANCELLED if "cancelled" in exc.reason else
-                         Status.FAILED, error=exc.reason)
+            self._finish(row.id, unexecuted or (Status.CANCELLED if "cancelled" in exc.reason
+                                                else Status.FAILED), error=exc.reason)
             return self.get(row.id)
         self._finish(row.id, Status.EXECUTED, signatures=result.signatures,
                      approved_by=list(result.approved_by), executed_at=result.executed_at)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
 from approvals_app import problems
 from approvals_app.recovery import sweep
+from custody.broker import REJECT_PREFIX
 from custody.db import ApprovalRecord, Status
 from hsm_emulator import ManualClock
 from hsm_emulator.credentials import parse_credential
@@ -80,6 +82,33 @@ def test_a_retried_cancel_after_a_crash_ends_cancelled(tmp_path: Path,
                             "TEST_TRANSFER", None, None)
         hsm.cancel(row.id, "cancelled by desk-user")  # ... and the process died here
         assert broker.cancel(DESK, row.id).status == Status.CANCELLED
+    finally:
+        broker.close()
+        hsm.close()
+
+
+def test_a_rejection_cut_short_by_a_crash_still_ends_rejected(tmp_path: Path,
+                                                              clock: ManualClock) -> None:
+    """Found by the kill loop: the broker closed a rejected request in the HSM, died
+    before recording REJECTED, and on resuming recorded it as CANCELLED."""
+    traders = [Approver.new(n) for n in ("t1", "t2", "t3")]
+    hsm, broker = treasury(tmp_path, clock, traders)
+    try:
+        row = broker.submit(DESK, "treasury", Action.USE, transfer_payload("TST", 1000, "bob"),
+                            "TEST_TRANSFER", None, None)
+        message = REJECT_PREFIX + base64.b64decode(row.challenge_b64)
+        broker.reject(row.id, traders[0].spki_b64, traders[0].sign(message))
+        real_finish = broker._finish
+
+        def die(*_args: object, **_kwargs: object) -> None:
+            raise RuntimeError("killed after the HSM closed the request")
+
+        broker._finish = die  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            broker.reject(row.id, traders[1].spki_b64, traders[1].sign(message))
+        broker._finish = real_finish  # type: ignore[method-assign]
+        assert sweep(broker) == 1
+        assert broker.get(row.id).status == Status.REJECTED
     finally:
         broker.close()
         hsm.close()
