@@ -73,7 +73,7 @@ class Cluster:
         if name == "worker":  # up once its scheduler runs (it has migrated, connected)
             self._wait(lambda: b"worker running" in log.read_bytes()[mark:], name)
         elif name == "hsm":
-            self._wait(lambda: self.hsm_client().close() is None, name)
+            self._wait(self._hsm_answers, name)
         elif name != "worker":
             url = f"http://127.0.0.1:{self.ports[name]}"
             self._wait(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, name)
@@ -118,6 +118,10 @@ class Cluster:
         except OSError:
             return None
         return None
+
+    def _hsm_answers(self) -> bool:
+        with self.hsm_client() as client:
+            return bool(client.identity_public_key())
 
     def hsm_client(self) -> RemoteHsmClient:
         return RemoteHsmClient(self.hsm_url, self.secret_file.read_bytes().strip(),
