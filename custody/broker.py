@@ -40,7 +40,9 @@ from hsm_emulator.evaluate import Evaluation
 from hsm_emulator.flow import Approval
 from hsm_emulator.model import Action
 from hsm_emulator.policy import Policy, Rule, parse_policy
+from hsm_emulator.results import KeyInfo
 
+from . import tenancy
 from .db import FINAL, ApprovalRecord, SeenTimestamp, SignRequest, Status
 from .errors import Conflict, CustodyError, Forbidden, NotFound
 
@@ -82,6 +84,7 @@ class Broker:
         self.max_skew = max_skew
         self.on_change = on_change or (lambda _r: None)
         self._policies: dict[tuple[str, str], Policy] = {}
+        self._owners: dict[str, str] = {}
         self._wake = threading.Condition()
 
     def close(self) -> None:
@@ -89,6 +92,26 @@ class Broker:
         bind = self.sessions.kw.get("bind")
         if bind is not None:
             bind.dispose()
+
+    # -- key tenancy (custody/tenancy.py) -----------------------------------------------
+
+    def create_key(self, tenant: str, label: str, algorithm: Any, **kwargs: Any) -> KeyInfo:
+        """A new HSM key that belongs to ``tenant`` alone."""
+        info = tenancy.create_key(self.sessions, self.hsm, tenant, label, algorithm, **kwargs)
+        self._owners[label] = tenant
+        return info
+
+    def claim_key(self, label: str, tenant: str) -> None:
+        """Give an existing HSM key to ``tenant`` (keys made outside the API, tests)."""
+        tenancy.claim(self.sessions, label, tenant)
+
+    def check_key(self, label: str, tenant: str) -> None:
+        """404 unless ``label`` is ``tenant``'s key; owners never change, so a yes is
+        cached (this is on the auto-sign hot path)."""
+        if self._owners.get(label) == tenant:
+            return
+        tenancy.check(self.sessions, label, tenant)
+        self._owners[label] = tenant
 
     # -- sign requests ------------------------------------------------------------------
 
@@ -98,6 +121,7 @@ class Broker:
                auto: bool = True) -> SignRequest:
         """Record a request in the HSM, then here; try to release it at once. ``fee_cap``:
         the most a rebuilt transaction may pay (approvals bind to intent and cap)."""
+        self.check_key(label, principal.tenant)
         if action is Action.USE and auto:
             executed = self._auto_sign(principal, label, payload, payload_type, algorithm, meta)
             if executed is not None:

@@ -110,6 +110,19 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class KeyOwner(Base):
+    """Which tenant a key belongs to: only that tenant's callers may use or read it.
+
+    Tenancy is the broker's concept (the HSM knows keys and policies, not customers);
+    a key the broker has no owner for is nobody's here."""
+
+    __tablename__ = "key_owners"
+
+    label: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class SeenTimestamp(Base):
     """Signed task-listing timestamps already used: each works once per approver."""
 

@@ -30,6 +30,7 @@ from approvals_app.auth import FailureLimiter, issue_token
 from approvals_app.main import create_app
 from approvals_app.settings import Settings
 from custody.broker import REJECT_PREFIX
+from custody.db import SignRequest
 from hsm_emulator import Hsm
 from hsm_emulator.decoders import transfer_payload
 from tests.conftest import SO, TEST_PASSPHRASE
@@ -329,15 +330,67 @@ def test_another_tenants_request_is_a_404_like_an_unknown_id(api: TestClient,
     assert still["status"] == "PENDING"  # the foreign DELETE cancelled nothing
 
 
-@pytest.mark.xfail(strict=True, reason="keys carry no tenant: any tenant's business role "
-                   "may submit to any key (the auto tier signs at once); needs key "
-                   "ownership by tenant - reported, not fixed here")
 def test_a_tenant_cannot_sign_with_another_tenants_key(api: TestClient) -> None:
+    """Keys belong to the tenant whose key administrator created them: elsewhere the key
+    is a 404 like a label nobody has, and nothing reaches the HSM (the auto tier would
+    have signed at once)."""
+    before = len(api.app.state.hsm.audit_entries(1, 100_000))  # type: ignore[attr-defined]
     payload = base64.b64encode(transfer_payload("TST", 50, "bob", 1, 5)).decode()
-    r = api.post("/v1/sign", json={"signRequest": {
-        "payload": payload, "payloadType": "TEST_TRANSFER", "signKeyName": "treasury"}},
-        headers=headers("business", "desk-2"))
-    assert r.status_code in (403, 404), r.text
+    foreign = sign_as(api, "desk-2", payload)
+    unknown = sign_as(api, "desk-2", payload, label="no-such-key")
+    assert foreign.status_code == unknown.status_code == 404, foreign.text
+    assert foreign.json()["code"] == unknown.json()["code"] == "custody.not_found"
+    assert len(api.app.state.hsm.audit_entries(1, 100_000)) == before  # type: ignore[attr-defined]
+    with api.app.state.broker.sessions() as s:  # type: ignore[attr-defined]
+        assert s.query(SignRequest).count() == 0
+    mine = sign_as(api, "desk-1", payload)
+    assert mine.status_code == 201 and mine.json()["signRequestId"]  # the owner still can
+
+
+def sign_as(api: TestClient, tenant: str, payload: str, label: str = "treasury") -> Response:
+    return api.post("/v1/sign", json={"signRequest": {
+        "payload": payload, "payloadType": "TEST_TRANSFER", "signKeyName": label}},
+        headers=headers("business", tenant))
+
+
+@pytest.mark.parametrize("route", ["/v1/key/treasury", "/v1/key/treasury/address"])
+def test_another_tenants_key_cannot_be_read(api: TestClient, route: str) -> None:
+    params = {"kind": "ethereum"} if route.endswith("address") else {}
+    assert api.get(route, params=params, headers=headers("auditor")).status_code == 200
+    r = api.get(route, params=params, headers=headers("auditor", "desk-2"))
+    assert r.status_code == 404, r.text
+    assert "publicKey" not in r.text and "policy" not in r.text
+
+
+@pytest.mark.parametrize("action", ["block", "unblock", "modify"])
+def test_another_tenants_key_cannot_be_blocked_or_modified(api: TestClient,
+                                                           action: str) -> None:
+    body: dict[str, Any] = {"label": "treasury"}
+    if action == "modify":
+        body["policy"] = {"ruleUse": {"tokens": []}}
+    r = api.post(f"/v1/{action}", json=body, headers=headers("key_admin", "desk-2"))
+    assert r.status_code == 404, r.text
+    with api.app.state.broker.sessions() as s:  # type: ignore[attr-defined]
+        assert s.query(SignRequest).count() == 0
+
+
+def test_a_label_is_one_tenants(api: TestClient, people: dict[str, Approver]) -> None:
+    """Another tenant cannot create (and so take over) a label in use; a key the HSM
+    refused to create leaves its label free."""
+    body = {"label": "treasury", "algorithm": "EC", "curveOid": "1.3.132.0.10"}
+    r = api.post("/v1/key", json=body, headers=headers("key_admin", "desk-2"))
+    assert r.status_code == 409, r.text
+    again = api.post("/v1/key", json=body, headers=headers("key_admin"))  # the owner: HSM says
+    assert again.status_code == 409, again.text
+    assert api.get("/v1/key/treasury", headers=headers("auditor")).status_code == 200
+    bad = {"label": "fresh", "algorithm": "EC", "curveOid": "1.3.132.0.10",
+           "policy": {"ruleUse": {"tokens": [{"groups": [{"quorum": 5, "approvals": []}]}]}}}
+    refused = api.post("/v1/key", json=bad, headers=headers("key_admin", "desk-2"))
+    assert 400 <= refused.status_code < 500, refused.text
+    ok = api.post("/v1/key", json={"label": "fresh", "algorithm": "EC",
+                                   "curveOid": "1.3.132.0.10"},
+                  headers=headers("key_admin"))
+    assert ok.status_code == 201, ok.text
 
 
 # -- approvers ----------------------------------------------------------------------------

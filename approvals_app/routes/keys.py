@@ -57,14 +57,15 @@ def key_json(info: KeyInfo, attestation: dict[str, Any] | None = None) -> dict[s
 def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal,
                idempotency_key: IdempotencyKey = None) -> JSONResponse:
     require(who, "key_admin")
-    hsm = request.app.state.hsm
+    broker = request.app.state.broker
 
     def work() -> tuple[int, dict[str, Any]]:
-        info = hsm.create_key(body.label, algorithm_of(body), key_size=body.keySize,
-                              attributes=body.attributes, policy=body.policy)
+        info = broker.create_key(who.tenant, body.label, algorithm_of(body),
+                                 key_size=body.keySize, attributes=body.attributes,
+                                 policy=body.policy)
         return 201, key_json(info)
 
-    status, response = run_once(request.app.state.broker.sessions,
+    status, response = run_once(broker.sessions,
                                 f"{who.tenant}/{who.subject}", idempotency_key,
                                 body.model_dump(), work)
     return JSONResponse(response, status_code=status)
@@ -73,6 +74,7 @@ def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal,
 @router.get("/key/{label}")
 def get_key(label: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
     require(who, *ROLES)  # a valid token without a custody role reads nothing
+    request.app.state.broker.check_key(label, who.tenant)
     hsm = request.app.state.hsm
     info = hsm.get_key(label)
     return key_json(info, hsm.attest(label).to_json())
@@ -82,6 +84,7 @@ def get_key(label: str, request: Request, who: CurrentPrincipal) -> dict[str, An
 def key_address(label: str, request: Request, who: CurrentPrincipal, kind: str,
                 network: str = "mainnet", path: str = "") -> dict[str, str]:
     require(who, *ROLES)
+    request.app.state.broker.check_key(label, who.tenant)
     hsm = request.app.state.hsm
     return {"label": label, "path": path, "kind": kind, "network": network,
             "address": hsm.address(label, kind, network, path)}

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chains.bitcoin.adapter import BitcoinAdapter
 from chains.errors import ChainError
+from custody import tenancy
 from custody.broker import Principal
 from custody.errors import BadRequest, Conflict, CustodyError, NotFound
 from hsm_emulator.errors import HsmError
@@ -89,8 +90,8 @@ def create_wallet(sessions: sessionmaker[Session], networks: Networks,
     wallet_id = uuid.uuid4().hex
     label = f"wallet-{wallet_id[:16]}"
     algorithm = "ED25519" if chain == "solana" else "SECP256K1"
-    try:
-        networks.hsm.create_key(label, algorithm, policy=ska)
+    try:  # the wallet's key is its tenant's alone
+        tenancy.create_key(sessions, networks.hsm, who.tenant, label, algorithm, policy=ska)
     except HsmError as exc:
         raise BadRequest(f"the HSM refused the wallet key: {exc.reason}") from None
     address = _first_address(networks, chain, label)
