@@ -25,7 +25,7 @@ from custody.treasury.networks import ChainEndpoints, Networks
 from custody.treasury.transfers import Treasury
 from hsm_emulator import Hsm, Passphrase
 from hsm_emulator.client import HsmClient, local_client
-from hsm_emulator.remote import RemoteHsmClient
+from hsm_emulator.remote import RemoteHsmClient, read_secret_file
 
 from . import problems
 from .auth import FailureLimiter
@@ -53,8 +53,8 @@ HANDLER_THREADS = int(os.environ.get("CUSTODY_HANDLER_THREADS", "8"))
 def open_hsm(settings: Settings) -> HsmClient:
     """The HSM as its own process if ``hsm_url`` is set, else in-process (the default)."""
     if settings.hsm_url:
-        secret = Path(settings.hsm_secret_file).read_bytes().strip()
-        return RemoteHsmClient(settings.hsm_url, secret)
+        return RemoteHsmClient(settings.hsm_url,
+                               read_secret_file(Path(settings.hsm_secret_file)))
     return local_client(Hsm.open(settings.hsm_store, Passphrase(settings.hsm_passphrase),
                                  so_passphrase=settings.hsm_so_passphrase or None,
                                  decoders=registry()))

@@ -1208,7 +1208,9 @@ class FileClock:
 # -- process entry ----------------------------------------------------------------------
 
 
-def _read_secret(path: Path) -> bytes:
+def read_secret_file(path: Path) -> bytes:
+    """The shared socket secret, as both ends read it: the file's bytes with surrounding
+    white space (a trailing newline) removed, private to its owner, long enough."""
     st = path.stat()
     if os.name == "posix" and st.st_mode & 0o077:
         raise InvalidInput(f"secret file {path} is readable by group or others; chmod 600 it")
@@ -1261,7 +1263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("set SKA_HSM_PASSPHRASE to the store passphrase")
     try:
         parse_address(args.listen)
-        secret = _read_secret(args.secret_file)
+        secret = read_secret_file(args.secret_file)
         clock: Clock = FileClock(args.clock_file) if args.clock_file else SystemClock()
         # The chains' pure decoders (networks from CUSTODY_NETWORKS): the HSM decodes
         # every payload it signs itself.
