@@ -31,7 +31,9 @@ SWEEP_SECONDS = "1"
 class Cluster:
     """One HSM process, ``replicas`` API servers and one worker on one database."""
 
-    def __init__(self, db: str, replicas: int = 1, workdir: Path | None = None) -> None:
+    def __init__(self, db: str, replicas: int = 1, workdir: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``env``: more settings for the API and the worker (e.g. a chain node's RPC)."""
         self.work = workdir or Path(tempfile.mkdtemp(prefix="custody-rel-"))
         self.pg: PostgresServer | None = PostgresServer() if db == "postgres" else None
         self.db_url = (self.pg.create_database() if self.pg is not None
@@ -45,7 +47,7 @@ class Cluster:
         self.env = os.environ | {
             "CUSTODY_DATABASE_URL": self.db_url, "CUSTODY_HSM_URL": self.hsm_url,
             "CUSTODY_HSM_SECRET_FILE": str(self.secret_file), "CUSTODY_JWT_SECRET": SECRET,
-            "CUSTODY_SWEEP_SECONDS": SWEEP_SECONDS}
+            "CUSTODY_SWEEP_SECONDS": SWEEP_SECONDS} | (env or {})
 
     @property
     def urls(self) -> list[str]:

@@ -2,6 +2,12 @@
 SIGKILLed at random points and restarted; after every iteration, the invariants.
 
     python -m tests.reliability.killloop --db sqlite|postgres --iterations N --seed S
+                                         [--transfers]
+
+``--transfers``: a local anvil beside the cluster (its RPC in CUSTODY_ETHEREUM_RPC), a
+funded Ethereum wallet with the treasury tiers, and one of the two client threads drives
+transfers through ``POST /v1/transfers`` instead of sign requests; the chain invariants
+of :mod:`.transfers` are checked after every iteration too.
 
 One JSON object per line per iteration, then a summary line. Exit status 1 if any
 invariant was violated.
@@ -13,13 +19,18 @@ import argparse
 import json
 import random
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
+
+from custody.localnets import ETH_CHAIN_ID, LocalNets
 
 from .cluster import Cluster
 from .invariants import Hook, check, observe, orphans
 from .traffic import Desk, GaveUp, Ledger, Scenario, run_traffic
+from .transfers import ChainChecks, TransferDesk, run_transfer_traffic
 
 FINAL = frozenset({"EXECUTED", "FAILED", "EXPIRED", "REJECTED", "CANCELLED"})
 #: Client threads of traffic during an iteration.
@@ -53,11 +64,15 @@ def settle(desk: Desk, scenarios: list[Scenario]) -> None:
 
 
 def iteration(cluster: Cluster, desk: Desk, rng: random.Random,
-              hooks: list[Hook]) -> dict[str, Any]:
+              hooks: list[Hook], tdesk: TransferDesk | None = None) -> dict[str, Any]:
     start, first = time.time(), len(desk.ledger.scenarios)
+    first_transfer = len(tdesk.transfers) if tdesk is not None else 0
     stop = threading.Event()
     threads = [threading.Thread(target=run_traffic, args=(desk, stop, rng.random()))
-               for _ in range(CLIENTS)]
+               for _ in range(CLIENTS - (tdesk is not None))]
+    if tdesk is not None:
+        threads.append(threading.Thread(target=run_transfer_traffic,
+                                        args=(tdesk, stop, rng.random())))
     for t in threads:
         t.start()
     kills = []
@@ -76,42 +91,68 @@ def iteration(cluster: Cluster, desk: Desk, rng: random.Random,
         t.join()
     mine = desk.ledger.scenarios[first:]
     settle(desk, mine)
+    transfers = tdesk.transfers[first_transfer:] if tdesk is not None else []
+    if tdesk is not None:
+        tdesk.settle(transfers)
     obs = observe(cluster, desk.ledger)
     acked = [s for s in mine if s.request_id is not None]
     for s in rng.sample(acked, min(REPLAYS, len(acked))):
         obs.replays[s.key] = (str(s.request_id), desk.replay_create(s))
     violations = check(obs, hooks)
-    return {"iteration": 0, "kills": kills, "requests": len(mine),
+    line = {"iteration": 0, "kills": kills, "requests": len(mine),
             "unacknowledged": len(mine) - len(acked), "orphans": orphans(obs),
             "audit_entries": len(obs.audit), "violations": violations,
             "seconds": round(time.time() - start, 1)}
+    if tdesk is not None:
+        line["transfers"] = len(transfers)
+        line["transfers_unacknowledged"] = sum(1 for x in transfers if not x.acked)
+    for hook in hooks:
+        if isinstance(hook, ChainChecks):
+            line["chain"] = dict(hook.stats)
+    return line
 
 
 def run(db: str, iterations: int, seed: int, hooks: list[Hook] | None = None,
-        out: Any = sys.stdout) -> dict[str, Any]:
+        out: Any = sys.stdout, transfers: bool = False) -> dict[str, Any]:
     rng = random.Random(seed)
-    cluster = Cluster(db)
+    work = Path(tempfile.mkdtemp(prefix="custody-rel-"))
+    nets = LocalNets(work / "nets", chains=("ethereum",)).start() if transfers else None
+    env = {} if nets is None else {"CUSTODY_ETHEREUM_RPC": nets.endpoints().ethereum_rpc,
+                                   "CUSTODY_ETHEREUM_CHAIN_ID": str(ETH_CHAIN_ID)}
+    cluster = Cluster(db, workdir=work, env=env)
     ledger = Ledger()
+    hooks = list(hooks or [])
     total: dict[str, Any] = {"summary": True, "db": db, "iterations": iterations, "seed": seed,
-                             "kills": {}, "requests": 0, "violations": 0, "orphans": 0}
+                             "transfers": transfers, "kill_rounds": 0, "kills": {},
+                             "requests": 0, "violations": 0, "orphans": 0}
     try:
         cluster.start_all()
         desk = Desk(cluster.urls, ledger, deadline=30.0)
         desk.setup()
+        tdesk = None
+        if nets is not None:
+            tdesk = TransferDesk(desk, nets, seed)
+            tdesk.setup()
+            hooks.append(ChainChecks(tdesk))
         for i in range(1, iterations + 1):
-            line = iteration(cluster, desk, rng, hooks or []) | {"iteration": i, "db": db}
+            line = iteration(cluster, desk, rng, hooks, tdesk) | {"iteration": i, "db": db}
+            total["kill_rounds"] += len(line["kills"])
             for chosen in line["kills"]:
                 for name in chosen:
                     total["kills"][name] = total["kills"].get(name, 0) + 1
             total["requests"] += line["requests"]
             total["violations"] += len(line["violations"])
             total["orphans"] = line["orphans"]
+            if "chain" in line:
+                total["chain"] = line["chain"]
             print(json.dumps(line), file=out, flush=True)
         total["client_errors"] = dict(sorted(ledger.errors.items()))
         total["calls"] = ledger.calls
         desk.close()
     finally:
         cluster.close()
+        if nets is not None:
+            nets.stop()
     print(json.dumps(total), file=out, flush=True)
     return total
 
@@ -122,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--transfers", action="store_true",
+                   help="Ethereum transfers on a local anvil beside the sign requests")
     args = p.parse_args(argv)
-    return 1 if run(args.db, args.iterations, args.seed)["violations"] else 0
+    return 1 if run(args.db, args.iterations, args.seed,
+                    transfers=args.transfers)["violations"] else 0
 
 
 if __name__ == "__main__":
