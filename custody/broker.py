@@ -14,6 +14,7 @@ approval, or when a hold ends), and never lose or repeat a release:
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from chains.errors import ChainError
+from hsm_emulator.challenge import Challenge
 from hsm_emulator.client import HsmClient
 from hsm_emulator.credentials import Credential, parse_credential, verify, verify_timestamp
 from hsm_emulator.errors import (
@@ -34,13 +36,14 @@ from hsm_emulator.errors import (
     HsmError,
     PolicyNotMet,
     RequestClosed,
+    RequestExists,
     TransportError,
 )
 from hsm_emulator.evaluate import Evaluation
 from hsm_emulator.flow import Approval
 from hsm_emulator.model import Action
 from hsm_emulator.policy import Policy, Rule, parse_policy
-from hsm_emulator.results import KeyInfo
+from hsm_emulator.results import Execution, KeyInfo
 
 from . import tenancy
 from .db import FINAL, ApprovalRecord, SeenTimestamp, SignRequest, Status
@@ -67,6 +70,19 @@ class Principal:
 class Task:
     request: SignRequest
     approvers_done: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What a caller asked to have signed (or done): the fields a request row repeats."""
+
+    principal: Principal
+    label: str
+    action: Action
+    payload: bytes
+    payload_type: str
+    algorithm: str | None
+    meta: dict[str, Any] | None
 
 
 class Broker:
@@ -118,55 +134,119 @@ class Broker:
     def submit(self, principal: Principal, label: str, action: Action, payload: bytes,
                payload_type: str, algorithm: str | None, meta: dict[str, Any] | None,
                new_policy: dict[str, Any] | None = None, *, fee_cap: int | None = None,
-               auto: bool = True) -> SignRequest:
+               auto: bool = True, request_id: str | None = None) -> SignRequest:
         """Record a request in the HSM, then here; try to release it at once. ``fee_cap``:
-        the most a rebuilt transaction may pay (approvals bind to intent and cap)."""
+        the most a rebuilt transaction may pay (approvals bind to intent and cap).
+
+        ``request_id`` (an idempotency ticket, :mod:`custody.idempotency`): the id the
+        request gets in the HSM. A retry under it after a crash adopts what the first
+        call did - recorded here or only in the HSM - instead of making a second one."""
         self.check_key(label, principal.tenant)
-        if action is Action.USE and auto:
-            executed = self._auto_sign(principal, label, payload, payload_type, algorithm, meta)
-            if executed is not None:
-                return executed
-        challenge = self.hsm.begin(label, action, payload, payload_type, algorithm,
-                                   fee_cap=fee_cap, new_policy=new_policy,
-                                   initiator=principal.subject)
+        call = _Call(principal, label, action, payload, payload_type, algorithm, meta)
+        if request_id is not None:
+            known = self._find(request_id, principal.tenant)
+            if known is not None:
+                return known if known.status in FINAL else self.advance(known.id)
+        ids = {} if request_id is None else {"request_id": request_id}
+        try:
+            if action is Action.USE and auto:
+                executed = self._auto_sign(call, ids)
+                if executed is not None:
+                    return executed
+            challenge = self.hsm.begin(label, action, payload, payload_type, algorithm,
+                                       fee_cap=fee_cap, new_policy=new_policy,
+                                       initiator=principal.subject, **ids)
+        except RequestExists:
+            assert request_id is not None
+            return self._adopt(call, request_id)
+        return self._record_pending(call, challenge)
+
+    def _record_pending(self, call: _Call, challenge: Challenge) -> SignRequest:
         body = challenge.body
         row = SignRequest(
-            id=challenge.request_id, tenant=principal.tenant, initiator=principal.subject,
-            key_label=label, action=action.value, payload_type=payload_type,
-            payload_b64=base64.b64encode(payload).decode(), signature_algorithm=algorithm,
-            meta_data=meta, challenge_b64=challenge.approval_to_be_signed,
-            intent=body["intent"], status=Status.PENDING, hsm_time=body["hsmTime"],
+            id=challenge.request_id, tenant=call.principal.tenant,
+            initiator=call.principal.subject, key_label=call.label, action=call.action.value,
+            payload_type=call.payload_type, payload_b64=base64.b64encode(call.payload).decode(),
+            signature_algorithm=call.algorithm, meta_data=call.meta,
+            challenge_b64=challenge.approval_to_be_signed, intent=body["intent"],
+            status=Status.PENDING, hsm_time=body["hsmTime"],
         )
-        with self.sessions.begin() as s:
-            s.add(row)
+        if not self._insert(row):
+            return self.get(row.id)  # a racing retry recorded it first
         self.on_change(row)
         return self.advance(row.id)
 
-    def _auto_sign(self, principal: Principal, label: str, payload: bytes, payload_type: str,
-                   algorithm: str | None, meta: dict[str, Any] | None) -> SignRequest | None:
+    def _auto_sign(self, call: _Call, ids: dict[str, str]) -> SignRequest | None:
         """The auto tier in one HSM round: if a token needs no approvals and no hold, sign
         now (the HSM re-checks everything); otherwise None and the approval flow runs."""
-        if not self.hsm.dry_run(label, payload, payload_type).released:
+        if not self.hsm.dry_run(call.label, call.payload, call.payload_type).released:
             return None
         try:
-            result = self.hsm.sign_now(label, payload, payload_type, algorithm)
+            result = self.hsm.sign_now(call.label, call.payload, call.payload_type,
+                                       call.algorithm, **ids)
         except PolicyNotMet:  # the policy changed in between: take the approval flow
             return None
+        return self._record_executed(call, result)
+
+    def _record_executed(self, call: _Call, result: Execution) -> SignRequest:
         values: dict[str, Any] = {
-            "id": result.request_id, "tenant": principal.tenant,
-            "initiator": principal.subject, "key_label": label, "action": Action.USE.value,
-            "payload_type": payload_type, "payload_b64": base64.b64encode(payload).decode(),
-            "signature_algorithm": algorithm, "meta_data": meta, "challenge_b64": "",
+            "id": result.request_id, "tenant": call.principal.tenant,
+            "initiator": call.principal.subject, "key_label": call.label,
+            "action": Action.USE.value, "payload_type": call.payload_type,
+            "payload_b64": base64.b64encode(call.payload).decode(),
+            "signature_algorithm": call.algorithm, "meta_data": call.meta, "challenge_b64": "",
             "intent": None if result.intent is None else result.intent.to_json(),
             "status": Status.EXECUTED, "hsm_time": result.executed_at,
             "result": [base64.b64encode(sig).decode() for sig in result.signatures],
             "approved_by": [], "execution_time": datetime.fromtimestamp(result.executed_at, UTC),
             "created_at": datetime.now(UTC), "version": 0}
-        with self.sessions.begin() as s:  # a Core insert: the hot path skips the ORM flush
-            s.execute(insert(SignRequest), [values])
+        try:
+            with self.sessions.begin() as s:  # a Core insert: the hot path skips the ORM flush
+                s.execute(insert(SignRequest), [values])
+        except IntegrityError:  # a racing retry under the same ticket recorded it first
+            return self.get(result.request_id)
         row = SignRequest(**values)
         self.on_change(row)
         return row
+
+    def _adopt(self, call: _Call, request_id: str) -> SignRequest:
+        """The HSM holds ``request_id`` but this broker has no row: the call that made it
+        died before recording it. Record what the HSM did - signed at once, or opened an
+        approval flow (maybe cancelled since) - so the retry answers the first outcome."""
+        try:
+            result = self.hsm.request_result(request_id)
+        except RequestClosed:  # not executed: open, or closed without a signature
+            return self._record_pending(call, self._their_challenge(call, request_id))
+        if result.label != call.label:
+            raise Conflict(f"request {request_id} in the HSM is for another key")
+        known = self._find(request_id, call.principal.tenant)
+        if known is not None:  # executed through the approval flow: it has a row
+            return known
+        return self._record_executed(call, result)
+
+    def _their_challenge(self, call: _Call, request_id: str) -> Challenge:
+        challenge = self.hsm.request_challenge(request_id)
+        body = challenge.body
+        digest = hashlib.sha256(call.payload).hexdigest()
+        if body.get("keyLabel") != call.label or body.get("action") != call.action.value or (
+                call.action is Action.USE and body.get("payloadDigest") != digest):
+            raise Conflict(f"request {request_id} in the HSM is for another payload")
+        return challenge
+
+    def _find(self, request_id: str, tenant: str) -> SignRequest | None:
+        try:
+            return self.get(request_id, tenant)
+        except NotFound:
+            return None
+
+    def _insert(self, row: SignRequest) -> bool:
+        """Add a new row; False if one with its id exists."""
+        try:
+            with self.sessions.begin() as s:
+                s.add(row)
+        except IntegrityError:
+            return False
+        return True
 
     def get(self, request_id: str, tenant: str | None = None) -> SignRequest:
         with self.sessions() as s:

@@ -108,6 +108,10 @@ class IdempotencyRecord(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, object]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: the id the work gives what it creates, so a retry that takes over finds it
+    ticket: Mapped[str | None] = mapped_column(String(64))
+    #: until when (unix seconds) the attempt in progress owns the reservation
+    lease_until: Mapped[float | None] = mapped_column(Float)
 
 
 class KeyOwner(Base):

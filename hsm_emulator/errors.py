@@ -62,6 +62,13 @@ class RequestNotFound(HsmError):
     code = "hsm.request_not_found"
 
 
+class RequestExists(HsmError):
+    """The caller chose a request id the HSM already holds: its first call went through
+    (the caller asks for that request's challenge or result instead of a second one)."""
+
+    code = "hsm.request_exists"
+
+
 class RequestClosed(HsmError):
     """The request was already executed, cancelled or expired: nothing is done twice."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,7 @@ from .errors import (
     KeyBlocked,
     PolicyNotMet,
     RequestClosed,
+    RequestExists,
     RequestNotFound,
 )
 from .evaluate import Evaluation, SpentFn, evaluate
@@ -52,6 +54,8 @@ from .results import Execution
 OPEN, EXECUTED, CANCELLED = "open", "executed", "cancelled"
 MAX_APPROVALS = 256
 MAX_BATCH = 1000
+#: A request id a caller may choose (``begin`` / ``sign_now``).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 #: Enum members used per payload, looked up once: on Python 3.11 reading an attribute of
 #: an Enum class is several times slower than reading a module global.
 _USE = Action.USE
@@ -106,12 +110,17 @@ class Hsm(HsmCore):
         fee_cap: int | None = None,
         new_policy: dict[str, Any] | None = None,
         initiator: str = "",
+        request_id: str | None = None,
     ) -> Challenge:
-        """Record a request for a key action and issue its challenge."""
+        """Record a request for a key action and issue its challenge.
+
+        ``request_id``: the caller's own id for the request (see :meth:`_fresh_id`), so a
+        caller that crashed mid-call can learn what the HSM did instead of asking twice."""
         act = _action(action)
         event: dict[str, Any] = {"op": "request.begin", "label": label, "action": act.value}
 
         def start() -> Challenge:
+            rid = self._fresh_id(request_id)
             state = self._usable(label)
             body_payload, intent, _ = self._prepare(state, act, payload, payload_type,
                                                     scheme, new_policy)
@@ -119,9 +128,8 @@ class Hsm(HsmCore):
             if fee_cap is not None and (fee_cap < 0 or (intent and fee_cap < intent.fee)):
                 raise InvalidInput("feeCap must be at least the payload's fee")
             now = self.clock.now()
-            request_id = str(uuid.uuid4())
             body = {
-                "requestId": request_id, "keyLabel": label, "action": act.value,
+                "requestId": rid, "keyLabel": label, "action": act.value,
                 "payloadType": payload_type,
                 "payloadDigest": hashlib.sha256(body_payload).hexdigest(),
                 "intent": None if intent is None else intent.to_json(),
@@ -134,19 +142,30 @@ class Hsm(HsmCore):
                 "initiator": initiator, "hsmId": self.hsm_id,
             }
             envelope = seal_challenge(self.identity, body)
-            self._store.put("request", request_id, {
-                "id": request_id, "label": label, "action": act.value,
+            self._store.put("request", rid, {
+                "id": rid, "label": label, "action": act.value,
                 "payloadType": payload_type, "payload": body_payload.hex(),
                 "scheme": None if sch is None else sch.value, "intent": body["intent"],
                 "feeCap": body["feeCap"], "createdAt": now, "status": OPEN,
                 "initiator": initiator, "policyDigest": state.policy.digest,
                 "challenge": envelope.hex(),
             })
-            event.update(requestId=request_id, payloadDigest=body["payloadDigest"])
-            return Challenge(request_id, envelope)
+            event.update(requestId=rid, payloadDigest=body["payloadDigest"])
+            return Challenge(rid, envelope)
 
         with self.locked():
             return self._audited(event, start)
+
+    def _fresh_id(self, chosen: str | None) -> str:
+        """A new request's id: the caller's choice (8-64 of ``A-Z a-z 0-9 _ -``), once
+        only - a second request under it is :class:`RequestExists` - or a random one."""
+        if chosen is None:
+            return str(uuid.uuid4())
+        if not isinstance(chosen, str) or not _REQUEST_ID.fullmatch(chosen):
+            raise InvalidInput("request_id: 8-64 characters of A-Z a-z 0-9 _ -")
+        if self._store.get("request", chosen) is not None:
+            raise RequestExists(f"request {chosen} exists")
+        return chosen
 
     def _prepare(self, state: KeyState, act: Action, payload: bytes, payload_type: str,
                  scheme: SignScheme | str | None, new_policy: dict[str, Any] | None,
@@ -377,15 +396,24 @@ class Hsm(HsmCore):
     # -- the auto tier and dry runs ---------------------------------------------------
 
     def sign_now(self, label: str, payload: bytes, payload_type: str = UNSPECIFIED,
-                 scheme: SignScheme | str | None = None) -> Execution:
+                 scheme: SignScheme | str | None = None, *,
+                 request_id: str | None = None) -> Execution:
         """Sign at once if a token needs no approvals and no hold (the auto tier);
-        otherwise refuse with :class:`PolicyNotMet` - then use :meth:`begin`."""
+        otherwise refuse with :class:`PolicyNotMet` - then use :meth:`begin`.
+
+        With the caller's own ``request_id`` the result is also kept as an executed
+        request, so :meth:`request_result` returns it again to a caller that crashed
+        before recording it, and a second call under that id signs nothing."""
         event: dict[str, Any] = {"op": "sign.now", "label": label, "payloadType": payload_type}
 
         def run() -> Execution:
+            rid = secrets.token_hex(16) if request_id is None else self._fresh_id(request_id)
             checked = self._check_auto(label, payload, payload_type, scheme)
             signatures = self._sign(checked.state, checked.items)
-            return self._release(label, checked, signatures, secrets.token_hex(16), event)
+            result = self._release(label, checked, signatures, rid, event)
+            if request_id is not None:
+                self._keep_auto(checked, result, payload_type, scheme)
+            return result
 
         with self.locked():
             return self._audited(event, run)
@@ -448,6 +476,19 @@ class Hsm(HsmCore):
                                ev.missing())
         self._record_spend(state.family, intent)
         return _AutoItem(state, final, intent, items, ev.released_by, now)
+
+    def _keep_auto(self, checked: _AutoItem, result: Execution, payload_type: str,
+                   scheme: SignScheme | str | None) -> None:
+        """An auto-signed request kept like an executed one (see :meth:`sign_now`)."""
+        sch = _scheme(scheme)
+        self._store.put("request", result.request_id, {
+            "id": result.request_id, "label": checked.state.label, "action": _USE.value,
+            "payloadType": payload_type, "payload": checked.payload.hex(),
+            "scheme": None if sch is None else sch.value,
+            "intent": None if checked.intent is None else checked.intent.to_json(),
+            "feeCap": None, "createdAt": checked.at, "status": EXECUTED, "initiator": "",
+            "policyDigest": checked.state.policy.digest, "challenge": "",
+            "executedAt": checked.at, "result": result.to_json()})
 
     @staticmethod
     def _release(label: str, checked: _AutoItem, signatures: tuple[bytes, ...],

@@ -466,9 +466,11 @@ def _begin(hsm: Hsm, a: _Args) -> Any:
     payload, payload_type = a.data("payload", ""), a.text("payload_type", "UNSPECIFIED")
     scheme, fee_cap = a.opt_text("scheme"), a.opt_integer("fee_cap")
     new_policy, initiator = a.opt_object("new_policy"), a.text("initiator", "")
+    request_id = a.opt_text("request_id")
     a.done()
     return hsm.begin(label, action, payload, payload_type, scheme, fee_cap=fee_cap,
-                     new_policy=new_policy, initiator=initiator).to_json()
+                     new_policy=new_policy, initiator=initiator,
+                     request_id=request_id).to_json()
 
 
 def _check_approval(hsm: Hsm, a: _Args) -> Any:
@@ -487,8 +489,9 @@ def _execute(hsm: Hsm, a: _Args) -> Any:
 def _sign_now(hsm: Hsm, a: _Args) -> Any:
     label, payload = a.text("label"), a.data("payload")
     payload_type, scheme = a.text("payload_type", "UNSPECIFIED"), a.opt_text("scheme")
+    request_id = a.opt_text("request_id")
     a.done()
-    return hsm.sign_now(label, payload, payload_type, scheme).to_json()
+    return hsm.sign_now(label, payload, payload_type, scheme, request_id=request_id).to_json()
 
 
 def _sign_batch(hsm: Hsm, a: _Args) -> Any:
@@ -1084,11 +1087,11 @@ class RemoteHsmClient:
     def begin(self, label: str, action: Action | str = Action.USE, payload: bytes = b"",
               payload_type: str = "UNSPECIFIED", scheme: SignScheme | str | None = None, *,
               fee_cap: int | None = None, new_policy: dict[str, Any] | None = None,
-              initiator: str = "") -> Challenge:
+              initiator: str = "", request_id: str | None = None) -> Challenge:
         doc = self._call("begin", {
             "label": label, "action": _value(action), "payload": _bytes_arg(payload, "payload"),
             "payload_type": payload_type, "scheme": _value(scheme), "fee_cap": fee_cap,
-            "new_policy": new_policy, "initiator": initiator})
+            "new_policy": new_policy, "initiator": initiator, "request_id": request_id})
         result: Challenge = self._decoded(lambda: Challenge.from_json(doc))
         return result
 
@@ -1103,10 +1106,11 @@ class RemoteHsmClient:
             "payload": None if payload is None else _bytes_arg(payload, "payload")})
 
     def sign_now(self, label: str, payload: bytes, payload_type: str = "UNSPECIFIED",
-                 scheme: SignScheme | str | None = None) -> Execution:
+                 scheme: SignScheme | str | None = None, *,
+                 request_id: str | None = None) -> Execution:
         return self._execution("sign_now", {
             "label": label, "payload": _bytes_arg(payload, "payload"),
-            "payload_type": payload_type, "scheme": _value(scheme)})
+            "payload_type": payload_type, "scheme": _value(scheme), "request_id": request_id})
 
     def sign_batch(self, label: str, payloads: Sequence[bytes],
                    payload_type: str = "UNSPECIFIED", scheme: SignScheme | str | None = None,

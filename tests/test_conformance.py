@@ -58,6 +58,7 @@ from hsm_emulator.errors import (
     PolicyInvalid,
     PolicyNotMet,
     RequestClosed,
+    RequestExists,
     RequestNotFound,
     TamperDetected,
     TransportError,
@@ -488,6 +489,45 @@ def test_cancel_status_and_challenge(client: HsmClient, treasury: str,
     refused(RequestNotFound, client.request_status, "no-such-request")
     refused(RequestNotFound, client.execute, "../../etc/passwd")
     refused(RequestNotFound, client.request_challenge, "x" * 100)
+
+
+def test_a_request_under_the_callers_id_is_made_once(client: HsmClient, treasury: str,
+                                                     people: dict[str, Approver]) -> None:
+    """A caller that crashed mid-call retries under the id it chose: the HSM says the
+    request exists and gives its challenge or result; it never signs a second time."""
+    signed = client.sign_now(treasury, pay(99, nonce=7), TT, request_id="idem-auto-0001")
+    assert signed.request_id == "idem-auto-0001"
+    again = refused(RequestExists, client.sign_now, treasury, pay(99, nonce=7), TT,
+                    request_id="idem-auto-0001")
+    assert "idem-auto-0001" in again.reason
+    assert client.request_result("idem-auto-0001") == signed
+    refused(RequestClosed, client.cancel, "idem-auto-0001")
+    refused(RequestClosed, client.execute, "idem-auto-0001")
+    # the same id for an approval-flow request, or any other call, is refused too
+    refused(RequestExists, client.begin, treasury, Action.USE, pay(500), TT,
+            request_id="idem-auto-0001")
+
+    ch = client.begin(treasury, Action.USE, pay(500), TT, request_id="idem-flow-0001")
+    assert ch.request_id == "idem-flow-0001"
+    refused(RequestExists, client.begin, treasury, Action.USE, pay(500), TT,
+            request_id="idem-flow-0001")
+    refused(RequestExists, client.sign_now, treasury, pay(5), TT, request_id="idem-flow-0001")
+    assert client.request_challenge("idem-flow-0001") == ch
+    done = client.execute(ch.request_id, approve(ch, people["t1"], people["t2"]))
+    assert client.request_result("idem-flow-0001") == done
+
+    for bad in ["short", "x" * 65, "../../etc/passwd", "id with space", ""]:
+        refused(InvalidInput, client.sign_now, treasury, pay(1), TT, request_id=bad)
+        refused(InvalidInput, client.begin, treasury, Action.USE, pay(500), TT,
+                request_id=bad)
+    # a refused call under a fresh id leaves it free
+    refused(PolicyNotMet, client.sign_now, treasury, pay(500), TT, request_id="idem-free-0001")
+    assert client.sign_now(treasury, pay(1), TT, request_id="idem-free-0001").signatures
+    ops = [e.event for e in client.audit_entries(1, 10_000)
+           if e.event.get("op") in ("sign.now", "request.execute")
+           and e.event.get("result") == "ok"]
+    assert [e["requestId"] for e in ops] == ["idem-auto-0001", "idem-flow-0001",
+                                             "idem-free-0001"]
 
 
 def test_dry_run(client: HsmClient, treasury: str, people: dict[str, Approver]) -> None:

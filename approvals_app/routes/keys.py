@@ -59,7 +59,7 @@ def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal,
     require(who, "key_admin")
     broker = request.app.state.broker
 
-    def work() -> tuple[int, dict[str, Any]]:
+    def work(_ticket: str | None) -> tuple[int, dict[str, Any]]:  # the label names the key
         info = broker.create_key(who.tenant, body.label, algorithm_of(body),
                                  key_size=body.keySize, attributes=body.attributes,
                                  policy=body.policy)

@@ -30,9 +30,9 @@ def sign(body: SignBody, request: Request, who: CurrentPrincipal,
     algorithm = r.signatureAlgorithm if r.payloadType == "UNSPECIFIED" else None
     broker = request.app.state.broker
 
-    def work() -> tuple[int, dict[str, Any]]:
+    def work(ticket: str | None) -> tuple[int, dict[str, Any]]:
         row = broker.submit(who, r.signKeyName, Action.USE, r.payload_bytes(), r.payloadType,
-                            algorithm, meta)
+                            algorithm, meta, request_id=ticket)
         return 201, {"signRequestId": row.id}
 
     status, response = run_once(broker.sessions, f"{who.tenant}/{who.subject}",
@@ -47,9 +47,9 @@ def _key_action(request: Request, who: Principal, body: KeyActionBody, action: A
         raise BadRequest("a policy goes with modify, and only with modify")
     broker = request.app.state.broker
 
-    def work() -> tuple[int, dict[str, Any]]:
+    def work(ticket: str | None) -> tuple[int, dict[str, Any]]:
         row = broker.submit(who, body.label, action, b"", "UNSPECIFIED", None, None,
-                            new_policy=body.policy)
+                            new_policy=body.policy, request_id=ticket)
         return 201, {"requestId": row.id, "status": row.status}
 
     status, response = run_once(broker.sessions, f"{who.tenant}/{who.subject}", key,

@@ -75,9 +75,9 @@ def create_wallet(body: WalletCreate, request: Request, who: CurrentPrincipal,
     require(who, "key_admin")
     t = _treasury(request)
 
-    def work() -> tuple[int, dict[str, Any]]:
+    def work(ticket: str | None) -> tuple[int, dict[str, Any]]:
         w = wallets.create_wallet(t.sessions, t.networks, who, body.name, body.chain,
-                                  body.network, body.tokens, body.policy)
+                                  body.network, body.tokens, body.policy, wallet_id=ticket)
         return 201, wallet_json(w)
 
     status, response = run_once(t.sessions, f"{who.tenant}/{who.subject}", idempotency_key,
@@ -131,9 +131,9 @@ def create_transfer(body: TransferCreate, request: Request, who: CurrentPrincipa
     require(who, "business")
     t = _treasury(request)
 
-    def work() -> tuple[int, dict[str, Any]]:
+    def work(ticket: str | None) -> tuple[int, dict[str, Any]]:
         record = t.create(who, body.wallet, body.asset, body.destination, body.amount,
-                          body.memo)
+                          body.memo, transfer_id=ticket)
         return 201, transfer_json(record)
 
     status, response = run_once(t.sessions, f"{who.tenant}/{who.subject}", idempotency_key,

@@ -82,9 +82,16 @@ class Treasury:
     # -- requests -----------------------------------------------------------------------
 
     def create(self, who: Principal, wallet_id: str, symbol: str, destination: str,
-               amount: str, memo: str = "") -> TransferRecord:
+               amount: str, memo: str = "", *, transfer_id: str | None = None,
+               ) -> TransferRecord:
         """Validate, build (funding and address checked by the chain), record, submit.
-        A refusal stores nothing."""
+        A refusal stores nothing. ``transfer_id`` (an idempotency ticket): the id to give
+        it; if a transfer has it already, an attempt that died made it - that one is the
+        answer (the worker carries it on from wherever it stopped)."""
+        if transfer_id is not None:
+            with self.sessions() as s:
+                if s.get(TransferRecord, transfer_id) is not None:
+                    return self.get(who, transfer_id)
         wallet = get_wallet(self.sessions, who, wallet_id)
         info = next((a for a in assets_of(wallet) if a.symbol == symbol), None)
         if info is None:
@@ -108,14 +115,14 @@ class Treasury:
         if destination == wallet.address:
             raise BadRequest("destination is the wallet itself")
         record = self._draft(wallet, planner, who, info.symbol, info.asset, base, amount,
-                             destination, memo)
+                             destination, memo, transfer_id or uuid.uuid4().hex)
         self._submit(record.id)
         self.nudge()
         return self.get(who, record.id)
 
     def _draft(self, wallet: Wallet, planner: Planner, who: Principal, symbol: str,
                asset: str, base: int, amount: str, destination: str,
-               memo: str) -> TransferRecord:
+               memo: str, transfer_id: str) -> TransferRecord:
         source = self.networks.source(wallet)
         request = TransferRequest(asset, base, destination, None, memo)
         lock = self._wallet_locks.setdefault(wallet.id, threading.Lock())
@@ -135,7 +142,7 @@ class Treasury:
                 raise BadRequest(f"cannot build this transfer: {exc}") from None
             now = datetime.now(UTC)
             record = TransferRecord(
-                id=uuid.uuid4().hex, tenant=who.tenant, initiator=who.subject,
+                id=transfer_id, tenant=who.tenant, initiator=who.subject,
                 wallet_id=wallet.id, symbol=symbol, asset=asset, amount=str(base),
                 amount_text=amount, destination=destination, memo=memo,
                 state=State.REQUESTED, payload_type=unsigned.payload_type,

@@ -25,7 +25,8 @@ from chains.errors import ChainError
 from custody import tenancy
 from custody.broker import Principal
 from custody.errors import BadRequest, Conflict, CustodyError, NotFound
-from hsm_emulator.errors import HsmError
+from hsm_emulator.errors import HsmError, KeyExists
+from hsm_emulator.policy import parse_policy
 
 from .models import DepositAddress, Wallet
 from .networks import Networks
@@ -76,7 +77,13 @@ def token_assets(chain: str, tokens: Any) -> list[AssetInfo]:
 
 def create_wallet(sessions: sessionmaker[Session], networks: Networks,
                   who: Principal, name: str, chain: str, network: str, tokens: Any,
-                  policy: Any) -> Wallet:
+                  policy: Any, *, wallet_id: str | None = None) -> Wallet:
+    """A wallet and its HSM key. ``wallet_id`` (an idempotency ticket): the id to give it;
+    a retry under it finishes what an attempt that died began (its key, its row)."""
+    if wallet_id is not None:
+        with sessions() as s:
+            if s.get(Wallet, wallet_id) is not None:
+                return get_wallet(sessions, who, wallet_id)
     if not isinstance(name, str) or not _NAME.match(name):
         raise BadRequest("name: 1-64 letters, digits, '_', '.', '-'")
     networks.check(chain, network)
@@ -87,11 +94,17 @@ def create_wallet(sessions: sessionmaker[Session], networks: Networks,
     with sessions() as s:
         if s.scalar(select(Wallet.id).where(Wallet.tenant == who.tenant, Wallet.name == name)):
             raise Conflict(f"a wallet named {name!r} exists")
-    wallet_id = uuid.uuid4().hex
+    wallet_id = wallet_id or uuid.uuid4().hex
     label = f"wallet-{wallet_id[:16]}"
     algorithm = "ED25519" if chain == "solana" else "SECP256K1"
     try:  # the wallet's key is its tenant's alone
         tenancy.create_key(sessions, networks.hsm, who.tenant, label, algorithm, policy=ska)
+    except KeyExists:
+        if tenancy.owner_of(sessions, label) != who.tenant:
+            raise BadRequest("the HSM refused the wallet key: its label is taken") from None
+        # made under this ticket by an attempt that died: use it if it is what we asked for
+        if networks.hsm.get_key(label).policy_digest != parse_policy(ska).digest:
+            raise Conflict("this wallet's key exists with another policy") from None
     except HsmError as exc:
         raise BadRequest(f"the HSM refused the wallet key: {exc.reason}") from None
     address = _first_address(networks, chain, label)
