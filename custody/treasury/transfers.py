@@ -52,6 +52,9 @@ log = logging.getLogger("custody.treasury")
 #: How often a broadcast transfer's confirmations are looked at, and a failed step retried.
 POLL_SECONDS = 1.0
 RETRY_SECONDS = 5.0
+#: A new transfer is submitted by the call that created it; the worker takes it over only
+#: if that call has not got it a sign request by then (its process died).
+SUBMIT_LEASE_SECONDS = 15.0
 _BY_REQUEST = {Status.PENDING: State.PENDING_APPROVAL, Status.APPROVED: State.ON_HOLD,
                Status.REJECTED: State.REJECTED, Status.EXPIRED: State.EXPIRED,
                Status.CANCELLED: State.CANCELLED, Status.FAILED: State.FAILED}
@@ -149,7 +152,8 @@ class Treasury:
                 payload_b64=base64.b64encode(unsigned.payload).decode(),
                 fee_cap=str(unsigned.fee_cap),
                 history=[{"state": State.REQUESTED.value, "at": now.isoformat()}],
-                created_at=now, updated_at=now, version=0)
+                created_at=now, updated_at=now, version=0,
+                next_check=self.clock() + SUBMIT_LEASE_SECONDS)
             record.details = dict(columns.get("details", {}))  # type: ignore[call-overload]
             record.details["intent"] = unsigned.intent.to_json()
             record.inputs = columns.get("inputs")  # type: ignore[assignment]
@@ -189,9 +193,9 @@ class Treasury:
             log.warning("transfer %s: submit deferred: %s", t.id, exc)
             self._retry(t.id)
             return
-        with self.sessions.begin() as s:
+        with self.sessions.begin() as s:  # the worker follows it from now on
             s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
-                sign_request_id=row.id))
+                sign_request_id=row.id, next_check=None))
         self._follow(self._load(t.id), row)
 
     def _adopt(self, t: TransferRecord, wallet: Wallet) -> SignRequest | None:
@@ -289,7 +293,8 @@ class Treasury:
         t = self._load(transfer_id)
         if t.state in _WAITING:
             if not t.sign_request_id:
-                self._submit(t.id)
+                if self._lease(t):  # else the creating call (or another worker) submits
+                    self._submit(t.id)
             else:
                 self._follow(t, self.broker.advance(t.sign_request_id))
         t = self._load(transfer_id)
@@ -366,6 +371,19 @@ class Treasury:
             with self.sessions.begin() as s:
                 s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
                     confirmations=c.confirmations, next_check=self.clock() + POLL_SECONDS))
+
+    def _lease(self, t: TransferRecord) -> bool:
+        """Take the submission of ``t`` for this worker alone, for a while: only once its
+        creator's lease has run out (compare-and-set on version and lease), so a worker
+        never raises a second sign request beside the call still raising the first."""
+        now = self.clock()
+        with self.sessions.begin() as s:
+            won = s.execute(update(TransferRecord).where(
+                TransferRecord.id == t.id, TransferRecord.version == t.version,
+                TransferRecord.sign_request_id.is_(None),
+                TransferRecord.next_check.is_(None) | (TransferRecord.next_check <= now)).values(
+                    version=t.version + 1, next_check=now + SUBMIT_LEASE_SECONDS))
+        return changed(won) == 1
 
     def _claim(self, t: TransferRecord) -> TransferRecord | None:
         """Take the next step of ``t`` for this worker alone (compare-and-set)."""
