@@ -38,7 +38,7 @@ from chains.errors import BroadcastRejected, ChainError, InsufficientFunds, Inva
 from custody.broker import Broker, Principal
 from custody.db import SignRequest, Status
 from custody.errors import BadRequest, Conflict, CustodyError, NotFound, Unavailable
-from hsm_emulator.errors import HsmError
+from hsm_emulator.errors import HsmError, TransportError
 from hsm_emulator.model import Action, Intent
 
 from . import webhooks
@@ -186,7 +186,13 @@ class Treasury:
                 row = self.broker.submit(who, wallet.key_label, Action.USE, payload,
                                          t.payload_type, None, meta, fee_cap=int(t.fee_cap),
                                          auto=False)
+        except TransportError as exc:  # the HSM is down, not refusing: keep it, retry
+            log.warning("transfer %s: submit deferred, HSM unreachable: %s", t.id, exc)
+            self._retry(t.id)
+            return
         except HsmError as exc:
+            with self.sessions.begin() as s:  # a nonce taken for it goes to the next one
+                self.networks.planner(wallet.chain).after_failure(s, t)
             self._move(t.id, State.FAILED, error=f"{exc.code}: {exc.reason}")
             raise BadRequest(f"the HSM refused the request: {exc.reason}") from None
         except (ChainError, OSError) as exc:
