@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from custody.localnets import LocalNets, find_anvil
 from custody.treasury.transfers import Treasury
 from tests.helpers import Approver
 from tests.test_api_tutorial import SECRET
-from tests.treasury_kit import answer, create_wallet, get, policy_config, transfer
+from tests.treasury_kit import DESK, answer, create_wallet, get, policy_config, transfer
 
 pytestmark = pytest.mark.slow
 WEI = 10**18
@@ -176,3 +177,39 @@ def test_a_crash_resumes_without_repeating(service: Service, people: dict[str, A
     # the next transfer takes the next nonce: none reused, none skipped
     nxt = transfer(service.client, w["id"], "ETH", "0.5", dest)
     assert _finish(service, nxt["id"])["nonce"] == before + 1
+
+
+def test_a_transfer_create_cut_short_is_answered_by_its_retry(
+        service: Service, people: dict[str, Approver], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dies after the transfer was recorded, before the call answered: the
+    client's retry with the same Idempotency-Key (once the dead attempt's lease ran out)
+    gets that transfer - not a second one, not 'in progress' for ever - and it moves once."""
+    from custody import idempotency
+    from custody.treasury import transfers
+
+    monkeypatch.setattr(idempotency, "LEASE_SECONDS", 0.3)
+    monkeypatch.setattr(transfers, "SUBMIT_LEASE_SECONDS", 0.3)
+    assert service.client is not None
+    w = _wallet(service, people)
+    eth = service.nets.eth
+    assert eth is not None
+    dest = checksum(os.urandom(20))
+    before = eth.pending_nonce(w["address"])
+    _crash_once(service.treasury, "_submit", lambda *_a, **_k: True)
+    body = {"wallet": w["id"], "asset": "ETH", "amount": "0.5", "destination": dest}
+    headers = {**DESK, "Idempotency-Key": "desk-run-7"}
+    with pytest.raises(BaseException) as died:
+        service.client.post("/v1/transfers", json=body, headers=headers)
+    assert "Crash" in repr(died.value)
+    service.restart()
+    assert service.client is not None
+    time.sleep(0.4)
+    first = service.client.post("/v1/transfers", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    again = service.client.post("/v1/transfers", json=body, headers=headers)
+    assert again.json()["id"] == first.json()["id"]
+    listed = service.client.get("/v1/transfers", params={"wallet": w["id"]}, headers=DESK)
+    assert [t["id"] for t in listed.json()] == [first.json()["id"]]
+    done = _finish(service, first.json()["id"])
+    assert done["nonce"] == before and eth.pending_nonce(w["address"]) == before + 1
+    assert eth.balance(dest) == WEI // 2  # arrived once
