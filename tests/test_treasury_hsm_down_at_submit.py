@@ -23,18 +23,13 @@ from chains.ethereum.encoding import checksum
 from custody.treasury.models import NonceSlot
 from custody.treasury.transfers import RETRY_SECONDS
 from hsm_emulator.errors import KeyBlocked, TransportError
+from tests import test_treasury_resume as resume
 from tests.helpers import Approver
-from tests.test_treasury_resume import (  # noqa: F401 - fixtures
-    WEI,
-    Service,
-    _finish,
-    _wallet,
-    nets,
-    service,
-)
+from tests.test_treasury_resume import WEI, Service, _finish, _wallet
 from tests.treasury_kit import DESK, transfer
 
 pytestmark = pytest.mark.slow
+nets, service = resume.nets, resume.service  # the fixtures, shared
 
 
 def _fail_once(service: Service, exc: Exception) -> None:

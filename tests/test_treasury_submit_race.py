@@ -21,19 +21,13 @@ from sqlalchemy import select
 from chains.ethereum.encoding import checksum
 from custody.db import SignRequest
 from custody.treasury.transfers import SUBMIT_LEASE_SECONDS
+from tests import test_treasury_resume as resume
 from tests.helpers import Approver
-from tests.test_treasury_resume import (  # noqa: F401 - fixtures
-    WEI,
-    Crash,
-    Service,
-    _finish,
-    _wallet,
-    nets,
-    service,
-)
+from tests.test_treasury_resume import WEI, Crash, Service, _finish, _wallet
 from tests.treasury_kit import transfer
 
 pytestmark = pytest.mark.slow
+nets, service = resume.nets, resume.service  # the fixtures, shared
 
 
 def _requests_for(service: Service, transfer_id: str) -> list[str]:
@@ -93,7 +87,7 @@ def test_a_worker_takes_over_after_the_creator_died(
 
     service.broker.submit = died  # type: ignore[method-assign]
     dest = checksum(os.urandom(20))
-    with pytest.raises(BaseException):  # noqa: B017, PT011 - through HTTP it arrives wrapped
+    with pytest.raises(BaseException):  # noqa: B017 - through HTTP it arrives wrapped
         transfer(service.client, w["id"], "ETH", "0.5", dest)
     service.broker.submit = original  # type: ignore[method-assign]
     service.restart()
@@ -106,7 +100,7 @@ def test_a_worker_takes_over_after_the_creator_died(
     assert stored.state == "requested" and stored.sign_request_id is None
     assert treasury.advance(stored.id).sign_request_id is None  # its creator's lease holds
     treasury.clock = lambda: time.time() + SUBMIT_LEASE_SECONDS + 1  # type: ignore[method-assign]
-    done = _finish(service, stored.id)
+    _finish(service, stored.id)
     requests = _requests_for(service, stored.id)
     assert len(requests) == 1 and _signings(service, requests) == 1
     assert eth.balance(dest) == WEI // 2
