@@ -82,7 +82,11 @@ class EthClient:
 
     def __init__(self, url: str, *, timeout: float = 10.0,
                  expected_chain_id: int | None = None) -> None:
-        provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout})
+        # No retries inside web3: it retries a timed-out read five times with backoff, so
+        # a hung node held each call for 6 x ``timeout``. The caller retries instead (the
+        # worker on its next pass, an API client after Retry-After).
+        provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout},
+                                     exception_retry_configuration=None)
         self.w3 = Web3(provider)
         self.expected_chain_id = expected_chain_id
 
