@@ -1,7 +1,8 @@
 """Errors as RFC 9457 problem details, from one place, with stable codes.
 
-Routes raise domain errors (``HsmError``, ``CustodyError``); this maps them. Bad input
-is always a 4xx; a 5xx means the service itself is unwell.
+Routes raise domain errors (``HsmError``, ``CustodyError``, ``ChainError``); this maps
+them. Bad input is always a 4xx; a 5xx means the service itself (or a part it needs: the
+database, the HSM, a chain node) is unwell.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chains.errors import ChainError
 from custody.errors import CustodyError
 from hsm_emulator.errors import HsmError, PolicyInvalid, PolicyNotMet
 
@@ -34,7 +36,12 @@ STATUS = {
     "custody.bad_request": 400, "custody.unauthorized": 401, "custody.forbidden": 403,
     "custody.not_found": 404, "custody.conflict": 409, "custody.rate_limited": 429,
     "custody.unavailable": 503,
+    "chain.node_unavailable": 503, "chain.invalid_address": 400,
+    "chain.insufficient_funds": 400, "chain.build_error": 400, "chain.decode_error": 422,
+    "chain.broadcast_rejected": 409,
 }
+#: A chain error without its own status: the node answered, but not as it should.
+CHAIN_DEFAULT = 502
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -109,6 +116,13 @@ def install(app: FastAPI) -> None:
     async def _custody(req: Request, exc: CustodyError) -> JSONResponse:
         _count(req, exc.code)
         return problem(STATUS.get(exc.code, 500), exc.code, exc.reason)
+
+    @app.exception_handler(ChainError)
+    async def _chain(req: Request, exc: ChainError) -> JSONResponse:
+        """A node that does not answer is an outage (503, Retry-After), not a bug (500):
+        the same call succeeds once the node is back."""
+        _count(req, exc.code)
+        return problem(STATUS.get(exc.code, CHAIN_DEFAULT), exc.code, exc.reason)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -21,10 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from chains.bitcoin.adapter import BitcoinAdapter
-from chains.errors import ChainError
 from custody import tenancy
 from custody.broker import Principal
-from custody.errors import BadRequest, Conflict, CustodyError, NotFound
+from custody.errors import BadRequest, Conflict, NotFound
 from hsm_emulator.errors import HsmError, KeyExists
 from hsm_emulator.policy import parse_policy
 
@@ -195,37 +194,35 @@ def new_address(sessions: sessionmaker[Session], networks: Networks,
 
 
 def _used(adapter: BitcoinAdapter, wallet: Wallet, known: list[DepositAddress]) -> set[str]:
-    try:
-        coins = adapter.coins(wallet.key_label)
-    except ChainError as exc:
-        raise CustodyError(f"the Bitcoin node did not answer: {exc}") from None
+    """Which issued addresses received coins (the gap limit needs the node: while it is
+    unreachable the chain's ``NodeUnavailable`` is a 503, and no address is handed out)."""
+    coins = adapter.coins(wallet.key_label)
     paths = {c.path for c in coins}
     return {a.address for a in known if a.path in paths}
 
 
 def balances(networks: Networks, wallet: Wallet) -> list[dict[str, Any]]:
-    """From the node, now: never a number kept here."""
+    """From the node, now: never a number kept here - so an unreachable node is a 503
+    (the chain's ``NodeUnavailable``, mapped with the other chain errors), not a stale
+    figure."""
     from .units import to_text
 
     out = []
     adapter: Any = networks.adapter(wallet.chain)
     for a in assets_of(wallet):
-        try:
-            if wallet.chain == "bitcoin":
-                coins = adapter.coins(wallet.key_label)
-                amount = sum(c.amount for c in coins)
-                extra: dict[str, Any] = {"utxos": len(coins), "coins": [
-                    {"outpoint": f"{c.txid}:{c.vout}", "amount": to_text(c.amount, 8),
-                     "path": c.path} for c in coins]}
-            elif wallet.chain == "ethereum":
-                amount = adapter.client.balance(wallet.address) if a.asset == "ETH" else (
-                    adapter.client.erc20_balance(a.asset[len("ERC20:"):], wallet.address))
-                extra = {}
-            else:
-                amount = adapter.balance(wallet.address, a.asset)
-                extra = {}
-        except ChainError as exc:
-            raise CustodyError(f"the {wallet.chain} node did not answer: {exc}") from None
+        if wallet.chain == "bitcoin":
+            coins = adapter.coins(wallet.key_label)
+            amount = sum(c.amount for c in coins)
+            extra: dict[str, Any] = {"utxos": len(coins), "coins": [
+                {"outpoint": f"{c.txid}:{c.vout}", "amount": to_text(c.amount, 8),
+                 "path": c.path} for c in coins]}
+        elif wallet.chain == "ethereum":
+            amount = adapter.client.balance(wallet.address) if a.asset == "ETH" else (
+                adapter.client.erc20_balance(a.asset[len("ERC20:"):], wallet.address))
+            extra = {}
+        else:
+            amount = adapter.balance(wallet.address, a.asset)
+            extra = {}
         out.append({"symbol": a.symbol, "asset": a.asset, "amount": to_text(amount, a.decimals),
                     "baseUnits": str(amount), **extra})
     return out
