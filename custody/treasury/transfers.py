@@ -34,10 +34,16 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from chains.base import TransferRequest, UnsignedTx
-from chains.errors import BroadcastRejected, ChainError, InsufficientFunds, InvalidAddress
+from chains.errors import (
+    BroadcastRejected,
+    ChainError,
+    InsufficientFunds,
+    InvalidAddress,
+    NodeUnavailable,
+)
 from custody.broker import Broker, Principal
 from custody.db import SignRequest, Status
-from custody.errors import BadRequest, Conflict, CustodyError, NotFound, Unavailable
+from custody.errors import BadRequest, Conflict, CustodyError, NotFound
 from hsm_emulator.errors import HsmError, TransportError
 from hsm_emulator.model import Action, Intent
 
@@ -139,9 +145,9 @@ class Treasury:
                 raise BadRequest(f"cannot be funded: {exc}") from None
             except InvalidAddress as exc:
                 raise BadRequest(f"destination: {exc}") from None
+            except NodeUnavailable:
+                raise  # an outage, not a bad request: 503 + Retry-After, nothing stored
             except ChainError as exc:
-                if "connect" in str(exc).lower() or "timed out" in str(exc).lower():
-                    raise Unavailable(f"the {wallet.chain} node did not answer: {exc}") from None
                 raise BadRequest(f"cannot build this transfer: {exc}") from None
             now = datetime.now(UTC)
             record = TransferRecord(
@@ -197,7 +203,7 @@ class Treasury:
             raise BadRequest(f"the HSM refused the request: {exc.reason}") from None
         except (ChainError, OSError) as exc:
             log.warning("transfer %s: submit deferred: %s", t.id, exc)
-            self._retry(t.id)
+            self._retry(t.id, exc)
             return
         with self.sessions.begin() as s:  # the worker follows it from now on
             s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
@@ -245,7 +251,11 @@ class Treasury:
         with self.sessions() as s:
             if s.get(TransferRecord, transfer_id) is None:
                 return None
-        return self.finalize_transfer(transfer_id)
+        try:
+            return self.finalize_transfer(transfer_id)
+        except NodeUnavailable as exc:  # the broker keeps the approvals and retries
+            self._note(transfer_id, exc)
+            raise
 
     def finalize_transfer(self, transfer_id: str) -> bytes:
         """The payload the HSM will sign, rebuilt once (nonce, fees, blockhash) and
@@ -292,7 +302,7 @@ class Treasury:
                 self.advance(transfer_id)
             except (CustodyError, HsmError, ChainError, OSError) as exc:
                 log.warning("transfer %s: %s", transfer_id, exc)
-                self._retry(transfer_id)
+                self._retry(transfer_id, exc)
         return len(ids)
 
     def advance(self, transfer_id: str) -> TransferRecord:
@@ -376,7 +386,8 @@ class Treasury:
         else:
             with self.sessions.begin() as s:
                 s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
-                    confirmations=c.confirmations, next_check=self.clock() + POLL_SECONDS))
+                    confirmations=c.confirmations, error=None,
+                    next_check=self.clock() + POLL_SECONDS))
 
     def _lease(self, t: TransferRecord) -> bool:
         """Take the submission of ``t`` for this worker alone, for a while: only once its
@@ -411,6 +422,7 @@ class Treasury:
                 return False
             now = datetime.now(UTC)
             history = [*t.history, {"state": state.value, "at": now.isoformat()}]
+            values.setdefault("error", None)  # a step succeeded: no longer waiting
             with self.sessions.begin() as s:
                 won = s.execute(update(TransferRecord).where(
                     TransferRecord.id == t.id, TransferRecord.version == t.version).values(
@@ -424,10 +436,21 @@ class Treasury:
                 return True
         raise Conflict(f"transfer {transfer_id} is contended; retry")
 
-    def _retry(self, transfer_id: str) -> None:
+    def _retry(self, transfer_id: str, exc: Exception | None = None) -> None:
         with self.sessions.begin() as s:
             s.execute(update(TransferRecord).where(TransferRecord.id == transfer_id).values(
                 next_check=self.clock() + RETRY_SECONDS))
+        if isinstance(exc, NodeUnavailable):
+            self._note(transfer_id, exc)
+
+    def _note(self, transfer_id: str, exc: NodeUnavailable) -> None:
+        """An outage is not a failure: the transfer keeps its state and says why it waits
+        (``error``), until its next step succeeds and clears the note."""
+        with self.sessions.begin() as s:
+            s.execute(update(TransferRecord).where(
+                TransferRecord.id == transfer_id,
+                TransferRecord.state.not_in([st.value for st in TERMINAL])).values(
+                    error=f"waiting for the node ({exc.code}): {exc.reason}"))
 
     # -- reading ------------------------------------------------------------------------
 
