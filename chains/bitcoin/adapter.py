@@ -24,7 +24,7 @@ from .coins import Utxo
 from .decoder import BitcoinPsbtDecoder
 from .ownership import key_fingerprint
 from .psbt import Psbt
-from .rpc import BitcoinRpc, btc_to_sats
+from .rpc import RPC_INVALID_ADDRESS_OR_KEY, BitcoinRpc, RpcCallError, btc_to_sats
 from .scripts import ScriptKind, p2tr_script, p2wpkh_script
 
 #: ``(label, path) -> compressed public key``: the HSM's ``public_key`` call.
@@ -133,10 +133,28 @@ class BitcoinAdapter:
         return txid
 
     def confirmation(self, txid: str) -> Confirmation:
-        info = self.rpc.getrawtransaction(txid, True)
+        """Depth of ``txid``: 0 while in the mempool, and 0 for a txid the node does not
+        know (as the Ethereum and Solana adapters answer); :meth:`known` tells which."""
+        try:
+            info = self.rpc.getrawtransaction(txid, True)
+        except RpcCallError as exc:
+            if exc.rpc_code != RPC_INVALID_ADDRESS_OR_KEY:
+                raise
+            return Confirmation(txid, 0)
         confirmations = int(info.get("confirmations", 0))
         return Confirmation(txid, confirmations, info.get("blockhash"),
                             confirmations >= self.depth)
+
+    def known(self, txid: str) -> bool:
+        """Whether the node has ``txid`` in its mempool or a block. A node restarted
+        without its mempool forgets a transaction it accepted."""
+        try:
+            self.rpc.getrawtransaction(txid, False)
+        except RpcCallError as exc:
+            if exc.rpc_code != RPC_INVALID_ADDRESS_OR_KEY:
+                raise
+            return False
+        return True
 
 
 def _fee(psbt: Psbt) -> int:

@@ -39,6 +39,9 @@ from chains.errors import BroadcastRejected, ChainError, NodeUnavailable
 
 #: Core's RPC_IN_WARMUP: the node is starting and will answer later.
 RPC_IN_WARMUP = -28
+#: Core's RPC_INVALID_ADDRESS_OR_KEY, what ``getrawtransaction`` answers for a txid the
+#: node has neither in its mempool nor in a block.
+RPC_INVALID_ADDRESS_OR_KEY = -5
 _BROADCAST_METHODS = frozenset({"sendrawtransaction", "testmempoolaccept", "submitpackage"})
 
 

@@ -13,6 +13,8 @@ The treasury service is chain-agnostic; what differs per chain lives here:
   approved ones and the fee stays within the approved cap.
 * **txid**, **broadcast**, **confirmation** - broadcasting the same bytes again is
   harmless on every chain (same id), which is what lets a restart re-send safely.
+* **known** - whether the node still has a broadcast transaction: a node restarted
+  without its mempool forgets one it accepted, and the treasury then sends it again.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class Planner(Protocol):
 
     def confirmation(self, txid: str) -> Confirmation: ...
 
+    def known(self, txid: str) -> bool: ...
+
     def after_broadcast(self, s: Session, t: TransferRecord) -> None: ...
 
     def after_failure(self, s: Session, t: TransferRecord) -> None: ...
@@ -111,6 +115,9 @@ class BitcoinPlanner:
 
     def confirmation(self, txid: str) -> Confirmation:
         return self.adapter.confirmation(txid)
+
+    def known(self, txid: str) -> bool:
+        return self.adapter.known(txid)
 
     def after_broadcast(self, s: Session, t: TransferRecord) -> None:
         pass
@@ -193,6 +200,9 @@ class EthereumPlanner:
     def confirmation(self, txid: str) -> Confirmation:
         return self.adapter.confirmation(txid)
 
+    def known(self, txid: str) -> bool:
+        return self.adapter.client.known(txid)
+
     def after_broadcast(self, s: Session, t: TransferRecord) -> None:
         s.execute(update(NonceSlot).where(NonceSlot.transfer_id == t.id,
                                           NonceSlot.state == "reserved").values(
@@ -230,6 +240,11 @@ class SolanaPlanner:
 
     def confirmation(self, txid: str) -> Confirmation:
         return self.adapter.confirmation(txid)
+
+    def known(self, txid: str) -> bool:
+        """Not asked: a Solana transaction is good for one blockhash (about a minute), so
+        sending the same bytes later would be refused, not helpful."""
+        return True
 
     def after_broadcast(self, s: Session, t: TransferRecord) -> None:
         pass

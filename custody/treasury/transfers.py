@@ -384,10 +384,23 @@ class Treasury:
             self._move(t.id, State.CONFIRMED, confirmations=c.confirmations,
                        block=c.block_hash, next_check=None)
         else:
+            lost = c.confirmations == 0 and not planner.known(t.txid or "")
+            note = self._resend(t, planner) if lost else None
             with self.sessions.begin() as s:
                 s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
-                    confirmations=c.confirmations, error=None,
+                    confirmations=c.confirmations, error=note,
                     next_check=self.clock() + POLL_SECONDS))
+
+    def _resend(self, t: TransferRecord, planner: Planner) -> str | None:
+        """The node lost a transaction it had accepted (restarted without its mempool):
+        send the same signed bytes again - the same transaction, never a second one. A
+        refusal is noted, not final (the node may yet learn it from a peer or a block)."""
+        log.warning("transfer %s: the node no longer knows %s; sending it again", t.id, t.txid)
+        try:
+            planner.broadcast(base64.b64decode(t.raw_b64 or ""))
+        except BroadcastRejected as exc:
+            return f"the node lost the transaction and refused it again: {exc}"
+        return None
 
     def _lease(self, t: TransferRecord) -> bool:
         """Take the submission of ``t`` for this worker alone, for a while: only once its
