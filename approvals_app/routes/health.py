@@ -1,4 +1,10 @@
-"""Liveness and readiness: ready only when the database and the HSM answer."""
+"""Liveness and readiness: ready only when the database and the HSM answer.
+
+Chain nodes are not checked, on purpose: a node serves one chain's transfers, which wait
+for it (the calls that need it answer 503 ``chain.node_unavailable``), while approvals,
+sign requests and the other chains go on. Every replica shares the node, so marking them
+unready for it would take the whole service down with one chain.
+"""
 
 from __future__ import annotations
 
