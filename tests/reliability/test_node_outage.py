@@ -95,6 +95,14 @@ class Anvil:
         self.proc.wait(timeout=20)
         self.proc = None
 
+    def running(self) -> Anvil:
+        """Up, whatever the last test left (a failed one may have stopped or frozen it)."""
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+        else:
+            self.start()
+        return self
+
     def close(self) -> None:
         if self.proc is not None:
             os.kill(self.proc.pid, signal.SIGCONT)  # in case a test froze it
@@ -129,6 +137,11 @@ class BitcoinNode:
         self.proc.wait(timeout=20)
         self.proc = None
 
+    def running(self) -> BitcoinNode:
+        if self.proc is None:
+            self.start()
+        return self
+
     def close(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -137,7 +150,7 @@ class BitcoinNode:
 
 
 @pytest.fixture(scope="module")
-def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
+def anvil_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
     if find_anvil() is None and not os.environ.get("CI"):
         pytest.skip("anvil not installed")
     node = Anvil(tmp_path_factory.mktemp("anvil"))
@@ -147,11 +160,21 @@ def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
 
 
 @pytest.fixture(scope="module")
-def bitcoind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BitcoinNode]:
+def bitcoind_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BitcoinNode]:
     node = BitcoinNode(tmp_path_factory.mktemp("bitcoin"))
     node.start()
     yield node
     node.close()
+
+
+@pytest.fixture
+def anvil(anvil_process: Anvil) -> Anvil:
+    return anvil_process.running()
+
+
+@pytest.fixture
+def bitcoind(bitcoind_process: BitcoinNode) -> BitcoinNode:
+    return bitcoind_process.running()
 
 
 def _faucet(anvil: Anvil | None = None, bitcoind: BitcoinNode | None = None) -> LocalNets:
