@@ -34,8 +34,6 @@ from tests.helpers import Approver, tiered_policy
 from tests.test_api_tutorial import SECRET
 from tests.treasury_kit import answer
 
-LEASE = 0.3  #: shortened for the tests (the default is 15 s)
-
 
 class Crash(BaseException):
     """The process dies here (no ``except Exception`` in the code under test sees it)."""
@@ -84,10 +82,28 @@ class App:
             return int(s.execute(text(f"SELECT count(*) FROM {table}")).scalar())
 
 
+class Clock:
+    """The idempotency leases' clock, moved by the test (no sleeping, no timing races)."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def lease_runs_out(self) -> None:
+        self.t += idempotency.LEASE_SECONDS + 1
+
+
 @pytest.fixture
-def app(tmp_path: Path, people: dict[str, Approver],
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
-    monkeypatch.setattr(idempotency, "LEASE_SECONDS", LEASE)
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(idempotency, "now", c)
+    return c
+
+
+@pytest.fixture
+def app(tmp_path: Path, people: dict[str, Approver], clock: Clock) -> Iterator[App]:
     a = App(tmp_path)
     r = a.client.post("/v1/key", json={
         "label": "treasury", "algorithm": "EC", "curveOid": "1.3.132.0.10",
@@ -129,7 +145,7 @@ def die_once(target: Any, name: str, exc: BaseException | None = None,
 
 @pytest.mark.parametrize("tier, amount", [("auto", 50), ("medium", 1000)])
 def test_a_create_cut_short_after_the_hsm_acted_is_finished_by_the_retry(
-        app: App, people: dict[str, Approver], tier: str, amount: int) -> None:
+        app: App, clock: Clock, people: dict[str, Approver], tier: str, amount: int) -> None:
     body = sign_body(amount, 1)
     # the HSM signed (auto) or opened the request (medium); the broker never recorded it
     fired = die_once(app.state.hsm, "sign_now" if tier == "auto" else "begin")
@@ -141,7 +157,7 @@ def test_a_create_cut_short_after_the_hsm_acted_is_finished_by_the_retry(
 
     early = post_sign(app, body, "crash-1")  # the dead attempt's lease still runs
     assert early.status_code == 409 and "in progress" in early.json()["detail"]
-    time.sleep(LEASE + 0.1)
+    clock.lease_runs_out()
     retry = post_sign(app, body, "crash-1")
     assert retry.status_code == 201, retry.text
     request_id = retry.json()["signRequestId"]
@@ -164,14 +180,15 @@ def test_a_create_cut_short_after_the_hsm_acted_is_finished_by_the_retry(
     assert len(signed) == 1  # and nothing else was signed: no second request made
 
 
-def test_a_create_cut_short_before_the_hsm_acted_is_done_once_by_the_retry(app: App) -> None:
+def test_a_create_cut_short_before_the_hsm_acted_is_done_once_by_the_retry(
+        app: App, clock: Clock) -> None:
     body = sign_body(50, 2)
     die_once(app.state.hsm, "sign_now", after=False)
     with pytest.raises(BaseException) as died:
         post_sign(app, body, "crash-2")
     assert "Crash" in repr(died.value)
     app.kill_and_restart()
-    time.sleep(LEASE + 0.1)
+    clock.lease_runs_out()
     retry = post_sign(app, body, "crash-2")
     assert retry.status_code == 201, retry.text
     assert app.signatures(retry.json()["signRequestId"]) == 1
