@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from approvals_app.main import create_app
 from approvals_app.settings import Settings
+from chains.ethereum.client import EthClient
 from chains.ethereum.encoding import checksum
 from custody.broker import Broker
 from custody.localnets import LocalNets, find_anvil
@@ -114,6 +115,16 @@ def _wallet(service: Service, people: dict[str, Approver]) -> dict[str, Any]:
     return w
 
 
+def _funded(service: Service, people: dict[str, Approver],
+            ) -> tuple[dict[str, Any], EthClient, str, int]:
+    """A funded wallet, its node, a fresh destination and the wallet's next nonce."""
+    assert service.client is not None
+    w = _wallet(service, people)
+    eth = service.nets.eth
+    assert eth is not None
+    return w, eth, checksum(os.urandom(20)), eth.pending_nonce(w["address"])
+
+
 def _crash_once(target: Any, name: str, when: Callable[..., bool]) -> None:
     original = getattr(target, name)
     fired: list[bool] = []
@@ -141,12 +152,7 @@ def _finish(service: Service, transfer_id: str) -> dict[str, Any]:
                                    "broadcast-not-recorded"])
 def test_a_crash_resumes_without_repeating(service: Service, people: dict[str, Approver],
                                            point: str) -> None:
-    assert service.client is not None
-    w = _wallet(service, people)
-    eth = service.nets.eth
-    assert eth is not None
-    dest = checksum(os.urandom(20))
-    before = eth.pending_nonce(w["address"])
+    w, eth, dest, before = _funded(service, people)
     t = transfer(service.client, w["id"], "ETH", "5", dest)  # medium: two traders
     answer(service.client, people["t1"], t["signRequestId"])
     if point == "hsm-executed-not-recorded":
@@ -189,12 +195,7 @@ def test_a_transfer_create_cut_short_is_answered_by_its_retry(
 
     monkeypatch.setattr(idempotency, "LEASE_SECONDS", 0.3)
     monkeypatch.setattr(transfers, "SUBMIT_LEASE_SECONDS", 0.3)
-    assert service.client is not None
-    w = _wallet(service, people)
-    eth = service.nets.eth
-    assert eth is not None
-    dest = checksum(os.urandom(20))
-    before = eth.pending_nonce(w["address"])
+    w, eth, dest, before = _funded(service, people)
     _crash_once(service.treasury, "_submit", lambda *_a, **_k: True)
     body = {"wallet": w["id"], "asset": "ETH", "amount": "0.5", "destination": dest}
     headers = {**DESK, "Idempotency-Key": "desk-run-7"}
