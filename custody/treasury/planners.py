@@ -38,7 +38,7 @@ from chains.ethereum.encoding import keccak256
 from chains.solana.adapter import SolanaAdapter, transaction_id
 from hsm_emulator.model import Intent
 
-from .models import TERMINAL, NonceSlot, TransferRecord, Wallet, changed
+from .models import TERMINAL, NonceSlot, TransferRecord, Wallet
 
 
 def unsigned_of(t: TransferRecord, intent: Intent, network: str, chain: str) -> UnsignedTx:
@@ -151,41 +151,39 @@ class EthereumPlanner:
     def _allocate(self, sessions: sessionmaker[Session], t: TransferRecord,
                   wallet: Wallet) -> int:
         """The lowest freed slot, else the next one - committed before anything is signed
-        with it. A unique constraint settles races between workers."""
+        with it. One transaction per attempt, opened by writing the wallet's row (a row
+        lock on PostgreSQL, the write lock on SQLite): two finalizers of one transfer
+        (an API releasing it, a worker advancing it) never both find it without a slot,
+        so it never holds two; the unique constraint settles anything else."""
         chain_id, address = self.adapter.chain_id, wallet.address.lower()
         for _ in range(20):
-            with sessions.begin() as s:
-                owned = s.scalar(select(NonceSlot.nonce).where(
-                    NonceSlot.transfer_id == t.id, NonceSlot.state != "free"))
-                if owned is not None:
-                    return int(owned)
-                free = s.scalar(select(NonceSlot).where(
-                    NonceSlot.chain_id == chain_id, NonceSlot.address == address,
-                    NonceSlot.state == "free").order_by(NonceSlot.nonce).limit(1))
-                if free is not None:
-                    took = s.execute(update(NonceSlot).where(
-                        NonceSlot.id == free.id, NonceSlot.state == "free").values(
-                            state="reserved", transfer_id=t.id))
-                    if changed(took) == 1:
-                        return int(free.nonce)
-                    continue
-            highest = self._highest(sessions, chain_id, address)
-            nonce = max(highest + 1, self.adapter.client.pending_nonce(wallet.address))
             try:
                 with sessions.begin() as s:
+                    s.execute(update(Wallet).where(Wallet.id == wallet.id).values(
+                        name=Wallet.name).execution_options(synchronize_session=False))
+                    owned = s.scalar(select(NonceSlot.nonce).where(
+                        NonceSlot.transfer_id == t.id, NonceSlot.state != "free"))
+                    if owned is not None:
+                        return int(owned)
+                    free = s.scalar(select(NonceSlot).where(
+                        NonceSlot.chain_id == chain_id, NonceSlot.address == address,
+                        NonceSlot.state == "free").order_by(NonceSlot.nonce).limit(1))
+                    if free is not None:
+                        free.state, free.transfer_id = "reserved", t.id
+                        return int(free.nonce)
+                    highest = self._highest(s, chain_id, address)
+                    nonce = max(highest + 1, self.adapter.client.pending_nonce(wallet.address))
                     s.add(NonceSlot(chain_id=chain_id, address=address, nonce=nonce,
                                     state="reserved", transfer_id=t.id))
-                return nonce
+                    return nonce
             except IntegrityError:
                 continue
         raise ChainError("could not allocate a nonce (contention); retry")
 
     @staticmethod
-    def _highest(sessions: sessionmaker[Session], chain_id: int,
-                 address: str) -> int:
-        with sessions() as s:
-            value = s.scalar(select(func.max(NonceSlot.nonce)).where(
-                NonceSlot.chain_id == chain_id, NonceSlot.address == address))
+    def _highest(s: Session, chain_id: int, address: str) -> int:
+        value = s.scalar(select(func.max(NonceSlot.nonce)).where(
+            NonceSlot.chain_id == chain_id, NonceSlot.address == address))
         return -1 if value is None else int(value)
 
     def assemble(self, unsigned: UnsignedTx, signatures: Sequence[bytes]) -> bytes:
