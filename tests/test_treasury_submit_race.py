@@ -11,6 +11,8 @@ counted twice against a velocity limit; on the approval tiers, two approval task
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import time
 from typing import Any
@@ -103,4 +105,44 @@ def test_a_worker_takes_over_after_the_creator_died(
     _finish(service, stored.id)
     requests = _requests_for(service, stored.id)
     assert len(requests) == 1 and _signings(service, requests) == 1
+    assert eth.balance(dest) == WEI // 2
+
+
+def test_a_signature_the_broker_never_recorded_is_adopted_not_repeated(
+        service: Service, people: dict[str, Approver]) -> None:
+    """The HSM signed the auto tier, the process died before the broker's row: the
+    worker's resubmission finds the HSM's request (its id is the transfer's own) instead
+    of having the payload signed a second time."""
+    assert service.client is not None
+    w = _wallet(service, people)
+    eth = service.nets.eth
+    assert eth is not None
+    broker = service.broker
+    original = broker._record_executed
+
+    def died(*_a: Any, **_k: Any) -> Any:
+        raise Crash("signed by the HSM, not recorded")
+
+    broker._record_executed = died  # type: ignore[method-assign]
+    dest = checksum(os.urandom(20))
+    with pytest.raises(BaseException):  # noqa: B017 - through HTTP it arrives wrapped
+        transfer(service.client, w["id"], "ETH", "0.5", dest)
+    broker._record_executed = original  # type: ignore[method-assign]
+    service.restart()
+    treasury = service.treasury
+    with treasury.sessions() as s:
+        from custody.treasury.models import TransferRecord
+
+        stored = s.scalars(select(TransferRecord).where(
+            TransferRecord.destination == dest)).one()
+    treasury.clock = lambda: time.time() + SUBMIT_LEASE_SECONDS + 1  # type: ignore[method-assign]
+    _finish(service, stored.id)
+    with treasury.sessions() as s:
+        final = base64.b64decode(s.get(TransferRecord, stored.id).payload_b64)  # type: ignore[union-attr]
+    digest = hashlib.sha256(final).hexdigest()
+    hsm = service.client.app.state.hsm  # type: ignore[attr-defined]
+    assert sum(1 for e in hsm.audit_entries(1, 100_000)
+               if e.event.get("op") in ("sign.now", "request.execute")
+               and e.event.get("result") == "ok"
+               and e.event.get("payloadDigest") == digest) == 1  # signed once
     assert eth.balance(dest) == WEI // 2

@@ -187,11 +187,12 @@ class Treasury:
                         tier=ev.released_by))
                 final = self.finalize_transfer(t.id)
                 row = self.broker.submit(who, wallet.key_label, Action.USE, final,
-                                         t.payload_type, None, meta, fee_cap=int(t.fee_cap))
+                                         t.payload_type, None, meta, fee_cap=int(t.fee_cap),
+                                         request_id=hsm_request_id(t.id))
             else:
                 row = self.broker.submit(who, wallet.key_label, Action.USE, payload,
                                          t.payload_type, None, meta, fee_cap=int(t.fee_cap),
-                                         auto=False)
+                                         auto=False, request_id=hsm_request_id(t.id))
         except TransportError as exc:  # the HSM is down, not refusing: keep it, retry
             log.warning("transfer %s: submit deferred, HSM unreachable: %s", t.id, exc)
             self._retry(t.id)
@@ -524,6 +525,13 @@ class Treasury:
                 log.exception("treasury worker step failed")
             with self._wake:
                 self._wake.wait(timeout=interval)
+
+
+def hsm_request_id(transfer_id: str) -> str:
+    """The HSM request of a transfer has an id of the transfer's own: a submission
+    repeated after a crash (the HSM signed or opened it, this database never heard) finds
+    that request in the HSM instead of having the payload signed a second time."""
+    return f"transfer-{transfer_id}"
 
 
 def _hard_limit(wallet: Wallet, symbol: str, decimals: int) -> int | None:
