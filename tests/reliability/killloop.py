@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from custody import idempotency
 from custody.localnets import ETH_CHAIN_ID, LocalNets
 
 from .cluster import Cluster
@@ -47,15 +48,24 @@ def victims(rng: random.Random) -> list[str]:
 
 
 def settle(desk: Desk, scenarios: list[Scenario]) -> None:
-    """Resume what the crash interrupted, then wait for every request to be final."""
+    """Resume what the crash interrupted, then wait for every request to be final.
+
+    A create whose process died keeps answering "in progress" until its idempotency lease
+    runs out; the client keeps at it a little past that, so the retry's takeover (which
+    finishes the dead attempt's work) is what the loop exercises."""
     for s in scenarios:
-        for _ in range(2):
+        patience, tries = time.time() + idempotency.LEASE_SECONDS + 5, 0
+        while True:
+            tries += 1
             try:
                 if not s.complete:
                     desk.drive(s)
                 break
             except (GaveUp, AssertionError) as exc:
                 desk.ledger.note(f"resume: {str(exc)[:80]}")
+                stuck = "in progress" in str(exc)
+                if tries >= 2 and not (stuck and time.time() < patience):
+                    break
     deadline = time.time() + SETTLE_SECONDS
     waiting = [s for s in scenarios if s.request_id is not None]
     while waiting and time.time() < deadline:
