@@ -25,7 +25,7 @@ from custody.treasury.transfers import RETRY_SECONDS
 from hsm_emulator.errors import KeyBlocked, TransportError
 from tests import test_treasury_resume as resume
 from tests.helpers import Approver
-from tests.test_treasury_resume import WEI, Service, _finish, _wallet
+from tests.test_treasury_resume import WEI, Service, _finish, _funded
 from tests.treasury_kit import DESK, transfer
 
 pytestmark = pytest.mark.slow
@@ -50,11 +50,7 @@ def _slots(service: Service) -> list[tuple[int, str]]:
 
 def test_an_hsm_outage_defers_the_transfer(service: Service,
                                            people: dict[str, Approver]) -> None:
-    assert service.client is not None
-    w = _wallet(service, people)
-    eth = service.nets.eth
-    assert eth is not None
-    before = eth.pending_nonce(w["address"])
+    w, eth, _, before = _funded(service, people)
     _fail_once(service, TransportError("the HSM is unreachable"))
     dest = checksum(os.urandom(20))
     t = transfer(service.client, w["id"], "ETH", "0.5", dest)  # small: auto-signed
@@ -69,11 +65,7 @@ def test_an_hsm_outage_defers_the_transfer(service: Service,
 
 def test_a_refusal_at_submit_gives_the_nonce_back(service: Service,
                                                   people: dict[str, Approver]) -> None:
-    assert service.client is not None
-    w = _wallet(service, people)
-    eth = service.nets.eth
-    assert eth is not None
-    before = eth.pending_nonce(w["address"])
+    w, eth, _, before = _funded(service, people)
     _fail_once(service, KeyBlocked("the key is blocked"))
     r = service.client.post("/v1/transfers", json={
         "wallet": w["id"], "asset": "ETH", "amount": "0.5",

@@ -25,7 +25,7 @@ from custody.db import SignRequest
 from custody.treasury.transfers import SUBMIT_LEASE_SECONDS
 from tests import test_treasury_resume as resume
 from tests.helpers import Approver
-from tests.test_treasury_resume import WEI, Crash, Service, _finish, _wallet
+from tests.test_treasury_resume import WEI, Crash, Service, _finish, _funded, _wallet
 from tests.treasury_kit import transfer
 
 pytestmark = pytest.mark.slow
@@ -48,11 +48,7 @@ def _signings(service: Service, request_ids: list[str]) -> int:
 
 def test_a_worker_does_not_submit_beside_the_creating_call(
         service: Service, people: dict[str, Approver]) -> None:
-    assert service.client is not None
-    w = _wallet(service, people)
-    eth = service.nets.eth
-    assert eth is not None
-    before = eth.pending_nonce(w["address"])
+    w, eth, _, before = _funded(service, people)
     broker, treasury = service.broker, service.treasury
     original = broker.submit
     raced: list[Any] = []
