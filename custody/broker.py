@@ -219,10 +219,7 @@ class Broker:
             return self._record_pending(call, self._their_challenge(call, request_id))
         if result.label != call.label:
             raise Conflict(f"request {request_id} in the HSM is for another key")
-        known = self._find(request_id, call.principal.tenant)
-        if known is not None:  # executed through the approval flow: it has a row
-            return known
-        return self._record_executed(call, result)
+        return self._record_executed(call, result)  # (a row recorded meanwhile is kept)
 
     def _their_challenge(self, call: _Call, request_id: str) -> Challenge:
         challenge = self.hsm.request_challenge(request_id)

@@ -105,14 +105,14 @@ def _existing(sessions: sessionmaker, principal: str, key: str,  # type: ignore[
         raise Conflict("this Idempotency-Key was used with a different request body")
     if rec.status_code != IN_PROGRESS:
         return rec.ticket or "", (rec.status_code, dict(rec.response))
-    now = clock()
-    if rec.ticket is None or rec.lease_until is None or rec.lease_until > now:
+    t = clock()
+    if rec.ticket is None or rec.lease_until is None or rec.lease_until > t:
         raise Conflict("a request with this Idempotency-Key is still in progress; retry")
     with sessions.begin() as s:  # one retry wins: the lease it read must still stand
         won = s.execute(update(IdempotencyRecord).where(
             IdempotencyRecord.id == rec.id, IdempotencyRecord.status_code == IN_PROGRESS,
             IdempotencyRecord.lease_until == rec.lease_until).values(
-                lease_until=now + LEASE_SECONDS)).rowcount
+                lease_until=t + LEASE_SECONDS)).rowcount
     if not won:
         raise Conflict("a request with this Idempotency-Key is still in progress; retry")
     return rec.ticket, None

@@ -64,6 +64,19 @@ X = TypeVar("X")
 Y = TypeVar("Y")
 
 
+def _request_record(rid: str, state: KeyState, act: Action, payload_type: str,
+                    payload: bytes, scheme: SignScheme | None, intent: Any, *, status: str,
+                    created_at: float, fee_cap: str | None = None, initiator: str = "",
+                    challenge: str = "") -> dict[str, Any]:
+    """A request as the store keeps it: one shape for the approval flow's requests and the
+    auto-signed ones kept under a caller's id, since the same calls read both."""
+    return {"id": rid, "label": state.label, "action": act.value, "payloadType": payload_type,
+            "payload": payload.hex(), "scheme": None if scheme is None else scheme.value,
+            "intent": intent, "feeCap": fee_cap, "createdAt": created_at, "status": status,
+            "initiator": initiator, "policyDigest": state.policy.digest,
+            "challenge": challenge}
+
+
 class _AutoItem(NamedTuple):
     """A payload the auto tier has decoded and released, not yet signed."""
 
@@ -142,14 +155,11 @@ class Hsm(HsmCore):
                 "initiator": initiator, "hsmId": self.hsm_id,
             }
             envelope = seal_challenge(self.identity, body)
-            self._store.put("request", rid, {
-                "id": rid, "label": label, "action": act.value,
-                "payloadType": payload_type, "payload": body_payload.hex(),
-                "scheme": None if sch is None else sch.value, "intent": body["intent"],
-                "feeCap": body["feeCap"], "createdAt": now, "status": OPEN,
-                "initiator": initiator, "policyDigest": state.policy.digest,
-                "challenge": envelope.hex(),
-            })
+            self._store.put("request", rid, _request_record(
+                rid, state, act, payload_type, body_payload, sch, body["intent"],
+                status=OPEN, created_at=now, fee_cap=None if fee_cap is None else str(fee_cap),
+                initiator=initiator,
+                challenge=envelope.hex()))
             event.update(requestId=rid, payloadDigest=body["payloadDigest"])
             return Challenge(rid, envelope)
 
@@ -480,14 +490,10 @@ class Hsm(HsmCore):
     def _keep_auto(self, checked: _AutoItem, result: Execution, payload_type: str,
                    scheme: SignScheme | str | None) -> None:
         """An auto-signed request kept like an executed one (see :meth:`sign_now`)."""
-        sch = _scheme(scheme)
-        self._store.put("request", result.request_id, {
-            "id": result.request_id, "label": checked.state.label, "action": _USE.value,
-            "payloadType": payload_type, "payload": checked.payload.hex(),
-            "scheme": None if sch is None else sch.value,
-            "intent": None if checked.intent is None else checked.intent.to_json(),
-            "feeCap": None, "createdAt": checked.at, "status": EXECUTED, "initiator": "",
-            "policyDigest": checked.state.policy.digest, "challenge": "",
+        self._store.put("request", result.request_id, {**_request_record(
+            result.request_id, checked.state, _USE, payload_type, checked.payload,
+            _scheme(scheme), None if checked.intent is None else checked.intent.to_json(),
+            status=EXECUTED, created_at=checked.at),
             "executedAt": checked.at, "result": result.to_json()})
 
     @staticmethod
