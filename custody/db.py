@@ -30,6 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from . import sqlite_writes
+
 
 class Status(StrEnum):
     """seed 003's request statuses."""
@@ -139,10 +141,17 @@ class SeenTimestamp(Base):
     at: Mapped[float] = mapped_column(Float, index=True)
 
 
+#: How long a SQLite writer waits for another before the database reports it locked.
+SQLITE_BUSY_SECONDS = 30.0
+
+
 def make_engine(url: str) -> Engine:
     """SQLite in WAL mode (the embedded default) or PostgreSQL via psycopg 3."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={
+            "check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS,
+            "factory": sqlite_writes.connection_factory()})
+        sqlite_writes.install(engine, SQLITE_BUSY_SECONDS)
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: object, _record: object) -> None:
