@@ -54,7 +54,29 @@ def issue_token(secret: str, subject: str, tenant: str, roles: list[str], *,
                       algorithm="HS256")
 
 
-def principal_from(request: Request) -> Principal:
+class VerifiedTokens:
+    """Tokens already verified, with their expiry: a token is checked in full (signature,
+    claims) once, and on later calls only against its ``exp`` - which PyJWT would check
+    again the same way. Bounded: when full it starts over."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._known: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, token: str) -> Principal | None:
+        hit = self._known.get(token)
+        if hit is None or time.time() >= hit[1]:
+            return None
+        return hit[0]
+
+    def put(self, token: str, principal: Principal, exp: float) -> None:
+        if len(self._known) >= self.limit:
+            self._known = {}
+        self._known[token] = (principal, exp)
+
+
+async def principal_from(request: Request) -> Principal:
+    """The caller's principal from its bearer token (CPU only: runs on the event loop)."""
     settings = request.app.state.settings
     limiter: FailureLimiter = request.app.state.limiter
     client = request.client.host if request.client else "?"
@@ -66,6 +88,10 @@ def principal_from(request: Request) -> Principal:
         raise Unauthorized("a bearer token is required")
     if not settings.jwt_secret:
         raise Unauthorized("this server has no token secret configured")
+    tokens: VerifiedTokens = request.app.state.tokens
+    known = tokens.get(token)
+    if known is not None:
+        return known
     try:
         claims = jwt.decode(token, settings.jwt_secret, algorithms=["HS256"],
                             audience=settings.jwt_audience, issuer=settings.jwt_issuer,
@@ -79,7 +105,9 @@ def principal_from(request: Request) -> Principal:
             isinstance(tenant, str) and tenant):
         limiter.failed(client)
         raise Unauthorized("token needs a tenant and a list of roles")
-    return Principal(str(claims["sub"]), tenant, frozenset(roles) & ROLES)
+    principal = Principal(str(claims["sub"]), tenant, frozenset(roles) & ROLES)
+    tokens.put(token, principal, float(claims["exp"]))
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(principal_from)]

@@ -18,6 +18,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from chains.registry import registry
+from custody.autosign import AutoSigner
 from custody.broker import Broker
 from custody.db import SignRequest, Status, make_engine, make_sessions
 from custody.treasury import webhooks
@@ -28,7 +29,7 @@ from hsm_emulator.client import HsmClient, local_client
 from hsm_emulator.remote import RemoteHsmClient, read_secret_file
 
 from . import problems
-from .auth import FailureLimiter
+from .auth import FailureLimiter, VerifiedTokens
 from .events import EventHub
 from .metrics import Metrics
 from .observe import Observe
@@ -90,6 +91,7 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     if broker is None:
         broker = Broker(client, make_sessions(make_engine(settings.database_url)),
                         max_skew=settings.max_skew_seconds, on_change=on_change)
+    autosigner = AutoSigner(broker, on_batch=metrics.batch.observe)
     treasury = Treasury(broker, Networks(chains or ChainEndpoints.from_env(), client))
     stop = threading.Event()
 
@@ -101,6 +103,7 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
         threads = start_workers(broker, treasury, stop) if scheduler else []
         yield
         stop.set()
+        autosigner.close()
         broker.stop_scheduler()
         treasury.nudge()
         for thread in threads:
@@ -113,8 +116,10 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     app.state.settings = settings
     app.state.hsm = client
     app.state.broker = broker
+    app.state.autosigner = autosigner
     app.state.treasury = treasury
     app.state.limiter = FailureLimiter()
+    app.state.tokens = VerifiedTokens()
     app.state.events = hub
     app.state.metrics = metrics
     problems.install(app)

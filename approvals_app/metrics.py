@@ -23,3 +23,6 @@ class Metrics:
         self.approval = Histogram("custody_approval_handling_seconds",
                                   "Time to verify and record one approval (and release)",
                                   registry=self.registry, buckets=LATENCY_BUCKETS)
+        self.batch = Histogram("custody_autosign_batch_size",
+                               "Auto-tier sign requests signed in one HSM batch",
+                               registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 256))

@@ -73,7 +73,7 @@ class Task:
 
 
 @dataclass(frozen=True)
-class _Call:
+class Call:
     """What a caller asked to have signed (or done): the fields a request row repeats."""
 
     principal: Principal
@@ -101,6 +101,9 @@ class Broker:
         self.on_change = on_change or (lambda _r: None)
         self._policies: dict[tuple[str, str], Policy] = {}
         self._owners: dict[str, str] = {}
+        #: keys whose last request the auto tier signed at once: a hint for batching
+        #: (custody/autosign.py) - the HSM decides every time, a wrong hint costs a retry
+        self._signs_at_once: set[str] = set()
         self._wake = threading.Condition()
 
     def close(self) -> None:
@@ -142,7 +145,7 @@ class Broker:
         request gets in the HSM. A retry under it after a crash adopts what the first
         call did - recorded here or only in the HSM - instead of making a second one."""
         self.check_key(label, principal.tenant)
-        call = _Call(principal, label, action, payload, payload_type, algorithm, meta)
+        call = Call(principal, label, action, payload, payload_type, algorithm, meta)
         if request_id is not None:
             known = self._find(request_id, principal.tenant)
             if known is not None:
@@ -161,7 +164,7 @@ class Broker:
             return self._adopt(call, request_id)
         return self._record_pending(call, challenge)
 
-    def _record_pending(self, call: _Call, challenge: Challenge) -> SignRequest:
+    def _record_pending(self, call: Call, challenge: Challenge) -> SignRequest:
         body = challenge.body
         row = SignRequest(
             id=challenge.request_id, tenant=call.principal.tenant,
@@ -176,30 +179,30 @@ class Broker:
         self.on_change(row)
         return self.advance(row.id)
 
-    def _auto_sign(self, call: _Call, ids: dict[str, str]) -> SignRequest | None:
+    def _auto_sign(self, call: Call, ids: dict[str, str]) -> SignRequest | None:
         """The auto tier in one HSM round: if a token needs no approvals and no hold, sign
         now (the HSM re-checks everything); otherwise None and the approval flow runs."""
         if not self.hsm.dry_run(call.label, call.payload, call.payload_type).released:
+            self._signs_at_once.discard(call.label)
             return None
         try:
             result = self.hsm.sign_now(call.label, call.payload, call.payload_type,
                                        call.algorithm, **ids)
         except PolicyNotMet:  # the policy changed in between: take the approval flow
+            self._signs_at_once.discard(call.label)
             return None
+        self._signs_at_once.add(call.label)
         return self._record_executed(call, result)
 
-    def _record_executed(self, call: _Call, result: Execution) -> SignRequest:
-        values: dict[str, Any] = {
-            "id": result.request_id, "tenant": call.principal.tenant,
-            "initiator": call.principal.subject, "key_label": call.label,
-            "action": Action.USE.value, "payload_type": call.payload_type,
-            "payload_b64": base64.b64encode(call.payload).decode(),
-            "signature_algorithm": call.algorithm, "meta_data": call.meta, "challenge_b64": "",
-            "intent": None if result.intent is None else result.intent.to_json(),
-            "status": Status.EXECUTED, "hsm_time": result.executed_at,
-            "result": [base64.b64encode(sig).decode() for sig in result.signatures],
-            "approved_by": [], "execution_time": datetime.fromtimestamp(result.executed_at, UTC),
-            "created_at": datetime.now(UTC), "version": 0}
+    def signs_at_once(self, label: str) -> bool:
+        """Whether the last request for ``label`` was auto-signed (a hint, not a rule)."""
+        return label in self._signs_at_once
+
+    def not_at_once(self, label: str) -> None:
+        self._signs_at_once.discard(label)
+
+    def _record_executed(self, call: Call, result: Execution) -> SignRequest:
+        values = _executed_values(call, result)
         try:
             with self.sessions.begin() as s:  # a Core insert: the hot path skips the ORM flush
                 s.execute(insert(SignRequest), [values])
@@ -209,7 +212,16 @@ class Broker:
         self.on_change(row)
         return row
 
-    def _adopt(self, call: _Call, request_id: str) -> SignRequest:
+    def record_signed(self, calls: Sequence[Call], results: Sequence[Execution]) -> list[str]:
+        """Record requests the HSM signed at once (a batch, fresh ids) in one commit."""
+        rows = [_executed_values(c, r) for c, r in zip(calls, results, strict=True)]
+        with self.sessions.begin() as s:
+            s.execute(insert(SignRequest), rows)
+        for values in rows:
+            self.on_change(SignRequest(**values))
+        return [r.request_id for r in results]
+
+    def _adopt(self, call: Call, request_id: str) -> SignRequest:
         """The HSM holds ``request_id`` but this broker has no row: the call that made it
         died before recording it. Record what the HSM did - signed at once, or opened an
         approval flow (maybe cancelled since) - so the retry answers the first outcome."""
@@ -221,7 +233,7 @@ class Broker:
             raise Conflict(f"request {request_id} in the HSM is for another key")
         return self._record_executed(call, result)  # (a row recorded meanwhile is kept)
 
-    def _their_challenge(self, call: _Call, request_id: str) -> Challenge:
+    def _their_challenge(self, call: Call, request_id: str) -> Challenge:
         challenge = self.hsm.request_challenge(request_id)
         body = challenge.body
         digest = hashlib.sha256(call.payload).hexdigest()
@@ -558,6 +570,21 @@ class Broker:
                 for a in g.approvers:
                     seen.setdefault(a.fingerprint, a.credential.public_key_b64)
         return list(seen.values())
+
+
+def _executed_values(call: Call, result: Execution) -> dict[str, Any]:
+    """The row of a request the HSM signed at once (auto tier)."""
+    return {
+        "id": result.request_id, "tenant": call.principal.tenant,
+        "initiator": call.principal.subject, "key_label": call.label,
+        "action": Action.USE.value, "payload_type": call.payload_type,
+        "payload_b64": base64.b64encode(call.payload).decode(),
+        "signature_algorithm": call.algorithm, "meta_data": call.meta, "challenge_b64": "",
+        "intent": None if result.intent is None else result.intent.to_json(),
+        "status": Status.EXECUTED, "hsm_time": result.executed_at,
+        "result": [base64.b64encode(sig).decode() for sig in result.signatures],
+        "approved_by": [], "execution_time": datetime.fromtimestamp(result.executed_at, UTC),
+        "created_at": datetime.now(UTC), "version": 0}
 
 
 def _approval(r: ApprovalRecord) -> Approval:
