@@ -5,7 +5,9 @@ throwaway PostgreSQL - and drives it from this process with ``concurrency`` clie
 threads on loopback:
 
 * ``auto``: ``POST /v1/sign`` for a key whose policy auto-signs; the response comes
-  after the HSM signed, so this is end to end. Requests/s, p50 and p99 latency.
+  after the HSM signed and the broker recorded it, so this is end to end. Requests/s,
+  p50 and p99 latency, and how many requests the server signed per HSM batch
+  (``auto_mean_batch``, from its /metrics: requests that arrive together are batched).
 * ``approved``: 2-of-3 requests; both approvers list their tasks once (signed
   timestamps), then approve; ``release_ms`` is the latency of the last approval, whose
   response already carries the EXECUTED status (the release happens inside it).
@@ -152,6 +154,17 @@ def _auto(url: str, n: int, concurrency: int) -> dict[str, Any]:
             "auto_p99_ms": round(_percentile(latencies, 0.99) * 1000, 2)}
 
 
+def _mean_batch(url: str) -> float | None:
+    """How many auto-tier requests the server signed per HSM batch (its /metrics)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("custody_autosign_batch_size_sum", "custody_autosign_batch_size_count"):
+            found[name.rsplit("_", 1)[1]] = float(value)
+    return round(found["sum"] / found["count"], 2) if found.get("count") else None
+
+
 def _tasks(c: httpx.Client, who: _Approver) -> dict[str, str]:
     found: dict[str, str] = {}
     for page in range(1000):
@@ -225,6 +238,7 @@ def bench_api(requests: int = 2000, approved: int = 200, concurrency: int = 8,
                 _setup(server.url, approvers)
                 record = {"bench": "api", "database": db,
                           **_auto(server.url, requests, concurrency),
+                          "auto_mean_batch": _mean_batch(server.url),
                           **_approved(server.url, approved, concurrency, approvers)}
             finally:
                 server.stop()
