@@ -98,7 +98,11 @@ class AutoSigner:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 jobs.append(job)
-            self._sign(jobs)
+            try:
+                self._sign(jobs)
+            except Exception as exc:  # the worker must outlive anything, and no caller hang
+                log.exception("auto-signer batch failed")
+                _fail_all([j for j in jobs if not j.done.done()], exc)
 
     def sign_together(self, calls: list[Call]) -> list[Future[str]]:
         """Sign ``calls`` as one batch, here and now (what the worker does with each
@@ -108,6 +112,11 @@ class AutoSigner:
         return [j.done for j in jobs]
 
     def _sign(self, jobs: list[_Job]) -> None:
+        # a caller that gave up (its future cancelled) is not signed for; the others'
+        # futures can no longer be cancelled, so each gets its answer
+        jobs = [j for j in jobs if j.done.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         self.on_batch(len(jobs))
         groups: dict[tuple[str, str, str | None], list[_Job]] = defaultdict(list)
         for job in jobs:

@@ -133,6 +133,29 @@ def test_a_lost_answer_is_never_signed_again(broker: Broker, hsm: Hsm) -> None:
     assert flaky.calls == 1 and len(signed_now(hsm)) == 2
 
 
+def test_a_caller_that_gave_up_is_not_signed_for(broker: Broker, hsm: Hsm) -> None:
+    signer = AutoSigner(broker)
+    gone = signer.submit(transfer(10, 0))
+    gone.cancel()  # may lose the race with the worker; then it is simply signed
+    kept = signer.submit(transfer(11, 1))
+    assert broker.get(kept.result(timeout=10)).status == Status.EXECUTED
+    assert len(signed_now(hsm)) == (1 if gone.cancelled() else 2)
+    signer.close()
+
+
+def test_the_worker_survives_a_failing_batch(broker: Broker, hsm: Hsm) -> None:
+    def broken(_size: int) -> None:
+        raise RuntimeError("metrics backend down")
+
+    signer = AutoSigner(broker, on_batch=broken)
+    with pytest.raises(RuntimeError):
+        signer.submit(transfer(10, 0)).result(timeout=10)
+    signer.on_batch = lambda _size: None
+    assert broker.get(signer.submit(transfer(11, 1)).result(timeout=10)).status == (
+        Status.EXECUTED)
+    signer.close()
+
+
 def test_concurrent_http_requests_are_batched_and_each_answered(
         tmp_path: Path, people: dict[str, Approver]) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'b.sqlite'}",
