@@ -144,13 +144,13 @@ class AutoSigner:
             _fail_all(group, exc)
             return
         try:
-            ids = self.broker.record_signed([j.call for j in group], results)
+            rows = self.broker.record_signed([j.call for j in group], results)
         except Exception as exc:  # signed, not recorded: as submit would
             log.error("recording %d signed requests failed: %s", len(group), exc)
             _fail_all(group, exc)
             return
-        for job, request_id in zip(group, ids, strict=True):
-            job.done.set_result(request_id)
+        for job, row in zip(group, rows, strict=True):
+            job.done.set_result(row.id)
 
     def _alone(self, job: _Job) -> None:
         """The ordinary path for one request (approval flow if it needs one)."""

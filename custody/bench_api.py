@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
 
 from approvals_app.auth import issue_token
 
@@ -157,12 +158,10 @@ def _auto(url: str, n: int, concurrency: int) -> dict[str, Any]:
 def _mean_batch(url: str) -> float | None:
     """How many auto-tier requests the server signed per HSM batch (its /metrics)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    found = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("custody_autosign_batch_size_sum", "custody_autosign_batch_size_count"):
-            found[name.rsplit("_", 1)[1]] = float(value)
-    return round(found["sum"] / found["count"], 2) if found.get("count") else None
+    found = {s.name: s.value for family in text_string_to_metric_families(text)
+             if family.name == "custody_autosign_batch_size" for s in family.samples}
+    count = found.get("custody_autosign_batch_size_count")
+    return round(found["custody_autosign_batch_size_sum"] / count, 2) if count else None
 
 
 def _tasks(c: httpx.Client, who: _Approver) -> dict[str, str]:

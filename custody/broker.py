@@ -204,24 +204,21 @@ class Broker:
         self._signs_at_once.discard(label)
 
     def _record_executed(self, call: Call, result: Execution) -> SignRequest:
-        values = _executed_values(call, result)
         try:
-            with self.sessions.begin() as s:
-                s.connection().execute(_INSERT_ROW, [values])
+            return self.record_signed([call], [result])[0]
         except IntegrityError:  # a racing retry under the same ticket recorded it first
             return self.get(result.request_id)
-        row = SignRequest(**values)
-        self.on_change(row)
-        return row
 
-    def record_signed(self, calls: Sequence[Call], results: Sequence[Execution]) -> list[str]:
-        """Record requests the HSM signed at once (a batch, fresh ids) in one commit."""
-        rows = [_executed_values(c, r) for c, r in zip(calls, results, strict=True)]
+    def record_signed(self, calls: Sequence[Call],
+                      results: Sequence[Execution]) -> list[SignRequest]:
+        """Record requests the HSM signed at once (one, or a batch) in one commit."""
+        values = [_executed_values(c, r) for c, r in zip(calls, results, strict=True)]
         with self.sessions.begin() as s:
-            s.connection().execute(_INSERT_ROW, rows)
-        for values in rows:
-            self.on_change(SignRequest(**values))
-        return [r.request_id for r in results]
+            s.connection().execute(_INSERT_ROW, values)
+        rows = [SignRequest(**v) for v in values]
+        for row in rows:
+            self.on_change(row)
+        return rows
 
     def _adopt(self, call: Call, request_id: str) -> SignRequest:
         """The HSM holds ``request_id`` but this broker has no row: the call that made it
