@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from hsm_emulator.decoders import DecoderRegistry, JsonTransferDecoder
+from hsm_emulator.decoders import DecoderRegistry, JsonTransferDecoder, test_decoder_enabled
 from hsm_emulator.model import PayloadDecoder
 
 from .bitcoin.decoder import BitcoinPsbtDecoder
@@ -38,8 +38,13 @@ def decoders_for(network: str) -> list[PayloadDecoder]:
     raise ChainError(f"unknown chain in network entry {network!r}")
 
 
-def registry(networks: str | None = None, *, with_test_decoder: bool = True) -> DecoderRegistry:
-    """A registry for the configured networks (plus the JSON test transfer decoder)."""
+def registry(networks: str | None = None, *,
+             with_test_decoder: bool | None = None) -> DecoderRegistry:
+    """A registry for the configured networks. The JSON test transfer decoder is added
+    only when asked for - ``with_test_decoder=True``, or ``CUSTODY_TEST_DECODER=1`` when
+    not given - never in production: it signs SHA-256 of caller JSON with a wallet key."""
+    if with_test_decoder is None:
+        with_test_decoder = test_decoder_enabled()
     spec = networks if networks is not None else os.environ.get("CUSTODY_NETWORKS",
                                                                  DEFAULT_NETWORKS)
     decoders: list[PayloadDecoder] = [d for entry in spec.split(",") if entry.strip()

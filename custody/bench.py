@@ -23,7 +23,7 @@ from typing import Any
 import coincurve
 
 from hsm_emulator import Hsm, Passphrase
-from hsm_emulator.decoders import transfer_payload
+from hsm_emulator.decoders import test_registry, transfer_payload
 
 
 def _rate(n: int, fn: Callable[[int], object]) -> float:
@@ -40,10 +40,12 @@ def bench_hsm(iterations: int = 2000, rounds: int = 3, batch: int = 100,
     digests = [hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(iterations)]
     with tempfile.TemporaryDirectory() as tmp:
         hsm = Hsm.open(Path(tmp) / "bench.sqlite", Passphrase("bench-passphrase"),
-                       so_passphrase="bench-so-passphrase")  # noqa: S106 - a throwaway HSM
+                       so_passphrase="bench-so-passphrase",  # noqa: S106 - a throwaway HSM
+                       decoders=test_registry())
         hsm.create_key("bench", "SECP256K1", policy={"ruleUse": {"tokens": [
             {"name": "auto", "timelock": 0, "timeout": 0, "groups": [],
-             "conditions": {"amounts": [{"asset": "TST", "max": 10**18}]}}]}})
+             "conditions": {"amounts": [{"asset": "TST", "max": 10**18}],
+                            "maxFee": [{"asset": "TST", "max": 10}]}}]}})
         raw_best = single_best = batch_best = 0.0
         for r in range(rounds):
             payloads = [transfer_payload("TST", 1000 + i, "dest", 1, nonce=r * iterations + i)

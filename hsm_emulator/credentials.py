@@ -138,6 +138,12 @@ class Credential:
         return hashlib.sha256(self.spki_der).hexdigest()
 
     @property
+    def identity(self) -> str:
+        """SHA-256 hex of the bare SPKI: the person, whatever the key's encoding (certificate
+        or public key) or binding (a passkey's RP). Quorums count identities once."""
+        return hashlib.sha256(self.spki_der).hexdigest()
+
+    @property
     def public_key_b64(self) -> str:
         """Base64 SPKI, the form TSB shows in ``approvedBy`` / ``notYetApprovedBy``."""
         return base64.b64encode(self.spki_der).decode("ascii")

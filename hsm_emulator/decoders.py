@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -166,5 +167,22 @@ def transfer_payload(asset: str, amount: int, destination: str, fee: int = 0,
                        "fee": str(fee), "nonce": nonce}, sort_keys=True).encode()
 
 
-def default_registry() -> DecoderRegistry:
+#: Set to ``1`` to register the test decoder where a registry is built by default (tests,
+#: demos of the HSM alone). Never in production: ``TEST_TRANSFER`` signs SHA-256 of JSON.
+TEST_DECODER_ENV = "CUSTODY_TEST_DECODER"
+
+
+def test_decoder_enabled() -> bool:
+    return os.environ.get(TEST_DECODER_ENV, "") == "1"
+
+
+def test_registry() -> DecoderRegistry:
+    """A registry with only the ``TEST_TRANSFER`` decoder: for tests and benchmarks."""
     return DecoderRegistry([JsonTransferDecoder()])
+
+
+def default_registry() -> DecoderRegistry:
+    """What :meth:`Hsm.open` uses when given no decoders: no chain decoders (those are
+    wired in by the entry points, see ``chains.registry``), and the test decoder only
+    where ``CUSTODY_TEST_DECODER=1`` asks for it."""
+    return test_registry() if test_decoder_enabled() else DecoderRegistry()

@@ -97,6 +97,12 @@ class DecodeError(HsmError):
     code = "hsm.decode_error"
 
 
+class NetworkNotAllowed(HsmError):
+    """A chain payload for a network the key's policy does not name."""
+
+    code = "hsm.network_not_allowed"
+
+
 class IntentMismatch(HsmError):
     """A rebuilt payload no longer matches the approved intent (or exceeds its fee cap)."""
 

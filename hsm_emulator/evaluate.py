@@ -5,6 +5,19 @@ met by ``quorum`` *distinct* approvers of that group; ``timelock`` is the minimu
 ``timeout`` the maximum time between the HSM's timestamp of the request and release.
 Token conditions are checked on the intent the HSM decoded; a payload that could not be
 decoded (``intent is None``) only satisfies tokens without conditions.
+
+Conditions are value-complete (``ARCHITECTURE.md``): a token with **any** condition
+
+* releases only the intent kinds it names in ``kinds`` (default: transfers). Contract
+  calls and messages are opaque - their effects are not accounted for - and a grant
+  (an ERC-20 approval or permit) is value that can leave later: each must be named;
+* needs a ``maxFee`` for the payload's fee asset, which bounds fee plus rent (the most
+  the payload can cost beyond what it moves): a token without one refuses (fail closed);
+* bounds, with ``amounts``, what is transferred or granted per asset; an asset moved
+  without a bound in the token refuses;
+* applies its ``destinations`` allowlist to every recipient, grantee and called contract;
+* counts, with ``velocity``, the total outflow per asset - transfers, grants, and for
+  the fee asset the fee and rent - against what the key family released in the window.
 """
 
 from __future__ import annotations
@@ -17,9 +30,6 @@ from .policy import Conditions, Group, Policy, Token, normalize_destination
 
 #: ``spent(asset, since)``: base units this key family released since ``since``.
 SpentFn = Callable[[str, float], int]
-
-
-_TRANSFER = IntentKind.TRANSFER  #: looked up once (Enum class attributes are slow to read)
 
 
 def _nothing_spent(asset: str, since: float) -> int:
@@ -178,31 +188,47 @@ def condition_failures(
         return ()
     if intent is None:
         return ("payload could not be decoded, so no condition can be checked",)
-    failures = _amount_failures(cond, intent) if cond.amounts else []
+    failures: list[str] = []
+    kinds = cond.allowed_kinds
+    if intent.kind not in kinds:
+        failures.append(f"a {intent.kind.value} is not released by this token (it releases "
+                        f"{', '.join(sorted(k.value for k in kinds))})")
+    if not intent.fee_asset:
+        if intent.cost:
+            failures.append(f"a cost of {intent.cost} in no named asset cannot be bounded")
+    else:
+        cap = next((f.max for f in cond.max_fee if f.asset == intent.fee_asset), None)
+        if cap is None:
+            failures.append(f"no maxFee for {intent.fee_asset} in this token: a token with "
+                            "conditions must cap what the payload can cost")
+        elif intent.cost > cap:
+            failures.append(f"fee and rent {intent.cost} {intent.fee_asset} above cap {cap}")
+    if cond.amounts:
+        failures += _amount_failures(cond, intent)
     if cond.destinations is not None:
-        for t in intent.transfers:
-            if normalize_destination(t.destination) not in cond.destinations:
-                failures.append(f"destination {t.destination} not on the allowlist")
-    for v in cond.velocity:
-        total = spent(v.asset, now - v.window_seconds) + intent.total(v.asset)
-        if total > v.max:
-            failures.append(
-                f"{v.asset} velocity {total} over {v.window_seconds}s exceeds limit {v.max}"
-            )
-    for f in cond.max_fee:
-        if intent.fee_asset == f.asset and intent.fee > f.max:
-            failures.append(f"fee {intent.fee} {f.asset} above cap {f.max}")
+        for r in intent.recipients():
+            if normalize_destination(r) not in cond.destinations:
+                failures.append(f"destination {r} not on the allowlist")
+    if cond.velocity:
+        outflow = intent.outflow()
+        for v in cond.velocity:
+            total = spent(v.asset, now - v.window_seconds) + outflow.get(v.asset, 0)
+            if total > v.max:
+                failures.append(
+                    f"{v.asset} velocity {total} over {v.window_seconds}s exceeds limit {v.max}")
     return tuple(failures)
 
 
 def _amount_failures(cond: Conditions, intent: Intent) -> list[str]:
-    if intent.kind is not _TRANSFER:
-        return [f"a {intent.kind.value} is not a transfer: amount tiers do not apply"]
-    if not intent.transfers:
-        return ["no transfer to bound"]
+    """Every asset moved needs a bound in the token, and must be within it. (A token with
+    no ``amounts`` bounds nothing by amount - an allowlist- or velocity-only token - and
+    its other conditions still see every unit.)"""
+    moved = intent.moved()
+    if not moved and intent.kind is IntentKind.TRANSFER:
+        return ["a transfer of nothing: no amount to bound"]
     bounds = {b.asset: b for b in cond.amounts}
     failures: list[str] = []
-    for asset, total in intent.totals().items():  # sorted by asset, one pass
+    for asset, total in sorted(moved.items()):
         bound = bounds.get(asset)
         if bound is None:
             failures.append(f"asset {asset} has no amount bound in this token")

@@ -39,6 +39,7 @@ from .errors import (
     IntentMismatch,
     InvalidInput,
     KeyBlocked,
+    NetworkNotAllowed,
     PolicyNotMet,
     RequestClosed,
     RequestExists,
@@ -47,7 +48,15 @@ from .errors import (
 from .evaluate import Evaluation, SpentFn, evaluate
 from .hsm import HsmCore, KeyState
 from .keys import MaterialView
-from .model import Action, Intent, IntentKind, SignItem, SignScheme, canonical_json
+from .model import (
+    Action,
+    Intent,
+    IntentKind,
+    SignItem,
+    SignScheme,
+    canonical_json,
+    network_id,
+)
 from .policy import parse_policy
 from .results import Execution
 
@@ -210,7 +219,9 @@ class Hsm(HsmCore):
             if scheme is not None:
                 raise InvalidInput(f"{payload_type} payloads are signed as their chain requires;"
                                    " give no signature algorithm")
-            return self.registry.prepare(payload_type, payload, self._view(state))
+            intent, items = self.registry.prepare(payload_type, payload, self._view(state))
+            _check_network(state, intent)
+            return intent, items
         if scheme is None:
             raise InvalidInput("an UNSPECIFIED payload needs a signature algorithm")
         if len(payload) > MAX_PAYLOAD:
@@ -384,7 +395,7 @@ class Hsm(HsmCore):
         if intent is None:
             return
         now = self.clock.now()
-        rows = [(family, asset, str(total), now) for asset, total in intent.totals().items()]
+        rows = [(family, asset, str(total), now) for asset, total in intent.outflow().items()]
         pending: list[tuple[str, str, str, float]] | None = self.__dict__.get("_pending_spends")
         if pending is not None:
             pending.extend(rows)
@@ -515,6 +526,7 @@ class Hsm(HsmCore):
             act = _action(action)
             intent = self.registry.decode(payload_type, payload, self._view(state)) if (
                 act is Action.USE) else None
+            _check_network(state, intent)
             now = self.clock.now()
             return evaluate(state.policy, act, intent, self._fingerprints(approvers),
                             now - elapsed, now, spent=self._spent(state.family))
@@ -581,6 +593,19 @@ def _per_item(step: Callable[[X], Y], inputs: Sequence[X]) -> list[Y]:
         exc.args = (exc.reason,)
         raise
     return done
+
+
+def _check_network(state: KeyState, intent: Intent | None) -> None:
+    """A key signs only for the networks its policy names. The test decoder's payloads
+    (chain ``test``, registered only where tests enable it) are no chain's transactions:
+    a SHA-256 of JSON can be no chain's sighash, so they are exempt."""
+    if intent is None or intent.chain == "test":
+        return
+    where = network_id(intent.chain, intent.network)
+    if where not in state.policy.networks:
+        named = ", ".join(sorted(state.policy.networks)) or "none"
+        raise NetworkNotAllowed(f"key {state.label!r} does not sign for {where}: its policy "
+                                f"names {named}")
 
 
 def _action(value: Action | str) -> Action:

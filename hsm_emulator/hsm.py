@@ -270,13 +270,22 @@ class HsmCore:
                    policy: dict[str, Any] | None = None) -> KeyInfo:
         """Derive and keep a child key (BIP32 / SLIP-10) under its own label.
 
-        The child inherits the parent's attributes, its status, and - unless given its
-        own ``policy`` - the parent's policy, including later modifications of it.
+        The child inherits the parent's attributes, its status and its policy, including
+        later modifications of it. ``policy`` must be None: a child signs for the
+        parent's addresses, so a policy of its own given here would let whoever may
+        derive escape the parent's approvals. A child gets a policy of its own only
+        through a ``modify`` request on it, which the inherited ``ruleModify`` - the
+        parent's approvers - must approve. The audit entry names the child's policy
+        digest.
         """
         event = {"op": "key.derive", "label": label, "parent": parent, "path": path}
 
         def derive() -> KeyInfo:
             _check_label(label)
+            if policy is not None:
+                raise AttributeDenied(
+                    "a derived key is governed by its parent's policy; give it its own "
+                    "through a modify request that the parent's ruleModify approvers approve")
             state = self._usable(parent)
             if not state.attributes.derive:
                 raise AttributeDenied(f"key {parent!r} does not allow derivation")
@@ -288,11 +297,12 @@ class HsmCore:
                 raise InvalidInput("path: a derived key needs a non-empty path")
             if self._store.get("key", label) is not None:
                 raise KeyExists(f"a key labelled {label!r} exists")
-            own = None if policy is None else parse_policy(policy)
             material = state.material.derive(rel)
-            rec = _record(label, material, state.attributes, own, self.clock.now(), parent, rel)
+            rec = _record(label, material, state.attributes, None, self.clock.now(), parent, rel)
             self._put_key(rec)
-            return self._info(self._state(label))
+            child = self._state(label)
+            event.update(policyDigest=child.policy.digest, publicKey=material.public_key.hex())
+            return self._info(child)
 
         with self.locked():
             return self._audited(event, derive)

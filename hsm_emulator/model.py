@@ -74,9 +74,24 @@ class KeyAttributes:
 
 
 class IntentKind(StrEnum):
+    """What a payload does. Only ``TRANSFER`` and ``GRANT`` are value-complete: the
+    decoder accounts for every unit they can make leave the key's accounts. The two
+    opaque kinds are released by a conditioned token only if it names them."""
+
     TRANSFER = "transfer"
-    CONTRACT_CALL = "contract_call"  #: unknown calldata: never matches amount-tier tokens
-    MESSAGE = "message"  #: typed data / off-chain message
+    GRANT = "grant"  #: lets someone else move funds later: an ERC-20 approve or permit
+    CONTRACT_CALL = "contract_call"  #: opaque: calldata / instructions not accounted for
+    MESSAGE = "message"  #: opaque: typed data / off-chain message
+
+
+#: Kinds whose every outflow the decoder accounts for.
+VALUE_COMPLETE = frozenset({IntentKind.TRANSFER, IntentKind.GRANT})
+
+
+def network_id(chain: str, network: str) -> str:
+    """``chain:network`` as policies and ``CUSTODY_NETWORKS`` name it: ``bitcoin:regtest``,
+    ``ethereum:31337`` (an intent's ``eip155:`` prefix dropped), ``solana:localnet``."""
+    return f"{chain}:{network.removeprefix('eip155:')}"
 
 
 @dataclass(frozen=True)
@@ -89,12 +104,30 @@ class Transfer:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """An allowance: ``grantee`` may later move up to ``amount`` of ``asset`` from the key's
+    account without another signature (ERC-20 ``approve``, EIP-2612 ``permit``)."""
+
+    asset: str
+    amount: int
+    grantee: str
+
+
+@dataclass(frozen=True)
 class Intent:
     """What a payload does, as decoded by the HSM itself - never as the caller claims.
 
-    Change outputs back to the wallet are not transfers. ``fee`` is volatile: a rebuilt
-    transaction may change it (fee bump, new gas price) within ``fee_cap``; everything in
-    :meth:`binding` must stay identical for approvals to remain valid.
+    Change outputs back to the wallet are not transfers. ``fee`` is the **most** the
+    payload can pay in fees (Bitcoin inputs minus outputs, Ethereum ``gasLimit x
+    maxFeePerGas``, Solana base plus priority fee), in ``fee_asset``; ``rent`` is what
+    else it can cost in that asset (a Solana token account's rent-exempt deposit). The
+    fee is volatile: a rebuilt transaction may change it (fee bump, new gas price)
+    within ``fee_cap``; everything in :meth:`binding` must stay identical for approvals
+    to remain valid. ``grants`` are allowances the payload gives; ``calls`` the
+    contracts or programs an opaque payload invokes.
+
+    Value-complete (``ARCHITECTURE.md``): :meth:`outflow` is every unit of every asset
+    the signature can make leave the key's accounts, for a ``TRANSFER`` or ``GRANT``.
     """
 
     chain: str
@@ -104,9 +137,42 @@ class Intent:
     fee: int = 0
     fee_asset: str = ""
     details: tuple[tuple[str, str], ...] = field(default=())
+    grants: tuple[Grant, ...] = ()
+    rent: int = 0
+    calls: tuple[str, ...] = ()
 
     def total(self, asset: str) -> int:
         return sum(t.amount for t in self.transfers if t.asset == asset)
+
+    @property
+    def cost(self) -> int:
+        """What the payload costs beyond what it moves: the maximum fee plus rent, in
+        :attr:`fee_asset`. This is what a token's ``maxFee`` bounds."""
+        return self.fee + self.rent
+
+    def moved(self) -> dict[str, int]:
+        """Per asset, what leaves by transfer or may leave by grant: what amount bands
+        bound."""
+        sums = self.totals()
+        if self.grants:
+            sums = dict(sums)
+            for g in self.grants:
+                sums[g.asset] = sums.get(g.asset, 0) + g.amount
+        return sums
+
+    def outflow(self) -> dict[str, int]:
+        """Per asset, everything that can leave the key's accounts: :meth:`moved` plus
+        :attr:`cost` in the fee asset. Velocity limits count this."""
+        sums = self.moved()
+        if self.cost and self.fee_asset:
+            sums = dict(sums)
+            sums[self.fee_asset] = sums.get(self.fee_asset, 0) + self.cost
+        return sums
+
+    def recipients(self) -> tuple[str, ...]:
+        """Every party the payload sends to, grants to or calls: what allowlists check."""
+        return (*(t.destination for t in self.transfers),
+                *(g.grantee for g in self.grants), *self.calls)
 
     def assets(self) -> frozenset[str]:
         return frozenset(t.asset for t in self.transfers)
@@ -121,7 +187,7 @@ class Intent:
 
     def binding(self) -> dict[str, Any]:
         """The fields approvals bind to: all but the volatile fee and display details."""
-        return {
+        out: dict[str, Any] = {
             "chain": self.chain,
             "network": self.network,
             "kind": self.kind.value,
@@ -130,6 +196,14 @@ class Intent:
                 for t in self.transfers
             ],
         }
+        if self.grants:
+            out["grants"] = [{"asset": g.asset, "amount": str(g.amount), "grantee": g.grantee}
+                             for g in self.grants]
+        if self.rent:
+            out["rent"] = str(self.rent)
+        if self.calls:
+            out["calls"] = list(self.calls)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         out = self.binding()
@@ -151,6 +225,10 @@ class Intent:
             fee=int(data.get("fee", "0")),
             fee_asset=data.get("feeAsset", ""),
             details=tuple(sorted(data.get("details", {}).items())),
+            grants=tuple(Grant(g["asset"], int(g["amount"]), g["grantee"])
+                         for g in data.get("grants", ())),
+            rent=int(data.get("rent", "0")),
+            calls=tuple(data.get("calls", ())),
         )
 
 

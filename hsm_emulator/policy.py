@@ -9,12 +9,23 @@ The JSON shape is exactly the TSB ``POST /v1/key`` body's ``policy`` object::
 
 This project adds, all optional:
 
-* ``token.conditions`` - evaluated by the HSM on the intent it decoded from the payload:
-  ``amounts`` (per asset ``min``/``max`` in base units), ``destinations`` (allowlist),
-  ``velocity`` (per asset rolling window: at most ``max`` in ``windowSeconds``) and
-  ``maxFee`` (per fee asset).
+* ``token.conditions`` - evaluated by the HSM on the intent it decoded from the payload
+  (value-complete: see :mod:`hsm_emulator.evaluate` for the exact semantics):
+  ``amounts`` (per asset ``min``/``max`` in base units, on what is transferred or
+  granted), ``destinations`` (allowlist of every recipient, grantee and called contract),
+  ``velocity`` (per asset rolling window over the total outflow, fees and rent included:
+  at most ``max`` in ``windowSeconds``), ``maxFee`` (per fee asset, on fee plus rent:
+  **required** for the payload's fee asset by any token with conditions) and ``kinds``
+  (which intent kinds the token may release; default ``["transfer"]``).
 * ``policy.openActions`` - actions a key performs freely when it has *no rule* for them.
   Without it, an action with no rule is refused: the safe default.
+* ``policy.networks`` - the chain networks the key signs for, as ``chain:network``
+  (``bitcoin:regtest``, ``ethereum:1``, ``solana:mainnet``). A chain payload for any
+  other network is refused; a policy naming none refuses every chain payload.
+  ``UNSPECIFIED`` payloads (the TSB tutorial's) carry no network and are unaffected.
+
+An approver is its public key: one key counts once in a token, whatever its encodings
+or bindings (a passkey listed with two RP bindings is still one person).
 
 Times are seconds. TSB insists on multiples of 60; this HSM accepts any whole number
 of seconds (so tests and short holds work) and says so in :func:`parse_policy`.
@@ -31,7 +42,7 @@ from typing import Any
 
 from .credentials import Credential, parse_credential
 from .errors import CredentialInvalid, PolicyInvalid
-from .model import Action, canonical_json
+from .model import Action, IntentKind, canonical_json
 
 #: Bounds on hostile input: no real policy comes near them.
 MAX_TOKENS = 32
@@ -61,6 +72,10 @@ class Approver:
     @property
     def fingerprint(self) -> str:
         return self.credential.fingerprint
+
+    @property
+    def identity(self) -> str:
+        return self.credential.identity
 
 
 @dataclass(frozen=True)
@@ -93,16 +108,26 @@ class FeeLimit:
     max: int
 
 
+#: What a conditioned token releases unless its ``kinds`` says otherwise.
+DEFAULT_KINDS = frozenset({IntentKind.TRANSFER})
+
+
 @dataclass(frozen=True)
 class Conditions:
     amounts: tuple[AmountBound, ...] = ()
     destinations: frozenset[str] | None = None
     velocity: tuple[VelocityLimit, ...] = ()
     max_fee: tuple[FeeLimit, ...] = ()
+    kinds: frozenset[IntentKind] | None = None  #: None: not given (DEFAULT_KINDS applies)
 
     @property
     def empty(self) -> bool:
-        return not (self.amounts or self.destinations is not None or self.velocity or self.max_fee)
+        return not (self.amounts or self.destinations is not None or self.velocity or
+                    self.max_fee or self.kinds is not None)
+
+    @property
+    def allowed_kinds(self) -> frozenset[IntentKind]:
+        return DEFAULT_KINDS if self.kinds is None else self.kinds
 
 
 @dataclass(frozen=True)
@@ -125,6 +150,7 @@ class Policy:
     blocked: bool = False
     open_actions: frozenset[Action] = frozenset()
     source: str = "{}"  #: canonical JSON of the document, for hashing and display
+    networks: frozenset[str] = frozenset()  #: ``chain:network`` entries it signs for
 
     def rule(self, action: Action) -> Rule | None:
         for a, r in self.rules:
@@ -147,7 +173,7 @@ class Policy:
         )
 
     def with_blocked(self, blocked: bool) -> Policy:
-        return Policy(self.rules, blocked, self.open_actions, self.source)
+        return Policy(self.rules, blocked, self.open_actions, self.source, self.networks)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads(self.source)
@@ -163,7 +189,7 @@ def parse_policy(data: Any) -> Policy:
     if data is None:
         data = {}
     _obj(data, "policy", {"ruleUse", "ruleBlock", "ruleUnblock", "ruleModify", "keyStatus",
-                          "openActions"})
+                          "openActions", "networks"})
     rules = []
     for action, field in RULE_FIELDS.items():
         if data.get(field) is not None:
@@ -177,8 +203,24 @@ def parse_policy(data: Any) -> Policy:
         Action.UNBLOCK not in open_actions
     ):
         raise PolicyInvalid("policy.keyStatus.blocked", "a blocked key needs a ruleUnblock")
+    networks = _networks(data.get("networks", []))
     source_doc = {k: v for k, v in data.items() if k != "keyStatus"}
-    return Policy(tuple(rules), blocked, open_actions, canonical_json(source_doc).decode())
+    return Policy(tuple(rules), blocked, open_actions, canonical_json(source_doc).decode(),
+                  networks)
+
+
+_NETWORK_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_:")
+
+
+def _networks(value: Any) -> frozenset[str]:
+    out = set()
+    for i, v in enumerate(_list(value, "policy.networks", 64)):
+        chain, _, net = v.partition(":") if isinstance(v, str) else ("", "", "")
+        if not (chain and net and len(v) <= 64 and set(v) <= _NETWORK_CHARS):
+            raise PolicyInvalid(f"policy.networks[{i}]", "must be chain:network, e.g. "
+                                "bitcoin:mainnet, ethereum:1, solana:mainnet")
+        out.add(f"{chain}:{net.removeprefix('eip155:')}")
+    return frozenset(out)
 
 
 def _open_actions(value: Any) -> frozenset[Action]:
@@ -214,13 +256,13 @@ def _token(data: Any, path: str) -> Token:
     seen: dict[str, str] = {}
     for gi, group in enumerate(groups):
         for approver in group.approvers:
-            if approver.fingerprint in seen:
+            if approver.identity in seen:
                 raise PolicyInvalid(
                     f"{path}.groups[{gi}]",
-                    f"approver already in group {seen[approver.fingerprint]!r} of this token: "
+                    f"approver already in group {seen[approver.identity]!r} of this token: "
                     "one person must not count for two groups",
                 )
-            seen[approver.fingerprint] = group.name
+            seen[approver.identity] = group.name
     conditions = _conditions(data.get("conditions"), f"{path}.conditions")
     return Token(name, timelock, timeout, groups, conditions)
 
@@ -233,9 +275,10 @@ def _group(data: Any, path: str) -> Group:
         raise PolicyInvalid(f"{path}.approvals", "a group needs at least one approver")
     quorum = _int(data.get("quorum"), f"{path}.quorum", 1, MAX_APPROVERS)
     approvers = tuple(_approver(a, f"{path}.approvals[{i}]") for i, a in enumerate(approvals))
-    fps = [a.fingerprint for a in approvers]
-    if len(set(fps)) != len(fps):
-        raise PolicyInvalid(f"{path}.approvals", "duplicate approver in group")
+    ids = [a.identity for a in approvers]  # the key, whatever its encoding or binding
+    if len(set(ids)) != len(ids):
+        raise PolicyInvalid(f"{path}.approvals", "duplicate approver in group (one public "
+                            "key listed twice counts once)")
     if quorum > len(approvers):
         raise PolicyInvalid(
             f"{path}.quorum", f"quorum {quorum} larger than the group's {len(approvers)} approvers"
@@ -262,7 +305,7 @@ def _approver(data: Any, path: str) -> Approver:
 def _conditions(data: Any, path: str) -> Conditions:
     if data is None:
         return Conditions()
-    _obj(data, path, {"amounts", "destinations", "velocity", "maxFee"})
+    _obj(data, path, {"amounts", "destinations", "velocity", "maxFee", "kinds"})
     amounts = []
     for i, a in enumerate(_list(data.get("amounts", []), f"{path}.amounts", MAX_LIST)):
         p = f"{path}.amounts[{i}]"
@@ -296,7 +339,23 @@ def _conditions(data: Any, path: str) -> Conditions:
         _obj(f, p, {"asset", "max"})
         fees.append(FeeLimit(_asset(f.get("asset"), f"{p}.asset"),
                              _amount(f.get("max"), f"{p}.max")))
-    return Conditions(tuple(amounts), destinations, tuple(velocity), tuple(fees))
+    if len({f.asset for f in fees}) != len(fees):
+        raise PolicyInvalid(f"{path}.maxFee", "one cap per fee asset")
+    kinds = None if data.get("kinds") is None else _kinds(data["kinds"], f"{path}.kinds")
+    return Conditions(tuple(amounts), destinations, tuple(velocity), tuple(fees), kinds)
+
+
+def _kinds(value: Any, path: str) -> frozenset[IntentKind]:
+    out = set()
+    for i, v in enumerate(_list(value, path, len(IntentKind))):
+        try:
+            out.add(IntentKind(v))
+        except ValueError:
+            raise PolicyInvalid(f"{path}[{i}]", f"unknown intent kind {v!r}; one of "
+                                f"{[k.value for k in IntentKind]}") from None
+    if not out:
+        raise PolicyInvalid(path, "name at least one intent kind")
+    return frozenset(out)
 
 
 def normalize_destination(address: str) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,10 @@ import pytest
 from hsm_emulator import Hsm, ManualClock, Passphrase
 from tests.helpers import Approver
 from tests.pg import postgres  # noqa: F401 - a session fixture for every test module
+
+#: The tests use the JSON TEST_TRANSFER decoder; production never registers it (HSMs and
+#: servers the tests start inherit this; tests of the production default remove it).
+os.environ["CUSTODY_TEST_DECODER"] = "1"
 
 #: Cheap scrypt in tests only; the default cost is used everywhere else.
 TEST_PASSPHRASE = Passphrase("correct horse battery staple", scrypt_n=2**10)

@@ -68,17 +68,21 @@ def token(name: str, groups: list[dict[str, Any]], timelock: int = 0, timeout: i
 def tiered_policy(traders: list[Approver], compliance: list[Approver], *,
                   asset: str = "TST", small: int = 100, medium: int = 5000,
                   hold: int = 86400, timeout: int = 3 * 86400,
-                  admins: list[Approver] | None = None) -> dict[str, Any]:
-    """The design card's treasury tiers as SKA tokens."""
+                  admins: list[Approver] | None = None, max_fee: int = 1000,
+                  fee_asset: str | None = None) -> dict[str, Any]:
+    """The design card's treasury tiers as SKA tokens (every tier caps the fee, as the
+    HSM requires of a token with conditions)."""
     admins = admins or traders
+    fee = [{"asset": fee_asset or asset, "max": max_fee}]
     return {
         "ruleUse": {"tokens": [
-            token("small", [], conditions={"amounts": [{"asset": asset, "max": small}]}),
+            token("small", [], conditions={"amounts": [{"asset": asset, "max": small}],
+                                           "maxFee": fee}),
             token("medium", [group("traders", 2, traders)], timeout=3600,
-                  conditions={"amounts": [{"asset": asset, "max": medium}]}),
+                  conditions={"amounts": [{"asset": asset, "max": medium}], "maxFee": fee}),
             token("large", [group("traders", 2, traders), group("compliance", 1, compliance)],
                   timelock=hold, timeout=timeout,
-                  conditions={"amounts": [{"asset": asset, "min": 0}]}),
+                  conditions={"amounts": [{"asset": asset, "min": 0}], "maxFee": fee}),
         ]},
         "ruleBlock": {"tokens": [token("block", [group("admins", 1, admins)])]},
         "ruleUnblock": {"tokens": [token("unblock", [group("admins", 2, admins)])]},
