@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from bitcoin.core import CTransaction, CTxInWitness, CTxWitness
+from bitcoin.core.script import CScriptWitness
 
 from chains.bitcoin import BitcoinPsbtDecoder, ChangeKey, Payment, Psbt, build_psbt, bump_fee
 from chains.bitcoin.assemble import finalize
 from chains.bitcoin.coins import DUST_CHANGE, RBF_SEQUENCE, dust_threshold, vsize
 from chains.bitcoin.ownership import key_fingerprint
-from chains.bitcoin.psbt import I_PARTIAL_SIG, key
+from chains.bitcoin.psbt import I_NON_WITNESS_UTXO, I_PARTIAL_SIG, key
 from chains.bitcoin.scripts import ScriptKind
 from chains.errors import BuildError, InsufficientFunds
 from hsm_emulator.addresses import AddressKind, Network, address
@@ -100,6 +104,43 @@ def test_coin_whose_script_is_not_its_key_is_refused() -> None:
     with pytest.raises(BuildError, match="not the key"):
         build_psbt("regtest", [bad], [Payment(DEST, 10_000)],
                    ChangeKey("1/0", VIEW.public_key("1/0")), 1, FP)
+
+
+def test_p2wpkh_coin_needs_its_previous_transaction() -> None:
+    """The HSM refuses a P2WPKH input it cannot prove; the builder refuses it first."""
+    bare = replace(coin(VIEW.public_key, "0/0", 100_000), prev_tx=None)
+    with pytest.raises(BuildError, match="needs its previous transaction"):
+        build_psbt("regtest", [bare], [Payment(DEST, 10_000)],
+                   ChangeKey("1/0", VIEW.public_key("1/0")), 1, FP)
+
+
+@pytest.mark.parametrize("lie", ["amount", "index", "other transaction"])
+def test_previous_transaction_that_is_not_the_coins_is_refused(lie: str) -> None:
+    good = coin(VIEW.public_key, "0/0", 100_000)
+    bad = {"amount": replace(good, amount=90_000),
+           "index": replace(good, vout=1),
+           "other transaction": replace(good, prev_tx=coin(VIEW.public_key, "0/1",
+                                                             100_000).prev_tx)}[lie]
+    with pytest.raises(BuildError, match=bad.txid):
+        build_psbt("regtest", [bad], [Payment(DEST, 10_000)],
+                   ChangeKey("1/0", VIEW.public_key("1/0")), 1, FP)
+
+
+def test_previous_transaction_is_carried_without_its_witness() -> None:
+    """As Bitcoin Core writes ``non_witness_utxo``: the witness is not what the txid
+    hashes, and only makes the payload bigger. Taproot coins need none."""
+    plain = coin(VIEW.public_key, "0/0", 300_000)
+    assert plain.prev_tx is not None
+    prev = CTransaction.deserialize(plain.prev_tx)
+    wit = CTxWitness([CTxInWitness(CScriptWitness([b"\x02" * 64]))])
+    fat = CTransaction(prev.vin, prev.vout, prev.nLockTime, prev.nVersion, wit).serialize()
+    taproot = coin(VIEW.public_key, "0/1", 300_000, ScriptKind.P2TR)
+    psbt = build_psbt("regtest", [replace(plain, prev_tx=fat), taproot],
+                      [Payment(DEST, 500_000)], ChangeKey("1/0", VIEW.public_key("1/0")), 2, FP)
+    carried = {spent.script: m.get(key(I_NON_WITNESS_UTXO))
+               for spent, m in zip(spent_outputs(psbt), psbt.inputs, strict=True)}
+    assert carried == {plain.script: plain.prev_tx, taproot.script: None}
+    assert core_accepts(sign(psbt), spent_outputs(psbt))
 
 
 # -- fee bumps ---------------------------------------------------------------------------

@@ -6,10 +6,19 @@ Core's consensus code (py-bitcoinkernel), not by our own sighash code.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bitcoin.core import (
+    CMutableTransaction,
+    COutPoint,
+    CTransaction,
+    CTxInWitness,
+    CTxWitness,
+)
+from bitcoin.core.script import CScriptWitness
 
 from chains.bitcoin import BitcoinPsbtDecoder, ChangeKey, Payment, build_psbt, bump_fee, finalize
 from chains.bitcoin.ownership import key_fingerprint
@@ -28,13 +37,15 @@ from chains.bitcoin.wire import KeyOrigin, TxOut
 from hsm_emulator import Hsm, ManualClock
 from hsm_emulator.decoders import DecoderRegistry, JsonTransferDecoder
 from hsm_emulator.errors import DecodeError, IntentMismatch, PolicyNotMet
+from hsm_emulator.model import KeyView
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, tiered_policy
-from tests.test_btc_support import coin, core_accepts, spent_outputs
+from tests.test_btc_support import coin, core_accepts, prev_tx, spent_outputs
 
 NET = "regtest"
 PT = f"BITCOIN_PSBT:{NET}"
 SMALL, MEDIUM = 1_000_000, 50_000_000  # 0.01 BTC auto-signs, 0.5 BTC needs two traders
+MAX_FEE = 50_000  #: sat, every tier (a fee bump at 30 sat/vB stays under it)
 
 
 @pytest.fixture
@@ -49,8 +60,9 @@ def bhsm(tmp_path: Path, clock: ManualClock) -> Iterator[Hsm]:
 @pytest.fixture
 def wallet(bhsm: Hsm, people: dict[str, Approver]) -> str:
     traders = [people["t1"], people["t2"], people["t3"]]
-    bhsm.create_key("btc", "SECP256K1", policy=tiered_policy(
-        traders, [people["c1"]], asset="BTC", small=SMALL, medium=MEDIUM))
+    policy = tiered_policy(traders, [people["c1"]], asset="BTC", small=SMALL, medium=MEDIUM,
+                           max_fee=MAX_FEE)
+    bhsm.create_key("btc", "SECP256K1", policy={**policy, "networks": [f"bitcoin:{NET}"]})
     return "btc"
 
 
@@ -170,9 +182,11 @@ def test_a_claim_under_another_fingerprint_is_just_a_transfer(bhsm: Hsm, wallet:
 
 
 def test_input_of_another_key_is_refused(bhsm: Hsm, wallet: str) -> None:
-    psbt = pay(bhsm, 500_000)
-    foreign = bhsm.public_key("other", "0/0")
-    psbt.inputs[0][key(I_WITNESS_UTXO)] = TxOut(80_000_000, p2wpkh_script(foreign)).serialize()
+    """A real coin of another key, with its previous transaction, claimed at 0/0."""
+    outsider_address(bhsm)
+    foreign = coin(functools.partial(bhsm.public_key, "other"), "0/0", 80_000_000)
+    psbt = build_psbt(NET, [foreign], [Payment(outsider_address(bhsm), 500_000)],
+                      ChangeKey("1/0", bhsm.public_key(wallet, "1/0")), 3, fp(bhsm))
     with pytest.raises(DecodeError, match="not proven to be a coin"):
         bhsm.sign_now(wallet, psbt.serialize(), PT)
 
@@ -184,38 +198,79 @@ def test_input_without_witness_utxo_is_refused(bhsm: Hsm, wallet: str) -> None:
         bhsm.sign_now(wallet, psbt.serialize(), PT)
 
 
-def test_non_witness_utxo_must_agree(bhsm: Hsm, wallet: str) -> None:
-    from bitcoin.core import COutPoint, CTransaction, CTxIn, CTxOut
-    from bitcoin.core.script import CScript
+def _view(hsm: Hsm, label: str = "btc") -> KeyView:
+    return hsm._view(hsm._state(label))
 
+
+DECODER = BitcoinPsbtDecoder(NET)
+
+
+def test_p2wpkh_input_without_its_previous_transaction_is_refused(bhsm: Hsm, wallet: str) -> None:
+    """CVE-2020-14199: BIP143 signs only the input's own amount, so the HSM believes a
+    P2WPKH amount only from the transaction that created the coin. No option lifts it."""
+    psbt = pay(bhsm, 500_000)
+    del psbt.inputs[0][key(I_NON_WITNESS_UTXO)]
+    with pytest.raises(DecodeError, match="input 0 needs its previous transaction"):
+        bhsm.sign_now(wallet, psbt.serialize(), PT)
+    with pytest.raises(TypeError):
+        BitcoinPsbtDecoder(NET, require_prev_tx=False)  # type: ignore[call-arg]
+
+
+def test_understated_p2wpkh_amount_is_refused(bhsm: Hsm, wallet: str) -> None:
+    psbt = pay(bhsm, 500_000, kinds=(ScriptKind.P2WPKH, ScriptKind.P2WPKH),
+               coin_amount=300_000)
+    utxo = psbt.witness_utxo(1)
+    assert utxo is not None and len(psbt.inputs) == 2
+    psbt.inputs[1][key(I_WITNESS_UTXO)] = TxOut(100_000, utxo.script).serialize()
+    with pytest.raises(DecodeError, match=r"input 1.*\(100000 sat claimed.*holds 300000 sat"):
+        bhsm.sign_now(wallet, psbt.serialize(), PT)
+
+
+def test_previous_transaction_must_be_the_one_spent(bhsm: Hsm, wallet: str) -> None:
     psbt = pay(bhsm, 500_000)
     utxo = psbt.witness_utxo(0)
     assert utxo is not None
+    # A made-up transaction agreeing with a lie: it does not hash to the outpoint's txid.
+    psbt.inputs[0][key(I_NON_WITNESS_UTXO)] = prev_tx("forged", [utxo])
+    with pytest.raises(DecodeError, match="does not hash to the txid"):
+        DECODER.decode(psbt.serialize(), _view(bhsm))
+    # The right transaction, but the outpoint names an output it does not have.
+    honest = pay(bhsm, 500_000)
+    mtx = CMutableTransaction.from_tx(honest.tx)
+    mtx.vin[0].prevout = COutPoint(mtx.vin[0].prevout.hash, 7)
+    honest.tx = CTransaction.from_tx(mtx)
+    with pytest.raises(DecodeError, match="no output 7"):
+        DECODER.decode(honest.serialize(), _view(bhsm))
 
-    def prev_with(amount: int) -> bytes:
-        tx = CTransaction([CTxIn(COutPoint(b"\x11" * 32, 0))],
-                          [CTxOut(amount, CScript(utxo.script))], 0, 2)
-        return bytes(tx.serialize())
 
-    # A previous transaction whose txid is the outpoint's, agreeing: accepted.
-    good = prev_with(utxo.amount)
-    from bitcoin.core import CMutableTransaction, CMutableTxIn
+def test_previous_transaction_with_its_witness_is_accepted(bhsm: Hsm, wallet: str) -> None:
+    """BIP174 allows either serialization (Core writes it without the witness); the txid
+    is the same, so the proof is."""
+    psbt = pay(bhsm, 500_000)
+    prev = CTransaction.deserialize(psbt.inputs[0][key(I_NON_WITNESS_UTXO)])
+    wit = CTxWitness([CTxInWitness(CScriptWitness([b"\x01" * 72]))])
+    with_witness = CTransaction(prev.vin, prev.vout, prev.nLockTime, prev.nVersion, wit)
+    psbt.inputs[0][key(I_NON_WITNESS_UTXO)] = bytes(with_witness.serialize())
+    assert DECODER.decode(psbt.serialize(), _view(bhsm)).total("BTC") == 500_000
 
-    mtx = CMutableTransaction.from_tx(psbt.tx)
-    mtx.vin[0] = CMutableTxIn(COutPoint(CTransaction.deserialize(good).GetTxid(), 0),
-                              nSequence=psbt.tx.vin[0].nSequence)
-    psbt.tx = CTransaction.from_tx(mtx)
-    psbt.inputs[0][key(I_NON_WITNESS_UTXO)] = good
-    decoder = BitcoinPsbtDecoder(NET, require_prev_tx=True)
-    view = bhsm._view(bhsm._state(wallet))
-    assert decoder.decode(psbt.serialize(), view).total("BTC") == 500_000
-    # Disagreeing amount: a different txid, so it is not the spent transaction at all.
-    psbt.inputs[0][key(I_NON_WITNESS_UTXO)] = prev_with(utxo.amount + 1)
-    with pytest.raises(DecodeError, match="non_witness_utxo"):
-        decoder.decode(psbt.serialize(), view)
-    del psbt.inputs[0][key(I_NON_WITNESS_UTXO)]
-    with pytest.raises(DecodeError, match="previous transaction"):
-        decoder.decode(psbt.serialize(), view)
+
+def test_taproot_input_needs_no_previous_transaction_but_one_given_must_agree(
+        bhsm: Hsm, wallet: str) -> None:
+    """BIP341 signs every input's amount and script, so a lie would only void the
+    signature; a previous transaction given anyway is still checked."""
+    at = functools.partial(bhsm.public_key, wallet)
+    lone = coin(at, "0/0", 800_000, ScriptKind.P2TR)
+    carried = coin(at, "0/1", 800_000, ScriptKind.P2TR, with_prev=True)
+    change = ChangeKey("1/0", at("1/0"))
+    for c in (lone, carried):
+        psbt = build_psbt(NET, [c], [Payment(outsider_address(bhsm), 500_000)], change, 3,
+                          fp(bhsm))
+        assert (key(I_NON_WITNESS_UTXO) in psbt.inputs[0]) is (c is carried)
+        result = bhsm.sign_now(wallet, psbt.serialize(), PT)
+        assert signed_ok(psbt, result.signatures)
+    psbt.inputs[0][key(I_WITNESS_UTXO)] = TxOut(700_000, carried.script).serialize()
+    with pytest.raises(DecodeError, match="disagrees"):
+        DECODER.decode(psbt.serialize(), _view(bhsm))
 
 
 def test_other_sighash_types_are_refused(bhsm: Hsm, wallet: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,12 @@ from tests.helpers import Approver, tiered_policy
 
 BTC = 100_000_000
 BURN = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"  # BIP173's example program, regtest
+MAX_FEE = 50_000  #: sat, every tier: room for the 25 sat/vB fee bump below
+
+
+def regtest(policy: dict[str, Any]) -> dict[str, Any]:
+    """The policy for a key that signs on this network only."""
+    return {**policy, "networks": ["bitcoin:regtest"]}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +52,9 @@ def wallet(tmp_path: Path, rpc: BitcoinRpc,
            people: dict[str, Approver]) -> Iterator[tuple[Hsm, BitcoinAdapter]]:
     hsm = Hsm.open(tmp_path / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO,
                    clock=ManualClock(), decoders=DecoderRegistry([BitcoinPsbtDecoder("regtest")]))
-    hsm.create_key("btc", "SECP256K1", policy=tiered_policy(
+    hsm.create_key("btc", "SECP256K1", policy=regtest(tiered_policy(
         [people["t1"], people["t2"], people["t3"]], [people["c1"]], asset="BTC", small=1 * BTC,
-        medium=50 * BTC))
+        medium=50 * BTC, max_fee=MAX_FEE)))
     yield hsm, BitcoinAdapter("regtest", rpc, hsm.public_key)
     hsm.close()
 
@@ -114,8 +121,9 @@ def test_replace_by_fee(wallet: tuple[Hsm, BitcoinAdapter], rpc: BitcoinRpc) -> 
 def test_taproot_wallet(tmp_path: Path, rpc: BitcoinRpc, people: dict[str, Approver]) -> None:
     hsm = Hsm.open(tmp_path / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO,
                    decoders=DecoderRegistry([BitcoinPsbtDecoder("regtest")]))
-    hsm.create_key("btc", "SECP256K1", policy=tiered_policy(
-        [people["t1"], people["t2"]], [people["c1"]], asset="BTC", small=1 * BTC))
+    hsm.create_key("btc", "SECP256K1", policy=regtest(tiered_policy(
+        [people["t1"], people["t2"]], [people["c1"]], asset="BTC", small=1 * BTC,
+        max_fee=MAX_FEE)))
     adapter = BitcoinAdapter("regtest", rpc, hsm.public_key, kind=ScriptKind.P2TR)
     assert adapter.address_at("btc", "0/0").startswith("bcrt1p")
     fund(rpc, adapter, ["0/0"])

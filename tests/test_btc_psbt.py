@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +14,19 @@ from hypothesis import strategies as st
 
 from chains.bitcoin import BitcoinPsbtDecoder, ChangeKey, Payment, build_psbt
 from chains.bitcoin.ownership import key_fingerprint
-from chains.bitcoin.psbt import MAX_IO, Psbt, key
+from chains.bitcoin.psbt import (
+    I_TAP_BIP32_DERIVATION,
+    I_TAP_INTERNAL_KEY,
+    I_TAP_KEY_SIG,
+    I_TAP_LEAF_SCRIPT,
+    I_TAP_MERKLE_ROOT,
+    I_TAP_SCRIPT_SIG,
+    MAX_IO,
+    O_TAP_TREE,
+    Psbt,
+    key,
+    tap_tree_ok,
+)
 from chains.bitcoin.scripts import ScriptKind
 from chains.bitcoin.wire import compact_size, var_bytes
 from chains.errors import ChainDecodeError
@@ -131,6 +146,95 @@ def test_too_many_outputs_are_refused() -> None:
 def test_bad_base64_is_refused() -> None:
     with pytest.raises(ChainDecodeError):
         Psbt.from_base64("cHNidP8=!")
+
+
+# -- BIP371: taproot fields held to their sizes ------------------------------------------
+
+BIP371 = json.loads((Path(__file__).parent / "vectors" / "bip371.json").read_text())
+
+
+def _vector_bytes(v: dict[str, str]) -> bytes:
+    """The base64 form; its hex twin must be the same bytes (the BIP's stray '<' aside)."""
+    raw = base64.b64decode(v["base64"], validate=True)
+    assert bytes.fromhex(v["hex"].removeprefix("<")) == raw
+    return raw
+
+
+@pytest.mark.parametrize("vector", BIP371["invalid"], ids=lambda v: v["case"])
+def test_bip371_invalid_vectors_are_refused(vector: dict[str, str]) -> None:
+    field = re.search(r"<tt>(\w+)</tt>", vector["case"])
+    assert field is not None
+    # The BIP calls PSBT_IN_TAP_KEY_SIG "PSBT_KEY_PATH_SIG" in two case titles.
+    name = field.group(1).replace("PSBT_KEY_PATH_SIG", "PSBT_IN_TAP_KEY_SIG")
+    with pytest.raises(ChainDecodeError, match=rf"\({name}\): (key data|value) of \d+ bytes"):
+        Psbt.parse(_vector_bytes(vector))
+    with pytest.raises(DecodeError):
+        DECODER.decode(_vector_bytes(vector), VIEW)
+
+
+@pytest.mark.parametrize("vector", BIP371["valid"], ids=lambda v: v["case"])
+def test_bip371_valid_vectors_parse_and_roundtrip(vector: dict[str, str]) -> None:
+    raw = _vector_bytes(vector)
+    assert Psbt.parse(raw).serialize() == raw
+    assert Psbt.from_base64(vector["base64"]).serialize() == raw
+
+
+def _leaf(depth: int, version: int = 0xC0, script: bytes = b"\x51") -> bytes:
+    return bytes([depth, version]) + var_bytes(script)
+
+
+@pytest.mark.parametrize("depths", [[0], [1, 1], [1, 2, 2], [2, 2, 1], [2, 2, 2, 2],
+                                    [1, 2, 3, 3]])
+def test_complete_tap_trees_are_accepted(depths: list[int]) -> None:
+    assert tap_tree_ok(b"".join(_leaf(d) for d in depths))
+
+
+@pytest.mark.parametrize("tree", [
+    b"",  # empty
+    _leaf(1),  # a lone leaf below the root: the tree is not complete
+    _leaf(0) + _leaf(0),  # two roots
+    _leaf(1) + _leaf(1) + _leaf(1),  # a third leaf with nowhere to go
+    _leaf(1) + _leaf(2) + _leaf(2) + _leaf(2),
+    _leaf(2) + _leaf(1) + _leaf(2),  # not depth-first: a shallower leaf mid-branch
+    _leaf(0, version=0xC1),  # odd leaf version (BIP341 reserves the low bit)
+    _leaf(129),  # deeper than BIP341's 128
+    _leaf(0)[:-1],  # truncated script
+], ids=["empty", "lone-deep-leaf", "two-roots", "three-at-depth-1", "overfull",
+        "not-depth-first", "odd-leaf-version", "too-deep", "truncated"])
+def test_malformed_tap_trees_are_refused(tree: bytes) -> None:
+    assert not tap_tree_ok(tree)
+    psbt = Psbt.parse(SAMPLE)
+    psbt.outputs[0][key(O_TAP_TREE)] = tree
+    with pytest.raises(ChainDecodeError, match="PSBT_OUT_TAP_TREE"):
+        Psbt.parse(psbt.serialize())
+
+
+@pytest.mark.parametrize(("key_type", "key_data", "value", "name"), [
+    (I_TAP_MERKLE_ROOT, b"", bytes(31), "PSBT_IN_TAP_MERKLE_ROOT"),
+    (I_TAP_MERKLE_ROOT, b"", bytes(33), "PSBT_IN_TAP_MERKLE_ROOT"),
+    (I_TAP_INTERNAL_KEY, b"", bytes(31), "PSBT_IN_TAP_INTERNAL_KEY"),
+    (I_TAP_KEY_SIG, b"", b"", "PSBT_IN_TAP_KEY_SIG"),
+    (I_TAP_SCRIPT_SIG, bytes(63), bytes(64), "PSBT_IN_TAP_SCRIPT_SIG"),
+    (I_TAP_LEAF_SCRIPT, bytes(33), b"", "PSBT_IN_TAP_LEAF_SCRIPT"),  # no leaf version
+    (I_TAP_LEAF_SCRIPT, bytes(33 + 32 * 129), b"\x51\xc0", "PSBT_IN_TAP_LEAF_SCRIPT"),
+    (I_TAP_BIP32_DERIVATION, bytes(31), bytes(5), "PSBT_IN_TAP_BIP32_DERIVATION"),
+])
+def test_taproot_input_fields_of_the_wrong_size_are_refused(key_type: int, key_data: bytes,
+                                                            value: bytes, name: str) -> None:
+    with pytest.raises(ChainDecodeError, match=rf"\({name}\)"):
+        Psbt.parse(_with_extra_input_entry(key(key_type, key_data), value))
+
+
+@pytest.mark.parametrize(("key_type", "key_data", "value"), [
+    (I_TAP_KEY_SIG, b"", bytes(64)), (I_TAP_KEY_SIG, b"", bytes(65)),
+    (I_TAP_SCRIPT_SIG, bytes(64), bytes(65)),
+    (I_TAP_LEAF_SCRIPT, bytes(33), b"\xc0"), (I_TAP_LEAF_SCRIPT, bytes(33 + 32 * 128), b"\xc0"),
+    (I_TAP_MERKLE_ROOT, b"", bytes(32)),
+])
+def test_taproot_input_fields_of_the_right_size_parse(key_type: int, key_data: bytes,
+                                                      value: bytes) -> None:
+    raw = _with_extra_input_entry(key(key_type, key_data), value)
+    assert Psbt.parse(raw).serialize() == raw
 
 
 def test_compact_size_roundtrip() -> None:

@@ -10,6 +10,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 
 import pbk
+from bitcoin.core import COutPoint, CTransaction, CTxIn, CTxOut
+from bitcoin.core.script import CScript
 from pbk.script import PrecomputedTransactionData
 
 from chains.bitcoin.coins import Utxo
@@ -21,12 +23,24 @@ PubKeyAt = Callable[[str], bytes]
 
 
 def coin(pub_at: PubKeyAt, path: str, amount: int, kind: ScriptKind = ScriptKind.P2WPKH,
-         n: int = 0) -> Utxo:
-    """A made-up coin of the wallet at ``path`` (its txid is a hash of the path)."""
+         n: int = 0, *, with_prev: bool | None = None) -> Utxo:
+    """A made-up coin of the wallet at ``path``: output ``n`` of a made-up transaction
+    (spending an outpoint named by the path), so its txid is that transaction's. The
+    transaction goes with the coin as ``prev_tx`` for P2WPKH (as the adapter does), or
+    as ``with_prev`` says."""
     pub = pub_at(path)
     script = p2wpkh_script(pub) if kind is ScriptKind.P2WPKH else p2tr_script(pub)
-    txid = hashlib.sha256(f"{path}:{n}".encode()).hexdigest()
-    return Utxo(txid, n, amount, script, path, pub)
+    raw = prev_tx(f"{path}:{n}", [TxOut(1_000, b"\x51")] * n + [TxOut(amount, script)])
+    txid = CTransaction.deserialize(raw).GetTxid()[::-1].hex()
+    keep = kind is ScriptKind.P2WPKH if with_prev is None else with_prev
+    return Utxo(txid, n, amount, script, path, pub, raw if keep else None)
+
+
+def prev_tx(seed: str, outputs: Sequence[TxOut]) -> bytes:
+    """A version 2 transaction paying ``outputs``, spending an outpoint named by ``seed``."""
+    spend = CTxIn(COutPoint(hashlib.sha256(seed.encode()).digest(), 0))
+    tx = CTransaction([spend], [CTxOut(o.amount, CScript(o.script)) for o in outputs], 0, 2)
+    return bytes(tx.serialize())
 
 
 def spent_outputs(psbt: Psbt) -> list[TxOut]:
@@ -54,8 +68,6 @@ def core_accepts(raw: bytes, spent: Sequence[TxOut]) -> bool:
 
 def weight(raw: bytes) -> int:
     """BIP141 weight of a serialized segwit transaction: base size x 3 + total size."""
-    from bitcoin.core import CTransaction
-
     tx = CTransaction.deserialize(raw)
     base = len(tx.serialize(params={"include_witness": False}))
     return base * 3 + len(raw)

@@ -6,11 +6,17 @@ to the key - ``0/i`` to receive, ``1/i`` for change, as in BIP44's last two leve
 adapter finds the wallet's coins with ``scantxoutset`` over the first ``gap`` addresses
 of each chain (a gap limit, as wallets use), and pays change to the first change address
 holding nothing. It works against the project's regtest node and a real bitcoind alike.
+
+Every P2WPKH coin it hands out carries its previous transaction, from
+``getrawtransaction`` (with the coin's block hash, so a node without ``-txindex`` finds
+it): the HSM signs a P2WPKH input only when that transaction proves the coin's amount.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from decimal import Decimal
 
 from chains.base import Chain, Confirmation, Source, TransferRequest, UnsignedTx
@@ -23,7 +29,7 @@ from .builder import ChangeKey, Payment, build_psbt, bump_fee
 from .coins import Utxo
 from .decoder import BitcoinPsbtDecoder
 from .ownership import key_fingerprint
-from .psbt import Psbt
+from .psbt import Psbt, parse_tx, without_witness
 from .rpc import RPC_INVALID_ADDRESS_OR_KEY, BitcoinRpc, RpcCallError, btc_to_sats
 from .scripts import ScriptKind, p2tr_script, p2wpkh_script
 
@@ -31,6 +37,8 @@ from .scripts import ScriptKind, p2tr_script, p2wpkh_script
 PublicKeyAt = Callable[[str, str], bytes]
 #: Fee rate when the node has no estimate yet (a fresh regtest chain), sat/vB.
 FALLBACK_FEE_RATE = 2.0
+#: Previous transactions kept (a txid names its bytes for ever), oldest dropped first.
+PREV_TX_CACHE = 4096
 
 
 class BitcoinAdapter:
@@ -47,6 +55,8 @@ class BitcoinAdapter:
         #: ``label -> receive addresses handed out``: the scan covers them plus the gap
         self.issued = issued or (lambda _label: 0)
         self.payload_type = BitcoinPsbtDecoder(network).payload_type
+        self._prev_txs: dict[str, bytes] = {}
+        self._prev_lock = threading.Lock()
 
     # -- pure parts -------------------------------------------------------------------
 
@@ -68,9 +78,11 @@ class BitcoinAdapter:
 
     # -- building (reads coins and fees from the node) ------------------------------
 
-    def coins(self, label: str) -> list[Utxo]:
+    def coins(self, label: str, *, prev_txs: bool = True) -> list[Utxo]:
         """The wallet's unspent coins among its issued receive addresses plus ``gap``
-        more, and the first ``gap`` change paths."""
+        more, and the first ``gap`` change paths. P2WPKH coins carry their previous
+        transaction, which spending them needs; ``prev_txs=False`` skips fetching it
+        (for balances and address scans, which spend nothing)."""
         receive = self.issued(label) + self.gap
         paths = [f"0/{i}" for i in range(receive)] + [f"1/{i}" for i in range(self.gap)]
         by_script = {self.script_at(label, p): p for p in paths}
@@ -79,9 +91,32 @@ class BitcoinAdapter:
         for u in scan.get("unspents", []):
             script = bytes.fromhex(u["scriptPubKey"])
             path = by_script[script]
-            coins.append(Utxo(u["txid"], int(u["vout"]), btc_to_sats(u["amount"]), script,
-                              path, self.public_key_at(label, path)))
+            coin = Utxo(u["txid"], int(u["vout"]), btc_to_sats(u["amount"]), script,
+                        path, self.public_key_at(label, path))
+            if prev_txs and coin.kind is ScriptKind.P2WPKH:
+                coin = replace(coin, prev_tx=self.prev_tx(coin.txid, u.get("blockhash")))
+            coins.append(coin)
         return coins
+
+    def prev_tx(self, txid: str, block_hash: str | None = None) -> bytes:
+        """Transaction ``txid`` from the node, without its witness (as a PSBT carries it).
+        Checked to hash to ``txid`` before it is kept, so a wrong answer is not cached."""
+        with self._prev_lock:
+            cached = self._prev_txs.get(txid)
+        if cached is not None:
+            return cached
+        answer = self.rpc.getrawtransaction(txid, False, block_hash)
+        try:
+            raw = without_witness(bytes.fromhex(answer))
+        except (TypeError, ValueError):
+            raise BuildError(f"the node's getrawtransaction {txid} is not hex") from None
+        if parse_tx(raw).GetTxid()[::-1].hex() != txid:
+            raise BuildError(f"the node answered another transaction for {txid}")
+        with self._prev_lock:
+            if len(self._prev_txs) >= PREV_TX_CACHE:
+                del self._prev_txs[next(iter(self._prev_txs))]
+            self._prev_txs[txid] = raw
+        return raw
 
     def build_transfer(self, source: Source, request: TransferRequest, *,
                        exclude: frozenset[str] = frozenset()) -> UnsignedTx:

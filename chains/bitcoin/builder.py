@@ -100,9 +100,11 @@ def _tx(vin: Sequence[object], outs: Sequence[TxOut], locktime: int) -> object:
 
 
 def _input_map(u: Utxo, fingerprint: bytes) -> dict[bytes, bytes]:
+    """Both UTXO fields, as Bitcoin Core writes them: the previous transaction (without
+    its witness) proves a P2WPKH coin's amount to the HSM; ``witness_utxo`` names it."""
     m = {P.key(P.I_WITNESS_UTXO): TxOut(u.amount, u.script).serialize()}
     if u.prev_tx is not None:
-        m[P.key(P.I_NON_WITNESS_UTXO)] = u.prev_tx
+        m[P.key(P.I_NON_WITNESS_UTXO)] = P.without_witness(u.prev_tx)
     m.update(_key_record(u.kind, u.public_key, u.path, fingerprint, output=False))
     return m
 
@@ -127,7 +129,7 @@ def _key_record(kind: ScriptKind, public_key: bytes, path: str, fingerprint: byt
 
 #: Input fields that sign the old transaction and must go when it changes.
 _SIGNATURE_TYPES = frozenset({P.I_PARTIAL_SIG, P.I_FINAL_SCRIPTSIG, P.I_FINAL_SCRIPTWITNESS,
-                              P.I_TAP_KEY_SIG, 0x14})
+                              P.I_TAP_KEY_SIG, P.I_TAP_SCRIPT_SIG})
 
 
 def bump_fee(psbt: Psbt, new_fee_rate_sat_vb: float, fingerprint: bytes) -> Psbt:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from chains.errors import BuildError, ChainDecodeError, InsufficientFunds
 
+from .psbt import parse_tx, spent_output
 from .scripts import (
     ScriptKind,
     classify,
@@ -22,7 +23,7 @@ from .scripts import (
     p2wpkh_script,
     witness_version,
 )
-from .wire import MAX_MONEY, compact_size
+from .wire import MAX_MONEY, TxOut, compact_size
 
 #: Change below this is not created; the amount goes to the fee instead (546 sat is the
 #: P2PKH dust threshold, the most conservative of the common ones).
@@ -53,7 +54,9 @@ class Utxo:
     script: bytes
     path: str
     public_key: bytes  #: compressed key at ``path``
-    prev_tx: bytes | None = None  #: the full previous transaction, if known
+    #: the transaction ``txid`` itself: required for P2WPKH coins, whose amount the HSM
+    #: believes only when this hashes to ``txid`` and its output ``vout`` agrees
+    prev_tx: bytes | None = None
 
     @property
     def kind(self) -> ScriptKind:
@@ -67,13 +70,29 @@ class Utxo:
         return kind
 
     def check(self) -> None:
-        """The coin's script must be the key's script: the HSM would refuse it anyway."""
+        """What the HSM would refuse, refused here first: a script that is not the key's,
+        an amount out of range, a P2WPKH coin without its previous transaction, or a
+        previous transaction that is not this coin's."""
         own = p2wpkh_script if self.kind is ScriptKind.P2WPKH else p2tr_script
         if own(self.public_key) != self.script:
             raise BuildError(f"coin {self.txid}:{self.vout}: script is not the key's at "
                              f"{self.path!r}")
         if not 0 < self.amount <= MAX_MONEY:
             raise BuildError(f"coin {self.txid}:{self.vout}: amount out of range")
+        if self.prev_tx is None and self.kind is ScriptKind.P2WPKH:
+            raise BuildError(f"coin {self.txid}:{self.vout}: a P2WPKH coin needs its previous "
+                             "transaction (prev_tx), or the HSM cannot prove its amount")
+        if self.prev_tx is not None:
+            self._check_prev_tx(self.prev_tx)
+
+    def _check_prev_tx(self, raw: bytes) -> None:
+        try:
+            out = spent_output(parse_tx(raw), bytes.fromhex(self.txid)[::-1], self.vout)
+        except ChainDecodeError as exc:
+            raise BuildError(f"coin {self.txid}:{self.vout}: {exc.reason}") from None
+        if out != TxOut(self.amount, self.script):
+            raise BuildError(f"coin {self.txid}:{self.vout}: its previous transaction pays "
+                             f"{out.amount} sat to {out.script.hex()}, not this coin")
 
 
 def output_size(script: bytes) -> int:

@@ -5,7 +5,12 @@ The payload is a binary BIP174 v0 PSBT (:mod:`chains.bitcoin.psbt`). The decoder
 * requires every input to be a coin of the signing key: a ``witness_utxo`` whose script
   is the P2WPKH or BIP86 P2TR script of ``owner.public_key(path)`` at the path its
   derivation record names (:mod:`chains.bitcoin.ownership`) - the HSM signs only its own
-  coins; a ``non_witness_utxo``, if present, must hash to the outpoint and agree;
+  coins;
+* requires every P2WPKH input to carry its full previous transaction
+  (``non_witness_utxo``), which must hash to the outpoint's txid and whose output at the
+  outpoint's index must be exactly the ``witness_utxo`` (amount and script). A P2TR input
+  may carry only its ``witness_utxo`` (BIP341 signs every input's amount and script), but
+  a ``non_witness_utxo`` given for it must agree the same way;
 * counts an output as change only when its derivation record is proven the same way;
   a record that names the HSM key's fingerprint but does not derive to the output's
   script is a forged change claim and the whole PSBT is **refused** (loud, rather than
@@ -13,23 +18,25 @@ The payload is a binary BIP174 v0 PSBT (:mod:`chains.bitcoin.psbt`). The decoder
 * makes every other output a :class:`Transfer` of ``"BTC"`` to its address on the
   decoder's network; an OP_RETURN output is a transfer of its value (normally 0) to
   ``"OP_RETURN:<hex of the data after the opcode>"``, so approvers see the data;
-* sets ``fee`` = inputs - outputs from the ``witness_utxo`` amounts.
+* sets ``fee`` = inputs - outputs, from amounts proven as above.
 
 Sign items, one per input in order: P2WPKH -> ``ECDSA_SECP256K1_DIGEST`` over the BIP143
 SIGHASH_ALL digest; P2TR -> ``SCHNORR_BIP340_DIGEST`` over the BIP341 SIGHASH_DEFAULT
 digest with ``tweak=b""`` (BIP86: no script tree).
 
-A limit of segwit v0 worth knowing: BIP143 signs only the spent input's own amount, so
-for P2WPKH inputs the *fee* is as reliable as the ``witness_utxo`` amounts
-(CVE-2020-14199); ``require_prev_tx=True`` makes every P2WPKH input carry its full
-previous transaction, which the decoder hashes and checks. Transfers are always exact.
+Why the previous transaction, always: BIP143 signs only the spent input's *own* amount
+(CVE-2020-14199). With ``witness_utxo`` alone, a broker could send two requests over the
+same two P2WPKH coins, each under-stating the *other* coin's amount: each decodes to a
+small fee and is signed, and the honest signature of each combines into one valid
+transaction whose real fee is anything up to both coins (the attack is reproduced in
+``tests/test_btc_prev_tx.py``). No option turns this check off.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from chains.errors import ChainError
+from chains.errors import ChainDecodeError, ChainError
 from hsm_emulator.errors import DecodeError, HsmError
 from hsm_emulator.model import (
     Intent,
@@ -43,7 +50,7 @@ from hsm_emulator.model import (
 
 from .addresses import network_params, script_to_address
 from .ownership import Owned, Prover, proven
-from .psbt import I_TAP_MERKLE_ROOT, Psbt, key
+from .psbt import I_TAP_MERKLE_ROOT, Psbt, key, spent_output
 from .scripts import ScriptKind, classify, x_only
 from .sighash import SIGHASH_ALL, SIGHASH_DEFAULT, p2wpkh_sighash, taproot_sighash
 from .wire import MAX_MONEY, TxOut
@@ -55,10 +62,9 @@ ASSET = "BTC"
 class BitcoinPsbtDecoder:
     """:class:`~hsm_emulator.model.PayloadDecoder` for one Bitcoin network."""
 
-    def __init__(self, network: str, *, require_prev_tx: bool = False) -> None:
+    def __init__(self, network: str) -> None:
         self.network = network_params(network).name
         self.payload_type = f"BITCOIN_PSBT:{self.network}"
-        self.require_prev_tx = require_prev_tx
 
     def decode(self, payload: bytes, owner: KeyView) -> Intent:
         return self.prepare(payload, owner)[0]
@@ -70,6 +76,8 @@ class BitcoinPsbtDecoder:
         """The intent and the digests to sign, from one parse. Only :class:`DecodeError`."""
         try:
             return self._prepare(payload, owner)
+        except DecodeError:
+            raise
         except (ChainError, HsmError) as exc:
             raise DecodeError(f"{self.payload_type}: {exc.reason}") from None
 
@@ -99,24 +107,28 @@ class BitcoinPsbtDecoder:
     # -- inputs -----------------------------------------------------------------------
 
     def _spent(self, psbt: Psbt, i: int) -> TxOut:
-        """The coin input ``i`` spends, checked against its previous transaction if given."""
+        """The coin input ``i`` spends, proven by its previous transaction unless it is
+        P2TR (whose signatures commit to every input's amount and script themselves)."""
         utxo = psbt.witness_utxo(i)
         if utxo is None:
             raise DecodeError(f"{self.payload_type}: input {i} has no witness_utxo")
         prev = psbt.non_witness_utxo(i)
         if prev is None:
-            if self.require_prev_tx and classify(utxo.script) is ScriptKind.P2WPKH:
-                raise DecodeError(f"{self.payload_type}: P2WPKH input {i} needs its previous "
-                                  "transaction (non_witness_utxo)")
-            return utxo
+            if classify(utxo.script) is ScriptKind.P2TR:
+                return utxo
+            raise DecodeError(f"{self.payload_type}: input {i} needs its previous transaction "
+                              "(non_witness_utxo): a segwit v0 signature does not commit to "
+                              "the other inputs' amounts")
         outpoint = psbt.tx.vin[i].prevout
-        if prev.GetTxid() != outpoint.hash or outpoint.n >= len(prev.vout):
-            raise DecodeError(f"{self.payload_type}: input {i}'s non_witness_utxo is not the "
-                              "transaction it spends from")
-        out = prev.vout[outpoint.n]
-        if (out.nValue, bytes(out.scriptPubKey)) != (utxo.amount, utxo.script):
-            raise DecodeError(f"{self.payload_type}: input {i}'s non_witness_utxo disagrees "
-                              "with its witness_utxo")
+        try:
+            out = spent_output(prev, outpoint.hash, outpoint.n)
+        except ChainDecodeError as exc:
+            raise DecodeError(f"{self.payload_type}: input {i}: {exc.reason}") from None
+        if out != utxo:
+            script = "" if out.script == utxo.script else ", to another script"
+            raise DecodeError(f"{self.payload_type}: input {i}'s witness_utxo disagrees with "
+                              f"its non_witness_utxo ({utxo.amount} sat claimed, the output "
+                              f"it spends holds {out.amount} sat{script})")
         return utxo
 
     def _owned_input(self, psbt: Psbt, i: int, utxo: TxOut, prover: Prover) -> Owned:

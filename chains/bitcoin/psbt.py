@@ -9,12 +9,21 @@ proprietary keys survive a round trip untouched; the fields the wallet uses are 
 (and so validated) when the PSBT is read. Refused: a bad magic, duplicate keys,
 truncation, non-canonical compact sizes, trailing bytes, PSBTv2-only fields, a signed
 or witness-carrying unsigned transaction, and more than :data:`MAX_IO` inputs or outputs.
+
+BIP371's taproot fields are held to their sizes as Bitcoin Core's ``psbt.h`` holds them
+(https://github.com/bitcoin/bips/blob/master/bip-0371.mediawiki#specification): key-path
+and script-path signatures of 64 or 65 bytes, a script signature keyed by an x-only key
+and a leaf hash, a leaf script keyed by a BIP341 control block (33 + 32m bytes, m <= 128),
+32-byte internal keys and merkle roots, x-only derivation keys, and an output tap tree
+that is a complete tree of valid leaves. A wallet that read a malformed field its own way
+could disagree with another about what the PSBT says, so every one is refused here.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,25 +40,110 @@ MAX_IO = 256  #: inputs or outputs: far beyond a custody transfer, bounds the wo
 G_UNSIGNED_TX, G_XPUB, G_VERSION = 0x00, 0x01, 0xFB
 I_NON_WITNESS_UTXO, I_WITNESS_UTXO, I_PARTIAL_SIG, I_SIGHASH_TYPE = 0x00, 0x01, 0x02, 0x03
 I_BIP32_DERIVATION, I_FINAL_SCRIPTSIG, I_FINAL_SCRIPTWITNESS = 0x06, 0x07, 0x08
-I_TAP_KEY_SIG, I_TAP_BIP32_DERIVATION, I_TAP_INTERNAL_KEY, I_TAP_MERKLE_ROOT = (
-    0x13, 0x16, 0x17, 0x18)
-O_BIP32_DERIVATION, O_TAP_INTERNAL_KEY, O_TAP_BIP32_DERIVATION = 0x02, 0x05, 0x07
+I_TAP_KEY_SIG, I_TAP_SCRIPT_SIG, I_TAP_LEAF_SCRIPT = 0x13, 0x14, 0x15
+I_TAP_BIP32_DERIVATION, I_TAP_INTERNAL_KEY, I_TAP_MERKLE_ROOT = 0x16, 0x17, 0x18
+O_BIP32_DERIVATION, O_TAP_INTERNAL_KEY, O_TAP_TREE, O_TAP_BIP32_DERIVATION = (
+    0x02, 0x05, 0x06, 0x07)
+#: BIP341: a control block is 33 + 32m bytes for a leaf at depth m <= 128.
+TAPROOT_CONTROL_BASE, TAPROOT_MAX_DEPTH = 33, 128
 
 #: PSBTv2 fields that "MUST be excluded" from a version 0 PSBT.
 _V2_ONLY = {"global": range(0x02, 0x07), "input": range(0x0E, 0x13), "output": range(0x03, 0x05)}
-#: Key types whose key is the type alone, per map; and key-data lengths of the others.
+#: Key types whose key is the type alone, per map.
 _KEYLESS: dict[str, set[int]] = {
     "global": {G_UNSIGNED_TX, G_VERSION},
     "input": {I_NON_WITNESS_UTXO, I_WITNESS_UTXO, I_SIGHASH_TYPE, 0x04, 0x05,
               I_FINAL_SCRIPTSIG, I_FINAL_SCRIPTWITNESS, I_TAP_KEY_SIG, I_TAP_INTERNAL_KEY,
               I_TAP_MERKLE_ROOT},
-    "output": {0x00, 0x01, O_TAP_INTERNAL_KEY, 0x06},
+    "output": {0x00, 0x01, O_TAP_INTERNAL_KEY, O_TAP_TREE},
 }
-_KEYED: dict[str, dict[int, tuple[int, ...]]] = {
-    "global": {G_XPUB: (78,)},
-    "input": {I_PARTIAL_SIG: (33, 65), I_BIP32_DERIVATION: (33, 65),
-              I_TAP_BIP32_DERIVATION: (32,)},
-    "output": {O_BIP32_DERIVATION: (33, 65), O_TAP_BIP32_DERIVATION: (32,)},
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field's key data or value must be: a test and the words for a refusal."""
+
+    ok: Callable[[bytes], bool]
+    what: str
+
+
+def _sizes(*sizes: int) -> Rule:
+    return Rule(lambda b: len(b) in sizes, " or ".join(map(str, sizes)) + " bytes")
+
+
+def _control_block(data: bytes) -> bool:
+    extra = len(data) - TAPROOT_CONTROL_BASE
+    return 0 <= extra <= 32 * TAPROOT_MAX_DEPTH and extra % 32 == 0
+
+
+def tap_tree_ok(value: bytes) -> bool:
+    """BIP371 ``PSBT_OUT_TAP_TREE``: one or more (depth, leaf version, script) leaves in
+    depth-first order that make a complete binary tree - Core's ``TaprootBuilder`` check."""
+    r, depths = Reader(value), []
+    try:
+        while not r.at_end():
+            depth, leaf_version = r.read(2)
+            r.var_bytes()
+            if depth > TAPROOT_MAX_DEPTH or leaf_version & 1:
+                return False
+            depths.append(depth)
+    except ChainDecodeError:
+        return False
+    return bool(depths) and _complete(depths)
+
+
+def _complete(depths: list[int]) -> bool:
+    """Whether leaves at these depths, in depth-first order, fill a binary tree exactly.
+    ``waiting[d]``: a node at depth d waits for its sibling (Core's ``m_branch``)."""
+    waiting: list[bool] = []
+    for leaf_depth in depths:
+        if leaf_depth + 1 < len(waiting):
+            return False  # a shallower leaf while a deeper branch is unfinished
+        depth = leaf_depth
+        while len(waiting) > depth and waiting[depth]:
+            waiting.pop()  # the sibling found: the pair is one node a level up
+            if depth == 0:
+                return False  # nothing above the root
+            depth -= 1
+        waiting += [False] * (depth + 1 - len(waiting))
+        waiting[depth] = True
+    return waiting in ([], [True])
+
+
+#: Names of the fields held to a shape, for refusals a person can act on.
+_NAMES = {
+    ("global", G_XPUB): "PSBT_GLOBAL_XPUB",
+    ("input", I_PARTIAL_SIG): "PSBT_IN_PARTIAL_SIG",
+    ("input", I_BIP32_DERIVATION): "PSBT_IN_BIP32_DERIVATION",
+    ("input", I_TAP_KEY_SIG): "PSBT_IN_TAP_KEY_SIG",
+    ("input", I_TAP_SCRIPT_SIG): "PSBT_IN_TAP_SCRIPT_SIG",
+    ("input", I_TAP_LEAF_SCRIPT): "PSBT_IN_TAP_LEAF_SCRIPT",
+    ("input", I_TAP_BIP32_DERIVATION): "PSBT_IN_TAP_BIP32_DERIVATION",
+    ("input", I_TAP_INTERNAL_KEY): "PSBT_IN_TAP_INTERNAL_KEY",
+    ("input", I_TAP_MERKLE_ROOT): "PSBT_IN_TAP_MERKLE_ROOT",
+    ("output", O_BIP32_DERIVATION): "PSBT_OUT_BIP32_DERIVATION",
+    ("output", O_TAP_INTERNAL_KEY): "PSBT_OUT_TAP_INTERNAL_KEY",
+    ("output", O_TAP_TREE): "PSBT_OUT_TAP_TREE",
+    ("output", O_TAP_BIP32_DERIVATION): "PSBT_OUT_TAP_BIP32_DERIVATION",
+}
+_SIG, _XONLY = _sizes(64, 65), _sizes(32)
+#: Key-data rules of keyed fields, per map (BIP174 and BIP371 tables).
+_KEYED: dict[str, dict[int, Rule]] = {
+    "global": {G_XPUB: _sizes(78)},
+    "input": {I_PARTIAL_SIG: _sizes(33, 65), I_BIP32_DERIVATION: _sizes(33, 65),
+              I_TAP_SCRIPT_SIG: _sizes(64),  # x-only key || leaf hash
+              I_TAP_LEAF_SCRIPT: Rule(_control_block, "a control block of 33 + 32m bytes"),
+              I_TAP_BIP32_DERIVATION: _XONLY},
+    "output": {O_BIP32_DERIVATION: _sizes(33, 65), O_TAP_BIP32_DERIVATION: _XONLY},
+}
+#: Value rules of the BIP371 fields whose value has a fixed shape.
+_VALUES: dict[str, dict[int, Rule]] = {
+    "global": {},
+    "input": {I_TAP_KEY_SIG: _SIG, I_TAP_SCRIPT_SIG: _SIG,
+              I_TAP_LEAF_SCRIPT: Rule(bool, "a script and its leaf version byte"),
+              I_TAP_INTERNAL_KEY: _XONLY, I_TAP_MERKLE_ROOT: _sizes(32)},
+    "output": {O_TAP_INTERNAL_KEY: _XONLY,
+               O_TAP_TREE: Rule(tap_tree_ok, "a complete tree of valid leaves")},
 }
 
 
@@ -213,20 +307,23 @@ def _read_map(r: Reader, kind: str) -> dict[bytes, bytes]:
         value = r.var_bytes()
         if raw_key in entries:
             raise ChainDecodeError(f"duplicate key {raw_key[:40].hex()} in a {kind} map")
-        _check_key(kind, raw_key)
+        _check_entry(kind, raw_key, value)
         entries[raw_key] = value
 
 
-def _check_key(kind: str, raw_key: bytes) -> None:
+def _check_entry(kind: str, raw_key: bytes, value: bytes) -> None:
     key_type, key_data = split_key(raw_key)
     if key_type in _V2_ONLY[kind]:
         raise ChainDecodeError(f"{kind} key type {key_type:#04x} is PSBTv2-only")
     if key_type in _KEYLESS[kind] and key_data:
         raise ChainDecodeError(f"{kind} key type {key_type:#04x} takes no key data")
-    lengths = _KEYED[kind].get(key_type)
-    if lengths is not None and len(key_data) not in lengths:
-        raise ChainDecodeError(f"{kind} key type {key_type:#04x}: key data of "
-                               f"{len(key_data)} bytes")
+    name = f"{kind} key type {key_type:#04x} ({_NAMES.get((kind, key_type), 'unknown')})"
+    rule = _KEYED[kind].get(key_type)
+    if rule is not None and not rule.ok(key_data):
+        raise ChainDecodeError(f"{name}: key data of {len(key_data)} bytes, not {rule.what}")
+    rule = _VALUES[kind].get(key_type)
+    if rule is not None and not rule.ok(value):
+        raise ChainDecodeError(f"{name}: value of {len(value)} bytes, not {rule.what}")
 
 
 def _write_map(m: dict[bytes, bytes]) -> bytes:
@@ -242,6 +339,27 @@ def parse_tx(raw: bytes) -> Any:
     if tx.serialize() != raw:
         raise ChainDecodeError("transaction is not in its canonical encoding")
     return tx
+
+
+def spent_output(prev: Any, txid: bytes, n: int) -> TxOut:
+    """Output ``n`` of ``prev``, if ``prev`` is the transaction ``txid`` (internal byte
+    order) names. The txid hashes everything but the witness, so the amount and script
+    read here are the ones the chain holds - what a segwit v0 signature does not commit
+    to for the other inputs (BIP143; CVE-2020-14199)."""
+    if prev.GetTxid() != txid:
+        raise ChainDecodeError("its previous transaction (non_witness_utxo) does not hash "
+                               "to the txid it spends from")
+    if n >= len(prev.vout):
+        raise ChainDecodeError(f"its previous transaction has no output {n}")
+    out = prev.vout[n]
+    return TxOut(int(out.nValue), bytes(out.scriptPubKey))
+
+
+def without_witness(raw: bytes) -> bytes:
+    """A transaction serialized without its witness: the txid's preimage, and how Bitcoin
+    Core writes a ``non_witness_utxo`` (smaller, and the witness proves nothing here)."""
+    tx = parse_tx(raw)
+    return bytes(CTransaction(tx.vin, tx.vout, tx.nLockTime, tx.nVersion).serialize())
 
 
 def parse_unsigned_tx(raw: bytes) -> Any:

@@ -10,7 +10,8 @@ real bitcoind alike. Pointing it at a real node:
 * or with ``-rpcuser``/``-rpcpassword`` (or ``-rpcauth``): ``BitcoinRpc(url, user, password)``.
 
 ``-txindex=1`` lets ``getrawtransaction`` find confirmed transactions that are not the
-node wallet's; ``scantxoutset`` needs no index. A real node's ``estimatesmartfee``
+node wallet's (without it, pass the ``blockhash`` that a recent Core's ``scantxoutset``
+reports); ``scantxoutset`` needs no index. A real node's ``estimatesmartfee``
 may answer ``{"errors": [...]}`` without a ``feerate`` until it has seen enough
 blocks: callers must handle that. Amounts come back as :class:`decimal.Decimal`
 (never float); :func:`btc_to_sats` converts them exactly.
@@ -142,8 +143,12 @@ class BitcoinRpc:
     def getblockchaininfo(self) -> dict[str, Any]:
         return dict(self.call("getblockchaininfo"))
 
-    def getrawtransaction(self, txid: str, verbose: bool = True) -> Any:
-        return self.call("getrawtransaction", txid, verbose)
+    def getrawtransaction(self, txid: str, verbose: bool = True,
+                          blockhash: str | None = None) -> Any:
+        """``blockhash`` lets a node without ``-txindex`` find a confirmed transaction."""
+        if blockhash is None:
+            return self.call("getrawtransaction", txid, verbose)
+        return self.call("getrawtransaction", txid, verbose, blockhash)
 
     def sendrawtransaction(self, tx_hex: str, maxfeerate: Decimal | None = None) -> str:
         params: list[Any] = [tx_hex] if maxfeerate is None else [tx_hex, maxfeerate]

@@ -89,7 +89,8 @@ def create_wallet(sessions: sessionmaker[Session], networks: Networks,
     assets = [NATIVE[chain], *token_assets(chain, tokens)]
     if len({a.symbol for a in assets}) != len(assets):
         raise BadRequest("asset symbols must be unique in a wallet")
-    ska = treasury_policy(policy, assets)  # refused here, before any key exists
+    # refused here, before any key exists; the key signs for this network only
+    ska = treasury_policy(policy, assets, network=f"{chain}:{network}")
     with sessions() as s:
         if s.scalar(select(Wallet.id).where(Wallet.tenant == who.tenant, Wallet.name == name)):
             raise Conflict(f"a wallet named {name!r} exists")
@@ -196,7 +197,7 @@ def new_address(sessions: sessionmaker[Session], networks: Networks,
 def _used(adapter: BitcoinAdapter, wallet: Wallet, known: list[DepositAddress]) -> set[str]:
     """Which issued addresses received coins (the gap limit needs the node: while it is
     unreachable the chain's ``NodeUnavailable`` is a 503, and no address is handed out)."""
-    coins = adapter.coins(wallet.key_label)
+    coins = adapter.coins(wallet.key_label, prev_txs=False)
     paths = {c.path for c in coins}
     return {a.address for a in known if a.path in paths}
 
@@ -211,7 +212,7 @@ def balances(networks: Networks, wallet: Wallet) -> list[dict[str, Any]]:
     adapter: Any = networks.adapter(wallet.chain)
     for a in assets_of(wallet):
         if wallet.chain == "bitcoin":
-            coins = adapter.coins(wallet.key_label)
+            coins = adapter.coins(wallet.key_label, prev_txs=False)
             amount = sum(c.amount for c in coins)
             extra: dict[str, Any] = {"utxos": len(coins), "coins": [
                 {"outpoint": f"{c.txid}:{c.vout}", "amount": to_text(c.amount, 8),
