@@ -10,6 +10,15 @@ Per asset of a wallet, three tokens (ORed by the HSM):
   ``complianceQuorum`` of compliance, and a ``hold`` (timelock) before release, within
   ``largeTimeout``.
 
+Every tier caps what a transaction may cost beyond what it moves - its maximum fee plus
+rent, in the chain's native asset - at ``maxFee`` (default per chain: :data:`FEE_CAPS`);
+the HSM refuses a conditioned token without one, since the broker chooses the fee. When
+the native asset has a ``dailySmall``, that rolling 24 h limit counts total native
+outflow (transfers, fees and rent) and is carried by every auto tier, token tiers
+included, so fees of auto-signed token transfers draw on it too. Tiers release
+transfers only: approvals, permits and opaque contract calls match no tier. The policy
+names the wallet's network (``networks``): the key signs for no other.
+
 Amounts in the configuration are decimal strings in the asset's units; the tokens carry
 base units, evaluated by the HSM on the transaction it decodes itself. Block needs one
 trader; unblock and modify need the large tier's approvers. ``custody policy explain``
@@ -27,7 +36,12 @@ from .units import to_base_units
 
 DEFAULTS: dict[str, Any] = {"hold": 86400, "mediumTimeout": 3600, "largeTimeout": 3 * 86400,
                             "tradersQuorum": 2, "complianceQuorum": 1}
-_KNOWN = {"traders", "compliance", "tiers", *DEFAULTS}
+_KNOWN = {"traders", "compliance", "tiers", "maxFee", *DEFAULTS}
+#: Default cap on fee plus rent per transaction, in the native asset's units: about 50x
+#: a busy day's fee for an ordinary transfer (Bitcoin: a 1-in 2-out P2WPKH payment at
+#: 500 sat/vB is ~0.0007 BTC; Ethereum: an ERC-20 transfer's 65,000 gas at 150 gwei is
+#: ~0.01 ETH; Solana: a priority fee plus a token account's 0.00204 SOL rent).
+FEE_CAPS = {"BTC": "0.001", "ETH": "0.02", "SOL": "0.01"}
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,13 @@ def _people(config: dict[str, Any], name: str, quorum: int) -> list[dict[str, An
     return out
 
 
-def treasury_policy(config: dict[str, Any], assets: list[AssetInfo]) -> dict[str, Any]:
-    """The SKA policy (seed 003's shape plus conditions) for a wallet's configuration."""
+def treasury_policy(config: dict[str, Any], assets: list[AssetInfo], *,
+                    network: str | None = None) -> dict[str, Any]:
+    """The SKA policy (seed 003's shape plus conditions) for a wallet's configuration.
+
+    ``assets[0]`` is the chain's native asset (it pays the fees); ``network`` is the
+    wallet's ``chain:network`` (``bitcoin:regtest``, ``ethereum:1``), the only one its key
+    will sign for (None only to explain a configuration: such a key signs no chain)."""
     if not isinstance(config, dict):
         raise BadRequest("policy must be an object")
     unknown = set(config) - _KNOWN
@@ -85,11 +104,13 @@ def treasury_policy(config: dict[str, Any], assets: list[AssetInfo]) -> dict[str
     if set(tiers) != set(by_symbol):
         raise BadRequest(f"policy.tiers must cover exactly the wallet's assets "
                          f"{sorted(by_symbol)}")
+    native = assets[0]
+    common = _common_conditions(config, native, tiers.get(native.symbol))
     tokens: list[dict[str, Any]] = []
     for symbol in sorted(tiers):
         tokens += _asset_tokens(symbol, tiers[symbol], by_symbol[symbol], traders, compliance,
-                                hold, medium_timeout, large_timeout)
-    return {
+                                hold, medium_timeout, large_timeout, common)
+    policy: dict[str, Any] = {
         "ruleUse": {"tokens": tokens},
         "ruleBlock": {"tokens": [{"name": "block", "timelock": 0, "timeout": 0, "groups": [
             {**traders, "quorum": 1}]}]},
@@ -98,11 +119,36 @@ def treasury_policy(config: dict[str, Any], assets: list[AssetInfo]) -> dict[str
         "ruleModify": {"tokens": [{"name": "modify", "timelock": 0, "timeout": 0,
                                    "groups": [traders, compliance]}]},
     }
+    if network is not None:
+        policy["networks"] = [network]
+    return policy
+
+
+@dataclass(frozen=True)
+class _Common:
+    """Conditions every tier carries: the fee cap, and the auto tiers' native velocity."""
+
+    max_fee: dict[str, str]
+    native_daily: dict[str, Any] | None
+
+
+def _common_conditions(config: dict[str, Any], native: AssetInfo, native_tier: Any) -> _Common:
+    text = config.get("maxFee", FEE_CAPS.get(native.symbol))
+    if text is None:
+        raise BadRequest(f"policy.maxFee: the most a {native.symbol} transaction may pay in "
+                         "fees, as a decimal string")
+    cap = to_base_units(text, native.decimals, what="policy.maxFee")
+    daily = None
+    if isinstance(native_tier, dict) and "dailySmall" in native_tier:
+        daily = {"asset": native.asset, "windowSeconds": 86400, "max": str(to_base_units(
+            native_tier["dailySmall"], native.decimals,
+            what=f"tiers.{native.symbol}.dailySmall"))}
+    return _Common({"asset": native.asset, "max": str(cap)}, daily)
 
 
 def _asset_tokens(symbol: str, tier: Any, info: AssetInfo, traders: dict[str, Any],
                   compliance: dict[str, Any], hold: int, medium_timeout: int,
-                  large_timeout: int) -> list[dict[str, Any]]:
+                  large_timeout: int, common: _Common) -> list[dict[str, Any]]:
     if not isinstance(tier, dict) or set(tier) - {"small", "medium", "dailySmall", "max"} or (
             "small" not in tier or "medium" not in tier):
         raise BadRequest(f"policy.tiers.{symbol} needs small and medium (optionally dailySmall "
@@ -117,19 +163,22 @@ def _asset_tokens(symbol: str, tier: Any, info: AssetInfo, traders: dict[str, An
         if hard <= medium:
             raise BadRequest(f"policy.tiers.{symbol}: max must be above medium")
         large["max"] = str(hard)
-    small_cond: dict[str, Any] = {"amounts": [{"asset": info.asset, "max": str(small)}]}
-    if "dailySmall" in tier:
+    fee = {"maxFee": [common.max_fee]}
+    small_cond: dict[str, Any] = {"amounts": [{"asset": info.asset, "max": str(small)}], **fee}
+    velocity = [common.native_daily] if common.native_daily else []
+    if "dailySmall" in tier and info.asset != common.max_fee["asset"]:
         daily = to_base_units(tier["dailySmall"], info.decimals,
                               what=f"tiers.{symbol}.dailySmall")
-        small_cond["velocity"] = [{"asset": info.asset, "windowSeconds": 86400,
-                                   "max": str(daily)}]
+        velocity.append({"asset": info.asset, "windowSeconds": 86400, "max": str(daily)})
+    if velocity:
+        small_cond["velocity"] = velocity
     return [
         {"name": f"small-{symbol}", "timelock": 0, "timeout": 0, "groups": [],
          "conditions": small_cond},
         {"name": f"medium-{symbol}", "timelock": 0, "timeout": medium_timeout,
          "groups": [traders], "conditions": {"amounts": [{"asset": info.asset,
-                                                          "max": str(medium)}]}},
+                                                          "max": str(medium)}], **fee}},
         {"name": f"large-{symbol}", "timelock": hold, "timeout": large_timeout,
          "groups": [traders, compliance],
-         "conditions": {"amounts": [large]}},
+         "conditions": {"amounts": [large], **fee}},
     ]
