@@ -29,11 +29,14 @@ from chains.errors import BroadcastRejected, InvalidAddress
 from chains.ethereum.adapter import EthereumAdapter
 from chains.ethereum.client import EthClient
 from chains.ethereum.encoding import checksum
+from chains.ethereum.erc20 import encode_transfer
 from chains.ethereum.nonces import SqliteNonceStore
 from chains.ethereum.parse import decode
-from chains.ethereum.tx import assemble, serialize_unsigned
+from chains.ethereum.tx import Eip1559Tx, assemble, serialize_unsigned
 from hsm_emulator import Hsm, ManualClock
 from hsm_emulator.decoders import DecoderRegistry, JsonTransferDecoder
+from hsm_emulator.errors import PolicyNotMet
+from hsm_emulator.model import Intent, IntentKind, Transfer
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, group, token
 
@@ -121,13 +124,15 @@ def anvil() -> Iterator[str]:
 
 def policy(traders: list[Approver]) -> dict[str, Any]:
     admin = [token("admin", [group("admins", 1, traders)])]
+    fee = [{"asset": "ETH", "max": WEI // 10}]  # fee cap: gasLimit x maxFeePerGas
     return {"ruleUse": {"tokens": [
-        token("small", [], conditions={"amounts": [{"asset": "ETH", "max": WEI}]}),
+        token("small", [], conditions={"amounts": [{"asset": "ETH", "max": WEI}],
+                                       "maxFee": fee}),
         token("medium", [group("traders", 2, traders)], timeout=3600,
-              conditions={"amounts": [{"asset": "ETH", "max": 50 * WEI}]}),
+              conditions={"amounts": [{"asset": "ETH", "max": 50 * WEI}], "maxFee": fee}),
         token("tokens", [group("traders", 2, traders)], timeout=3600),
     ]}, "ruleBlock": {"tokens": admin}, "ruleUnblock": {"tokens": admin},
-        "ruleModify": {"tokens": admin}}
+        "ruleModify": {"tokens": admin}, "networks": [f"ethereum:{CHAIN}"]}
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +222,40 @@ def test_erc20_deploy_and_transfer_from_the_hsm_wallet(world: dict[str, Any]) ->
     assert client.receipt(txid).status == 1
     assert client.erc20_balance(token_addr, dest) == 1234
     assert client.erc20_balance(token_addr, source.address) == 5000 - 1234
+
+
+def test_transfer_with_a_trailing_byte_moves_what_the_intent_lists(
+        world: dict[str, Any]) -> None:
+    """The review's finding 1 on a real node: a ``transfer`` with one trailing calldata
+    byte executes as a transfer. The HSM decodes it as an opaque contract call (no auto
+    tier releases it) that still lists the token transfer the chain then performs."""
+    client, source, funder, hsm = (world["client"], world["source"], world["funder"],
+                                   world["hsm"])
+    receipt = client.w3.eth.get_transaction_receipt(  # type: ignore[arg-type]
+        fund(client, funder, "", 0, TOKEN_INITCODE))
+    token_addr = checksum(bytes.fromhex(str(receipt["contractAddress"])[2:]))
+    fund(client, funder, token_addr, 0, encode_transfer(bytes.fromhex(source.address[2:]), 900))
+    dest = os.urandom(20)
+    data = encode_transfer(dest, 321) + b"\x00"
+    fees = client.fee_quote()
+    tx = Eip1559Tx(CHAIN, client.pending_nonce(source.address), fees.priority_fee,
+                   fees.max_fee, 100_000, bytes.fromhex(token_addr[2:]), 0, data)
+    payload = serialize_unsigned(tx)
+    with pytest.raises(PolicyNotMet):
+        hsm.sign_now(source.label, payload, f"ETHEREUM_TX:eip155:{CHAIN}")
+    ch = hsm.begin(source.label, payload=payload, payload_type=f"ETHEREUM_TX:eip155:{CHAIN}")
+    intent = Intent.from_json(ch.body["intent"])  # what the approvers are shown
+    assert intent.kind is IntentKind.CONTRACT_CALL and intent.calls == (token_addr,)
+    assert intent.transfers == (Transfer("ERC20:" + token_addr.lower(), 321, checksum(dest)),)
+    result = hsm.execute(ch.request_id, [t.approve(ch.envelope) for t in world["traders"][:2]])
+    txid = client.send_raw_transaction(assemble(tx, result.signatures[0]))
+    client.wait_for_depth(txid, 1, timeout=20)
+    assert client.receipt(txid).status == 1
+    assert client.erc20_balance(token_addr, checksum(dest)) == 321
+    assert client.erc20_balance(token_addr, source.address) == 900 - 321
+    # the nonce was used outside the adapter: tell its store
+    world["adapter"].nonces.reconcile(CHAIN, source.address,
+                                      client.pending_nonce(source.address))
 
 
 def test_stuck_transaction_is_replaced_in_its_slot(world: dict[str, Any]) -> None:

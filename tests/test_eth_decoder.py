@@ -16,14 +16,28 @@ from hypothesis import strategies as st
 
 from chains.errors import ChainDecodeError
 from chains.ethereum import Eip712Decoder, EthereumTxDecoder
-from chains.ethereum.encoding import address_of_public_key, checksum, keccak256
-from chains.ethereum.erc20 import TRANSFER_SELECTOR, encode_transfer
+from chains.ethereum.encoding import (
+    address_of_public_key,
+    checksum,
+    keccak256,
+    rlp_bytes,
+    rlp_int,
+    rlp_list,
+)
+from chains.ethereum.erc20 import (
+    APPROVE_SELECTOR,
+    INCREASE_ALLOWANCE_SELECTOR,
+    TRANSFER_FROM_SELECTOR,
+    TRANSFER_SELECTOR,
+    encode_approve,
+    encode_transfer,
+)
 from chains.ethereum.parse import decode
 from chains.ethereum.tx import Eip1559Tx, LegacyTx, assemble, serialize_unsigned
 from hsm_emulator import Hsm, ManualClock
 from hsm_emulator.decoders import DecoderRegistry, JsonTransferDecoder
 from hsm_emulator.errors import DecodeError, IntentMismatch, PolicyNotMet
-from hsm_emulator.model import IntentKind, KeyAlgorithm, Transfer
+from hsm_emulator.model import Grant, IntentKind, KeyAlgorithm, Transfer
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, group, token
 
@@ -83,13 +97,100 @@ def test_erc20_transfer_exact_shape() -> None:
     assert intent.transfers == (Transfer("ERC20:0x" + TOKEN.hex(), 1234, checksum(BOB)),)
 
 
+ASSET = "ERC20:0x" + TOKEN.hex()
+MAX = 2**256 - 1
+
+
+def word(address: bytes) -> bytes:
+    return address.rjust(32, b"\x00")
+
+
+def test_erc20_transfer_is_a_transfer_only_in_its_exact_shape() -> None:
+    intent, _ = prepare(tx(TOKEN, 0, encode_transfer(BOB, MAX)))
+    assert intent.kind is IntentKind.TRANSFER and intent.calls == () and intent.grants == ()
+    assert intent.transfers == (Transfer(ASSET, MAX, checksum(BOB)),)
+    assert dict(intent.details)["function"] == "transfer"
+
+
+@pytest.mark.parametrize("data", [
+    encode_transfer(BOB, 5) + b"\x00",  # one trailing byte: Solidity ignores it
+    encode_transfer(BOB, 5) + b"\x00" * 32,  # a trailing word
+    TRANSFER_SELECTOR + b"\x01" + word(BOB)[1:] + (5).to_bytes(32, "big"),  # dirty padding
+    TRANSFER_SELECTOR + b"\xff" * 12 + BOB + (5).to_bytes(32, "big"),  # ABI v1 masks it
+])
+def test_non_canonical_transfer_is_opaque_but_still_counted(data: bytes) -> None:
+    """The reviewer's finding: a transfer with a trailing byte executes as a transfer.
+    It is a contract call (released only by a token naming contract_call) that still
+    lists the token transfer, and calls the token: allowlists and velocity see both."""
+    intent, _ = prepare(tx(TOKEN, 0, data))
+    assert intent.kind is IntentKind.CONTRACT_CALL
+    assert intent.calls == (checksum(TOKEN),)
+    assert intent.transfers == (Transfer(ASSET, 5, checksum(BOB)),)
+    assert intent.moved() == {ASSET: 5}
+    assert set(intent.recipients()) == {checksum(BOB), checksum(TOKEN)}
+    assert "note" in dict(intent.details)
+
+
+@pytest.mark.parametrize("selector,function", [
+    (APPROVE_SELECTOR, "approve"), (INCREASE_ALLOWANCE_SELECTOR, "increaseAllowance")])
+@pytest.mark.parametrize("amount", [0, 1, 10**6, MAX])
+def test_approvals_are_grants_with_exact_amounts(selector: bytes, function: str,
+                                                 amount: int) -> None:
+    data = selector + word(BOB) + amount.to_bytes(32, "big")
+    intent, _ = prepare(tx(TOKEN, 0, data))
+    assert intent.kind is IntentKind.GRANT
+    assert intent.grants == (Grant(ASSET, amount, checksum(BOB)),)
+    assert intent.transfers == () and intent.calls == ()
+    assert intent.moved() == {ASSET: amount}
+    assert intent.outflow() == {ASSET: amount, "ETH": 60_000 * 3 * 10**10}
+    assert intent.recipients() == (checksum(BOB),)
+    assert dict(intent.details)["function"] == function
+    assert data == encode_approve(BOB, amount) or selector != APPROVE_SELECTOR
+
+
+def test_approve_max_to_an_attacker_is_a_grant_of_everything() -> None:
+    eve = b"\xee" * 20
+    intent, _ = prepare(tx(TOKEN, 0, encode_approve(eve, MAX)))
+    assert intent.kind is IntentKind.GRANT
+    assert intent.grants == (Grant(ASSET, MAX, checksum(eve)),)
+
+
+@pytest.mark.parametrize("data", [
+    encode_approve(BOB, 7) + b"\x00",  # trailing byte
+    APPROVE_SELECTOR + b"\x00" * 11 + b"\x01" + BOB + (7).to_bytes(32, "big"),  # dirty
+    INCREASE_ALLOWANCE_SELECTOR + word(BOB) + (7).to_bytes(32, "big") + b"\x00" * 4,
+])
+def test_non_canonical_approvals_are_opaque_but_list_the_grant(data: bytes) -> None:
+    intent, _ = prepare(tx(TOKEN, 0, data))
+    assert intent.kind is IntentKind.CONTRACT_CALL and intent.calls == (checksum(TOKEN),)
+    assert intent.grants == (Grant(ASSET, 7, checksum(BOB)),)
+
+
+def test_approve_with_eth_attached_is_opaque() -> None:
+    intent, _ = prepare(tx(TOKEN, 3, encode_approve(BOB, 7)))
+    assert intent.kind is IntentKind.CONTRACT_CALL and intent.calls == (checksum(TOKEN),)
+    assert intent.transfers == (Transfer("ETH", 3, checksum(TOKEN)),)
+    assert intent.grants == (Grant(ASSET, 7, checksum(BOB)),)
+
+
+def test_transfer_from_is_opaque_and_calls_the_token() -> None:
+    data = TRANSFER_FROM_SELECTOR + word(b"\xaa" * 20) + word(BOB) + (9).to_bytes(32, "big")
+    intent, _ = prepare(tx(TOKEN, 0, data))
+    assert intent.kind is IntentKind.CONTRACT_CALL
+    assert intent.calls == (checksum(TOKEN),)
+    assert intent.transfers == () and intent.grants == ()
+    assert dict(intent.details)["function"] == "transferFrom"
+
+
 @pytest.mark.parametrize("to,value,data", [
     (TOKEN, 1, encode_transfer(BOB, 5)),  # ETH value with a token transfer
     (TOKEN, 0, encode_transfer(BOB, 5) + b"\x00"),  # not the exact ABI length
     (TOKEN, 0, TRANSFER_SELECTOR + b"\x01" + encode_transfer(BOB, 5)[5:]),  # dirty padding
-    (TOKEN, 0, keccak256(b"approve(address,uint256)")[:4] + encode_transfer(BOB, 5)[4:]),
-    (TOKEN, 0, keccak256(b"transferFrom(address,address,uint256)")[:4] + b"\x00" * 96),
+    (TOKEN, 0, keccak256(b"decreaseAllowance(address,uint256)")[:4] + encode_transfer(BOB, 5)[4:]),
+    (TOKEN, 0, TRANSFER_FROM_SELECTOR + b"\x00" * 96),
+    (TOKEN, 0, APPROVE_SELECTOR + b"\x00" * 63),  # too short to be read at all
     (b"", 0, b"\x60\x00"),  # contract creation
+    (b"", 7, b"\x60\x00"),  # contract creation with an endowment
     (BOB, 5, b"\x01"),  # ETH plus calldata
 ])
 def test_everything_else_is_a_contract_call(to: bytes, value: int, data: bytes) -> None:
@@ -97,8 +198,55 @@ def test_everything_else_is_a_contract_call(to: bytes, value: int, data: bytes) 
     assert intent.kind is IntentKind.CONTRACT_CALL
     details = dict(intent.details)
     assert details["data"] == "0x" + data.hex()
-    assert details["to"] == (checksum(to) if to else "(contract creation)")
+    target = checksum(to) if to else "(contract creation)"
+    assert details["to"] == target
+    assert intent.calls == (target,)  # allowlists see the called contract
     assert intent.total("ETH") == value  # velocity still counts attached ETH
+    assert all(t.destination == target for t in intent.transfers if t.asset == "ETH")
+
+
+def test_nothing_that_moves_tokens_is_value_less_and_non_opaque() -> None:
+    """Every calldata with a value-moving selector, in any length and padding, decodes to
+    a TRANSFER or GRANT that carries it, or to an opaque CONTRACT_CALL."""
+    selectors = [TRANSFER_SELECTOR, APPROVE_SELECTOR, INCREASE_ALLOWANCE_SELECTOR,
+                 TRANSFER_FROM_SELECTOR]
+    for selector in selectors:
+        for body in (b"", b"\x00" * 31, word(BOB) + b"\x00" * 32, word(BOB) + b"\x01" * 33,
+                     b"\x01" + word(BOB)[1:] + b"\x02" * 32):
+            for value in (0, 1):
+                intent, _ = prepare(tx(TOKEN, value, selector + body))
+                if intent.kind is IntentKind.CONTRACT_CALL:
+                    assert intent.calls == (checksum(TOKEN),)
+                else:
+                    assert intent.kind in (IntentKind.TRANSFER, IntentKind.GRANT)
+                    assert intent.moved() and value == 0 and len(body) == 64
+
+
+# -- fees: the decoded fee is the most the transaction can pay -----------------------
+
+
+def test_eip1559_fee_bounds_every_base_fee() -> None:
+    t = Eip1559Tx(CHAIN, 0, 2 * 10**9, 3 * 10**10, 60_000, BOB, 1)
+    intent, _ = prepare(t)
+    assert intent.fee == 60_000 * 3 * 10**10
+    for base_fee in (0, 1, 10**9, 28 * 10**9, 3 * 10**10):
+        effective = min(t.max_fee_per_gas, base_fee + t.max_priority_fee_per_gas)
+        assert t.gas_limit * effective <= intent.fee  # gasUsed <= gasLimit
+
+
+def test_a_priority_fee_above_the_fee_cap_is_refused() -> None:
+    items = [rlp_int(CHAIN), rlp_int(0), rlp_int(10**10 + 1), rlp_int(10**10),
+             rlp_int(21_000), rlp_bytes(BOB), rlp_int(1), rlp_bytes(b""), rlp_list([])]
+    payload = b"\x02" + rlp_list(items)
+    with pytest.raises(ChainDecodeError, match="maxPriorityFeePerGas"):
+        DEC.prepare(payload, View())
+    with pytest.raises(DecodeError):
+        DecoderRegistry([DEC]).prepare(DEC.payload_type, payload, View())
+
+
+def test_legacy_fee_is_the_whole_gas_price() -> None:
+    intent, _ = prepare(LegacyTx(CHAIN, 0, 7 * 10**9, 50_000, TOKEN, 0, encode_transfer(BOB, 1)))
+    assert intent.fee == 7 * 10**9 * 50_000 and intent.fee_asset == "ETH" and intent.rent == 0
 
 
 def test_long_calldata_is_shown_by_hash() -> None:
@@ -192,18 +340,36 @@ def test_fuzz_eip712(noise: bytes, cut: int) -> None:
 WEI = 10**18
 
 
+#: What a conditioned token lets a transaction cost (fee plus rent), in wei.
+FEE_CAP = 10**16
+EVE = b"\xee" * 20
+CAROL = b"\xca" * 20  #: allowlisted by an allowlist-only auto tier
+
+
 def eth_policy(traders: list[Approver]) -> dict[str, Any]:
+    fee = [{"asset": "ETH", "max": FEE_CAP}]
     tokens = [
         token("small", [], conditions={"amounts": [{"asset": "ETH", "max": WEI},
-                                                  {"asset": "ERC20:0x" + TOKEN.hex(),
-                                                   "max": 10**6}]}),
+                                                  {"asset": ASSET, "max": 10**6}],
+                                       "maxFee": fee}),
+        # allowlist- and velocity-only auto tiers: what the reviewer's findings attacked
+        token("allowlisted", [], conditions={"destinations": [checksum(CAROL)],
+                                             "maxFee": fee}),
+        token("velocity", [], conditions={
+            "velocity": [{"asset": "ETH", "max": 2 * WEI, "windowSeconds": 86400},
+                         {"asset": ASSET, "max": 10**7, "windowSeconds": 86400}],
+            "maxFee": fee}),
+        token("small-grants", [], conditions={"kinds": ["grant"], "maxFee": fee,
+                                              "amounts": [{"asset": ASSET, "max": 10**6}],
+                                              "destinations": [checksum(BOB)]}),
         token("medium", [group("traders", 2, traders)], timeout=3600,
-              conditions={"amounts": [{"asset": "ETH", "max": 50 * WEI}]}),
+              conditions={"amounts": [{"asset": "ETH", "max": 50 * WEI}], "maxFee": fee}),
         token("any-call", [group("traders", 2, traders)], timeout=3600),
     ]
     admin = [token("admin", [group("admins", 1, traders)])]
     return {"ruleUse": {"tokens": tokens}, "ruleBlock": {"tokens": admin},
-            "ruleUnblock": {"tokens": admin}, "ruleModify": {"tokens": admin}}
+            "ruleUnblock": {"tokens": admin}, "ruleModify": {"tokens": admin},
+            "networks": [f"ethereum:{CHAIN}"]}
 
 
 @pytest.fixture
@@ -245,13 +411,52 @@ def test_hsm_medium_needs_approvals_and_accepts_fee_bump(eth_hsm: Hsm,
 
 
 def test_hsm_never_auto_signs_contract_calls_or_other_chains(eth_hsm: Hsm) -> None:
-    call = tx(TOKEN, 0, keccak256(b"approve(address,uint256)")[:4] + b"\x00" * 64)
+    call = tx(TOKEN, 0, TRANSFER_FROM_SELECTOR + b"\x00" * 96)
     with pytest.raises(PolicyNotMet):
         eth_hsm.sign_now("eth", serialize_unsigned(call), DEC.payload_type)
     with pytest.raises(DecodeError):
         eth_hsm.sign_now("eth", serialize_unsigned(tx(chain=1, value=1)), DEC.payload_type)
     small_token = tx(TOKEN, 0, encode_transfer(BOB, 10))
     eth_hsm.sign_now("eth", serialize_unsigned(small_token), DEC.payload_type)
+
+
+@pytest.mark.parametrize("data", [
+    encode_transfer(BOB, 10**9) + b"\x00",  # finding 1: a transfer with a trailing byte
+    encode_transfer(EVE, 10**9) + b"\x00",
+    encode_transfer(CAROL, 10**9) + b"\x00",
+    encode_approve(CAROL, MAX),
+    encode_approve(EVE, MAX),  # finding 2: approve(attacker, 2^256-1)
+    encode_approve(BOB, MAX),
+    INCREASE_ALLOWANCE_SELECTOR + word(BOB) + MAX.to_bytes(32, "big"),
+    encode_approve(BOB, 5) + b"\x00",  # an approval in disguise
+])
+def test_hsm_auto_tiers_refuse_what_the_review_found(eth_hsm: Hsm, data: bytes) -> None:
+    """No auto tier - amount band, allowlist-only, velocity-only, or one releasing small
+    grants to an allowlisted spender - signs these."""
+    with pytest.raises(PolicyNotMet):
+        eth_hsm.sign_now("eth", serialize_unsigned(tx(TOKEN, 0, data)), DEC.payload_type)
+
+
+def test_hsm_allowlist_only_tier_signs_plain_transfers_to_the_list(eth_hsm: Hsm) -> None:
+    for t in (tx(CAROL, 10 * WEI), tx(TOKEN, 0, encode_transfer(CAROL, 10**9))):
+        assert eth_hsm.sign_now("eth", serialize_unsigned(t), DEC.payload_type).token == (
+            "allowlisted")
+
+
+def test_hsm_releases_a_small_grant_only_where_a_token_names_grants(eth_hsm: Hsm) -> None:
+    result = eth_hsm.sign_now("eth", serialize_unsigned(tx(TOKEN, 0, encode_approve(BOB, 10**6))),
+                              DEC.payload_type)
+    assert result.token == "small-grants"
+    for too_much in (encode_approve(BOB, 10**6 + 1), encode_approve(EVE, 1)):
+        with pytest.raises(PolicyNotMet):
+            eth_hsm.sign_now("eth", serialize_unsigned(tx(TOKEN, 0, too_much)),
+                             DEC.payload_type)
+
+
+def test_hsm_fee_above_the_cap_is_refused(eth_hsm: Hsm) -> None:
+    pricey = Eip1559Tx(CHAIN, 0, 10**9, FEE_CAP // 21_000 + 1, 21_000, BOB, 1)
+    with pytest.raises(PolicyNotMet, match="fee"):
+        eth_hsm.sign_now("eth", serialize_unsigned(pricey), DEC.payload_type)
 
 
 def test_hsm_rebuilt_payload_must_keep_the_transfer(eth_hsm: Hsm,

@@ -19,16 +19,21 @@ from solders.instruction import AccountMeta, CompiledInstruction, Instruction
 from solders.keypair import Keypair
 from solders.message import Message, MessageV0, to_bytes_versioned
 from solders.pubkey import Pubkey
+from solders.system_program import ID as SYSTEM_PROGRAM_ID
 from solders.system_program import TransferParams, transfer
 
 from chains.errors import BuildError, ChainDecodeError
 from chains.solana import SolanaTxDecoder, spl
 from chains.solana.decoder import PAYLOAD_PREFIX, compute_budget
 from chains.solana.tx import (
+    COMPUTE_BUDGET_ID,
+    MAX_COMPUTE_UNIT_LIMIT,
+    PRECOMPILE_IDS,
     ComputeBudget,
     assemble,
     build_sol_transfer,
     build_spl_transfer,
+    default_unit_limit,
     refresh_blockhash,
 )
 from hsm_emulator.decoders import DecoderRegistry
@@ -78,9 +83,15 @@ def refused(payload: bytes, view: View | None = None) -> str:
 
 
 def contract_call(payload: bytes) -> None:
+    """Opaque: it calls its (non-ComputeBudget) programs, and lists only SOL it visibly
+    sends from the key; its fee is still the most the runtime can charge."""
     intent = D.decode(payload, View())
     assert intent.kind is IntentKind.CONTRACT_CALL
-    assert intent.transfers == ()
+    assert all(t.asset == "SOL" for t in intent.transfers)
+    m = Message.from_bytes(payload)
+    programs = {str(m.account_keys[ix.program_id_index]) for ix in m.instructions}
+    assert intent.calls == tuple(sorted(programs - {str(COMPUTE_BUDGET_ID)}))
+    assert intent.fee >= 5000 and intent.fee_asset == "SOL"
 
 
 # -- transfers -------------------------------------------------------------------------
@@ -99,8 +110,62 @@ def test_sol_transfer() -> None:
 def test_fee_counts_the_priority_fee_rounded_up() -> None:
     assert D.decode(sol(budget=ComputeBudget(1000, 5)), View()).fee == 5000 + 1  # 0.005 up
     assert D.decode(sol(budget=ComputeBudget(200_000, 10_000)), View()).fee == 5000 + 2000
-    # a price without a limit is bounded by the runtime's maximum of 1.4M units
-    assert D.decode(sol(budget=ComputeBudget(None, 1_000_000)), View()).fee == 5000 + 1_400_000
+    assert D.decode(sol(budget=ComputeBudget(1_400_000, 1)), View()).fee == 5000 + 2  # 1.4 up
+
+
+def test_fee_without_a_limit_is_the_runtimes_default_worst_case() -> None:
+    """No SetComputeUnitLimit: 200,000 units per instruction, 3,000 per ComputeBudget
+    instruction (the larger of Agave's two rules for each), capped at 1.4M."""
+    price = 1_000_000  # one lamport per unit: the fee is the unit count
+    # [price, transfer]: 3,000 + 200,000
+    assert D.decode(sol(budget=ComputeBudget(None, price)), View()).fee == 5000 + 203_000
+    # [price, create, transfer checked]: 3,000 + 2 x 200,000
+    assert D.decode(spl_tx(budget=ComputeBudget(None, price)), View()).fee == 5000 + 403_000
+    # no price, no priority fee
+    assert D.decode(spl_tx(), View()).fee == 5000
+    memo = Instruction(MEMO, b"x", [])
+    many = msg([*ComputeBudget(None, price).instructions(), *[memo] * 9])
+    assert D.decode(many, View()).fee == 5000 + MAX_COMPUTE_UNIT_LIMIT  # capped
+    assert default_unit_limit([MEMO] * 9) == MAX_COMPUTE_UNIT_LIMIT
+    assert default_unit_limit([COMPUTE_BUDGET_ID, SYSTEM_PROGRAM_ID]) == 203_000
+
+
+def test_a_limit_above_the_maximum_is_clamped_like_the_runtime() -> None:
+    limit = Instruction(COMPUTE_BUDGET_ID, struct.pack("<BI", 2, 2**32 - 1), [])
+    price = ComputeBudget(None, 1_000_000).instructions()[0]
+    pay = transfer(TransferParams(from_pubkey=ME, to_pubkey=BOB, lamports=5))
+    intent = D.decode(msg([limit, price, pay]), View())
+    assert intent.kind is IntentKind.CONTRACT_CALL  # the builder never makes this limit
+    assert intent.fee == 5000 + MAX_COMPUTE_UNIT_LIMIT
+
+
+@pytest.mark.parametrize("precompile", sorted(PRECOMPILE_IDS, key=str))
+def test_precompile_signatures_pay_the_base_fee(precompile: Pubkey) -> None:
+    """Each signature a precompile instruction verifies (its first data byte) costs
+    5,000 lamports like the transaction's own."""
+    verify = Instruction(precompile, bytes([255]) + bytes(20), [])
+    intent = D.decode(msg([verify, verify]), View())
+    assert intent.kind is IntentKind.CONTRACT_CALL and intent.calls == (str(precompile),)
+    assert intent.fee == 5000 * (1 + 255 + 255)
+    assert D.decode(msg([Instruction(precompile, b"", [])]), View()).fee == 5000
+
+
+def test_sol_transfer_has_no_rent() -> None:
+    intent = D.decode(sol(5), View())
+    assert intent.rent == 0 and intent.cost == intent.fee
+    assert intent.outflow() == {"SOL": 5 + 5000}
+
+
+def test_spl_transfer_counts_the_destination_accounts_rent() -> None:
+    """CreateIdempotent makes the key fund the destination's token account when it is
+    new: the rent-exempt minimum for 165 bytes, the most it can cost."""
+    assert spl.ATA_RENT_LAMPORTS == 2_039_280 == (165 + 128) * 6960
+    intent = D.decode(spl_tx(42, ComputeBudget(60_000, 1)), View())
+    assert intent.kind is IntentKind.TRANSFER
+    assert intent.rent == spl.ATA_RENT_LAMPORTS
+    assert intent.cost == intent.fee + 2_039_280 and intent.fee == 5000 + 1
+    assert intent.outflow() == {f"SPL:{MINT}": 42, "SOL": 5001 + 2_039_280}
+    assert intent.binding()["rent"] == "2039280"
 
 
 def test_spl_transfer_names_the_destination_wallet() -> None:
@@ -198,6 +263,62 @@ def test_extra_instruction_is_a_contract_call() -> None:
     contract_call(msg([]))
     intent = D.decode(msg([pay, memo]), View())
     assert str(MEMO) in dict(intent.details)["programs"]
+    assert intent.calls == tuple(sorted([str(SYSTEM_PROGRAM_ID), str(MEMO)]))
+    assert intent.transfers == (Transfer("SOL", 5, str(BOB)),)
+
+
+def test_two_system_transfers_are_opaque_with_calls_fee_and_amounts() -> None:
+    carol = Keypair().pubkey()
+    pays = [transfer(TransferParams(from_pubkey=ME, to_pubkey=BOB, lamports=5)),
+            transfer(TransferParams(from_pubkey=ME, to_pubkey=carol, lamports=7))]
+    intent = D.decode(msg([*ComputeBudget(None, 1_000_000).instructions(), *pays]), View())
+    assert intent.kind is IntentKind.CONTRACT_CALL
+    assert intent.calls == (str(SYSTEM_PROGRAM_ID),)  # ComputeBudget: counted in the fee
+    assert intent.transfers == (Transfer("SOL", 5, str(BOB)), Transfer("SOL", 7, str(carol)))
+    assert intent.fee == 5000 + 3_000 + 2 * 200_000 and intent.rent == 0
+    assert intent.outflow() == {"SOL": 12 + intent.fee}
+
+
+def _token_ix(tag: int, body: bytes, *accounts: tuple[Pubkey, bool, bool]) -> Instruction:
+    return Instruction(spl.TOKEN_PROGRAM_ID, bytes([tag]) + body,
+                       [AccountMeta(k, signer, writable) for k, signer, writable in accounts])
+
+
+def test_spl_authority_instructions_are_opaque_never_transfers() -> None:
+    """Approve, ApproveChecked, SetAuthority, CloseAccount, unchecked Transfer, Burn: each
+    alone or behind the builder's CreateIdempotent is an opaque call to the token program,
+    with the create's rent counted."""
+    mine, eve = spl.associated_token_address(ME, MINT), Keypair().pubkey()
+    variants = [
+        _token_ix(4, struct.pack("<Q", 2**64 - 1), (mine, False, True), (eve, False, False),
+                  (ME, True, False)),  # Approve
+        _token_ix(13, struct.pack("<QB", 5, 6), (mine, False, True), (MINT, False, False),
+                  (eve, False, False), (ME, True, False)),  # ApproveChecked
+        _token_ix(6, bytes([2, 1]) + bytes(eve), (mine, False, True),
+                  (ME, True, False)),  # SetAuthority AccountOwner -> eve
+        _token_ix(9, b"", (mine, False, True), (eve, False, True),
+                  (ME, True, False)),  # CloseAccount, lamports to eve
+        _token_ix(3, struct.pack("<Q", 5), (mine, False, True), (eve, False, True),
+                  (ME, True, False)),  # Transfer (unchecked)
+        _token_ix(15, struct.pack("<QB", 5, 6), (mine, False, True), (MINT, False, True),
+                  (ME, True, False)),  # BurnChecked
+    ]
+    for ix in variants:
+        alone = D.decode(msg([ix]), View())
+        assert alone.kind is IntentKind.CONTRACT_CALL and alone.transfers == ()
+        assert alone.calls == (str(spl.TOKEN_PROGRAM_ID),) and alone.rent == 0
+        paired = D.decode(msg([spl.create_idempotent(ME, BOB, MINT), ix]), View())
+        assert paired.kind is IntentKind.CONTRACT_CALL and paired.transfers == ()
+        assert paired.calls == tuple(sorted([str(spl.ATA_PROGRAM_ID), str(spl.TOKEN_PROGRAM_ID)]))
+        assert paired.rent == spl.ATA_RENT_LAMPORTS
+
+
+def test_contract_call_counts_the_rent_of_each_account_it_funds() -> None:
+    creates = [spl.create_idempotent(ME, Keypair().pubkey(), MINT) for _ in range(3)]
+    intent = D.decode(msg(creates), View())
+    assert intent.kind is IntentKind.CONTRACT_CALL
+    assert intent.rent == 3 * spl.ATA_RENT_LAMPORTS
+    assert intent.cost == intent.fee + 3 * 2_039_280
 
 
 def test_budget_after_the_transfer_is_a_contract_call() -> None:
@@ -222,6 +343,8 @@ def test_other_system_instructions_are_contract_calls() -> None:
     contract_call(msg([assign]))
     longer = Instruction(pay.program_id, bytes(pay.data) + b"\x00", pay.accounts)
     contract_call(msg([longer]))
+    # the runtime ignores the trailing byte and moves the lamports: still listed
+    assert D.decode(msg([longer]), View()).transfers == (Transfer("SOL", 5, str(BOB)),)
 
 
 def _spl(create: Instruction | None, move: Instruction) -> bytes:
@@ -249,12 +372,16 @@ def test_spl_variants_outside_the_pattern_are_contract_calls() -> None:
 
 def test_contract_calls_never_meet_amount_tiers(people: dict[str, Approver]) -> None:
     traders = [people["t1"], people["t2"]]
-    policy = parse_policy(tiered_policy(traders, [people["c1"]], asset="SOL", small=10**12))
+    policy = parse_policy(tiered_policy(traders, [people["c1"]], asset="SOL", small=10**12,
+                                        max_fee=10**7))
     memo = Instruction(MEMO, b"x", [])
     small = D.decode(sol(5), View())
     call = D.decode(msg([memo]), View())
     assert evaluate(policy, Action.USE, small, frozenset(), 0, 0).released_by == "small"
     assert not evaluate(policy, Action.USE, call, frozenset(), 0, 0).released
+    two = D.decode(msg([transfer(TransferParams(from_pubkey=ME, to_pubkey=BOB, lamports=5))] * 2),
+                   View())
+    assert not evaluate(policy, Action.USE, two, frozenset(), 0, 0).released
 
 
 # -- builder edges ---------------------------------------------------------------------------

@@ -60,10 +60,16 @@ def sol_hsm(tmp_path: Path, clock: ManualClock, adapter: SolanaAdapter) -> Itera
     h.close()
 
 
+#: What a tier lets a transfer cost beyond its amount, in lamports: the fee and, for a
+#: token transfer, the destination account's rent-exempt deposit (2,039,280).
+FEE_AND_RENT_CAP = 10_000_000
+
+
 def hsm_wallet(hsm: Hsm, people: dict[str, Approver], asset: str = "SOL") -> Source:
     traders = [people["t1"], people["t2"], people["t3"]]
-    hsm.create_key("w", "ED25519", policy=tiered_policy(traders, [people["c1"]], asset=asset,
-                                                        small=SOL, medium=100 * SOL))
+    policy = tiered_policy(traders, [people["c1"]], asset=asset, small=SOL, medium=100 * SOL,
+                           max_fee=FEE_AND_RENT_CAP, fee_asset="SOL")
+    hsm.create_key("w", "ED25519", policy={**policy, "networks": ["solana:localnet"]})
     pub = hsm.public_key("w")
     return Source("w", pub, "", str(Pubkey.from_bytes(pub)))
 

@@ -19,7 +19,7 @@ from solders.litesvm import LiteSVM
 from solders.message import Message
 from solders.pubkey import Pubkey
 from solders.signature import Signature
-from solders.system_program import CreateAccountParams, create_account
+from solders.system_program import CreateAccountParams, TransferParams, create_account, transfer
 from solders.token.state import TokenAccount
 from solders.transaction import Transaction
 from solders.transaction_metadata import FailedTransactionMetadata, TransactionMetadata
@@ -36,13 +36,16 @@ from chains.solana.tx import (
 from hsm_emulator import Action, Hsm, ManualClock
 from hsm_emulator.decoders import DecoderRegistry, JsonTransferDecoder
 from hsm_emulator.errors import IntentMismatch, PolicyNotMet
-from hsm_emulator.model import IntentKind
+from hsm_emulator.model import IntentKind, KeyAlgorithm
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, tiered_policy
 
 PT = "SOLANA_TX:localnet"
 SOL = 10**9
 DECIMALS = 6
+#: What a tier lets a transfer cost beyond its amount, in lamports: the fee and, for a
+#: token transfer, the destination account's rent-exempt deposit (2,039,280).
+FEE_AND_RENT_CAP = 10_000_000
 
 
 @pytest.fixture
@@ -62,8 +65,9 @@ def wallet(hsm: Hsm, people: dict[str, Approver], asset: str = "SOL", label: str
            ) -> Pubkey:
     """An HSM Ed25519 key with the treasury tiers: auto <= 1 SOL, 2 traders <= 100 SOL."""
     traders = [people["t1"], people["t2"], people["t3"]]
-    hsm.create_key(label, "ED25519", policy=tiered_policy(
-        traders, [people["c1"]], asset=asset, small=SOL, medium=100 * SOL))
+    policy = tiered_policy(traders, [people["c1"]], asset=asset, small=SOL, medium=100 * SOL,
+                           max_fee=FEE_AND_RENT_CAP, fee_asset="SOL")
+    hsm.create_key(label, "ED25519", policy={**policy, "networks": ["solana:localnet"]})
     key = Pubkey.from_bytes(hsm.public_key(label))
     assert str(key) == hsm.address(label, "solana", "mainnet")
     return key
@@ -278,3 +282,109 @@ def test_spl_tiers_apply_per_mint(sol_hsm: Hsm, svm: LiteSVM,
         sol_hsm.sign_now("sol", small_sol, PT)
     assert SolanaTxDecoder("localnet").payload_type == PT
     assert IntentKind.TRANSFER.value == "transfer"
+
+
+
+# -- what the runtime charges never exceeds what the decoder counted ----------------------
+
+
+class _View:
+    """A KeyView over a local keypair: the decoder alone, no HSM."""
+
+    algorithm = KeyAlgorithm.ED25519
+    fingerprint = b""
+
+    def __init__(self, key: Pubkey) -> None:
+        self._key = key
+
+    def public_key(self, path: str = "") -> bytes:
+        return bytes(self._key)
+
+
+def _run(svm: LiteSVM, payer: Keypair, payload: bytes) -> tuple[Any, TransactionMetadata, int]:
+    """Decode ``payload``, sign it with ``payer``, run it: (intent, meta, lamports paid)."""
+    intent = SolanaTxDecoder("localnet").decode(payload, _View(payer.pubkey()))
+    before = balance(svm, payer.pubkey())
+    sig = bytes(payer.sign_message(payload))
+    meta = ok(send(svm, assemble(payload, sig)))
+    return intent, meta, before - balance(svm, payer.pubkey())
+
+
+def balance(svm: LiteSVM, key: Pubkey) -> int:
+    lamports = svm.get_balance(key)
+    assert lamports is not None
+    return lamports
+
+
+def test_spl_transfer_costs_at_most_fee_plus_rent(sol_hsm: Hsm, svm: LiteSVM,
+                                                  token: tuple[Pubkey, Pubkey]) -> None:
+    """To a new wallet the key pays the fee and the new token account's rent-exempt
+    deposit, exactly ATA_RENT_LAMPORTS; to an existing one just the fee. Both within
+    the decoded cost (fee + rent)."""
+    mint, me = token
+    bob = Keypair().pubkey()
+    assert svm.minimum_balance_for_rent_exemption(spl.TOKEN_ACCOUNT_LEN) == spl.ATA_RENT_LAMPORTS
+    for rent_paid in (spl.ATA_RENT_LAMPORTS, 0):
+        before = balance(svm, me)
+        payload = build_spl_transfer(me, mint, DECIMALS, bob, 5, svm.latest_blockhash(),
+                                     ComputeBudget(None, 1_000))  # a price, no limit
+        result = sol_hsm.sign_now("sol", payload, PT)
+        assert result.intent is not None and result.intent.rent == spl.ATA_RENT_LAMPORTS
+        meta = ok(send(svm, assemble(payload, result.signatures[0])))
+        paid = before - balance(svm, me)
+        assert meta.fee() <= result.intent.fee and paid <= result.intent.cost
+        assert paid == meta.fee() + rent_paid
+        svm.expire_blockhash()
+
+
+@pytest.mark.parametrize("price", [1, 999_999, 1_000_000, 7_777_777])
+def test_a_price_without_a_limit_costs_at_most_the_decoded_fee(svm: LiteSVM,
+                                                                price: int) -> None:
+    payer, bob = Keypair(), Keypair().pubkey()
+    ok(svm.airdrop(payer.pubkey(), 5 * SOL))
+    payload = build_sol_transfer(payer.pubkey(), bob, SOL, svm.latest_blockhash(),
+                                 ComputeBudget(None, price))
+    intent, meta, paid = _run(svm, payer, payload)
+    assert paid == SOL + meta.fee()
+    assert meta.fee() <= intent.fee, (meta.fee(), intent.fee)
+
+
+def _ed25519_verify(signer: Keypair, message: bytes) -> Instruction:
+    """An Ed25519SigVerify instruction checking one signature carried in its own data."""
+    header = 2 + 14
+    pubkey_at, sig_at = header, header + 32
+    msg_at = sig_at + 64
+    offsets = struct.pack("<HHHHHHH", sig_at, 0xFFFF, pubkey_at, 0xFFFF, msg_at,
+                          len(message), 0xFFFF)
+    data = (bytes([1, 0]) + offsets + bytes(signer.pubkey())
+            + bytes(signer.sign_message(message)) + message)
+    return Instruction(Pubkey.from_string("Ed25519SigVerify111111111111111111111111111"),
+                       data, [])
+
+
+def test_precompile_signatures_are_charged_and_counted(svm: LiteSVM) -> None:
+    payer = Keypair()
+    ok(svm.airdrop(payer.pubkey(), SOL))
+    verify = _ed25519_verify(Keypair(), b"hello")
+    payload = bytes(Message.new_with_blockhash([verify, verify], payer.pubkey(),
+                                               svm.latest_blockhash()))
+    intent, meta, paid = _run(svm, payer, payload)
+    assert intent.kind is IntentKind.CONTRACT_CALL
+    assert meta.fee() == paid == 3 * 5000 == intent.fee  # its own + two verified
+
+
+def test_opaque_message_lists_the_lamports_the_runtime_moves(svm: LiteSVM) -> None:
+    """Two System transfers, one with a trailing data byte (which the System program
+    ignores): an opaque call, but both transfers are listed - what the key then pays."""
+    payer, bob, carol = Keypair(), Keypair().pubkey(), Keypair().pubkey()
+    ok(svm.airdrop(payer.pubkey(), 5 * SOL))
+    pay = transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=bob, lamports=SOL))
+    padded = transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=carol, lamports=SOL))
+    padded = Instruction(padded.program_id, bytes(padded.data) + b"\x00", padded.accounts)
+    payload = bytes(Message.new_with_blockhash([pay, padded], payer.pubkey(),
+                                               svm.latest_blockhash()))
+    intent, meta, paid = _run(svm, payer, payload)
+    assert intent.kind is IntentKind.CONTRACT_CALL
+    assert intent.calls == ("11111111111111111111111111111111",)
+    assert intent.total("SOL") == 2 * SOL == balance(svm, bob) + balance(svm, carol)
+    assert paid == 2 * SOL + meta.fee() and paid <= intent.outflow()["SOL"]

@@ -23,9 +23,33 @@ what a desk allowlists; the ATA program fails the transaction if that account ex
 another owner). Rebuilding and comparing proves every account, flag and order, including
 that the source (and token owner) is the signing key.
 
-Everything else that passes the structural checks is ``IntentKind.CONTRACT_CALL`` with no
-transfers: it never matches an amount tier, so only a policy token without amount
-conditions (explicit approvals) can release it, and its programs are shown.
+Everything else that passes the structural checks is ``IntentKind.CONTRACT_CALL``
+(opaque): two System transfers, a memo, SPL ``Approve`` / ``SetAuthority`` /
+``CloseAccount`` / unchecked ``Transfer``, Token-2022, any other program. Its ``calls``
+are the programs its instructions invoke, sorted (ComputeBudget left out: its
+instructions are parsed exactly and counted in the fee), so allowlists apply to them; a
+conditioned token releases it only if it names ``contract_call``. What it visibly costs
+is still counted: each top-level System ``Transfer`` from the key is listed as a transfer
+and each ATA create it funds as rent - a floor for velocity, not a full account.
+
+=======================================  =============  ==================================
+message (after [limit] [price])          kind           transfers / calls / rent
+=======================================  =============  ==================================
+System ``Transfer`` (builder's shape)    TRANSFER       ``("SOL", lamports, to)``; rent 0
+``CreateIdempotent`` +                   TRANSFER       ``("SPL:<mint>", amount,
+``TransferChecked`` (builder's shape)                   wallet)``; rent 2,039,280
+anything else                            CONTRACT_CALL  System transfers from the key;
+                                                        ``calls`` = programs; rent =
+                                                        2,039,280 x ATA creates it funds
+=======================================  =============  ==================================
+
+``fee`` is the most the runtime can charge (:func:`chains.solana.tx.message_fee`): 5,000
+lamports per signature, precompile signatures included, plus the priority fee over the
+message's clamped unit limit or, without one, the runtime's default for its instructions.
+``rent`` is what the key's account can pay beyond the fee to fund accounts: a token
+account's rent-exempt deposit, :data:`chains.solana.spl.ATA_RENT_LAMPORTS` (2,039,280
+lamports for 165 bytes), paid only if the destination account does not exist yet - the
+maximum, counted always. ``fee_asset`` is ``SOL`` for both.
 
 Solana addresses and messages carry no cluster: the network is the decoder's
 configuration (the payload type names it) and the recent blockhash ties the signed
@@ -50,6 +74,7 @@ from chains.solana.tx import (
     ComputeBudget,
     build_sol_transfer,
     build_spl_transfer,
+    message_fee,
     parse_compute_budget,
 )
 from hsm_emulator.errors import DecodeError
@@ -88,15 +113,16 @@ class SolanaTxDecoder:
         signer = signing_key(owner)
         msg = parse_message(payload, signer)
         budget = compute_budget(msg)
-        intent = Intent(chain="solana", network=self.network, kind=IntentKind.TRANSFER,
-                        transfers=(), fee=budget.fee(), fee_asset="SOL")
+        fee = message_fee(msg, budget)
         transfer, details = _transfer(msg, payload, signer, budget)
         if transfer is None:
-            intent = _contract_call(intent, msg)
+            intent = _contract_call(self.network, msg, fee)
         else:
             details["recentBlockhash"] = str(msg.recent_blockhash)
-            intent = Intent(intent.chain, intent.network, intent.kind, (transfer,),
-                            intent.fee, intent.fee_asset, tuple(sorted(details.items())))
+            rent = spl.ATA_RENT_LAMPORTS if transfer.asset != "SOL" else 0
+            intent = Intent(chain="solana", network=self.network, kind=IntentKind.TRANSFER,
+                            transfers=(transfer,), fee=fee, fee_asset="SOL",
+                            details=tuple(sorted(details.items())), rent=rent)
         return intent, (SignItem(SignScheme.ED25519_MESSAGE, payload),)
 
 
@@ -196,9 +222,27 @@ def _spl_transfer(msg: Message, payload: bytes, signer: Pubkey, budget: ComputeB
     }
 
 
-def _contract_call(base: Intent, msg: Message) -> Intent:
+def _contract_call(network: str, msg: Message, fee: int) -> Intent:
+    """An opaque message: its programs as ``calls``, and the floor of what it visibly
+    costs the key - top-level System transfers from it, ATA creates it funds."""
     keys = msg.account_keys
+    payer = keys[0]
+    transfers: list[Transfer] = []
+    creates = 0
+    for ix in msg.instructions:
+        program, data, accounts = keys[ix.program_id_index], bytes(ix.data), bytes(ix.accounts)
+        # the System program's bincode reading ignores trailing data: >= 12, not == 12
+        if (program == SYSTEM_PROGRAM_ID and len(data) >= 12 and data[:4] == _SYSTEM_TRANSFER
+                and len(accounts) >= 2 and keys[accounts[0]] == payer):
+            transfers.append(Transfer("SOL", int.from_bytes(data[4:12], "little"),
+                                      str(keys[accounts[1]])))
+        elif (program == spl.ATA_PROGRAM_ID and data in spl.ATA_CREATES and accounts
+              and keys[accounts[0]] == payer):
+            creates += 1
     programs = sorted({str(keys[ix.program_id_index]) for ix in msg.instructions})
-    return Intent(base.chain, base.network, IntentKind.CONTRACT_CALL, (), base.fee,
-                  base.fee_asset, (("instructions", str(len(msg.instructions))),
-                                   ("programs", ",".join(programs))))
+    calls = tuple(p for p in programs if p != str(COMPUTE_BUDGET_ID))
+    details = (("instructions", str(len(msg.instructions))), ("programs", ",".join(programs)),
+               ("recentBlockhash", str(msg.recent_blockhash)))
+    return Intent(chain="solana", network=network, kind=IntentKind.CONTRACT_CALL,
+                  transfers=tuple(transfers), fee=fee, fee_asset="SOL", details=details,
+                  rent=creates * spl.ATA_RENT_LAMPORTS, calls=calls)

@@ -40,6 +40,21 @@ CREATE_IDEMPOTENT: Final = b"\x01"  #: ATA instruction data (borsh enum variant 
 _TRANSFER_CHECKED = struct.Struct("<BQB")
 #: Size of an SPL token account; the ATA's rent-exempt deposit is for this many bytes.
 TOKEN_ACCOUNT_LEN: Final = 165
+#: Bytes the runtime adds to every account's data length for rent (``ACCOUNT_STORAGE_OVERHEAD``).
+ACCOUNT_STORAGE_OVERHEAD: Final = 128
+#: Lamports per byte for two years of rent, the rent-exempt rate: ``Rent::default()``'s
+#: 3,480 lamports per byte-year x exemption threshold 2.0 (SIMD-0194 spells the same
+#: product as 6,960 per byte x 1.0). Every cluster runs the default.
+RENT_EXEMPT_LAMPORTS_PER_BYTE: Final = 6_960
+#: What a ``CreateIdempotent`` (or ``Create``) can make its funder pay: the rent-exempt
+#: minimum of a 165-byte token account, (165 + 128) x 6,960 = 2,039,280 lamports. It is the
+#: maximum: the ATA program funds a new account with ``Rent::minimum_balance(165)`` less
+#: whatever lamports already sit at its address, and nothing at all if the account exists.
+ATA_RENT_LAMPORTS: Final = (TOKEN_ACCOUNT_LEN + ACCOUNT_STORAGE_OVERHEAD) * (
+    RENT_EXEMPT_LAMPORTS_PER_BYTE)
+#: ATA instruction data: ``Create`` (empty, or the borsh tag 0) and ``CreateIdempotent``
+#: (1) make the funder (account 0) pay :data:`ATA_RENT_LAMPORTS` when the account is new.
+ATA_CREATES: Final = frozenset({b"", b"\x00", CREATE_IDEMPOTENT})
 
 
 def associated_token_address(wallet: Pubkey, mint: Pubkey) -> Pubkey:

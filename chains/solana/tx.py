@@ -15,15 +15,29 @@ blockhash also gives the broker a hard answer for retries: once the node's block
 passes ``lastValidBlockHeight`` the signed transaction can never land, so a new request
 cannot double-spend it.
 
-**Fee** (an upper bound, used as the fee cap check): 5000 lamports per signature plus the
-prioritization fee ``ceil(unit_price * unit_limit / 1e6)`` (price in micro-lamports per
-compute unit). Without an explicit limit the runtime's maximum of 1.4M units is assumed.
-https://solana.com/docs/core/fees
+**Fee** (the most the runtime can charge; the decoder's ``Intent.fee``, and what the fee
+cap is checked against), per Agave's fee structure:
+
+* base fee: 5,000 lamports per signature - the transaction's own signatures *plus* the
+  signatures its precompile instructions verify (Ed25519, secp256k1, secp256r1: the
+  first data byte of each such instruction), see :func:`message_fee`;
+* prioritization fee: ``ceil(unit_price x unit_limit / 1e6)`` (price in micro-lamports
+  per compute unit), where ``unit_limit`` is the ``SetComputeUnitLimit`` value clamped to
+  1,400,000, or - without one - the runtime's default for the message: 200,000 units per
+  instruction that is not a ComputeBudget instruction, plus 3,000 per ComputeBudget
+  instruction, at most 1,400,000 (:func:`default_unit_limit`). That is at least what
+  either rule Agave has applied grants: 200,000 per non-ComputeBudget instruction; and,
+  with ``reserve_minimal_cus_for_builtin_instructions``, 3,000 per builtin instruction -
+  ComputeBudget included - and 200,000 per other instruction.
+
+Without the message (the adapter quoting a budget before building) the default is taken
+as 1,400,000 units: still an upper bound. https://solana.com/docs/core/fees
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,17 +56,29 @@ from chains.solana import spl
 
 #: Base fee per signature (lamports), fixed by the runtime.
 LAMPORTS_PER_SIGNATURE: Final = 5000
-#: The most compute units a transaction may request.
+#: The most compute units a transaction may request (a larger request is clamped to it).
 MAX_COMPUTE_UNIT_LIMIT: Final = 1_400_000
+#: Default units per instruction when no limit is set (``DEFAULT_INSTRUCTION_COMPUTE_UNIT_LIMIT``).
+DEFAULT_INSTRUCTION_UNITS: Final = 200_000
+#: Default units per builtin instruction under ``reserve_minimal_cus_for_builtin_instructions``
+#: (``MAX_BUILTIN_ALLOCATION_COMPUTE_UNIT_LIMIT``): what a ComputeBudget instruction adds.
+BUILTIN_INSTRUCTION_UNITS: Final = 3_000
 MICRO_LAMPORTS_PER_LAMPORT: Final = 1_000_000
 U64_MAX: Final = 2**64 - 1
+#: Precompiles whose instructions each verify ``data[0]`` signatures, each paying the base
+#: fee (``Ed25519SigVerify111..``, ``KeccakSecp256k1111..``, ``Secp256r1SigVerify111..``).
+PRECOMPILE_IDS: Final = frozenset(Pubkey.from_string(k) for k in (
+    "Ed25519SigVerify111111111111111111111111111",
+    "KeccakSecp256k11111111111111111111111111111",
+    "Secp256r1SigVerify1111111111111111111111111"))
 #: ComputeBudget instruction tags (https://docs.rs/solana-compute-budget-interface)
 SET_COMPUTE_UNIT_LIMIT: Final = 2
 SET_COMPUTE_UNIT_PRICE: Final = 3
 _LIMIT = struct.Struct("<BI")
 _PRICE = struct.Struct("<BQ")
 __all__ = ["COMPUTE_BUDGET_ID", "ComputeBudget", "assemble", "build_sol_transfer",
-           "build_spl_transfer", "fee_estimate", "refresh_blockhash"]
+           "build_spl_transfer", "default_unit_limit", "fee_estimate", "message_fee",
+           "refresh_blockhash"]
 
 
 @dataclass(frozen=True)
@@ -74,15 +100,39 @@ class ComputeBudget:
             out.append(set_compute_unit_price(self.unit_price))
         return out
 
-    def fee(self, signatures: int = 1) -> int:
-        return fee_estimate(signatures, self.unit_price, self.unit_limit)
+    def fee(self, signatures: int = 1, default_units: int = MAX_COMPUTE_UNIT_LIMIT) -> int:
+        """The most this budget lets the runtime charge: ``signatures`` base fees plus the
+        prioritization fee over the clamped limit, or ``default_units`` without one (give
+        :func:`default_unit_limit` of the message; the 1.4M maximum bounds any)."""
+        return fee_estimate(signatures, self.unit_price, self.unit_limit, default_units)
 
 
-def fee_estimate(signatures: int, unit_price: int, unit_limit: int | None) -> int:
+def fee_estimate(signatures: int, unit_price: int, unit_limit: int | None,
+                 default_units: int = MAX_COMPUTE_UNIT_LIMIT) -> int:
     """Upper bound of the fee in lamports (see the module docstring)."""
-    limit = MAX_COMPUTE_UNIT_LIMIT if unit_limit is None else unit_limit
+    limit = default_units if unit_limit is None else unit_limit
+    limit = min(limit, MAX_COMPUTE_UNIT_LIMIT)  # the runtime clamps larger requests
     priority = -(-unit_price * limit // MICRO_LAMPORTS_PER_LAMPORT)  # ceiling division
     return LAMPORTS_PER_SIGNATURE * signatures + priority
+
+
+def default_unit_limit(program_ids: Sequence[Pubkey]) -> int:
+    """The most compute units the runtime grants a message that sets no limit, for its
+    instructions' program ids (see the module docstring)."""
+    units = sum(BUILTIN_INSTRUCTION_UNITS if p == COMPUTE_BUDGET_ID
+                else DEFAULT_INSTRUCTION_UNITS for p in program_ids)
+    return min(units, MAX_COMPUTE_UNIT_LIMIT)
+
+
+def message_fee(msg: Message, budget: ComputeBudget) -> int:
+    """The most the runtime can charge the fee payer for ``msg`` under ``budget`` (the
+    message's own compute budget): every signature it pays for, and the priority fee."""
+    keys = msg.account_keys
+    programs = [keys[ix.program_id_index] for ix in msg.instructions]
+    signatures = msg.header.num_required_signatures + sum(
+        bytes(ix.data)[0] for ix, p in zip(msg.instructions, programs, strict=True)
+        if p in PRECOMPILE_IDS and bytes(ix.data))
+    return budget.fee(signatures, default_unit_limit(programs))
 
 
 def parse_compute_budget(data: bytes) -> tuple[str, int] | None:
