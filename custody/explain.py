@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from hsm_emulator.model import Action
-from hsm_emulator.policy import Conditions, Policy, Token, parse_policy
+from hsm_emulator.policy import DEFAULT_KINDS, Conditions, Policy, Token, parse_policy
 
 #: Decimals of well-known assets, for showing base units as amounts.
 DECIMALS = {"BTC": 8, "ETH": 18, "SOL": 9, "TST": 0}
@@ -38,7 +38,9 @@ def explain(document: dict[str, Any], decimals: Mapping[str, int] | None = None)
     """``decimals``: asset id -> decimals for assets beyond the well-known ones (tokens)."""
     policy = parse_policy(document)
     lines = [f"Policy {policy.digest[:16]} - the key is currently "
-             f"{'BLOCKED' if policy.blocked else 'usable'}."]
+             f"{'BLOCKED' if policy.blocked else 'usable'}.",
+             "Networks: " + (", ".join(sorted(policy.networks)) if policy.networks else
+                             "none named - it signs no chain transaction") + "."]
     for action in Action:
         lines.extend(_rule(policy, action, decimals or {}))
     return lines
@@ -87,8 +89,12 @@ def _conditions(c: Conditions, known: Mapping[str, int]) -> str:
     if c.destinations is not None:
         words.append(f"every destination is one of {len(c.destinations)} allowed address(es)")
     for v in c.velocity:
-        words.append(f"at most {amount(v.asset, v.max, known)} in any "
+        words.append(f"at most {amount(v.asset, v.max, known)} leaves (fees included) in any "
                      f"{duration(v.window_seconds)}")
     for f in c.max_fee:
-        words.append(f"the fee is at most {amount(f.asset, f.max, known)}")
+        words.append(f"fee plus rent is at most {amount(f.asset, f.max, known)}")
+    if not c.empty and not c.max_fee:
+        words.append("(never met: a token with conditions needs a fee cap)")
+    if c.kinds is not None and c.kinds != DEFAULT_KINDS:
+        words.append("it is one of: " + ", ".join(sorted(k.value for k in c.kinds)))
     return " and ".join(words)

@@ -193,16 +193,7 @@ def condition_failures(
     if intent.kind not in kinds:
         failures.append(f"a {intent.kind.value} is not released by this token (it releases "
                         f"{', '.join(sorted(k.value for k in kinds))})")
-    if not intent.fee_asset:
-        if intent.cost:
-            failures.append(f"a cost of {intent.cost} in no named asset cannot be bounded")
-    else:
-        cap = next((f.max for f in cond.max_fee if f.asset == intent.fee_asset), None)
-        if cap is None:
-            failures.append(f"no maxFee for {intent.fee_asset} in this token: a token with "
-                            "conditions must cap what the payload can cost")
-        elif intent.cost > cap:
-            failures.append(f"fee and rent {intent.cost} {intent.fee_asset} above cap {cap}")
+    failures += _fee_failures(cond, intent)
     if cond.amounts:
         failures += _amount_failures(cond, intent)
     if cond.destinations is not None:
@@ -217,6 +208,20 @@ def condition_failures(
                 failures.append(
                     f"{v.asset} velocity {total} over {v.window_seconds}s exceeds limit {v.max}")
     return tuple(failures)
+
+
+def _fee_failures(cond: Conditions, intent: Intent) -> list[str]:
+    """Fee plus rent within the token's cap for the fee asset; no cap refuses."""
+    if not intent.fee_asset:
+        return [f"a cost of {intent.cost} in no named asset cannot be bounded"] if (
+            intent.cost) else []
+    cap = next((f.max for f in cond.max_fee if f.asset == intent.fee_asset), None)
+    if cap is None:
+        return [f"no maxFee for {intent.fee_asset} in this token: a token with conditions "
+                "must cap what the payload can cost"]
+    if intent.cost > cap:
+        return [f"fee and rent {intent.cost} {intent.fee_asset} above cap {cap}"]
+    return []
 
 
 def _amount_failures(cond: Conditions, intent: Intent) -> list[str]:

@@ -26,7 +26,9 @@ def test_explain_says_what_the_tiers_need(people: dict[str, Approver]) -> None:
     doc = tiered_policy([people["t1"], people["t2"]], [people["c1"]], asset="BTC",
                         small=BTC, medium=50 * BTC)
     text = "\n".join(explain(doc))
-    assert "'small' when BTC amount is at most 1 BTC; signed at once, no approvals." in text
+    assert ("'small' when BTC amount is at most 1 BTC and fee plus rent is at most "
+            "0.00001 BTC; signed at once, no approvals.") in text
+    assert "Networks: none named - it signs no chain transaction." in text
     assert "2 of 2 from 'traders' (trader-1, trader-2)" in text
     assert "1 of 1 from 'compliance' (compliance-1); then a hold of 1 d; all within 3 d" in text
     assert "Changing this policy: any one of these 1 way(s)" in text

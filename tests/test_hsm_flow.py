@@ -212,7 +212,7 @@ def test_undecodable_payload_cannot_use_amount_tiers(hsm: Hsm, treasury: str) ->
 
 def test_structuring_is_stopped_by_velocity(hsm: Hsm, people: dict[str, Approver]) -> None:
     hsm.create_key("v", "SECP256K1", policy={"ruleUse": {"tokens": [token("auto", [], conditions={
-        "amounts": [{"asset": "TST", "max": 100}],
+        "amounts": [{"asset": "TST", "max": 100}], "maxFee": [{"asset": "TST", "max": 0}],
         "velocity": [{"asset": "TST", "windowSeconds": 86400, "max": 300}]})]}})
     for i in range(3):
         hsm.sign_now("v", transfer_payload("TST", 100, "bob", nonce=i), TT)
