@@ -16,19 +16,30 @@ JSON. A frame larger than :data:`MAX_FRAME` (4 MiB) gets an error frame, and the
 closes the connection.
 
 1. Server -> client: ``{"protocol": "ska-hsm-v1", "nonce": b64(32 random bytes)}``.
+   A server already authenticating :data:`MAX_PENDING` connections sends instead an
+   error frame with code ``hsm.transport_error`` ("busy") and closes; the client retries.
 2. Client -> server, in at most :data:`MAX_AUTH_FRAME` bytes: ``{"auth":
    b64(HMAC-SHA256(secret, b"ska-hsm-auth-v1" + nonce)), "nonce": b64(32 random bytes of
-   the client)}``; within :data:`HANDSHAKE_TIMEOUT` seconds of connecting.
+   the client)}``; complete within :data:`HANDSHAKE_TIMEOUT` seconds of connecting, in
+   all - however slowly its bytes arrive - or the server closes the connection.
 3. Server -> client: ``{"ok": {"server": b64(HMAC-SHA256(secret, b"ska-hsm-server-v1" +
    nonce + client nonce))}}`` - the server proves it knows the secret too, so a process
    squatting on the socket cannot pose as the HSM - or an error frame, and the server
    closes. After :data:`AUTH_FAILURES` failures from one peer (Unix uid, or IP) within
    :data:`AUTH_WINDOW` seconds the server refuses that peer until the window has passed.
+   With :data:`MAX_CONNECTIONS` clients connected, the answer is a "busy" error instead.
 4. Requests ``{"id": n, "call": name, "args": {...}}`` and replies ``{"id": n, "ok":
    result}`` or ``{"id": n, "error": {"code", "reason", "field"?, "missing"?}}``. Only the
    names in :data:`hsm_emulator.client.CALLS` (which has no ``close``: that closes the client's
    own connection) are callable; argument names are the Python parameter names. Bytes
    travel as base64 strings, enums as their values, results as their ``to_json`` forms.
+   ``audit_entries`` returns as many of the entries asked for as fit in one reply frame.
+
+Connections still authenticating and authenticated ones are held apart (see
+:class:`_Server`): peers that never finish a handshake fill only a pool of their own,
+without a thread each, so they cannot take an authenticated client's slot or delay its
+calls. A new client gets in at once while fewer than :data:`MAX_PENDING` peers are
+authenticating; past that it is told "busy" and retries as their deadlines free slots.
 
 The channel is authenticated but not encrypted: the server only listens on a Unix socket
 (created mode 0600) or on a loopback TCP address.
@@ -48,6 +59,7 @@ import logging
 import math
 import os
 import secrets
+import selectors
 import signal
 import socket
 import stat
@@ -68,7 +80,13 @@ from .audit import AuditEntry, SignedHead
 from .challenge import Challenge
 from .client import CALLS, HsmClient
 from .clock import Clock, SystemClock
-from .errors import AuthenticationFailed, HsmError, InvalidInput, TransportError
+from .errors import (
+    AuditFailure,
+    AuthenticationFailed,
+    HsmError,
+    InvalidInput,
+    TransportError,
+)
 from .evaluate import Evaluation
 from .flow import Approval, Hsm
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
@@ -98,10 +116,18 @@ AUTH_FAILURES = 5
 AUTH_WINDOW = 60.0
 #: Every failed authentication is answered this late, to slow guessing further.
 AUTH_FAILURE_DELAY = 0.2
-HANDSHAKE_TIMEOUT = 10.0
+#: Seconds from accepting a connection to its authentication frame being complete, in
+#: all: a peer trickling bytes gets no more time than a silent one.
+HANDSHAKE_TIMEOUT = 5.0
+#: Authenticated clients connected at once (a thread each).
 MAX_CONNECTIONS = 64
-#: Entries per ``audit_entries`` round trip, so that a reply stays well under MAX_FRAME.
+#: Connections authenticating at once (no thread each); beyond, a new one is refused.
+MAX_PENDING = 256
+#: Entries asked for per ``audit_entries`` round trip; the server returns fewer if they
+#: would not fit in one reply frame.
 AUDIT_PAGE = 1000
+#: Bytes of a reply frame besides its result: ``{"id":<up to 2**53>,"ok":}``.
+_REPLY_ENVELOPE = 64
 #: The HSM's own cap on ``audit_entries``' limit (see ``HsmCore.audit_entries``).
 AUDIT_MAX = 10_000
 _HEADER = struct.Struct(">I")
@@ -188,6 +214,24 @@ def _send_raw(sock: socket.socket, data: bytes) -> None:
 
 def _send_frame(sock: socket.socket, obj: Any) -> None:
     _send_raw(sock, _encode(obj))
+
+
+def _frame_bytes(obj: Any) -> bytes:
+    """``obj`` as a whole frame, header included (a small frame of the server's own)."""
+    data = _encode(obj)
+    return _HEADER.pack(len(data)) + data
+
+
+def _error_frame(exc: HsmError) -> bytes:
+    return _frame_bytes({"id": None, "error": _error_json(exc)})
+
+
+def _refuse(conn: socket.socket, answer: bytes) -> None:
+    """Send ``answer`` as far as the socket takes it at once, and close: never wait on
+    a peer that has not authenticated."""
+    with contextlib.suppress(OSError):
+        conn.send(answer)
+    conn.close()
 
 
 def _reject_constant(name: str) -> Any:
@@ -540,7 +584,24 @@ def _audit_entries(hsm: Hsm, a: _Args) -> Any:
     start = a.integer("start", 1, bound=_INT64)
     limit = a.integer("limit", 1000, bound=_INT64)
     a.done()
-    return [e.to_json() for e in hsm.audit_entries(start, limit)]
+    return _fitting([e.to_json() for e in hsm.audit_entries(start, limit)])
+
+
+def _fitting(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first entries whose reply fits in a frame: as many as fit, never an error for
+    asking too many, so the log stays pageable whatever it holds (the client asks again
+    from where a page ends). Entries are bounded when written (see ``audit.bounded``),
+    so one always fits - unless it was written before that, which is then said."""
+    room = MAX_FRAME - _REPLY_ENVELOPE
+    for n, entry in enumerate(entries):
+        room -= len(_encode(entry)) + 1  # the entry and its comma
+        if room < 0:
+            if n == 0:
+                raise AuditFailure(f"audit entry {entry['seq']} alone exceeds the "
+                                   f"{MAX_FRAME}-byte reply frame (it was written before "
+                                   "caller strings were bounded); read it from the store")
+            return entries[:n]
+    return entries
 
 
 def _audit_head(hsm: Hsm, a: _Args) -> Any:
@@ -618,31 +679,254 @@ def _peer(conn: socket.socket) -> str:
         return "unknown"
 
 
+class _Handshake:
+    """A connection still authenticating, read and written without blocking by the
+    accepting thread: the hello it is owed, the authentication frame so far, and the
+    one deadline by which that frame must be complete."""
+
+    def __init__(self, conn: socket.socket, peer: str, deadline: float) -> None:
+        self.conn, self.peer, self.deadline = conn, peer, deadline
+        self.nonce = secrets.token_bytes(NONCE_BYTES)
+        self.outbox = bytearray(_frame_bytes({"protocol": PROTOCOL, "nonce": _b64(self.nonce)}))
+        self.writing = False
+        self._inbox = bytearray()
+        self._length: int | None = None  # the frame's, once its header is in
+
+    def wanted(self) -> int:
+        """Bytes still missing from the header, or then from the frame."""
+        return (_HEADER.size if self._length is None else self._length) - len(self._inbox)
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Take bytes read; the authentication frame once complete. _FrameTooLarge as
+        soon as its header announces more than MAX_AUTH_FRAME bytes."""
+        self._inbox += data
+        if self._length is None and not self.wanted():
+            (self._length,) = _HEADER.unpack(self._inbox)
+            self._inbox.clear()
+            if self._length > MAX_AUTH_FRAME:
+                raise _FrameTooLarge(f"frame of {self._length} bytes exceeds {MAX_AUTH_FRAME}")
+        return None if self._length is None or self.wanted() else bytes(self._inbox)
+
+    def flush(self) -> bool:
+        """Send what the outbox holds as far as the socket takes it; True once empty."""
+        if self.outbox:
+            with contextlib.suppress(BlockingIOError):
+                del self.outbox[:self.conn.send(self.outbox)]
+        return not self.outbox
+
+
 class _Server:
-    def __init__(self, hsm: Hsm, secret: bytes) -> None:
+    """Authenticated clients get a thread each, from :data:`MAX_CONNECTIONS` session
+    slots. Connections still authenticating get no thread and no session slot: the
+    accepting thread handles them together, without blocking, in a pool of their own
+    (:data:`MAX_PENDING`), and closes each that has not authenticated within
+    :data:`HANDSHAKE_TIMEOUT` seconds of being accepted, however slowly its bytes come.
+    A peer cap could not tell an attacker from the broker on one host; these pools
+    need not: slow peers can fill only their own pool, and once it is full a new
+    connection is answered "busy" and closed at once (the client retries), while
+    authenticated sessions carry on untouched."""
+
+    def __init__(self, hsm: Hsm, secret: bytes, *, max_pending: int = MAX_PENDING,
+                 max_sessions: int = MAX_CONNECTIONS,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.hsm = hsm
         self._secret = secret
         self._limiter = _RateLimiter()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._sessions = threading.BoundedSemaphore(max_sessions)
+        self._max_sessions, self._max_pending = max_sessions, max_pending
+        self._timeout = handshake_timeout
+        self._sel = selectors.DefaultSelector()
+        #: Oldest first, so deadlines are in order (a dict keeps insertion order).
+        self._pending: dict[socket.socket, _Handshake] = {}
+        #: Failed handshakes, answered AUTH_FAILURE_DELAY late; they keep their pool slot.
+        self._failing: deque[tuple[float, socket.socket, bytes]] = deque()
+        self._busy_refusals, self._busy_logged = 0, 0.0
 
-    def start(self, conn: socket.socket) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("refusing a connection: %d connections open", MAX_CONNECTIONS)
-            conn.close()
+    def run(self, listener: socket.socket, stop: threading.Event | None) -> None:
+        """Accept and authenticate until ``stop`` is set; sessions run in threads."""
+        listener.setblocking(False)
+        self._sel.register(listener, selectors.EVENT_READ, None)
+        try:
+            while stop is None or not stop.is_set():
+                for key, mask in self._sel.select(self._wait()):
+                    if key.data is None:
+                        self._accept(listener)
+                    else:
+                        self._step(key.data, mask)
+                self._expire()
+        finally:
+            for conn in [*self._pending, *(c for _, c, _ in self._failing)]:
+                conn.close()
+            self._sel.close()
+
+    def _wait(self) -> float:
+        """Seconds until the next deadline or late answer (at most 0.25, to see stop)."""
+        now = time.monotonic()
+        due = now + 0.25
+        if self._pending:
+            due = min(due, next(iter(self._pending.values())).deadline)
+        if self._failing:
+            due = min(due, self._failing[0][0])
+        return max(0.0, due - now)
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(64):  # a burst at a time, then the handshakes' turn
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # e.g. out of file descriptors: wait, do not spin
+                log.warning("accept failed: %s", exc)
+                time.sleep(0.1)
+                return
+            try:
+                self._admit(conn)
+            except Exception:  # one connection must not stop the accepting thread
+                log.exception("admitting a connection failed")
+                self._pending.pop(conn, None)
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(conn)
+                conn.close()
+
+    def _admit(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        if len(self._pending) + len(self._failing) >= self._max_pending:
+            self._note_busy()
+            _refuse(conn, _error_frame(TransportError(
+                f"the HSM is busy: {self._max_pending} connections are authenticating; "
+                "retry shortly")))
+            return
+        peer = _peer(conn)
+        if self._limiter.blocked(peer):
+            log.warning("refusing %s: too many failed authentications", peer)
+            _refuse(conn, _error_frame(AuthenticationFailed(
+                "too many failed authentications from this peer; retry later")))
+            return
+        hs = _Handshake(conn, peer, time.monotonic() + self._timeout)
+        self._pending[conn] = hs
+        self._sel.register(conn, selectors.EVENT_READ, hs)
+        self._send(hs)
+
+    def _note_busy(self) -> None:
+        """Log refusals for a full pool at most every 10 s: an attack must not flood logs."""
+        self._busy_refusals += 1
+        if time.monotonic() - self._busy_logged >= 10.0:
+            log.warning("refused %d connection(s): %d connections are authenticating",
+                        self._busy_refusals, self._max_pending)
+            self._busy_refusals, self._busy_logged = 0, time.monotonic()
+
+    def _step(self, hs: _Handshake, mask: int) -> None:
+        if self._pending.get(hs.conn) is not hs:
+            return  # dropped earlier in this round
+        try:
+            if mask & selectors.EVENT_WRITE:
+                self._send(hs)
+            if mask & selectors.EVENT_READ and self._pending.get(hs.conn) is hs:
+                self._read(hs)
+        except Exception:  # one connection must not stop the accepting thread
+            log.exception("handshake failed")
+            if self._pending.get(hs.conn) is hs:
+                self._drop(hs)
+
+    def _send(self, hs: _Handshake) -> None:
+        try:
+            done = hs.flush()
+        except OSError:
+            self._drop(hs)
+            return
+        if hs.writing == done:  # wait for the socket to take the rest, or stop waiting
+            hs.writing = not done
+            self._sel.modify(hs.conn, selectors.EVENT_READ | (
+                selectors.EVENT_WRITE if hs.writing else 0), hs)
+
+    def _read(self, hs: _Handshake) -> None:
+        try:
+            data = hs.conn.recv(hs.wanted())  # never past the frame: nothing is lost
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(hs)  # the peer closed
             return
         try:
-            threading.Thread(target=self._run, args=(conn,), daemon=True,
+            frame = hs.feed(data)
+        except _FrameTooLarge:
+            self._fail(hs)
+            return
+        if frame is not None:
+            self._finish(hs, frame)
+
+    def _finish(self, hs: _Handshake, frame: bytes) -> None:
+        client_nonce = self._check(hs.nonce, frame)
+        if client_nonce is None:
+            self._fail(hs)
+            return
+        self._forget(hs)
+        proof = _mac(self._secret, SERVER_AUTH_CONTEXT, hs.nonce, client_nonce)
+        if not self._sessions.acquire(blocking=False):
+            log.warning("refusing a client: %d clients connected", self._max_sessions)
+            _refuse(hs.conn, _error_frame(TransportError(
+                f"the HSM is busy: {self._max_sessions} clients are connected; retry shortly")))
+            return
+        greeting = bytes(hs.outbox) + _frame_bytes({"ok": {"server": _b64(proof)}})
+        hs.conn.setblocking(True)  # a session's thread waits for requests as long as it likes
+        try:
+            threading.Thread(target=self._session, args=(hs.conn, greeting), daemon=True,
                              name="hsm-connection").start()
         except RuntimeError:
-            self._slots.release()
-            conn.close()
+            self._sessions.release()
+            hs.conn.close()
 
-    def _run(self, conn: socket.socket) -> None:
+    def _check(self, nonce: bytes, frame: bytes) -> bytes | None:
+        """The client's nonce if ``frame`` proves it holds the secret, else None."""
         try:
-            conn.settimeout(HANDSHAKE_TIMEOUT)
-            if self._authenticate(conn, _peer(conn)):
-                conn.settimeout(None)
-                self._serve_requests(conn)
+            msg = _decode(frame)
+            if not isinstance(msg, dict):
+                raise InvalidInput("an authentication frame is an object")
+            mac = _unb64(msg.get("auth"), "auth")
+            client_nonce = _unb64(msg.get("nonce"), "nonce")
+        except InvalidInput:
+            return None
+        ok = len(client_nonce) == NONCE_BYTES and hmac.compare_digest(
+            _mac(self._secret, CLIENT_AUTH_CONTEXT, nonce), mac)
+        return client_nonce if ok else None
+
+    def _fail(self, hs: _Handshake) -> None:
+        """Count the failure against the peer and answer it AUTH_FAILURE_DELAY late, to
+        slow guessing - without holding up the other handshakes meanwhile."""
+        self._forget(hs)
+        self._limiter.failure(hs.peer)
+        log.warning("client authentication failed (%s)", hs.peer)
+        answer = bytes(hs.outbox) + _error_frame(
+            AuthenticationFailed("client authentication failed"))
+        self._failing.append((time.monotonic() + AUTH_FAILURE_DELAY, hs.conn, answer))
+
+    def _expire(self) -> None:
+        """Close handshakes past their deadline (without a word, as a timeout always
+        was) and send the failures' late answers that are due."""
+        now = time.monotonic()
+        while self._pending:
+            hs = next(iter(self._pending.values()))
+            if hs.deadline > now:
+                break
+            self._drop(hs)
+        while self._failing and self._failing[0][0] <= now:
+            _, conn, answer = self._failing.popleft()
+            _refuse(conn, answer)
+
+    def _forget(self, hs: _Handshake) -> None:
+        del self._pending[hs.conn]
+        self._sel.unregister(hs.conn)
+
+    def _drop(self, hs: _Handshake) -> None:
+        self._forget(hs)
+        hs.conn.close()
+
+    def _session(self, conn: socket.socket, greeting: bytes) -> None:
+        try:
+            conn.sendall(greeting)
+            self._serve_requests(conn)
         except (_Closed, OSError):
             pass
         except Exception:  # never let one connection take anything else down
@@ -650,35 +934,7 @@ class _Server:
         finally:
             with contextlib.suppress(OSError):
                 conn.close()
-            self._slots.release()
-
-    def _authenticate(self, conn: socket.socket, peer: str) -> bool:
-        if self._limiter.blocked(peer):
-            log.warning("refusing %s: too many failed authentications", peer)
-            self._send_error(conn, None, AuthenticationFailed(
-                "too many failed authentications from this peer; retry later"))
-            return False
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        _send_frame(conn, {"protocol": PROTOCOL, "nonce": _b64(nonce)})
-        try:
-            msg = _decode(_recv_frame(conn, MAX_AUTH_FRAME))
-            if not isinstance(msg, dict):
-                raise InvalidInput("an authentication frame is an object")
-            mac = _unb64(msg.get("auth"), "auth")
-            client_nonce = _unb64(msg.get("nonce"), "nonce")
-            ok = len(client_nonce) == NONCE_BYTES and hmac.compare_digest(
-                _mac(self._secret, CLIENT_AUTH_CONTEXT, nonce), mac)
-        except (InvalidInput, _FrameTooLarge):
-            ok = False
-        if not ok:
-            self._limiter.failure(peer)
-            log.warning("client authentication failed (%s)", peer)
-            time.sleep(AUTH_FAILURE_DELAY)
-            self._send_error(conn, None, AuthenticationFailed("client authentication failed"))
-            return False
-        proof = _mac(self._secret, SERVER_AUTH_CONTEXT, nonce, client_nonce)
-        _send_frame(conn, {"ok": {"server": _b64(proof)}})
-        return True
+            self._sessions.release()
 
     @staticmethod
     def _send_error(conn: socket.socket, req_id: int | None, exc: HsmError) -> None:
@@ -779,13 +1035,17 @@ def _clear_stale_socket(path: str) -> None:
 
 
 def serve(hsm: Hsm, address: str, secret: bytes, *, ready: threading.Event | None = None,
-          stop: threading.Event | None = None) -> None:
+          stop: threading.Event | None = None, max_pending: int = MAX_PENDING,
+          max_sessions: int = MAX_CONNECTIONS,
+          handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
     """Serve ``hsm`` on ``address`` until ``stop`` is set (or forever), a thread per client.
 
     ``address`` is ``unix:/path/sock`` (created mode 0600, removed on return) or
     ``tcp:127.0.0.1:PORT`` (loopback only). Clients authenticate with an HMAC over a
     fresh nonce, keyed by ``secret``. ``ready`` is set once clients can connect. The
-    caller keeps ownership of ``hsm`` (serve does not close it).
+    caller keeps ownership of ``hsm`` (serve does not close it). ``max_pending``
+    connections may be authenticating at once, each for at most ``handshake_timeout``
+    seconds, and ``max_sessions`` authenticated clients connected (see :class:`_Server`).
     """
     if not isinstance(secret, bytes) or len(secret) < MIN_SECRET:
         raise InvalidInput(f"secret: at least {MIN_SECRET} bytes")
@@ -795,21 +1055,12 @@ def serve(hsm: Hsm, address: str, secret: bytes, *, ready: threading.Event | Non
     except OSError as exc:
         raise TransportError(f"cannot listen on {address}: {exc.strerror or exc}") from None
     ident = os.stat(target)[stat.ST_INO] if isinstance(target, str) else None
-    server = _Server(hsm, secret)
-    listener.settimeout(0.25)
+    server = _Server(hsm, secret, max_pending=max_pending, max_sessions=max_sessions,
+                     handshake_timeout=handshake_timeout)
     try:
         if ready is not None:
             ready.set()
-        while stop is None or not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as exc:  # e.g. out of file descriptors: wait, do not spin
-                log.warning("accept failed: %s", exc)
-                time.sleep(0.1)
-                continue
-            server.start(conn)
+        server.run(listener, stop)
     finally:
         listener.close()
         if isinstance(target, str):
@@ -823,6 +1074,21 @@ def serve(hsm: Hsm, address: str, secret: bytes, *, ready: threading.Event | Non
 
 def _value(v: Enum | str | None) -> Any:
     return v.value if isinstance(v, Enum) else v
+
+
+class _Busy(Exception):
+    """The HSM refused a connection for now (its pools are full): worth retrying."""
+
+    def __init__(self, error: HsmError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+def _refusal(doc: Any) -> Exception:
+    """The server's error frame in a handshake: a transport error means it is busy."""
+    exc = _error_from_json(doc)
+    busy = isinstance(doc, dict) and doc.get("code") == TransportError.code
+    return _Busy(exc) if busy else exc
 
 
 def _bytes_arg(value: Any, name: str) -> str:
@@ -869,13 +1135,28 @@ class RemoteHsmClient:
     # -- connection -------------------------------------------------------------------
 
     def _connect(self) -> socket.socket:
+        """Connect and authenticate. An HSM busy with other handshakes or clients says so
+        and closes; that is retried, backing off, until ``connect_timeout`` has passed -
+        its handshake slots free up within HANDSHAKE_TIMEOUT."""
+        deadline = time.monotonic() + self._connect_timeout
+        pause = 0.02
+        while True:
+            try:
+                return self._open(max(deadline - time.monotonic(), 0.05))
+            except _Busy as busy:
+                if time.monotonic() + pause >= deadline:
+                    raise busy.error from None
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
+
+    def _open(self, timeout: float) -> socket.socket:
         sock = socket.socket(self._family, socket.SOCK_STREAM)
         try:
-            sock.settimeout(self._connect_timeout)
+            sock.settimeout(timeout)
             sock.connect(self._target)
             hello = self._frame(sock)
             if "error" in hello:
-                raise _error_from_json(hello["error"])
+                raise _refusal(hello["error"])
             if hello.get("protocol") != PROTOCOL:
                 raise TransportError(f"the server at {self._address} does not speak {PROTOCOL}")
             nonce = _unb64(hello.get("nonce"), "nonce")
@@ -886,7 +1167,7 @@ class RemoteHsmClient:
                                "nonce": _b64(mine)})
             reply = self._frame(sock)
             if "error" in reply:
-                raise _error_from_json(reply["error"])
+                raise _refusal(reply["error"])
             ok = reply.get("ok")
             proof = _unb64(ok.get("server") if isinstance(ok, dict) else None, "server")
             if not hmac.compare_digest(_mac(self._secret, SERVER_AUTH_CONTEXT, nonce, mine),
@@ -903,6 +1184,9 @@ class RemoteHsmClient:
         except (OSError, _Closed, _FrameTooLarge) as exc:
             sock.close()
             raise TransportError(f"cannot reach the HSM at {self._address}: {exc}") from None
+        except _Busy:
+            sock.close()
+            raise
 
     @staticmethod
     def _frame(sock: socket.socket) -> dict[str, Any]:
@@ -1148,17 +1432,19 @@ class RemoteHsmClient:
         return result
 
     def audit_entries(self, start: int = 1, limit: int = 1000) -> list[AuditEntry]:
-        """Fetched in pages of :data:`AUDIT_PAGE` so no reply outgrows a frame; the log
-        is append-only, so the pages join up exactly as one call's result would."""
+        """Fetched in pages of up to :data:`AUDIT_PAGE`; the log is append-only, so the
+        pages join up exactly as one call's result would. The HSM returns fewer entries
+        than asked when no more fit in a reply frame, so only an empty page ends the log
+        before ``limit``."""
         if not isinstance(start, int) or not isinstance(limit, int) or limit <= 0:
             return self._audit_page(start, limit)  # the HSM's own answer, in one call
         out: list[AuditEntry] = []
         remaining = min(limit, AUDIT_MAX)
         while remaining > 0:
             page = self._audit_page(start, min(remaining, AUDIT_PAGE))
-            out.extend(page)
-            if len(page) < min(remaining, AUDIT_PAGE):
+            if not page:
                 break
+            out.extend(page)
             remaining -= len(page)
             start = page[-1].seq + 1
         return out
