@@ -268,12 +268,18 @@ def _table(console: Console, plan: list[Planned], hold: int) -> None:
 
 
 def _show_policy(console: Console, wallet: dict[str, Any], hold: int) -> None:
+    from .treasury.policy import FEE_CAPS
+
     tiers = wallet["policy"]["tiers"]
+    native = next(iter(tiers))
+    cap = wallet["policy"].get("maxFee", FEE_CAPS.get(native, "?"))
     for symbol, tier in tiers.items():
         console.print(f"[bold]policy[/] {symbol}: up to {tier['small']} auto-signed; up to "
                       f"{tier['medium']} needs 2 of 3 traders; above that 2 traders AND 1 "
                       f"compliance AND a {hold} s hold (24 h in production); at most "
-                      f"{tier['max']} - enforced by the HSM on the decoded transaction")
+                      f"{tier['max']}; fee plus rent at most {cap} {native}; signed for "
+                      f"{wallet['chain']}:{wallet['network']} only - enforced by the HSM on "
+                      "the decoded transaction")
 
 
 def _verify(api: httpx.Client, secret: str, wallets: dict[str, Any], identity: bytes,
