@@ -100,9 +100,10 @@ def policy_explain(policy: Path) -> None:
     """Say in plain words what a policy file requires (parsed by the HSM's parser).
 
     The file is either an SKA policy (seed 003's shape) or a treasury wallet's tier
-    configuration (``chain``, ``traders``, ``compliance``, ``tiers``, optional ``tokens``,
-    ``hold``, timeouts - the body of ``POST /v1/wallets``' ``policy`` plus ``chain`` and
-    ``tokens``), which is first turned into the SKA policy the wallet's key would get."""
+    configuration (``chain``, ``traders``, ``compliance``, ``tiers``, optional
+    ``network``, ``tokens``, ``maxFee``, ``hold``, timeouts - the body of ``POST
+    /v1/wallets``' ``policy`` plus ``chain``, ``network`` and ``tokens``), which is first
+    turned into the SKA policy the wallet's key would get."""
     from .errors import CustodyError
     from .treasury.policy import treasury_policy
     from .treasury.wallets import NATIVE, token_assets
@@ -116,8 +117,10 @@ def policy_explain(policy: Path) -> None:
                 raise CustodyError(f"a tier configuration names its chain: {sorted(NATIVE)}")
             assets = [NATIVE[chain], *token_assets(chain, document.get("tokens"))]
             decimals = {a.asset: a.decimals for a in assets}
-            document = treasury_policy({k: v for k, v in document.items()
-                                        if k not in ("chain", "tokens")}, assets)
+            network = document.get("network")
+            document = treasury_policy(
+                {k: v for k, v in document.items() if k not in ("chain", "network", "tokens")},
+                assets, network=f"{chain}:{network}" if isinstance(network, str) else None)
         lines = explain(document, decimals)
     except HsmError as exc:
         Console(stderr=True).print(f"[red]invalid policy: {exc.reason}[/]")
