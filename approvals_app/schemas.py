@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hsm_emulator.flow import Approval
+
 B64_MAX = 1_500_000  #: a 1 MiB payload, base64-encoded, with room
 CRED_MAX = 16_384
 #: Exactly what ``base64.b64decode(..., validate=True)`` accepts, declared in the OpenAPI
@@ -58,8 +60,32 @@ class SignRequestBody(Strict):
         return base64.b64decode(self.payload)
 
 
+class InitiationBody(Strict):
+    """A desk's proof that it asked for this request (keys whose policy names
+    ``initiators``): its signature over ``hsm_emulator.initiation.initiation_message``
+    for this HSM, key, action, payload and ``requestId`` - which becomes the request's
+    id, once only (it is also the request's idempotency ticket)."""
+
+    requestId: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
+    credentialType: Literal["certificate", "public_key", "webauthn"]
+    credential: str = Field(max_length=CRED_MAX)
+    signature: str = Field(max_length=4096, json_schema_extra=B64_SCHEMA)
+    digest: str = Field(default="SHA-256", max_length=16)
+
+    @field_validator("signature")
+    @classmethod
+    def _sig_b64(cls, v: str) -> str:
+        _b64(v, "signature")
+        return v
+
+    def approval(self) -> Approval:
+        return Approval(self.credentialType, self.credential, base64.b64decode(self.signature),
+                        self.digest)
+
+
 class SignBody(Strict):
     signRequest: SignRequestBody
+    initiation: InitiationBody | None = None
 
 
 class Paging(Strict):
@@ -97,3 +123,4 @@ class ApprovalBody(Strict):
 class KeyActionBody(Strict):
     label: str = Field(min_length=1, max_length=128)
     policy: dict[str, Any] | None = None  #: the new policy, for modify only
+    initiation: InitiationBody | None = None  #: for keys whose policy names initiators

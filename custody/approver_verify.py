@@ -44,7 +44,7 @@ class VerifiedTask:
                 ("action", str(b.get("action"))), ("payload type", str(b.get("payloadType"))),
                 ("payload sha256", str(b.get("payloadDigest"))),
                 ("created (HSM time)", str(b.get("hsmTimestamp"))),
-                ("initiator", str(b.get("initiator")))]
+                ("initiator", _initiator(b))]
         intent = b.get("intent")
         if isinstance(intent, dict):
             rows.append(("chain", f"{intent.get('chain')} {intent.get('network')}"))
@@ -59,6 +59,16 @@ class VerifiedTask:
         if b.get("newPolicyDigest") is not None:
             rows.append(("new policy sha256", str(b["newPolicyDigest"])))
         return rows
+
+
+def _initiator(body: dict[str, Any]) -> str:
+    """Who asked: proven by their own signature (the HSM verified an initiation by a key
+    the policy names) or only the broker's word."""
+    if body.get("initiatorProven") is True:
+        name = body.get("initiatorName")
+        who = f"{name} ({body.get('initiator')})" if name else str(body.get("initiator"))
+        return f"{who}, proven by their signature"
+    return str(body.get("initiator"))
 
 
 def _amount(asset: Any, units: Any) -> str:

@@ -41,13 +41,14 @@ from hsm_emulator.errors import (
 )
 from hsm_emulator.evaluate import Evaluation
 from hsm_emulator.flow import Approval
+from hsm_emulator.initiation import payload_digest
 from hsm_emulator.model import Action
 from hsm_emulator.policy import Policy, Rule, parse_policy
 from hsm_emulator.results import Execution, KeyInfo
 
 from . import tenancy
 from .db import FINAL, ApprovalRecord, SeenTimestamp, SignRequest, Status
-from .errors import Conflict, CustodyError, Forbidden, NotFound
+from .errors import BadRequest, Conflict, CustodyError, Forbidden, NotFound
 
 #: What an approver signs to reject a task: this prefix and the challenge bytes.
 REJECT_PREFIX = b"ska-reject-v1:"
@@ -139,20 +140,32 @@ class Broker:
     def submit(self, principal: Principal, label: str, action: Action, payload: bytes,
                payload_type: str, algorithm: str | None, meta: dict[str, Any] | None,
                new_policy: dict[str, Any] | None = None, *, fee_cap: int | None = None,
-               auto: bool = True, request_id: str | None = None) -> SignRequest:
+               auto: bool = True, request_id: str | None = None,
+               initiation: Approval | None = None) -> SignRequest:
         """Record a request in the HSM, then here; try to release it at once. ``fee_cap``:
         the most a rebuilt transaction may pay (approvals bind to intent and cap).
 
-        ``request_id`` (an idempotency ticket, :mod:`custody.idempotency`): the id the
-        request gets in the HSM. A retry under it after a crash adopts what the first
-        call did - recorded here or only in the HSM - instead of making a second one."""
+        ``request_id`` (an idempotency ticket, :mod:`custody.idempotency`, or the id an
+        initiation signs): the id the request gets in the HSM. A retry under it after a
+        crash adopts what the first call did - recorded here or only in the HSM - instead
+        of making a second one.
+
+        ``initiation``: the desk's signature that proves who asked, for keys whose policy
+        names ``initiators`` (:mod:`hsm_emulator.initiation`); needs ``request_id``. The
+        HSM verifies it; here it is only passed on."""
         self.check_key(label, principal.tenant)
         call = Call(principal, label, action, payload, payload_type, algorithm, meta)
+        if initiation is not None and request_id is None:
+            raise BadRequest("an initiated request needs the requestId its initiation signs")
         if request_id is not None:
             known = self._find(request_id, principal.tenant)
             if known is not None:
+                if initiation is not None:
+                    _same_request(known, call, new_policy)
                 return known if known.status in FINAL else self.advance(known.id)
-        ids = {} if request_id is None else {"request_id": request_id}
+        ids: dict[str, Any] = {} if request_id is None else {"request_id": request_id}
+        if initiation is not None:
+            ids["initiation"] = initiation
         try:
             if action is Action.USE and auto:
                 executed = self._auto_sign(call, ids)
@@ -181,7 +194,7 @@ class Broker:
         self.on_change(row)
         return self.advance(row.id)
 
-    def _auto_sign(self, call: Call, ids: dict[str, str]) -> SignRequest | None:
+    def _auto_sign(self, call: Call, ids: dict[str, Any]) -> SignRequest | None:
         """The auto tier in one HSM round: if a token needs no approvals and no hold, sign
         now (the HSM re-checks everything); otherwise None and the approval flow runs."""
         if not self.hsm.dry_run(call.label, call.payload, call.payload_type).released:
@@ -193,7 +206,8 @@ class Broker:
         except PolicyNotMet:  # the policy changed in between: take the approval flow
             self._signs_at_once.discard(call.label)
             return None
-        self._signs_at_once.add(call.label)
+        if "initiation" not in ids:  # initiated requests are never batched
+            self._signs_at_once.add(call.label)
         return self._record_executed(call, result)
 
     def signs_at_once(self, label: str) -> bool:
@@ -584,6 +598,19 @@ def _executed_values(call: Call, result: Execution) -> dict[str, Any]:
         "result": [base64.b64encode(sig).decode() for sig in result.signatures],
         "approved_by": [], "execution_time": datetime.fromtimestamp(result.executed_at, UTC),
         "created_at": datetime.now(UTC), "version": 0}
+
+
+def _same_request(row: SignRequest, call: Call, new_policy: dict[str, Any] | None) -> None:
+    """A request id an initiation names is the desk's own: used again, it must be for the
+    same request (the HSM would refuse a second one under it anyway)."""
+    same = (row.key_label == call.label and row.action == call.action.value
+            and row.payload_type == call.payload_type
+            and row.payload_b64 == base64.b64encode(call.payload).decode())
+    if same and new_policy is not None and row.challenge_b64:
+        body = Challenge(row.id, base64.b64decode(row.challenge_b64)).body
+        same = body.get("newPolicyDigest") == payload_digest(b"", new_policy)
+    if not same:
+        raise Conflict(f"request {row.id} exists for another key, action or payload")
 
 
 def _approval(r: ApprovalRecord) -> Approval:

@@ -41,6 +41,10 @@ def explain(document: dict[str, Any], decimals: Mapping[str, int] | None = None)
              f"{'BLOCKED' if policy.blocked else 'usable'}.",
              "Networks: " + (", ".join(sorted(policy.networks)) if policy.networks else
                              "none named - it signs no chain transaction") + "."]
+    if policy.initiators:
+        names = ", ".join(a.name or a.fingerprint[:12] for a in policy.initiators)
+        lines.append(f"Initiators: {names} - every request must be signed by one of them "
+                     "(the HSM checks it), who then cannot approve it.")
     for action in Action:
         lines.extend(_rule(policy, action, decimals or {}))
     return lines

@@ -7,11 +7,12 @@ reach it through an :class:`HsmClient`.
 from .clock import Clock, ManualClock, SystemClock
 from .errors import HsmError
 from .flow import Approval, Hsm
+from .initiation import initiation_message
 from .model import Action, Intent, IntentKind, KeyAlgorithm, KeyAttributes, SignScheme, Transfer
 from .store import KeyFile, Passphrase
 
 __all__ = [
     "Action", "Approval", "Clock", "Hsm", "HsmError", "Intent", "IntentKind", "KeyAlgorithm",
     "KeyAttributes", "KeyFile", "ManualClock", "Passphrase", "SignScheme", "SystemClock",
-    "Transfer",
+    "Transfer", "initiation_message",
 ]

@@ -5,8 +5,16 @@ Encoding, version 1 - canonical JSON (sorted keys, no spaces, UTF-8), base64 on 
     {"format": "ska-challenge", "version": 1,
      "body": {"requestId", "keyLabel", "action", "payloadType", "payloadDigest",
               "intent" | null, "feeCap" | null, "hsmTime", "hsmTimestamp",
-              "policyDigest", "newPolicyDigest" | null, "initiator", "hsmId"},
+              "policyDigest", "newPolicyDigest" | null, "initiator", "hsmId",
+              and for a key whose policy names initiators also
+              "initiatorProven": true, "initiatorName"},
      "signature": base64(P1363 ECDSA P-256 over "SKA-CHALLENGE-v1:" + canonical(body))}
+
+``initiator`` is the broker's word, unless ``initiatorProven`` is true: then the HSM
+verified the initiator's own signature (:mod:`hsm_emulator.initiation`) and names it by
+key (``key:`` + SHA-256 hex of its SPKI) and by its name in the policy. Clients must
+accept body fields they do not know; the two added here changed neither the envelope
+nor how it is verified, so the version is still 1.
 
 The HSM's signature lets an approver client check, with the HSM's public identity key
 alone, that the broker did not alter what it shows (what you see is what you sign). The

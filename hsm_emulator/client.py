@@ -54,7 +54,8 @@ class HsmClient(Protocol):
     def begin(self, label: str, action: Action | str = Action.USE, payload: bytes = b"",
               payload_type: str = "UNSPECIFIED", scheme: SignScheme | str | None = None, *,
               fee_cap: int | None = None, new_policy: dict[str, Any] | None = None,
-              initiator: str = "", request_id: str | None = None) -> Challenge: ...
+              initiator: str = "", request_id: str | None = None,
+              initiation: Approval | None = None) -> Challenge: ...
 
     def check_approval(self, request_id: str, approval: Approval) -> str: ...
 
@@ -63,7 +64,8 @@ class HsmClient(Protocol):
 
     def sign_now(self, label: str, payload: bytes, payload_type: str = "UNSPECIFIED",
                  scheme: SignScheme | str | None = None, *,
-                 request_id: str | None = None) -> Execution: ...
+                 request_id: str | None = None,
+                 initiation: Approval | None = None) -> Execution: ...
 
     def sign_batch(self, label: str, payloads: Sequence[bytes],
                    payload_type: str = "UNSPECIFIED", scheme: SignScheme | str | None = None,

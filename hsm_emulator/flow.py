@@ -9,6 +9,12 @@
    HSM decoded, and only then performs the action - once: the request is closed in the
    same transaction that signs it.
 
+The initiator is the broker's word (``initiator=``) unless the key's policy names its
+``initiators``: then every request must carry an initiation - an initiator's signature
+over :func:`~hsm_emulator.initiation.initiation_message`, bound to this HSM, key, action,
+payload and the caller's single-use request id - and the initiator is the key that signed
+it, whatever the broker says.
+
 Approvals bind to the intent, not to volatile fields: ``execute`` accepts a rebuilt
 payload (fee bump, new gas price or blockhash) if it decodes to the same transfers and
 its fee stays within the approved cap.
@@ -47,6 +53,7 @@ from .errors import (
 )
 from .evaluate import Evaluation, SpentFn, evaluate
 from .hsm import HsmCore, KeyState
+from .initiation import initiation_message
 from .keys import MaterialView
 from .model import (
     Action,
@@ -57,7 +64,7 @@ from .model import (
     canonical_json,
     network_id,
 )
-from .policy import parse_policy
+from .policy import Approver, parse_policy
 from .results import Execution
 
 OPEN, EXECUTED, CANCELLED = "open", "executed", "cancelled"
@@ -76,14 +83,28 @@ Y = TypeVar("Y")
 def _request_record(rid: str, state: KeyState, act: Action, payload_type: str,
                     payload: bytes, scheme: SignScheme | None, intent: Any, *, status: str,
                     created_at: float, fee_cap: str | None = None, initiator: str = "",
-                    challenge: str = "") -> dict[str, Any]:
+                    challenge: str = "", proven: Approver | None = None) -> dict[str, Any]:
     """A request as the store keeps it: one shape for the approval flow's requests and the
-    auto-signed ones kept under a caller's id, since the same calls read both."""
-    return {"id": rid, "label": state.label, "action": act.value, "payloadType": payload_type,
-            "payload": payload.hex(), "scheme": None if scheme is None else scheme.value,
-            "intent": intent, "feeCap": fee_cap, "createdAt": created_at, "status": status,
-            "initiator": initiator, "policyDigest": state.policy.digest,
-            "challenge": challenge}
+    auto-signed ones kept under a caller's id, since the same calls read both.
+
+    ``proven``: the initiator whose initiation the HSM verified (its policy entry); the
+    record then names it by key (``initiator``) and by its policy name."""
+    record = {"id": rid, "label": state.label, "action": act.value,
+              "payloadType": payload_type, "payload": payload.hex(),
+              "scheme": None if scheme is None else scheme.value, "intent": intent,
+              "feeCap": fee_cap, "createdAt": created_at, "status": status,
+              "initiator": initiator, "policyDigest": state.policy.digest,
+              "challenge": challenge}
+    if proven is not None:
+        record.update(initiator=proven_initiator(proven), initiatorProven=True,
+                      initiatorName=proven.name)
+    return record
+
+
+def proven_initiator(initiator: Approver) -> str:
+    """How the HSM names an initiator it verified: by key, whatever its encoding or
+    binding (``key:`` + SHA-256 hex of the bare SPKI)."""
+    return "key:" + initiator.identity
 
 
 class _AutoItem(NamedTuple):
@@ -101,7 +122,7 @@ class _AutoItem(NamedTuple):
 class Approval:
     """One approver's signature over a request's challenge (seed 003 ``/v1/approval``)."""
 
-    credential_type: str  #: "certificate" or "public_key"
+    credential_type: str  #: "certificate", "public_key" or "webauthn"
     credential: str  #: base64 DER, as in the policy
     signature: bytes
     digest: str = "SHA-256"
@@ -133,11 +154,16 @@ class Hsm(HsmCore):
         new_policy: dict[str, Any] | None = None,
         initiator: str = "",
         request_id: str | None = None,
+        initiation: Approval | None = None,
     ) -> Challenge:
         """Record a request for a key action and issue its challenge.
 
         ``request_id``: the caller's own id for the request (see :meth:`_fresh_id`), so a
-        caller that crashed mid-call can learn what the HSM did instead of asking twice."""
+        caller that crashed mid-call can learn what the HSM did instead of asking twice.
+
+        ``initiator``: who asked, in the broker's word. ``initiation``: required if, and
+        only if, the key's policy names ``initiators`` (see :meth:`_initiated`); the
+        initiator is then the key that signed it, and ``initiator`` is ignored."""
         act = _action(action)
         event: dict[str, Any] = {"op": "request.begin", "label": label, "action": act.value}
 
@@ -146,6 +172,9 @@ class Hsm(HsmCore):
             state = self._usable(label)
             body_payload, intent, _ = self._prepare(state, act, payload, payload_type,
                                                     scheme, new_policy)
+            proven = self._initiated(state, act, payload_type, body_payload, request_id,
+                                     initiation, event)
+            named = initiator if proven is None else proven_initiator(proven)
             sch = _scheme(scheme)
             if fee_cap is not None and (fee_cap < 0 or (intent and fee_cap < intent.fee)):
                 raise InvalidInput("feeCap must be at least the payload's fee")
@@ -161,14 +190,15 @@ class Hsm(HsmCore):
                 "policyDigest": state.policy.digest,
                 "newPolicyDigest": None if new_policy is None else
                 hashlib.sha256(body_payload).hexdigest(),
-                "initiator": initiator, "hsmId": self.hsm_id,
+                "initiator": named, "hsmId": self.hsm_id,
             }
+            if proven is not None:  # who asked, proven by their signature: approvers see it
+                body.update(initiatorProven=True, initiatorName=proven.name)
             envelope = seal_challenge(self.identity, body)
             self._store.put("request", rid, _request_record(
                 rid, state, act, payload_type, body_payload, sch, body["intent"],
                 status=OPEN, created_at=now, fee_cap=None if fee_cap is None else str(fee_cap),
-                initiator=initiator,
-                challenge=envelope.hex()))
+                initiator=initiator, challenge=envelope.hex(), proven=proven))
             event.update(requestId=rid, payloadDigest=body["payloadDigest"])
             return Challenge(rid, envelope)
 
@@ -185,6 +215,59 @@ class Hsm(HsmCore):
         if self._store.get("request", chosen) is not None:
             raise RequestExists(f"request {chosen} exists")
         return chosen
+
+    def _initiated(self, state: KeyState, act: Action, payload_type: str, payload: bytes,
+                   request_id: str | None, initiation: Approval | None,
+                   event: dict[str, Any]) -> Approver | None:
+        """The proven initiator of a request for ``state``'s key, or None if its policy
+        names no ``initiators`` (then there must be no initiation either).
+
+        With initiators, the request needs an initiation by one of them (the credential
+        exactly as listed) whose signature verifies over :func:`initiation_message` for
+        this HSM, key, action, payload type, payload (``payload``: what the challenge's
+        ``payloadDigest`` hashes) and the caller's ``request_id`` - which must be given,
+        and is used once (:meth:`_fresh_id`), so an initiation is never good for a second
+        request. A ``block`` request may come without one (its initiator is then the
+        broker's claim): an emergency stop must not wait for a desk signature, and
+        blocking only denies service, which a broker can do anyway. Records the
+        initiator in the audit ``event``."""
+        initiators = state.policy.initiators
+        if not initiators:
+            if initiation is not None:
+                raise InvalidInput(f"key {state.label!r}: its policy names no initiators, so "
+                                   "a request for it takes no initiation")
+            return None
+        if initiation is None:
+            if act is Action.BLOCK:  # stopping a key is never held up for want of a desk
+                return None          # signature: it only denies service, as the broker can
+            raise ApprovalRefused(f"key {state.label!r}: its policy names its initiators; a "
+                                  "request needs an initiation signed by one of them")
+        if not isinstance(initiation, Approval):
+            raise InvalidInput("initiation must be an Approval")
+        if request_id is None:
+            raise InvalidInput("an initiated request needs the caller's request_id, the one "
+                               "the initiation signs")
+        try:
+            cred = parse_credential(initiation.credential_type, initiation.credential)
+        except CredentialInvalid as exc:
+            raise ApprovalRefused(f"initiator credential: {exc.reason}") from None
+        entry = state.policy.initiator(cred.fingerprint)
+        if entry is None:
+            raise ApprovalRefused(f"{cred.fingerprint[:16]} is not an initiator of key "
+                                  f"{state.label!r}")
+        message = initiation_message(
+            hsm_id=self.hsm_id, key_label=state.label, action=act.value,
+            payload_type=payload_type, payload_digest=hashlib.sha256(payload).hexdigest(),
+            request_id=request_id)
+        try:
+            valid = verify(cred, message, initiation.signature, initiation.digest)
+        except InvalidInput as exc:  # e.g. an unsupported digest name
+            raise ApprovalRefused(f"initiation: {exc.reason}") from None
+        if not valid:
+            raise ApprovalRefused(f"initiator {cred.fingerprint[:16]}: the initiation does not "
+                                  "verify for this HSM, key, action, payload and request id")
+        event.update(initiator=proven_initiator(entry), initiatorName=entry.name)
+        return entry
 
     def _prepare(self, state: KeyState, act: Action, payload: bytes, payload_type: str,
                  scheme: SignScheme | str | None, new_policy: dict[str, Any] | None,
@@ -255,9 +338,13 @@ class Hsm(HsmCore):
             raise ApprovalRefused(f"approver {cred.fingerprint[:16]} is in no group of this "
                                   f"key's {req['action']} rule")
         # Segregation of duties: the initiator is named by its key or, for a desk login,
-        # by the person's name - which is also the approver's "name" in the policy.
-        identities = {cred.fingerprint, cred.public_key_b64} | {a.name for a in entries if a.name}
-        if req["initiator"] and req["initiator"] in identities:
+        # by the person's name - which is also the approver's "name" in the policy. A
+        # proven initiator is named by its bare key ("key:" + identity: the same person
+        # under any encoding or passkey binding) and by its name in the policy.
+        identities = {cred.fingerprint, cred.public_key_b64, "key:" + cred.identity} | {
+            a.name for a in entries if a.name}
+        initiators = {req["initiator"], req.get("initiatorName") or ""} - {""}
+        if initiators & identities:
             raise ApprovalRefused("the initiator of a request cannot approve it")
         try:
             valid = verify(cred, bytes.fromhex(req["challenge"]), approval.signature,
@@ -304,6 +391,8 @@ class Hsm(HsmCore):
         def run() -> Execution:
             req = self._request(request_id)
             event.update(label=req["label"], action=req["action"])
+            if req.get("initiatorProven"):
+                event.update(initiator=req["initiator"], initiatorName=req["initiatorName"])
             if req["status"] != OPEN:
                 raise RequestClosed(f"request {request_id} is already {req['status']}")
             state = self._usable(req["label"])
@@ -418,22 +507,26 @@ class Hsm(HsmCore):
 
     def sign_now(self, label: str, payload: bytes, payload_type: str = UNSPECIFIED,
                  scheme: SignScheme | str | None = None, *,
-                 request_id: str | None = None) -> Execution:
+                 request_id: str | None = None,
+                 initiation: Approval | None = None) -> Execution:
         """Sign at once if a token needs no approvals and no hold (the auto tier);
         otherwise refuse with :class:`PolicyNotMet` - then use :meth:`begin`.
 
         With the caller's own ``request_id`` the result is also kept as an executed
         request, so :meth:`request_result` returns it again to a caller that crashed
-        before recording it, and a second call under that id signs nothing."""
+        before recording it, and a second call under that id signs nothing.
+        ``initiation``: as for :meth:`begin` (required if the policy names initiators)."""
         event: dict[str, Any] = {"op": "sign.now", "label": label, "payloadType": payload_type}
 
         def run() -> Execution:
             rid = secrets.token_hex(16) if request_id is None else self._fresh_id(request_id)
             checked = self._check_auto(label, payload, payload_type, scheme)
+            proven = self._initiated(checked.state, _USE, payload_type, checked.payload,
+                                     request_id, initiation, event)
             signatures = self._sign(checked.state, checked.items)
             result = self._release(label, checked, signatures, rid, event)
             if request_id is not None:
-                self._keep_auto(checked, result, payload_type, scheme)
+                self._keep_auto(checked, result, payload_type, scheme, proven)
             return result
 
         with self.locked():
@@ -457,6 +550,9 @@ class Hsm(HsmCore):
         event: dict[str, Any] = {"op": "sign.batch", "label": label, "size": len(payloads)}
 
         def run() -> list[Execution]:
+            if self._usable(label).policy.initiators:
+                raise InvalidInput(f"key {label!r}: its policy names initiators; initiated "
+                                   "requests are signed one by one (sign_now, begin)")
             with self.audit.buffered(), self._spends_buffered():
                 checked = _per_item(
                     lambda p: self._check_auto(label, p, payload_type, scheme), payloads)
@@ -499,12 +595,12 @@ class Hsm(HsmCore):
         return _AutoItem(state, final, intent, items, ev.released_by, now)
 
     def _keep_auto(self, checked: _AutoItem, result: Execution, payload_type: str,
-                   scheme: SignScheme | str | None) -> None:
+                   scheme: SignScheme | str | None, proven: Approver | None) -> None:
         """An auto-signed request kept like an executed one (see :meth:`sign_now`)."""
         self._store.put("request", result.request_id, {**_request_record(
             result.request_id, checked.state, _USE, payload_type, checked.payload,
             _scheme(scheme), None if checked.intent is None else checked.intent.to_json(),
-            status=EXECUTED, created_at=checked.at),
+            status=EXECUTED, created_at=checked.at, proven=proven),
             "executedAt": checked.at, "result": result.to_json()})
 
     @staticmethod

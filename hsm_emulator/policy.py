@@ -23,6 +23,11 @@ This project adds, all optional:
   (``bitcoin:regtest``, ``ethereum:1``, ``solana:mainnet``). A chain payload for any
   other network is refused; a policy naming none refuses every chain payload.
   ``UNSPECIFIED`` payloads (the TSB tutorial's) carry no network and are unaffected.
+* ``policy.initiators`` - ``[{"type", "value", "name"}]``, credentials as in a group's
+  ``approvals``: who may ask for this key's actions. With it, every request must carry an
+  initiation signed by one of them (:mod:`hsm_emulator.initiation`); the HSM then knows
+  the initiator from that signature, not from the broker, and refuses their approval of
+  the request. Without it the initiator is whatever the broker says.
 
 An approver is its public key: one key counts once in a token, whatever its encodings
 or bindings (a passkey listed with two RP bindings is still one person).
@@ -151,6 +156,8 @@ class Policy:
     open_actions: frozenset[Action] = frozenset()
     source: str = "{}"  #: canonical JSON of the document, for hashing and display
     networks: frozenset[str] = frozenset()  #: ``chain:network`` entries it signs for
+    #: who may initiate requests (``policy.initiators``); empty: the broker names them
+    initiators: tuple[Approver, ...] = ()
 
     def rule(self, action: Action) -> Rule | None:
         for a, r in self.rules:
@@ -173,7 +180,16 @@ class Policy:
         )
 
     def with_blocked(self, blocked: bool) -> Policy:
-        return Policy(self.rules, blocked, self.open_actions, self.source, self.networks)
+        return Policy(self.rules, blocked, self.open_actions, self.source, self.networks,
+                      self.initiators)
+
+    def initiator(self, fingerprint: str) -> Approver | None:
+        """The ``initiators`` entry of this credential fingerprint (its encoding or
+        passkey binding must be the one listed, as for approvers), if any."""
+        for a in self.initiators:
+            if a.fingerprint == fingerprint:
+                return a
+        return None
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads(self.source)
@@ -189,7 +205,7 @@ def parse_policy(data: Any) -> Policy:
     if data is None:
         data = {}
     _obj(data, "policy", {"ruleUse", "ruleBlock", "ruleUnblock", "ruleModify", "keyStatus",
-                          "openActions", "networks"})
+                          "openActions", "networks", "initiators"})
     rules = []
     for action, field in RULE_FIELDS.items():
         if data.get(field) is not None:
@@ -204,9 +220,25 @@ def parse_policy(data: Any) -> Policy:
     ):
         raise PolicyInvalid("policy.keyStatus.blocked", "a blocked key needs a ruleUnblock")
     networks = _networks(data.get("networks", []))
+    initiators = _initiators(data["initiators"]) if "initiators" in data else ()
     source_doc = {k: v for k, v in data.items() if k != "keyStatus"}
     return Policy(tuple(rules), blocked, open_actions, canonical_json(source_doc).decode(),
-                  networks)
+                  networks, initiators)
+
+
+def _initiators(value: Any) -> tuple[Approver, ...]:
+    """``policy.initiators``: approver entries, each public key once (whatever its
+    encoding or binding); an empty list would read as "initiators required" while naming
+    nobody, so it is refused - leave the field out instead."""
+    path = "policy.initiators"
+    entries = _list(value, path, MAX_APPROVERS)
+    if not entries:
+        raise PolicyInvalid(path, "name at least one initiator, or leave the field out")
+    initiators = tuple(_approver(a, f"{path}[{i}]") for i, a in enumerate(entries))
+    ids = [a.identity for a in initiators]
+    if len(set(ids)) != len(ids):
+        raise PolicyInvalid(path, "duplicate initiator (one public key listed twice)")
+    return initiators
 
 
 _NETWORK_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_:")

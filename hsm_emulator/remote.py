@@ -32,7 +32,9 @@ closes the connection.
    result}`` or ``{"id": n, "error": {"code", "reason", "field"?, "missing"?}}``. Only the
    names in :data:`hsm_emulator.client.CALLS` (which has no ``close``: that closes the client's
    own connection) are callable; argument names are the Python parameter names. Bytes
-   travel as base64 strings, enums as their values, results as their ``to_json`` forms.
+   travel as base64 strings, enums as their values, approvals (``approval``,
+   ``approvals[]``, ``initiation``) as :meth:`~hsm_emulator.flow.Approval.to_json`
+   objects, results as their ``to_json`` forms.
    ``audit_entries`` returns as many of the entries asked for as fit in one reply frame.
 
 Connections still authenticating and authenticated ones are held apart (see
@@ -397,6 +399,10 @@ class _Args:
     def approval(self, name: str) -> Approval:
         return _approval(self._get(name, _MISSING), name)
 
+    def opt_approval(self, name: str) -> Approval | None:
+        value = self._get(name, None)
+        return None if value is None else _approval(value, name)
+
     def approvals(self, name: str) -> list[Approval]:
         return [_approval(v, f"{name}[{i}]") for i, v in enumerate(self._list(name))]
 
@@ -510,11 +516,11 @@ def _begin(hsm: Hsm, a: _Args) -> Any:
     payload, payload_type = a.data("payload", ""), a.text("payload_type", "UNSPECIFIED")
     scheme, fee_cap = a.opt_text("scheme"), a.opt_integer("fee_cap")
     new_policy, initiator = a.opt_object("new_policy"), a.text("initiator", "")
-    request_id = a.opt_text("request_id")
+    request_id, initiation = a.opt_text("request_id"), a.opt_approval("initiation")
     a.done()
     return hsm.begin(label, action, payload, payload_type, scheme, fee_cap=fee_cap,
-                     new_policy=new_policy, initiator=initiator,
-                     request_id=request_id).to_json()
+                     new_policy=new_policy, initiator=initiator, request_id=request_id,
+                     initiation=initiation).to_json()
 
 
 def _check_approval(hsm: Hsm, a: _Args) -> Any:
@@ -533,9 +539,10 @@ def _execute(hsm: Hsm, a: _Args) -> Any:
 def _sign_now(hsm: Hsm, a: _Args) -> Any:
     label, payload = a.text("label"), a.data("payload")
     payload_type, scheme = a.text("payload_type", "UNSPECIFIED"), a.opt_text("scheme")
-    request_id = a.opt_text("request_id")
+    request_id, initiation = a.opt_text("request_id"), a.opt_approval("initiation")
     a.done()
-    return hsm.sign_now(label, payload, payload_type, scheme, request_id=request_id).to_json()
+    return hsm.sign_now(label, payload, payload_type, scheme, request_id=request_id,
+                        initiation=initiation).to_json()
 
 
 def _sign_batch(hsm: Hsm, a: _Args) -> Any:
@@ -1097,6 +1104,14 @@ def _bytes_arg(value: Any, name: str) -> str:
     return _b64(value)
 
 
+def _approval_arg(value: Approval | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Approval) or not isinstance(value.signature, bytes):
+        raise InvalidInput("initiation must be an Approval")
+    return value.to_json()
+
+
 class RemoteHsmClient:
     """An :class:`~hsm_emulator.client.HsmClient` talking to ``python -m
     hsm_emulator.remote`` over a Unix socket or loopback TCP.
@@ -1371,11 +1386,13 @@ class RemoteHsmClient:
     def begin(self, label: str, action: Action | str = Action.USE, payload: bytes = b"",
               payload_type: str = "UNSPECIFIED", scheme: SignScheme | str | None = None, *,
               fee_cap: int | None = None, new_policy: dict[str, Any] | None = None,
-              initiator: str = "", request_id: str | None = None) -> Challenge:
+              initiator: str = "", request_id: str | None = None,
+              initiation: Approval | None = None) -> Challenge:
         doc = self._call("begin", {
             "label": label, "action": _value(action), "payload": _bytes_arg(payload, "payload"),
             "payload_type": payload_type, "scheme": _value(scheme), "fee_cap": fee_cap,
-            "new_policy": new_policy, "initiator": initiator, "request_id": request_id})
+            "new_policy": new_policy, "initiator": initiator, "request_id": request_id,
+            "initiation": _approval_arg(initiation)})
         result: Challenge = self._decoded(lambda: Challenge.from_json(doc))
         return result
 
@@ -1391,10 +1408,12 @@ class RemoteHsmClient:
 
     def sign_now(self, label: str, payload: bytes, payload_type: str = "UNSPECIFIED",
                  scheme: SignScheme | str | None = None, *,
-                 request_id: str | None = None) -> Execution:
+                 request_id: str | None = None,
+                 initiation: Approval | None = None) -> Execution:
         return self._execution("sign_now", {
             "label": label, "payload": _bytes_arg(payload, "payload"),
-            "payload_type": payload_type, "scheme": _value(scheme), "request_id": request_id})
+            "payload_type": payload_type, "scheme": _value(scheme), "request_id": request_id,
+            "initiation": _approval_arg(initiation)})
 
     def sign_batch(self, label: str, payloads: Sequence[bytes],
                    payload_type: str = "UNSPECIFIED", scheme: SignScheme | str | None = None,

@@ -240,7 +240,10 @@ function openTask(id) {
   }
   row(dl, "Key", b.keyLabel);
   row(dl, "Action", b.action);
-  row(dl, "Initiator", b.initiator || "-");
+  // proven: the HSM verified the initiator's own signature; otherwise the broker's word
+  row(dl, "Initiator", b.initiatorProven === true
+    ? `${b.initiatorName ? `${b.initiatorName} (${b.initiator})` : b.initiator}, proven by their signature`
+    : b.initiator || "-");
   row(dl, "HSM time", b.hsmTimestamp);
   row(dl, "Request", b.requestId);
   const broker = el("dl");

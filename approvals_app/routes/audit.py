@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from approvals_app.auth import CurrentPrincipal, require
+from hsm_emulator.initiation import hsm_id
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 #: Audit sequence numbers are SQLite/PostgreSQL 64-bit integers; a larger ``start`` is
@@ -32,6 +33,7 @@ def audit(request: Request, who: CurrentPrincipal, start: int = Query(1, ge=1, l
 
 @router.get("/hsm")
 def hsm_identity(request: Request) -> dict[str, str]:
-    """The HSM's public identity key: the root for challenges, attestations, audit."""
+    """The HSM's public identity key: the root for challenges, attestations, audit; and
+    its ``hsmId`` (derived from the key), which a desk's initiation signs."""
     der = request.app.state.hsm.identity_public_key()
-    return {"identityPublicKey": base64.b64encode(der).decode()}
+    return {"identityPublicKey": base64.b64encode(der).decode(), "hsmId": hsm_id(der)}

@@ -1,4 +1,11 @@
-"""``/v1/sign`` and block / unblock / modify: requests that need approvals."""
+"""``/v1/sign`` and block / unblock / modify: requests that need approvals.
+
+Each takes an optional ``initiation`` (keys whose policy names ``initiators``): the desk's
+signature over :func:`hsm_emulator.initiation.initiation_message`, which the HSM verifies
+and takes the initiator from. Its ``requestId`` becomes the request's id and is its
+idempotency ticket - a retry with the same initiation answers the first request - so an
+``Idempotency-Key`` header with it is refused (400): one request, one ticket.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +42,13 @@ async def sign(body: SignBody, request: Request, who: CurrentPrincipal,
     autosigner: AutoSigner = request.app.state.autosigner
     call = Call(who, r.signKeyName, Action.USE, r.payload_bytes(), r.payloadType, algorithm,
                 meta)
+    if body.initiation is not None:  # signed one by one: a batch carries no initiations
+        initiation = body.initiation
+        _no_second_ticket(idempotency_key)
+        row = await run_in_threadpool(
+            broker.submit, who, call.label, Action.USE, call.payload, call.payload_type,
+            algorithm, meta, request_id=initiation.requestId, initiation=initiation.approval())
+        return JSONResponse({"signRequestId": row.id}, status_code=201)
     if idempotency_key is None and autosigner.accepts(call.label):
         # a key that signs at once: batched with its neighbours (custody/autosign.py)
         request_id = await asyncio.wrap_future(autosigner.submit(call))
@@ -47,8 +61,15 @@ async def sign(body: SignBody, request: Request, who: CurrentPrincipal,
 
     status, response = await run_in_threadpool(
         run_once, broker.sessions, f"{who.tenant}/{who.subject}", idempotency_key,
-        body.model_dump(), work)
+        body.model_dump(exclude={"initiation"}), work)
     return JSONResponse(response, status_code=status)
+
+
+def _no_second_ticket(idempotency_key: str | None) -> None:
+    if idempotency_key is not None:
+        raise BadRequest("an initiated request is its own idempotency ticket (the "
+                         "initiation's requestId: a retry with it answers the first "
+                         "request); send no Idempotency-Key with an initiation")
 
 
 def _key_action(request: Request, who: Principal, body: KeyActionBody, action: Action,
@@ -57,6 +78,12 @@ def _key_action(request: Request, who: Principal, body: KeyActionBody, action: A
     if (body.policy is None) == (action is Action.MODIFY):
         raise BadRequest("a policy goes with modify, and only with modify")
     broker = request.app.state.broker
+    if body.initiation is not None:
+        _no_second_ticket(key)
+        row = broker.submit(who, body.label, action, b"", "UNSPECIFIED", None, None,
+                            new_policy=body.policy, request_id=body.initiation.requestId,
+                            initiation=body.initiation.approval())
+        return JSONResponse({"requestId": row.id, "status": row.status}, status_code=201)
 
     def work(ticket: str | None) -> tuple[int, dict[str, Any]]:
         row = broker.submit(who, body.label, action, b"", "UNSPECIFIED", None, None,
@@ -64,7 +91,8 @@ def _key_action(request: Request, who: Principal, body: KeyActionBody, action: A
         return 201, {"requestId": row.id, "status": row.status}
 
     status, response = run_once(broker.sessions, f"{who.tenant}/{who.subject}", key,
-                                {"action": action.value, **body.model_dump()}, work)
+                                {"action": action.value,
+                                 **body.model_dump(exclude={"initiation"})}, work)
     return JSONResponse(response, status_code=status)
 
 
