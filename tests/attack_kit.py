@@ -10,9 +10,12 @@ log, and no balance moved on the chain.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,11 +39,21 @@ from chains.ethereum.erc20 import encode_transfer
 from chains.ethereum.parse import decode_unsigned
 from chains.ethereum.tx import Eip1559Tx, assemble, serialize_unsigned
 from chains.solana.adapter import SolanaAdapter
-from chains.solana.tx import ComputeBudget, build_sol_transfer
+from chains.solana.tx import ComputeBudget, build_sol_transfer, build_spl_transfer
 from chains.solana.tx import assemble as sol_assemble
+from hsm_emulator.audit import bounded
 from hsm_emulator.client import HsmClient
 from hsm_emulator.errors import HsmError
 from tests.helpers import Approver, group, token
+from tests.test_conformance import (
+    _STARTED,
+    PASSPHRASE,
+    ROOT,
+    SO,
+    HsmProcess,
+    TimeControl,
+    _die_with_parent,
+)
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DAY = 86_400
@@ -58,8 +71,9 @@ class Tiers:
 
 
 def treasury_policy(traders: list[Approver], compliance: list[Approver], tiers: list[Tiers],
-                    fee_asset: str, max_fee: int) -> dict[str, Any]:
-    """The design card's tiers for several assets, with velocity and a fee cap."""
+                    fee_asset: str, max_fee: int, network: str) -> dict[str, Any]:
+    """The design card's tiers for several assets, with velocity and a fee cap, for one
+    ``chain:network`` (a key signs only for the networks its policy names)."""
     fee = [{"asset": fee_asset, "max": max_fee}]
 
     def amounts(tier: str) -> list[dict[str, Any]]:
@@ -81,7 +95,47 @@ def treasury_policy(traders: list[Approver], compliance: list[Approver], tiers: 
         "ruleBlock": {"tokens": [token("block", [group("admins", 1, traders)])]},
         "ruleUnblock": {"tokens": [token("unblock", admins)]},
         "ruleModify": {"tokens": [token("modify", admins)]},
+        "networks": [network],
     }
+
+
+# -- the HSM as production runs it ------------------------------------------------------
+
+#: What the tests' environment sets that production never does: the JSON test decoder
+#: (``conftest.py`` turns it on for every test) and a network list of the test's choice.
+NOT_IN_PRODUCTION = ("CUSTODY_TEST_DECODER", "CUSTODY_NETWORKS")
+
+
+def production_env() -> dict[str, str]:
+    """This process's environment without the test-only switches: the HSM then registers
+    the chains' decoders for ``chains.registry.DEFAULT_NETWORKS`` and nothing else."""
+    return {k: v for k, v in os.environ.items() if k not in NOT_IN_PRODUCTION}
+
+
+def start_hsm(workdir: Path, sockdir: Path, time_control: TimeControl) -> HsmProcess:
+    """``python -m hsm_emulator.remote`` on a Unix socket, as production starts it (no
+    test decoder, default networks) but with the test clock file and a cheap scrypt.
+    A restart on the same ``workdir`` reopens the same store with the same secret."""
+    secret_file = workdir / "client.secret"
+    if not secret_file.exists():
+        secret_file.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+        secret_file.chmod(0o600)
+    secret = secret_file.read_bytes().strip()
+    time_control.attach(workdir / "clock")
+    sock, log = sockdir / "hsm.sock", workdir / "server.log"
+    env = {**production_env(), "SKA_HSM_PASSPHRASE": PASSPHRASE, "SKA_HSM_SO_PASSPHRASE": SO}
+    assert not any(k in env for k in NOT_IN_PRODUCTION)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hsm_emulator.remote", "--store", str(workdir / "hsm.sqlite"),
+             "--listen", f"unix:{sock}", "--secret-file", str(secret_file), "--allow-export",
+             "--scrypt-n", str(2**10), "--clock-file", str(workdir / "clock")],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            preexec_fn=_die_with_parent)  # noqa: PLW1509 - a prctl, no locks
+    _STARTED.append(proc)
+    server = HsmProcess(proc, sock, secret, log)
+    server.wait_ready()
+    return server
 
 
 class World(Protocol):
@@ -131,12 +185,19 @@ class BtcWorld:
         # Public keys cached: an invalidated key answers nothing, but its coins stay.
         self.public_key = functools.cache(self.client.public_key)
         self.adapter = BitcoinAdapter("regtest", self.rpc, self.public_key)
-        self.attackers = (_btc_address(), _btc_address())
+        if not all(self.attackers):
+            self.attackers = new_btc_attackers()
 
-    def fund(self, coinbases: int) -> None:
+    def fund(self, coinbases: int, *, mature: bool = True) -> None:
         for i in range(coinbases):
             self.rpc.generatetoaddress(1, self.adapter.address_at(self.label, f"0/{i}"))
-        self.rpc.generatetoaddress(100, BURN)  # coinbase maturity
+        if mature:
+            self.rpc.generatetoaddress(100, BURN)  # coinbase maturity
+
+    def broadcast(self, raw: bytes) -> str:
+        """What a hostile broker does with a signed transaction: send it with the node's
+        fee sanity check (``maxfeerate``) off - the attacker runs the node."""
+        return str(self.rpc.call("sendrawtransaction", raw.hex(), 0))
 
     def build(self, amount: int, *, to: int = 0, high_fee: bool = False,
               asset: str | None = None) -> bytes:
@@ -150,7 +211,7 @@ class BtcWorld:
         return psbt.serialize()
 
     def send(self, payload: bytes, signatures: tuple[bytes, ...]) -> None:
-        self.adapter.broadcast(finalize(Psbt.parse(payload), signatures))
+        self.broadcast(finalize(Psbt.parse(payload), signatures))
         self.settle()
 
     def balances(self) -> dict[str, int]:
@@ -168,6 +229,18 @@ class BtcWorld:
 def _btc_address() -> str:
     pub = coincurve.PrivateKey().public_key.format()
     return script_to_address("regtest", p2wpkh_script(pub))
+
+
+def new_btc_attackers() -> tuple[str, str]:
+    return _btc_address(), _btc_address()
+
+
+def new_eth_attackers() -> tuple[str, str]:
+    return checksum(os.urandom(20)), checksum(os.urandom(20))
+
+
+def new_sol_attackers() -> tuple[str, str]:
+    return str(Pubkey.new_unique()), str(Pubkey.new_unique())
 
 
 # -- Ethereum (anvil) -------------------------------------------------------------------
@@ -190,7 +263,8 @@ class EthWorld:
     def __post_init__(self) -> None:
         self.payload_type = f"ETHEREUM_TX:eip155:{self.chain_id}"
         self.address = self.client.address(self.label, "ethereum", "mainnet")
-        self.attackers = (checksum(os.urandom(20)), checksum(os.urandom(20)))
+        if not all(self.attackers):
+            self.attackers = new_eth_attackers()
 
     @property
     def token_asset(self) -> str:
@@ -214,6 +288,16 @@ class EthWorld:
         txid = self.eth.send_raw_transaction(assemble(decode_unsigned(payload), signatures[0]))
         self.eth.wait_for_depth(txid, 1, timeout=20)
 
+    def tx(self, *, to: bytes, value: int = 0, data: bytes = b"", gas: int = 21_000,
+           max_fee: int | None = None, priority: int | None = None,
+           chain_id: int | None = None) -> bytes:
+        """An unsigned type-2 transaction from the wallet, any field the attacker likes."""
+        quote = self.eth.fee_quote()
+        return serialize_unsigned(Eip1559Tx(
+            self.chain_id if chain_id is None else chain_id, self.eth.pending_nonce(self.address),
+            quote.priority_fee if priority is None else priority,
+            quote.max_fee if max_fee is None else max_fee, gas, to, value, data))
+
     def balances(self) -> dict[str, int]:
         out = {"wallet": self.eth.balance(self.address),
                "nonce": self.eth.pending_nonce(self.address)}
@@ -232,6 +316,11 @@ class EthWorld:
 # -- Solana (litesvm behind the dev node) ------------------------------------------------
 
 
+#: An SPL transfer's budget: room for the ATA program's CreateIdempotent, 1 micro-lamport
+#: per unit (a fee of 5,000 + 1 lamports).
+SPL_BUDGET = ComputeBudget(100_000, 1)
+
+
 @dataclass
 class SolWorld:
     adapter: SolanaAdapter
@@ -242,17 +331,33 @@ class SolWorld:
     tiers: Tiers = Tiers("SOL", 10**9, 10 * 10**9, 3 * 10**9)
     max_fee: int = 100_000  #: lamports
     attackers: tuple[str, str] = field(default=("", ""))
+    mint: str = ""  #: an SPL token the wallet holds, if any
+    decimals: int = 0
 
     def __post_init__(self) -> None:
         self.payer = Pubkey.from_bytes(self.client.public_key(self.label))
-        self.attackers = (str(Pubkey.new_unique()), str(Pubkey.new_unique()))
+        if not all(self.attackers):
+            self.attackers = new_sol_attackers()
+
+    @property
+    def spl_asset(self) -> str:
+        return f"SPL:{self.mint}"
+
+    def blockhash(self) -> Hash:
+        return Hash.from_string(self.adapter.client.latest_blockhash().blockhash)
 
     def build(self, amount: int, *, to: int = 0, high_fee: bool = False,
-              asset: str | None = None) -> bytes:
-        blockhash = Hash.from_string(self.adapter.client.latest_blockhash().blockhash)
-        budget = ComputeBudget(1_000, 10**9 if high_fee else 1_000)
+              asset: str | None = None, budget: ComputeBudget | None = None) -> bytes:
+        budget = budget or ComputeBudget(1_000, 10**9 if high_fee else 1_000)
         return build_sol_transfer(self.payer, Pubkey.from_string(self.attackers[to]), amount,
-                                  blockhash, budget)
+                                  self.blockhash(), budget)
+
+    def build_spl(self, amount: int, destination: str) -> bytes:
+        """An SPL transfer of the wallet's token to ``destination``'s associated account,
+        created (and its rent paid by the wallet) if missing."""
+        return build_spl_transfer(self.payer, Pubkey.from_string(self.mint), self.decimals,
+                                  Pubkey.from_string(destination), amount, self.blockhash(),
+                                  SPL_BUDGET)
 
     def send(self, payload: bytes, signatures: tuple[bytes, ...]) -> None:
         self.adapter.broadcast(sol_assemble(payload, signatures[0]))
@@ -261,6 +366,10 @@ class SolWorld:
         out = {"wallet": self.adapter.balance(str(self.payer))}
         for i, addr in enumerate(self.attackers):
             out[f"attacker{i}"] = self.adapter.balance(addr)
+        if self.mint:
+            out["wallet_token"] = self.adapter.balance(str(self.payer), self.spl_asset)
+            for i, addr in enumerate(self.attackers):
+                out[f"attacker{i}_token"] = self.adapter.balance(addr, self.spl_asset)
         return out
 
     def settle(self) -> None:
@@ -282,16 +391,23 @@ class Outcome:
     reason: str
     audit_entry: bool  #: a ``refused`` entry with that code appeared in the HSM's log
     funds_moved: bool
+    cls: str = ""  #: the attack's class (``tests/test_attack_template.py``), if any
+    why: str = ""  #: what the refusal's reason must say: refused for this cause
+    target: str = ""  #: the policy attacked (a wallet of the template, a hand-written one)
 
     @property
     def held(self) -> bool:
         return self.refused and self.code == self.expected and self.audit_entry and (
-            not self.funds_moved)
+            not self.funds_moved) and self.why in self.reason
 
 
 def attempt(name: str, world: World, client: HsmClient, expect: type[HsmError],
-            malicious: Callable[[], object]) -> Outcome:
-    """Run ``malicious``; record whether the HSM refused it, logged it, and held funds."""
+            malicious: Callable[[], object], *, cls: str = "", why: str = "",
+            target: str = "") -> Outcome:
+    """Run ``malicious``; record whether the HSM refused it, logged it, and held funds.
+
+    ``malicious`` should carry a success through: broadcast what the HSM signed, so a
+    signature that leaks shows as moved funds, not only as a missing refusal."""
     before = world.balances()
     start = client.audit_head().seq + 1
     code, reason = None, ""
@@ -302,15 +418,27 @@ def attempt(name: str, world: World, client: HsmClient, expect: type[HsmError],
     world.settle()
     after = world.balances()
     entries = client.audit_entries(start, 1000)
+    # The HSM bounds what it logs: a long reason is kept as its head and its SHA-256.
+    shown = bounded({"reason": reason})["reason"]
     logged = any(e.event.get("result") == "refused" and e.event.get("code") == code
-                 and e.event.get("reason") == reason for e in entries) if code else False
+                 and e.event.get("reason") == shown for e in entries) if code else False
     return Outcome(name, world.chain, code is not None, expect.code, code, reason, logged,
-                   before != after)
+                   before != after, cls, why, target)
 
 
-def write_summary(outcomes: list[Outcome], path: Path = ARTIFACTS / "attacks.json") -> None:
+def write_summary(outcomes: list[Outcome], path: Path = ARTIFACTS / "attacks.json", *,
+                  suite: str = "chains") -> None:
+    """Write this suite's rows into the summary, keeping the other suites' rows: each
+    attack module (``test_attack_chains``, ``test_attack_template``) owns its suite."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{**asdict(o), "held": o.held} for o in outcomes]
+    kept: list[dict[str, Any]] = []
+    if path.exists():
+        try:
+            kept = [r for r in json.loads(path.read_text()).get("attacks", [])
+                    if r.get("suite", "chains") != suite]
+        except (ValueError, AttributeError):
+            kept = []
+    rows = kept + [{**asdict(o), "held": o.held, "suite": suite} for o in outcomes]
     path.write_text(json.dumps({"attacks": rows, "total": len(rows),
                                 "held": sum(r["held"] for r in rows)}, indent=1) + "\n")
 
@@ -320,18 +448,31 @@ def markdown_table(path: Path = ARTIFACTS / "attacks.json") -> str:
     one row per attack, a column per chain; "held" = refused with the expected code, the
     refusal in the audit log, no balance moved."""
     rows = json.loads(path.read_text())["attacks"]
-    order = ["btc", "eth", "sol", "hsm-store"]
+    order = ["btc", "eth", "sol", "policy", "hsm-store"]
     chains = sorted({r["chain"] for r in rows}, key=lambda c: (c not in order, order.index(c)
                                                                if c in order else 0, c))
-    cell = {(r["attack"], r["chain"]): r for r in rows}
-    lines = ["| attack | refused with | " + " | ".join(chains) + " |",
-             "|---|---|" + "---|" * len(chains)]
-    for name in dict.fromkeys(r["attack"] for r in rows):
-        expected = next(r["expected"] for r in rows if r["attack"] == name)
-        cols = ["" if (name, c) not in cell else
-                "held" if cell[(name, c)]["held"] else "**NOT HELD**" for c in chains]
-        lines.append(f"| {name} | `{expected}` | " + " | ".join(cols) + " |")
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:  # one attack on one chain may have hit several policies
+        cells.setdefault((r.get("cls", ""), r["attack"], r["chain"]), []).append(r)
+    lines = ["| class | attack | refused with | " + " | ".join(chains) + " |",
+             "|---|---|---|" + "---|" * len(chains)]
+    for cls, name in dict.fromkeys((r.get("cls", ""), r["attack"]) for r in rows):
+        expected = sorted({r["expected"] for r in rows if r["attack"] == name and
+                           r.get("cls", "") == cls})
+        cols = [_cell(cells.get((cls, name, c), [])) for c in chains]
+        lines.append(f"| {cls} | {name} | " + ", ".join(f"`{e}`" for e in expected) + " | "
+                     + " | ".join(cols) + " |")
     return "\n".join(lines)
+
+
+def _cell(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    held = sum(r["held"] for r in rows)
+    if held == len(rows):
+        return "held" if len(rows) == 1 else f"held ({held}/{len(rows)})"
+    failed = ", ".join(sorted({r.get("target") or "-" for r in rows if not r["held"]}))
+    return f"**NOT HELD** ({len(rows) - held}/{len(rows)}: {failed})"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A compromised broker against the HSM, end to end on the local chains (issue 7).
 
-The HSM runs as its own process (``python -m hsm_emulator.remote``); the attacker holds
+The HSM runs as its own process (``python -m hsm_emulator.remote``), started as production
+starts it (:func:`tests.attack_kit.start_hsm`: no test decoder); the attacker holds
 only what a broker holds: the :class:`RemoteHsmClient` connection, the chain nodes and
 the approvals that pass through it. Each wallet - BTC on the regtest node, ETH (and an
 ERC-20) on anvil, SOL on litesvm - has the treasury tiers (small auto, medium 2 traders,
@@ -38,7 +39,6 @@ from hsm_emulator import Action
 from hsm_emulator.audit import entry_hash, verify_log
 from hsm_emulator.challenge import Challenge
 from hsm_emulator.client import HsmClient
-from hsm_emulator.decoders import transfer_payload
 from hsm_emulator.errors import (
     ApprovalRefused,
     AttributeDenied,
@@ -63,6 +63,7 @@ from tests.attack_kit import (
     Tiers,
     World,
     attempt,
+    start_hsm,
     treasury_policy,
     write_summary,
 )
@@ -103,7 +104,7 @@ class Server:
         return self.workdir / "hsm.sqlite"
 
     def start(self) -> None:
-        self.process = HsmProcess.start(self.workdir, self.sockdir, self.time)
+        self.process = start_hsm(self.workdir, self.sockdir, self.time)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -135,15 +136,17 @@ def hsm(server: Server) -> Iterator[HsmClient]:
 @pytest.fixture(scope="module")
 def shadow(hsm: HsmClient, people: dict[str, Approver]) -> str:
     """Another key with the same approvers: a source of approvals to replay."""
-    hsm.create_key("shadow", "SECP256K1", policy=tiered_policy(
-        [people["t1"], people["t2"], people["t3"]], [people["c1"], people["c2"]]))
+    hsm.create_key("shadow", "SECP256K1", policy={**tiered_policy(
+        [people["t1"], people["t2"], people["t3"]], [people["c1"], people["c2"]],
+        asset="ETH", small=10**17, medium=10**19, max_fee=10**16),
+        "networks": [f"ethereum:{CHAIN}"]})
     return "shadow"
 
 
 def _policy(people: dict[str, Approver], tiers: list[Tiers], fee_asset: str,
-            max_fee: int) -> dict[str, Any]:
+            max_fee: int, network: str) -> dict[str, Any]:
     return treasury_policy([people["t1"], people["t2"], people["t3"]],
-                           [people["c1"], people["c2"]], tiers, fee_asset, max_fee)
+                           [people["c1"], people["c2"]], tiers, fee_asset, max_fee, network)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +157,8 @@ def btc(hsm: HsmClient, people: dict[str, Approver],
     server.start()
     rpc = BitcoinRpc(f"http://127.0.0.1:{server.port}", "desk", "regtest-password", timeout=30)
     tiers = BtcWorld.tiers
-    hsm.create_key("btc", "SECP256K1", policy=_policy(people, [tiers], "BTC", BtcWorld.max_fee))
+    hsm.create_key("btc", "SECP256K1", policy=_policy(people, [tiers], "BTC", BtcWorld.max_fee,
+                                                          "bitcoin:regtest"))
     world = BtcWorld(rpc, hsm)
     world.fund(3)
     yield world
@@ -171,7 +175,7 @@ def eth(hsm: HsmClient, people: dict[str, Approver], anvil: str) -> EthWorld:  #
     token_addr = checksum(bytes.fromhex(str(receipt["contractAddress"])[2:]))
     token_tiers = Tiers("ERC20:" + token_addr.lower(), 100, 1000, 300)
     hsm.create_key("eth", "SECP256K1", policy=_policy(
-        people, [EthWorld.tiers, token_tiers], "ETH", EthWorld.max_fee))
+        people, [EthWorld.tiers, token_tiers], "ETH", EthWorld.max_fee, f"ethereum:{CHAIN}"))
     world = EthWorld(node, hsm, CHAIN, token=token_addr, token_tiers=token_tiers)
     fund(node, funder, world.address, 100 * 10**18)
     data = bytes.fromhex("a9059cbb") + bytes(12) + address_bytes(world.address) + (
@@ -184,7 +188,7 @@ def eth(hsm: HsmClient, people: dict[str, Approver], anvil: str) -> EthWorld:  #
 @pytest.fixture(scope="module")
 def sol(hsm: HsmClient, people: dict[str, Approver]) -> Iterator[SolWorld]:
     hsm.create_key("sol", "ED25519", policy=_policy(
-        people, [SolWorld.tiers], "SOL", SolWorld.max_fee))
+        people, [SolWorld.tiers], "SOL", SolWorld.max_fee, "solana:localnet"))
     with DevNode() as node:
         adapter = SolanaAdapter("localnet", SolanaRpcClient(node.url, timeout=5))
         world = SolWorld(adapter, hsm)
@@ -278,8 +282,11 @@ def replay_other_request(c: Ctx) -> Malicious:
 
 
 def replay_other_key(c: Ctx) -> Malicious:
-    other = c.hsm.begin(c.shadow, Action.USE, transfer_payload("TST", 3000, "bob", 1, 0),
-                        "TEST_TRANSFER")
+    """Approvals of a medium ETH transfer on another key (the production HSM decodes only
+    chain payloads), replayed on this key's request."""
+    shadow_tx = serialize_unsigned(Eip1559Tx(CHAIN, 0, 10**9, 10**11, 21_000,
+                                             bytes(range(20)), 3 * 10**17))
+    other = c.hsm.begin(c.shadow, Action.USE, shadow_tx, f"ETHEREUM_TX:eip155:{CHAIN}")
     approvals = c.approve(other, "t1", "t2")
     mine = c.begin("medium")
     return lambda: c.hsm.execute(mine.request_id, approvals)
@@ -527,7 +534,7 @@ ATTACKS += [
     Attack("ERC-20: rebuilt to another destination", IntentMismatch, REBUILT,
            erc20_rebuilt_other_destination, ("eth",)),
     Attack("ERC-20: approve(attacker, max) with full approvals", PolicyNotMet,
-           "not a transfer", erc20_approve_call, ("eth",)),
+           "is not released by this token", erc20_approve_call, ("eth",)),
 ]
 
 CASES = [pytest.param(chain, a, id=f"{chain}-{a.name}") for a in ATTACKS for chain in a.chains]
@@ -541,7 +548,7 @@ def test_attack_is_refused(chain: str, attack: Attack, request: pytest.FixtureRe
     ctx = Ctx(world, hsm, people, hsm_time, shadow)
     try:
         malicious = attack.prepare(ctx)
-        outcome = attempt(attack.name, world, hsm, attack.expect, malicious)
+        outcome = attempt(attack.name, world, hsm, attack.expect, malicious, why=attack.why)
     finally:
         for undo in ctx.cleanup:
             undo()
