@@ -28,8 +28,9 @@ Classes (:data:`CLASSES`): 1 derived keys, 2 fees as value, 3 no-transfer intent
 raw ``UNSPECIFIED`` digests), 4 segwit v0 input amounts, 5 a passkey listed twice,
 6 Solana rent, 7 network binding (and a Bitcoin key asked for Ethereum), 8 the test
 decoder. Besides the table: the invariant on what the HSM *does* sign (the chain debits
-at most what it counted), a control that the same keys do sign a plain transfer, and two
-strict xfails for what the attacks found that the HSM cannot fix (see their reasons).
+at most what it counted), a control that the same keys do sign a plain transfer, a
+structuring test of the template's daily default, and a strict xfail for what the
+attacks found that the HSM cannot fix (see its reason).
 """
 
 from __future__ import annotations
@@ -1125,15 +1126,12 @@ def test_network_binding_is_only_the_payload_type_on_bitcoin_and_solana(
     assert outcome.held, (outcome, ctx.delivered)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap in the template, not the HSM: dailySmall "
-                   "is optional per asset (and absent from the default configuration), so a "
-                   "small tier without it auto-signs any number of small transfers")
-def test_template_token_without_dailysmall_is_structured_past_medium(
+def test_template_token_without_dailysmall_is_not_structured_past_medium(
         eth: Net, hsm: HsmClient, hsm_time: TimeControl) -> None:
     """The template ETH wallet as configured above (``dailySmall`` on ETH only): eleven
-    auto-signed transfers of the TKN small tier (100) move 1,100 TKN - more than the
-    medium tier (1,000, two traders) - with no approval. The native limit only counts
-    their fees."""
+    auto-signed transfers of the TKN small tier (100) would move 1,100 TKN - more than the
+    medium tier (1,000, two traders) - with no approval. Found by this suite when
+    ``dailySmall`` was optional; the template now defaults it to ``medium``."""
     w: EthWorld = eth.targets[TEMPLATE]
     hsm_time.advance(DAY + 1)  # a fresh window, so the native limit is not what stops it
     start = w.eth.erc20_balance(w.token, w.address)

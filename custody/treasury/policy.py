@@ -2,8 +2,9 @@
 
 Per asset of a wallet, three tokens (ORed by the HSM):
 
-* ``small-<SYM>``  - amount <= ``small``: no approvals (auto-sign), optionally capped by a
-  rolling 24 h ``dailySmall`` velocity so structuring many small transfers stops;
+* ``small-<SYM>``  - amount <= ``small``: no approvals (auto-sign), capped by a rolling
+  24 h velocity, ``dailySmall`` (default: ``medium``), so structuring many small
+  transfers never moves more in a day than one request that needs the traders;
 * ``medium-<SYM>`` - amount <= ``medium``: ``tradersQuorum`` of the traders group,
   within ``mediumTimeout``;
 * ``large-<SYM>``  - up to ``max`` (the hard limit, if set): traders AND
@@ -12,10 +13,10 @@ Per asset of a wallet, three tokens (ORed by the HSM):
 
 Every tier caps what a transaction may cost beyond what it moves - its maximum fee plus
 rent, in the chain's native asset - at ``maxFee`` (default per chain: :data:`FEE_CAPS`);
-the HSM refuses a conditioned token without one, since the broker chooses the fee. When
-the native asset has a ``dailySmall``, that rolling 24 h limit counts total native
-outflow (transfers, fees and rent) and is carried by every auto tier, token tiers
-included, so fees of auto-signed token transfers draw on it too. Tiers release
+the HSM refuses a conditioned token without one, since the broker chooses the fee. The
+native asset's daily limit counts total native outflow (transfers, fees and rent) and is
+carried by every auto tier, token tiers included, so fees of auto-signed token
+transfers draw on it too. Tiers release
 transfers only: approvals, permits and opaque contract calls match no tier. The policy
 names the wallet's network (``networks``): the key signs for no other.
 
@@ -139,11 +140,18 @@ def _common_conditions(config: dict[str, Any], native: AssetInfo, native_tier: A
                          "fees, as a decimal string")
     cap = to_base_units(text, native.decimals, what="policy.maxFee")
     daily = None
-    if isinstance(native_tier, dict) and "dailySmall" in native_tier:
-        daily = {"asset": native.asset, "windowSeconds": 86400, "max": str(to_base_units(
-            native_tier["dailySmall"], native.decimals,
-            what=f"tiers.{native.symbol}.dailySmall"))}
+    if isinstance(native_tier, dict) and "medium" in native_tier:  # else refused later
+        daily = {"asset": native.asset, "windowSeconds": 86400,
+                 "max": str(_daily(native.symbol, native_tier, native))}
     return _Common({"asset": native.asset, "max": str(cap)}, daily)
+
+
+def _daily(symbol: str, tier: dict[str, Any], info: AssetInfo) -> int:
+    """The auto tier's rolling 24 h total: ``dailySmall``, or by default ``medium`` - so
+    structuring small transfers never moves more in a day than one request that needs
+    the traders."""
+    return to_base_units(tier.get("dailySmall", tier["medium"]), info.decimals,
+                         what=f"tiers.{symbol}.dailySmall")
 
 
 def _asset_tokens(symbol: str, tier: Any, info: AssetInfo, traders: dict[str, Any],
@@ -166,12 +174,10 @@ def _asset_tokens(symbol: str, tier: Any, info: AssetInfo, traders: dict[str, An
     fee = {"maxFee": [common.max_fee]}
     small_cond: dict[str, Any] = {"amounts": [{"asset": info.asset, "max": str(small)}], **fee}
     velocity = [common.native_daily] if common.native_daily else []
-    if "dailySmall" in tier and info.asset != common.max_fee["asset"]:
-        daily = to_base_units(tier["dailySmall"], info.decimals,
-                              what=f"tiers.{symbol}.dailySmall")
-        velocity.append({"asset": info.asset, "windowSeconds": 86400, "max": str(daily)})
-    if velocity:
-        small_cond["velocity"] = velocity
+    if info.asset != common.max_fee["asset"]:
+        velocity.append({"asset": info.asset, "windowSeconds": 86400,
+                         "max": str(_daily(symbol, tier, info))})
+    small_cond["velocity"] = velocity
     return [
         {"name": f"small-{symbol}", "timelock": 0, "timeout": 0, "groups": [],
          "conditions": small_cond},
