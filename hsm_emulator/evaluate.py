@@ -17,7 +17,8 @@ Conditions are value-complete (``ARCHITECTURE.md``): a token with **any** condit
   without a bound in the token refuses;
 * applies its ``destinations`` allowlist to every recipient, grantee and called contract;
 * counts, with ``velocity``, the total outflow per asset - transfers, grants, and for
-  the fee asset the fee and rent - against what the key family released in the window.
+  the fee asset the fee and rent - against what the key family released in the window
+  (or, with ``releasedBy``, what the named tokens released).
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from dataclasses import dataclass
 from .model import Action, Intent, IntentKind
 from .policy import Conditions, Group, Policy, Token, normalize_destination
 
-#: ``spent(asset, since)``: base units this key family released since ``since``.
-SpentFn = Callable[[str, float], int]
+#: ``spent(asset, since[, tokens])``: base units this key family released since
+#: ``since`` (only by the tokens named in ``tokens``, if given).
+SpentFn = Callable[..., int]
 
 
-def _nothing_spent(asset: str, since: float) -> int:
+def _nothing_spent(asset: str, since: float, tokens: frozenset[str] | None = None) -> int:
     return 0
 
 
@@ -203,7 +205,10 @@ def condition_failures(
     if cond.velocity:
         outflow = intent.outflow()
         for v in cond.velocity:
-            total = spent(v.asset, now - v.window_seconds) + outflow.get(v.asset, 0)
+            since = now - v.window_seconds
+            before = spent(v.asset, since) if v.released_by is None else spent(
+                v.asset, since, v.released_by)
+            total = before + outflow.get(v.asset, 0)
             if total > v.max:
                 failures.append(
                     f"{v.asset} velocity {total} over {v.window_seconds}s exceeds limit {v.max}")

@@ -407,7 +407,7 @@ class Hsm(HsmCore):
             if not ev.released:
                 raise PolicyNotMet("the policy is not met: " + " | ".join(ev.missing()),
                                    ev.missing())
-            signatures = self._perform(state, act, req, final, intent)
+            signatures = self._perform(state, act, req, final, intent, ev.released_by or "")
             now = self.clock.now()
             result = Execution(request_id, state.label, act, signatures, ev.released_by,
                                tuple(c.public_key_b64 for c in creds.values()), now, intent)
@@ -442,13 +442,13 @@ class Hsm(HsmCore):
         return payload, rebuilt
 
     def _perform(self, state: KeyState, act: Action, req: dict[str, Any], payload: bytes,
-                 intent: Intent | None) -> tuple[bytes, ...]:
+                 intent: Intent | None, token: str) -> tuple[bytes, ...]:
         rec = dict(state.record)
         if act is Action.USE:
             scheme = None if req["scheme"] is None else SignScheme(req["scheme"])
             _, items = self._items(state, req["payloadType"], payload, scheme)
             sigs = self._sign(state, items)
-            self._record_spend(state.family, intent)
+            self._record_spend(state.family, intent, token)
             return sigs
         if act is Action.BLOCK:
             rec["blocked"] = True
@@ -471,31 +471,35 @@ class Hsm(HsmCore):
     # -- velocity ledger --------------------------------------------------------------
 
     def _spent(self, family: str) -> SpentFn:
-        def spent(asset: str, since: float) -> int:
+        def spent(asset: str, since: float, tokens: frozenset[str] | None = None) -> int:
             rows = self._store.execute(
-                "SELECT amount FROM spends WHERE family=? AND asset=? AND at>=?",
+                "SELECT amount, token FROM spends WHERE family=? AND asset=? AND at>=?",
                 (family, asset, since))
             pending = self.__dict__.get("_pending_spends") or ()
-            return sum(int(r[0]) for r in rows) + sum(
-                int(p[2]) for p in pending if p[0] == family and p[1] == asset and p[3] >= since)
+            return sum(int(r[0]) for r in rows if tokens is None or r[1] in tokens) + sum(
+                int(p[2]) for p in pending if p[0] == family and p[1] == asset and
+                p[3] >= since and (tokens is None or p[4] in tokens))
         return spent
 
-    def _record_spend(self, family: str, intent: Intent | None) -> None:
+    def _record_spend(self, family: str, intent: Intent | None, token: str) -> None:
+        """Ledger rows of what ``token`` released: the intent's outflow per asset."""
         if intent is None:
             return
         now = self.clock.now()
-        rows = [(family, asset, str(total), now) for asset, total in intent.outflow().items()]
-        pending: list[tuple[str, str, str, float]] | None = self.__dict__.get("_pending_spends")
+        rows = [(family, asset, str(total), now, token)
+                for asset, total in intent.outflow().items()]
+        pending: list[tuple[str, str, str, float, str]] | None = self.__dict__.get(
+            "_pending_spends")
         if pending is not None:
             pending.extend(rows)
         else:
-            self._store.executemany("INSERT INTO spends VALUES (?, ?, ?, ?)", rows)
+            self._store.executemany("INSERT INTO spends VALUES (?, ?, ?, ?, ?)", rows)
 
     @contextmanager
     def _spends_buffered(self) -> Iterator[None]:
         """Inside a batch: keep ledger rows in memory (counted by :meth:`_spent`) and
         write them in one statement, in the batch's transaction."""
-        pending: list[tuple[str, str, str, float]] = []
+        pending: list[tuple[str, str, str, float, str]] = []
         self.__dict__["_pending_spends"] = pending
         try:
             yield
@@ -591,7 +595,7 @@ class Hsm(HsmCore):
         if not ev.released:
             raise PolicyNotMet("approvals are needed: " + " | ".join(ev.missing()),
                                ev.missing())
-        self._record_spend(state.family, intent)
+        self._record_spend(state.family, intent, ev.released_by or "")
         return _AutoItem(state, final, intent, items, ev.released_by, now)
 
     def _keep_auto(self, checked: _AutoItem, result: Execution, payload_type: str,

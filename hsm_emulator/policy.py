@@ -14,7 +14,8 @@ This project adds, all optional:
   ``amounts`` (per asset ``min``/``max`` in base units, on what is transferred or
   granted), ``destinations`` (allowlist of every recipient, grantee and called contract),
   ``velocity`` (per asset rolling window over the total outflow, fees and rent included:
-  at most ``max`` in ``windowSeconds``), ``maxFee`` (per fee asset, on fee plus rent:
+  at most ``max`` in ``windowSeconds``; ``releasedBy`` names the tokens whose releases
+  count, default every release of the key family), ``maxFee`` (per fee asset, on fee plus rent:
   **required** for the payload's fee asset by any token with conditions) and ``kinds``
   (which intent kinds the token may release; default ``["transfer"]``).
 * ``policy.openActions`` - actions a key performs freely when it has *no rule* for them.
@@ -105,6 +106,8 @@ class VelocityLimit:
     asset: str
     window_seconds: int
     max: int
+    #: count only what these tokens (by name) released; None: all the key family released
+    released_by: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -359,12 +362,13 @@ def _conditions(data: Any, path: str) -> Conditions:
     velocity = []
     for i, v in enumerate(_list(data.get("velocity", []), f"{path}.velocity", MAX_LIST)):
         p = f"{path}.velocity[{i}]"
-        _obj(v, p, {"asset", "windowSeconds", "max"})
+        _obj(v, p, {"asset", "windowSeconds", "max", "releasedBy"})
         window = _seconds(v.get("windowSeconds"), f"{p}.windowSeconds")
         if window == 0:
             raise PolicyInvalid(f"{p}.windowSeconds", "must be positive")
         velocity.append(VelocityLimit(_asset(v.get("asset"), f"{p}.asset"), window,
-                                      _amount(v.get("max"), f"{p}.max")))
+                                      _amount(v.get("max"), f"{p}.max"),
+                                      _released_by(v.get("releasedBy"), f"{p}.releasedBy")))
     fees = []
     for i, f in enumerate(_list(data.get("maxFee", []), f"{path}.maxFee", MAX_LIST)):
         p = f"{path}.maxFee[{i}]"
@@ -375,6 +379,15 @@ def _conditions(data: Any, path: str) -> Conditions:
         raise PolicyInvalid(f"{path}.maxFee", "one cap per fee asset")
     kinds = None if data.get("kinds") is None else _kinds(data["kinds"], f"{path}.kinds")
     return Conditions(tuple(amounts), destinations, tuple(velocity), tuple(fees), kinds)
+
+
+def _released_by(value: Any, path: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    names = _list(value, path, MAX_TOKENS)
+    if not names:
+        raise PolicyInvalid(path, "name at least one token, or leave the field out")
+    return frozenset(_name(n, f"{path}[{i}]") for i, n in enumerate(names))
 
 
 def _kinds(value: Any, path: str) -> frozenset[IntentKind]:

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL, id TEXT NOT NULL, nonce BLOB NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (kind, id));
 CREATE TABLE IF NOT EXISTS spends (
-    family TEXT NOT NULL, asset TEXT NOT NULL, amount TEXT NOT NULL, at REAL NOT NULL);
+    family TEXT NOT NULL, asset TEXT NOT NULL, amount TEXT NOT NULL, at REAL NOT NULL,
+    token TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS spends_by_time ON spends (family, asset, at);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, event TEXT NOT NULL,
@@ -85,6 +86,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.executescript(SCHEMA)
+            self._add_spend_tokens()
             self._max_variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._aead = AESGCM(self._unlock(unlock))
         except sqlite3.Error as exc:
@@ -197,6 +199,13 @@ class Store:
     def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self._lock:
             self._db.executemany(sql, rows)
+
+    def _add_spend_tokens(self) -> None:
+        """Stores made before velocity limits could name the tokens they count had no
+        ``token`` column: add it (their rows count for limits without ``releasedBy``)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(spends)")}
+        if "token" not in columns:
+            self._db.execute("ALTER TABLE spends ADD COLUMN token TEXT NOT NULL DEFAULT ''")
 
     def insert_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert ``rows`` (all of the table's width) into a plain table, in the caller's

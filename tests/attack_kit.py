@@ -10,12 +10,9 @@ log, and no balance moved on the chain.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,14 +42,11 @@ from hsm_emulator.audit import bounded
 from hsm_emulator.client import HsmClient
 from hsm_emulator.errors import HsmError
 from tests.helpers import Approver, group, token
-from tests.test_conformance import (
-    _STARTED,
-    PASSPHRASE,
-    ROOT,
-    SO,
+from tests.remote_kit import (
+    NOT_IN_PRODUCTION,
     HsmProcess,
     TimeControl,
-    _die_with_parent,
+    production_env,
 )
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -101,40 +95,12 @@ def treasury_policy(traders: list[Approver], compliance: list[Approver], tiers: 
 
 # -- the HSM as production runs it ------------------------------------------------------
 
-#: What the tests' environment sets that production never does: the JSON test decoder
-#: (``conftest.py`` turns it on for every test) and a network list of the test's choice.
-NOT_IN_PRODUCTION = ("CUSTODY_TEST_DECODER", "CUSTODY_NETWORKS")
-
-
-def production_env() -> dict[str, str]:
-    """This process's environment without the test-only switches: the HSM then registers
-    the chains' decoders for ``chains.registry.DEFAULT_NETWORKS`` and nothing else."""
-    return {k: v for k, v in os.environ.items() if k not in NOT_IN_PRODUCTION}
-
 
 def start_hsm(workdir: Path, sockdir: Path, time_control: TimeControl) -> HsmProcess:
-    """``python -m hsm_emulator.remote`` on a Unix socket, as production starts it (no
-    test decoder, default networks) but with the test clock file and a cheap scrypt.
-    A restart on the same ``workdir`` reopens the same store with the same secret."""
-    secret_file = workdir / "client.secret"
-    if not secret_file.exists():
-        secret_file.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
-        secret_file.chmod(0o600)
-    secret = secret_file.read_bytes().strip()
-    time_control.attach(workdir / "clock")
-    sock, log = sockdir / "hsm.sock", workdir / "server.log"
-    env = {**production_env(), "SKA_HSM_PASSPHRASE": PASSPHRASE, "SKA_HSM_SO_PASSPHRASE": SO}
-    assert not any(k in env for k in NOT_IN_PRODUCTION)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hsm_emulator.remote", "--store", str(workdir / "hsm.sqlite"),
-             "--listen", f"unix:{sock}", "--secret-file", str(secret_file), "--allow-export",
-             "--scrypt-n", str(2**10), "--clock-file", str(workdir / "clock")],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            preexec_fn=_die_with_parent)  # noqa: PLW1509 - a prctl, no locks
-    _STARTED.append(proc)
-    server = HsmProcess(proc, sock, secret, log)
-    server.wait_ready()
+    """``python -m hsm_emulator.remote`` as production starts it (no test decoder,
+    default networks), with the test clock file and a cheap scrypt."""
+    server = HsmProcess.start(workdir, sockdir, time_control, production=True)
+    assert not any(k in production_env() for k in NOT_IN_PRODUCTION)
     return server
 
 

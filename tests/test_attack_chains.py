@@ -68,7 +68,7 @@ from tests.attack_kit import (
     write_summary,
 )
 from tests.helpers import Approver, tiered_policy, token
-from tests.test_conformance import SO, HsmProcess, TimeControl
+from tests.remote_kit import SO, HsmProcess, TimeControl
 from tests.test_eth_anvil import CHAIN, FUNDER_KEY, TOKEN_INITCODE, anvil, fund  # noqa: F401
 
 CHAINS = ("btc", "eth", "sol")

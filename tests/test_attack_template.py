@@ -115,7 +115,7 @@ from tests.attack_kit import (
     write_summary,
 )
 from tests.helpers import Approver, token
-from tests.test_conformance import TimeControl
+from tests.remote_kit import TimeControl
 from tests.test_eth_anvil import CHAIN, FUNDER_KEY, TOKEN_INITCODE, anvil, fund  # noqa: F401
 from tests.test_sol_runtime import DECIMALS, create_mint, mint_to
 from tests.webauthn_soft import SoftPasskey

@@ -10,23 +10,18 @@ the end attack the wire protocol and check the server keeps serving.
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
 import hashlib
 import hmac
 import json
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,37 +62,22 @@ from hsm_emulator.flow import Approval
 from hsm_emulator.remote import HANDLERS, MAX_FRAME, RemoteHsmClient, main, serve
 from hsm_emulator.results import Attestation
 from tests.helpers import Approver, tiered_policy, token
+from tests.remote_kit import (  # noqa: F401 - re-exported for the tests that import them here
+    PASSPHRASE,
+    ROOT,
+    SO,
+    START,
+    HsmProcess,
+    TimeControl,
+    _die_with_parent,
+    short_dir,
+    stop_all,
+)
 
-PASSPHRASE = "correct horse battery staple"
-SO = "security-officer-passphrase"
-START = 1_800_000_000.0
 TT = "TEST_TRANSFER"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- time in both modes -----------------------------------------------------------------
-
-
-class TimeControl:
-    """One test's HSM time: a ManualClock, mirrored into the remote HSM's clock file."""
-
-    def __init__(self) -> None:
-        self.clock = ManualClock(START)
-        self.file: Path | None = None
-
-    def attach(self, path: Path) -> None:
-        self.file = path
-        self._write()
-
-    def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-        self._write()
-
-    def _write(self) -> None:
-        if self.file is not None:
-            tmp = self.file.with_suffix(".tmp")
-            tmp.write_text(repr(self.clock.now()))
-            os.replace(tmp, self.file)  # atomic: the server never reads half a number
 
 
 @pytest.fixture
@@ -110,101 +90,15 @@ def advance(time_control: TimeControl) -> Callable[[float], None]:
     return time_control.advance
 
 
-# -- the HSM as a subprocess ------------------------------------------------------------
-
-_LIBC: Any = None
-if sys.platform.startswith("linux"):
-    with contextlib.suppress(OSError):
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: one prctl syscall through an already
-    loaded libc, no imports and no locks, so the thread hazard of preexec_fn
-    (PLW1509) does not arise."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: no orphan if pytest dies
-
-
-_STARTED: list[subprocess.Popen[bytes]] = []
-
-
-@dataclass
-class HsmProcess:
-    proc: subprocess.Popen[bytes]
-    sock: Path
-    secret: bytes
-    log: Path
-
-    @property
-    def address(self) -> str:
-        return f"unix:{self.sock}"
-
-    @classmethod
-    def start(cls, workdir: Path, sockdir: Path, time_control: TimeControl) -> HsmProcess:
-        secret_file = workdir / "client.secret"
-        if not secret_file.exists():  # a restart on the same store keeps its secret
-            secret_file.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
-            secret_file.chmod(0o600)
-        secret = secret_file.read_bytes().strip()
-        time_control.attach(workdir / "clock")
-        sock = sockdir / "hsm.sock"
-        log = workdir / "server.log"
-        env = {**os.environ, "SKA_HSM_PASSPHRASE": PASSPHRASE, "SKA_HSM_SO_PASSPHRASE": SO}
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "hsm_emulator.remote", "--store",
-                 str(workdir / "hsm.sqlite"), "--listen", f"unix:{sock}", "--secret-file",
-                 str(secret_file), "--allow-export", "--scrypt-n", str(2**10),
-                 "--clock-file", str(workdir / "clock")],
-                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                preexec_fn=_die_with_parent)  # noqa: PLW1509 - see _die_with_parent
-        _STARTED.append(proc)
-        server = cls(proc, sock, secret, log)
-        server.wait_ready()
-        return server
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"HSM process exited: {self.log.read_text()}")
-            with contextlib.suppress(TransportError):
-                self.connect().close()
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"HSM process not ready: {self.log.read_text()}")
-
-    def connect(self, secret: bytes | None = None) -> RemoteHsmClient:
-        return RemoteHsmClient(self.address, self.secret if secret is None else secret,
-                               timeout=30.0)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc in _STARTED:
-            _STARTED.remove(self.proc)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _no_orphans() -> Iterator[None]:
     yield
-    for proc in list(_STARTED):  # whatever a failing test left behind
-        proc.kill()
-        proc.wait(5)
-        _STARTED.remove(proc)
+    stop_all()
 
 
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
-    """A short directory: Unix socket paths are limited to ~100 bytes."""
-    d = Path(tempfile.mkdtemp(prefix="ska-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    d = short_dir()
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -850,7 +744,7 @@ def test_remote_survives_clients_killed_mid_request(server: HsmProcess) -> None:
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(server.sock),
                              server.secret.decode()], stdout=subprocess.PIPE,
-                            preexec_fn=_die_with_parent)  # noqa: PLW1509  # noqa: PLW1509 - see _die_with_parent
+                            preexec_fn=_die_with_parent)  # noqa: PLW1509 - see remote_kit._die_with_parent
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"sent\n"
     finally:

@@ -108,7 +108,7 @@ from tests.invariant_kit import (
     outflow_violations,
     released_token_failures,
 )
-from tests.test_conformance import HsmProcess, TimeControl
+from tests.remote_kit import HsmProcess, TimeControl
 from tests.test_eth_anvil import CHAIN, FUNDER_KEY, anvil, fund  # noqa: F401
 
 EXAMPLES = int(os.environ.get("INVARIANT_EXAMPLES", "25"))

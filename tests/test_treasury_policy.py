@@ -15,6 +15,7 @@ from custody.treasury.policy import AssetInfo, treasury_policy
 from custody.treasury.units import to_base_units, to_text
 from hsm_emulator import Hsm
 from hsm_emulator.decoders import transfer_payload
+from hsm_emulator.errors import PolicyNotMet
 from hsm_emulator.policy import parse_policy
 from tests.helpers import Approver
 
@@ -96,3 +97,44 @@ def test_policy_explain_reads_a_tier_configuration(tmp_path: Path,
     path.write_text(json.dumps({**config, "chain": "dogecoin"}))
     bad = CliRunner().invoke(app, ["policy", "explain", str(path)])
     assert bad.exit_code == 1 and "names its chain" in bad.output
+
+
+def test_every_tier_caps_the_fee_and_auto_tiers_have_a_daily_total(
+        people: dict[str, Approver]) -> None:
+    config = _config(people)
+    config["tiers"] = {"ETH": {"small": "1", "medium": "50"},
+                       "USDC": {"small": "100", "medium": "5000"}}
+    eth = AssetInfo("ETH", "ETH", 18)
+    tokens = treasury_policy(config, [eth, USDC], network="ethereum:1")["ruleUse"]["tokens"]
+    auto = ["small-ETH", "small-USDC"]
+    for t in tokens:
+        assert t["conditions"]["maxFee"] == [{"asset": "ETH", "max": str(2 * 10**16)}]
+        velocity = {v["asset"]: v for v in t["conditions"].get("velocity", [])}
+        if t["name"] in auto:  # both count native outflow; each its own asset by default
+            assert velocity["ETH"]["max"] == str(50 * 10**18)  # dailySmall: medium
+            assert velocity["ETH"]["releasedBy"] == auto
+        else:
+            assert not velocity
+    usdc = next(t for t in tokens if t["name"] == "small-USDC")["conditions"]["velocity"]
+    assert {"asset": USDC.asset, "windowSeconds": 86400, "max": str(5000 * 10**6),
+            "releasedBy": auto} in usdc
+    assert parse_policy(treasury_policy(config, [eth, USDC], network="ethereum:1")).networks \
+        == frozenset({"ethereum:1"})
+
+
+def test_approved_transfers_do_not_use_up_the_auto_tiers_daily_total(
+        hsm: Hsm, people: dict[str, Approver]) -> None:
+    """The daily total bounds structuring by the auto tier; what the traders approved
+    does not count against it (velocity ``releasedBy``)."""
+    config = _config(people)
+    config["tiers"] = {"BTC": {"small": "1", "medium": "50", "dailySmall": "3"}}
+    hsm.create_key("w", "SECP256K1", policy=treasury_policy(config, [BTC]))
+    coin = 10**8
+    ch = hsm.begin("w", "use", transfer_payload("BTC", 20 * coin, "dest", 0), "TEST_TRANSFER")
+    approvals = [people[n].approve(ch.envelope) for n in ("t1", "t2")]
+    assert hsm.execute(ch.request_id, approvals).token == "medium-BTC"
+    for i in range(3):  # 20 BTC approved, yet 3 BTC of small transfers still auto-sign
+        pay = transfer_payload("BTC", coin - i, "dest", 0, nonce=i)
+        assert hsm.sign_now("w", pay, "TEST_TRANSFER").token == "small-BTC"
+    with pytest.raises(PolicyNotMet, match="velocity"):
+        hsm.sign_now("w", transfer_payload("BTC", 10, "dest", 0, nonce=9), "TEST_TRANSFER")

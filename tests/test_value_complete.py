@@ -222,3 +222,44 @@ def test_the_production_registry_has_no_test_decoder() -> None:
                          text=True, check=True).stdout
     assert "TEST_TRANSFER" not in out and "ETHEREUM_TX" in out
     assert "TEST_TRANSFER" in registry(with_test_decoder=True).types()
+
+
+def test_velocity_can_count_only_what_named_tokens_released() -> None:
+    p = auto(velocity=[{"asset": "ETH", "windowSeconds": 60, "max": str(ETH),
+                        "releasedBy": ["auto"]}], maxFee=[CAP])
+    ledger = {"auto": ETH // 2, "medium": 5 * ETH}
+
+    def spent(asset: str, since: float, tokens: frozenset[str] | None = None) -> int:
+        return sum(v for k, v in ledger.items() if tokens is None or k in tokens)
+
+    half = eth(transfers=(Transfer("ETH", ETH // 2 - 10**15, DEST),))
+    ev = evaluate(p, Action.USE, half, frozenset(), 0, 0, spent=spent)
+    assert ev.released  # the 5 ETH "medium" released is not counted
+    more = eth(transfers=(Transfer("ETH", ETH // 2, DEST),))
+    assert not evaluate(p, Action.USE, more, frozenset(), 0, 0, spent=spent).released
+    with pytest.raises(PolicyInvalid, match="releasedBy"):
+        auto(velocity=[{"asset": "ETH", "windowSeconds": 60, "max": 1, "releasedBy": []}],
+             maxFee=[CAP])
+
+
+def test_a_store_from_before_token_scoped_velocity_opens(tmp_path: Any) -> None:
+    """Stores made before ``releasedBy`` have no ``token`` column in their ledger."""
+    import sqlite3
+
+    from hsm_emulator.decoders import transfer_payload
+    from tests.conftest import SO, TEST_PASSPHRASE
+
+    path = tmp_path / "old.sqlite"
+    Hsm.open(path, TEST_PASSPHRASE, so_passphrase=SO).close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE spends DROP COLUMN token")
+    db.commit()
+    db.close()
+    hsm = Hsm.open(path, TEST_PASSPHRASE)
+    hsm.create_key("k", "SECP256K1", policy={"ruleUse": {"tokens": [token("auto", [], conditions={
+        "velocity": [{"asset": "TST", "windowSeconds": 60, "max": 5, "releasedBy": ["auto"]}],
+        "maxFee": [{"asset": "TST", "max": 0}]})]}})
+    assert hsm.sign_now("k", transfer_payload("TST", 5, "d", 0), "TEST_TRANSFER").token == "auto"
+    with pytest.raises(PolicyNotMet):
+        hsm.sign_now("k", transfer_payload("TST", 1, "d", 0, nonce=1), "TEST_TRANSFER")
+    hsm.close()

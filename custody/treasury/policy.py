@@ -3,8 +3,9 @@
 Per asset of a wallet, three tokens (ORed by the HSM):
 
 * ``small-<SYM>``  - amount <= ``small``: no approvals (auto-sign), capped by a rolling
-  24 h velocity, ``dailySmall`` (default: ``medium``), so structuring many small
-  transfers never moves more in a day than one request that needs the traders;
+  24 h total of what the auto tiers signed, ``dailySmall`` (default: ``medium``), so
+  structuring many small transfers never moves more in a day than one request that
+  needs the traders (approved transfers do not count against it: ``releasedBy``);
 * ``medium-<SYM>`` - amount <= ``medium``: ``tradersQuorum`` of the traders group,
   within ``mediumTimeout``;
 * ``large-<SYM>``  - up to ``max`` (the hard limit, if set): traders AND
@@ -111,6 +112,10 @@ def treasury_policy(config: dict[str, Any], assets: list[AssetInfo], *,
     for symbol in sorted(tiers):
         tokens += _asset_tokens(symbol, tiers[symbol], by_symbol[symbol], traders, compliance,
                                 hold, medium_timeout, large_timeout, common)
+    auto = [t["name"] for t in tokens if not t["groups"]]
+    for t in tokens:  # daily totals count what the auto tiers signed, not approved requests
+        for v in t["conditions"].get("velocity", []):
+            v["releasedBy"] = auto
     policy: dict[str, Any] = {
         "ruleUse": {"tokens": tokens},
         "ruleBlock": {"tokens": [{"name": "block", "timelock": 0, "timeout": 0, "groups": [
@@ -173,7 +178,7 @@ def _asset_tokens(symbol: str, tier: Any, info: AssetInfo, traders: dict[str, An
         large["max"] = str(hard)
     fee = {"maxFee": [common.max_fee]}
     small_cond: dict[str, Any] = {"amounts": [{"asset": info.asset, "max": str(small)}], **fee}
-    velocity = [common.native_daily] if common.native_daily else []
+    velocity = [dict(common.native_daily)] if common.native_daily else []
     if info.asset != common.max_fee["asset"]:
         velocity.append({"asset": info.asset, "windowSeconds": 86400,
                          "max": str(_daily(symbol, tier, info))})
