@@ -47,18 +47,38 @@ class VerifiedTask:
                 ("initiator", _initiator(b))]
         intent = b.get("intent")
         if isinstance(intent, dict):
-            rows.append(("chain", f"{intent.get('chain')} {intent.get('network')}"))
-            for i, t in enumerate(intent.get("transfers") or []):
-                n = f" #{i + 1}" if len(intent["transfers"]) > 1 else ""
-                rows += [(f"asset{n}", str(t.get("asset"))),
-                         (f"amount{n}", _amount(t.get("asset"), t.get("amount"))),
-                         (f"destination{n}", str(t.get("destination")))]
-            rows.append(("fee", f"{intent.get('fee')} {intent.get('feeAsset') or ''}".strip()))
+            rows += _intent_rows(intent)
         if b.get("feeCap") is not None:
             rows.append(("fee cap", str(b["feeCap"])))
         if b.get("newPolicyDigest") is not None:
             rows.append(("new policy sha256", str(b["newPolicyDigest"])))
         return rows
+
+
+def _intent_rows(intent: dict[str, Any]) -> list[tuple[str, str]]:
+    """Everything the intent says can leave: transfers, allowances granted (an approval
+    is money that can leave later), rent, the fee, and what an opaque payload calls."""
+    rows = [("chain", f"{intent.get('chain')} {intent.get('network')}"),
+            ("kind", str(intent.get("kind")))]
+    transfers = intent.get("transfers") or []
+    for i, t in enumerate(transfers):
+        n = f" #{i + 1}" if len(transfers) > 1 else ""
+        rows += [(f"asset{n}", str(t.get("asset"))),
+                 (f"amount{n}", _amount(t.get("asset"), t.get("amount"))),
+                 (f"destination{n}", str(t.get("destination")))]
+    grants = intent.get("grants") or []
+    for i, g in enumerate(grants):
+        n = f" #{i + 1}" if len(grants) > 1 else ""
+        rows += [(f"allowance{n}", _amount(g.get("asset"), g.get("amount"))),
+                 (f"allowance asset{n}", str(g.get("asset"))),
+                 (f"spender{n}", str(g.get("grantee")))]
+    fee_asset = intent.get("feeAsset") or ""
+    if intent.get("rent") not in (None, "0"):
+        rows.append(("rent", f"{_amount(fee_asset, intent.get('rent'))} {fee_asset}".strip()))
+    rows.append(("fee (most)", f"{intent.get('fee')} {fee_asset}".strip()))
+    for c in intent.get("calls") or []:
+        rows.append(("calls", str(c)))
+    return rows
 
 
 def _initiator(body: dict[str, Any]) -> str:

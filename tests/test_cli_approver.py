@@ -463,3 +463,23 @@ def test_over_https_with_a_private_ca(tmp_path: Path, people: dict[str, Approver
             approved = cli("approve", request_id, "--yes", "--key-file", str(key_file), env=env)
             assert approved.exit_code == 0, approved.output
             assert python_approve(live, people["t2"], request_id) == "EXECUTED"
+
+
+def test_an_approver_sees_every_unit_that_can_leave() -> None:
+    """Grants, rent, the most the fee can be and what an opaque call calls are shown, not
+    only transfers: an approval of ``approve(spender, max)`` must not look like nothing."""
+    from custody.approver_verify import VerifiedTask
+    from hsm_emulator.model import Grant, Intent, IntentKind, Transfer
+
+    spender = "0x00000000000000000000000000000000000000a7"
+    intent = Intent("ethereum", "eip155:1", IntentKind.GRANT,
+                    (Transfer("ETH", 0, spender),), 21_000, "ETH",
+                    grants=(Grant("ERC20:0xc0", 2**256 - 1, spender),), rent=7,
+                    calls=("0xc0",))
+    body = {"keyLabel": "w", "action": "use", "intent": intent.to_json(), "initiator": "desk"}
+    lines = dict(VerifiedTask("r1", body, b"", "").intent_lines())
+    assert lines["kind"] == "grant" and lines["spender"] == spender
+    assert lines["allowance"].startswith(str(2**256 - 1))
+    assert lines["allowance asset"] == "ERC20:0xc0"
+    assert lines["rent"].startswith("7") and lines["fee (most)"] == "21000 ETH"
+    assert lines["calls"] == "0xc0"

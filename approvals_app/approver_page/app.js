@@ -228,12 +228,21 @@ function openTask(id) {
   const intent = b.intent;
   if (intent) {
     row(dl, "Chain", `${intent.chain} (${intent.network})`);
+    if (intent.kind !== "transfer") row(dl, "Kind", intent.kind);
     for (const x of intent.transfers) {
       row(dl, "Amount", amount(x.amount, x.asset));
       row(dl, "Asset", x.asset);
       row(dl, "To", x.destination);
     }
-    row(dl, "Fee", amount(intent.fee, intent.feeAsset || (intent.transfers[0] || {}).asset || ""));
+    // an allowance is money the spender can take later: shown like a transfer
+    for (const g of intent.grants || []) {
+      row(dl, "Allowance", amount(g.amount, g.asset));
+      row(dl, "Asset", g.asset);
+      row(dl, "Spender", g.grantee);
+    }
+    if (intent.rent && intent.rent !== "0") row(dl, "Rent", amount(intent.rent, intent.feeAsset));
+    row(dl, "Fee (most)", amount(intent.fee, intent.feeAsset || (intent.transfers[0] || {}).asset || ""));
+    for (const c of intent.calls || []) row(dl, "Calls", c);
     if (b.feeCap) row(dl, "Fee cap", b.feeCap);
   } else {
     row(dl, "Payload", `${b.payloadType}, not decoded by the HSM`);
