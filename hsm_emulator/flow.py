@@ -65,9 +65,9 @@ from .model import (
     network_id,
 )
 from .policy import Approver, parse_policy
+from .request import HsmRequest, RequestStatus
 from .results import Execution
 
-OPEN, EXECUTED, CANCELLED = "open", "executed", "cancelled"
 MAX_APPROVALS = 256
 MAX_BATCH = 1000
 #: A request id a caller may choose (``begin`` / ``sign_now``).
@@ -80,25 +80,19 @@ X = TypeVar("X")
 Y = TypeVar("Y")
 
 
-def _request_record(rid: str, state: KeyState, act: Action, payload_type: str,
-                    payload: bytes, scheme: SignScheme | None, intent: Any, *, status: str,
-                    created_at: float, fee_cap: str | None = None, initiator: str = "",
-                    challenge: str = "", proven: Approver | None = None) -> dict[str, Any]:
-    """A request as the store keeps it: one shape for the approval flow's requests and the
-    auto-signed ones kept under a caller's id, since the same calls read both.
-
-    ``proven``: the initiator whose initiation the HSM verified (its policy entry); the
-    record then names it by key (``initiator``) and by its policy name."""
-    record = {"id": rid, "label": state.label, "action": act.value,
-              "payloadType": payload_type, "payload": payload.hex(),
-              "scheme": None if scheme is None else scheme.value, "intent": intent,
-              "feeCap": fee_cap, "createdAt": created_at, "status": status,
-              "initiator": initiator, "policyDigest": state.policy.digest,
-              "challenge": challenge}
-    if proven is not None:
-        record.update(initiator=proven_initiator(proven), initiatorProven=True,
-                      initiatorName=proven.name)
-    return record
+def _new_request(rid: str, state: KeyState, act: Action, payload_type: str, payload: bytes,
+                 scheme: SignScheme | None, intent: Intent | None, *, status: RequestStatus,
+                 created_at: float, fee_cap: int | None = None, initiator: str = "",
+                 challenge: bytes = b"", proven: Approver | None = None) -> HsmRequest:
+    """A new request record. ``proven``: the initiator whose initiation the HSM verified
+    (its policy entry); the record then names it by key (``initiator``) and by its
+    policy name."""
+    return HsmRequest(
+        id=rid, label=state.label, action=act, payload_type=payload_type, payload=payload,
+        scheme=scheme, intent=intent, fee_cap=fee_cap, created_at=created_at, status=status,
+        initiator=initiator if proven is None else proven_initiator(proven),
+        policy_digest=state.policy.digest, challenge=challenge,
+        initiator_proven=proven is not None, initiator_name="" if proven is None else proven.name)
 
 
 def proven_initiator(initiator: Approver) -> str:
@@ -195,10 +189,10 @@ class Hsm(HsmCore):
             if proven is not None:  # who asked, proven by their signature: approvers see it
                 body.update(initiatorProven=True, initiatorName=proven.name)
             envelope = seal_challenge(self.identity, body)
-            self._store.put("request", rid, _request_record(
-                rid, state, act, payload_type, body_payload, sch, body["intent"],
-                status=OPEN, created_at=now, fee_cap=None if fee_cap is None else str(fee_cap),
-                initiator=initiator, challenge=envelope.hex(), proven=proven))
+            self._put_request(_new_request(
+                rid, state, act, payload_type, body_payload, sch, intent,
+                status=RequestStatus.OPEN, created_at=now, fee_cap=fee_cap,
+                initiator=initiator, challenge=envelope, proven=proven))
             event.update(requestId=rid, payloadDigest=body["payloadDigest"])
             return Challenge(rid, envelope)
 
@@ -318,37 +312,39 @@ class Hsm(HsmCore):
 
     # -- approvals --------------------------------------------------------------------
 
-    def _request(self, request_id: str) -> dict[str, Any]:
+    def _request(self, request_id: str) -> HsmRequest:
         if not isinstance(request_id, str) or len(request_id) > 64:
             raise RequestNotFound("no such request")
-        req = self._store.get("request", request_id)
-        if req is None:
+        doc = self._store.get("request", request_id)
+        if doc is None:
             raise RequestNotFound(f"no request {request_id!r}")
-        return req
+        return HsmRequest.from_json(doc)
 
-    def _verify(self, req: dict[str, Any], state: KeyState, approval: Approval) -> Credential:
+    def _put_request(self, req: HsmRequest) -> None:
+        self._store.put("request", req.id, req.to_json())
+
+    def _verify(self, req: HsmRequest, state: KeyState, approval: Approval) -> Credential:
         try:
             cred = parse_credential(approval.credential_type, approval.credential)
         except CredentialInvalid as exc:
             raise ApprovalRefused(f"approver credential: {exc.reason}") from None
-        rule = state.policy.rule(Action(req["action"]))
+        rule = state.policy.rule(req.action)
         entries = [a for t in (rule.tokens if rule else ()) for g in t.groups
                    for a in g.approvers if a.fingerprint == cred.fingerprint]
         if not entries:
             raise ApprovalRefused(f"approver {cred.fingerprint[:16]} is in no group of this "
-                                  f"key's {req['action']} rule")
+                                  f"key's {req.action.value} rule")
         # Segregation of duties: the initiator is named by its key or, for a desk login,
         # by the person's name - which is also the approver's "name" in the policy. A
         # proven initiator is named by its bare key ("key:" + identity: the same person
         # under any encoding or passkey binding) and by its name in the policy.
         identities = {cred.fingerprint, cred.public_key_b64, "key:" + cred.identity} | {
             a.name for a in entries if a.name}
-        initiators = {req["initiator"], req.get("initiatorName") or ""} - {""}
+        initiators = {req.initiator, req.initiator_name} - {""}
         if initiators & identities:
             raise ApprovalRefused("the initiator of a request cannot approve it")
         try:
-            valid = verify(cred, bytes.fromhex(req["challenge"]), approval.signature,
-                           approval.digest)
+            valid = verify(cred, req.challenge, approval.signature, approval.digest)
         except InvalidInput as exc:  # e.g. an unsupported digest name
             raise ApprovalRefused(f"approval: {exc.reason}") from None
         if not valid:
@@ -362,16 +358,16 @@ class Hsm(HsmCore):
 
         def check() -> str:
             req = self._request(request_id)
-            if req["status"] != OPEN:
-                raise RequestClosed(f"request {request_id} is {req['status']}")
-            cred = self._verify(req, self._state(req["label"]), approval)
+            if not req.is_open:
+                raise RequestClosed(f"request {request_id} is {req.status.value}")
+            cred = self._verify(req, self._state(req.label), approval)
             event["approver"] = cred.fingerprint
             return cred.public_key_b64
 
         with self.locked():
             return self._audited(event, check)
 
-    def _verified_set(self, req: dict[str, Any], state: KeyState,
+    def _verified_set(self, req: HsmRequest, state: KeyState,
                       approvals: Sequence[Approval]) -> dict[str, Credential]:
         if len(approvals) > MAX_APPROVALS:
             raise InvalidInput(f"at most {MAX_APPROVALS} approvals")
@@ -390,19 +386,19 @@ class Hsm(HsmCore):
 
         def run() -> Execution:
             req = self._request(request_id)
-            event.update(label=req["label"], action=req["action"])
-            if req.get("initiatorProven"):
-                event.update(initiator=req["initiator"], initiatorName=req["initiatorName"])
-            if req["status"] != OPEN:
-                raise RequestClosed(f"request {request_id} is already {req['status']}")
-            state = self._usable(req["label"])
-            if state.policy.digest != req["policyDigest"]:
+            event.update(label=req.label, action=req.action.value)
+            if req.initiator_proven:
+                event.update(initiator=req.initiator, initiatorName=req.initiator_name)
+            if not req.is_open:
+                raise RequestClosed(f"request {request_id} is already {req.status.value}")
+            state = self._usable(req.label)
+            if state.policy.digest != req.policy_digest:
                 raise RequestClosed("the key's policy changed since this request was made")
-            act = Action(req["action"])
+            act = req.action
             creds = self._verified_set(req, state, approvals)
             event["approvers"] = sorted(creds)
             final, intent = self._final_payload(req, state, payload)
-            ev = evaluate(state.policy, act, intent, frozenset(creds), req["createdAt"],
+            ev = evaluate(state.policy, act, intent, frozenset(creds), req.created_at,
                           self.clock.now(), spent=self._spent(state.family))
             if not ev.released:
                 raise PolicyNotMet("the policy is not met: " + " | ".join(ev.missing()),
@@ -411,42 +407,39 @@ class Hsm(HsmCore):
             now = self.clock.now()
             result = Execution(request_id, state.label, act, signatures, ev.released_by,
                                tuple(c.public_key_b64 for c in creds.values()), now, intent)
-            self._store.put("request", request_id, {**req, "status": EXECUTED,
-                                                    "executedAt": now, "result": result.to_json()})
+            self._put_request(req.executed(result))
             event.update(token=ev.released_by, payloadDigest=hashlib.sha256(final).hexdigest())
             return result
 
         with self.locked():
             return self._audited(event, run)
 
-    def _final_payload(self, req: dict[str, Any], state: KeyState, payload: bytes | None,
+    def _final_payload(self, req: HsmRequest, state: KeyState, payload: bytes | None,
                        ) -> tuple[bytes, Intent | None]:
-        stored = bytes.fromhex(req["payload"])
-        approved = None if req["intent"] is None else Intent.from_json(req["intent"])
+        stored, approved = req.payload, req.intent
         if payload is None or payload == stored:
             return stored, approved
-        if Action(req["action"]) is not Action.USE or approved is None or (
+        if req.action is not Action.USE or approved is None or (
                 approved.kind is not IntentKind.TRANSFER):
             # A contract call's or message's meaning is in its data, which the binding does
             # not carry: only plain transfers may be rebuilt under their approvals.
             raise IntentMismatch("only a decoded transfer may be rebuilt after approval; "
                                  "a changed contract call or message needs new approvals")
-        rebuilt = self.registry.decode(req["payloadType"], payload, self._view(state))
+        rebuilt = self.registry.decode(req.payload_type, payload, self._view(state))
         assert rebuilt is not None
         if rebuilt.binding() != approved.binding():
             raise IntentMismatch("the rebuilt transaction does not match the approved intent")
-        cap = approved.fee if req["feeCap"] is None else int(req["feeCap"])
+        cap = approved.fee if req.fee_cap is None else req.fee_cap
         if rebuilt.fee > cap:
             raise IntentMismatch(f"the rebuilt transaction's fee {rebuilt.fee} exceeds the "
                                  f"approved cap {cap}")
         return payload, rebuilt
 
-    def _perform(self, state: KeyState, act: Action, req: dict[str, Any], payload: bytes,
+    def _perform(self, state: KeyState, act: Action, req: HsmRequest, payload: bytes,
                  intent: Intent | None, token: str) -> tuple[bytes, ...]:
         rec = dict(state.record)
         if act is Action.USE:
-            scheme = None if req["scheme"] is None else SignScheme(req["scheme"])
-            _, items = self._items(state, req["payloadType"], payload, scheme)
+            _, items = self._items(state, req.payload_type, payload, req.scheme)
             sigs = self._sign(state, items)
             self._record_spend(state.family, intent, token)
             return sigs
@@ -601,11 +594,10 @@ class Hsm(HsmCore):
     def _keep_auto(self, checked: _AutoItem, result: Execution, payload_type: str,
                    scheme: SignScheme | str | None, proven: Approver | None) -> None:
         """An auto-signed request kept like an executed one (see :meth:`sign_now`)."""
-        self._store.put("request", result.request_id, {**_request_record(
+        self._put_request(_new_request(
             result.request_id, checked.state, _USE, payload_type, checked.payload,
-            _scheme(scheme), None if checked.intent is None else checked.intent.to_json(),
-            status=EXECUTED, created_at=checked.at, proven=proven),
-            "executedAt": checked.at, "result": result.to_json()})
+            _scheme(scheme), checked.intent, status=RequestStatus.OPEN, created_at=checked.at,
+            proven=proven).executed(result))
 
     @staticmethod
     def _release(label: str, checked: _AutoItem, signatures: tuple[bytes, ...],
@@ -636,20 +628,19 @@ class Hsm(HsmCore):
         """Evaluate an open request with these approvals (each verified) and rejections."""
         with self.locked():
             req = self._request(request_id)
-            state = self._state(req["label"])
+            state = self._state(req.label)
             creds = self._verified_set(req, state, approvals)
-            intent = None if req["intent"] is None else Intent.from_json(req["intent"])
-            return evaluate(state.policy, Action(req["action"]), intent, frozenset(creds),
-                            req["createdAt"], self.clock.now(),
+            return evaluate(state.policy, req.action, req.intent, frozenset(creds),
+                            req.created_at, self.clock.now(),
                             rejected=self._fingerprints(rejected), spent=self._spent(state.family))
 
     def cancel(self, request_id: str, reason: str = "") -> None:
         """Close an open request so it can never be executed."""
         def run() -> None:
             req = self._request(request_id)
-            if req["status"] != OPEN:
-                raise RequestClosed(f"request {request_id} is already {req['status']}")
-            self._store.put("request", request_id, {**req, "status": CANCELLED})
+            if not req.is_open:
+                raise RequestClosed(f"request {request_id} is already {req.status.value}")
+            self._put_request(req.cancelled())
 
         with self.locked():
             self._audited({"op": "request.cancel", "requestId": request_id,
@@ -661,14 +652,13 @@ class Hsm(HsmCore):
         (the HSM never signs the same request twice)."""
         with self.locked():
             req = self._request(request_id)
-            if req["status"] != EXECUTED:
-                raise RequestClosed(f"request {request_id} is {req['status']}, not executed")
-            return Execution.from_json(req["result"])
+            if req.result is None:
+                raise RequestClosed(f"request {request_id} is {req.status.value}, not executed")
+            return req.result
 
     def request_challenge(self, request_id: str) -> Challenge:
         with self.locked():
-            req = self._request(request_id)
-            return Challenge(request_id, bytes.fromhex(req["challenge"]))
+            return Challenge(request_id, self._request(request_id).challenge)
 
     @staticmethod
     def _fingerprints(values: Sequence[str]) -> frozenset[str]:

@@ -53,11 +53,12 @@ def test_totals_agree_with_total(pairs: list[tuple[str, int]]) -> None:
 
 def test_insert_rows_writes_every_row_in_chunks(hsm: Hsm) -> None:
     store = hsm._store
-    rows = [("fam", "TST", str(i), float(i)) for i in range(2 * MAX_ROWS_PER_INSERT + 3)]
+    rows = [("fam", "TST", str(i), float(i), "auto")
+            for i in range(2 * MAX_ROWS_PER_INSERT + 3)]
     with store.transaction():
         store.insert_rows("spends", rows)
         store.insert_rows("spends", [])
-    got = store.execute("SELECT family, asset, amount, at FROM spends ORDER BY at")
+    got = store.execute("SELECT family, asset, amount, at, token FROM spends ORDER BY at")
     assert got == rows
 
 
