@@ -74,8 +74,8 @@ def _intent_rows(intent: dict[str, Any]) -> list[tuple[str, str]]:
                  (f"spender{n}", str(g.get("grantee")))]
     fee_asset = intent.get("feeAsset") or ""
     if intent.get("rent") not in (None, "0"):
-        rows.append(("rent", f"{_amount(fee_asset, intent.get('rent'))} {fee_asset}".strip()))
-    rows.append(("fee (most)", f"{intent.get('fee')} {fee_asset}".strip()))
+        rows.append(("rent", _amount(fee_asset, intent.get("rent"))))
+    rows.append(("fee (most)", _amount(fee_asset, intent.get("fee"))))
     for c in intent.get("calls") or []:
         rows.append(("calls", str(c)))
     return rows

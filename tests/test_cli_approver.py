@@ -481,5 +481,5 @@ def test_an_approver_sees_every_unit_that_can_leave() -> None:
     assert lines["kind"] == "grant" and lines["spender"] == spender
     assert lines["allowance"].startswith(str(2**256 - 1))
     assert lines["allowance asset"] == "ERC20:0xc0"
-    assert lines["rent"].startswith("7") and lines["fee (most)"] == "21000 ETH"
+    assert lines["rent"].startswith("7 (") and lines["fee (most)"] == "21000 (0.000000000000021 ETH)"
     assert lines["calls"] == "0xc0"
