@@ -193,18 +193,23 @@ def word(value: int | bytes) -> bytes:
 
 @dataclass
 class Ledger:
-    """Per key, ``(HSM time, asset, amount)`` of everything it released: the HSM records
-    ``intent.outflow()`` at signing, whether or not the transaction is ever broadcast."""
+    """Per key, ``(HSM time, asset, amount, releasing token)`` of everything it released:
+    the HSM records ``intent.outflow()`` at signing, whether or not the transaction is
+    ever broadcast, under the token that released it (velocity ``releasedBy``)."""
 
-    rows: dict[str, list[tuple[float, str, int]]] = field(default_factory=dict)
+    rows: dict[str, list[tuple[float, str, int, str]]] = field(default_factory=dict)
 
     def spent_fn(self, label: str) -> Any:
         rows = list(self.rows.get(label, ()))
-        return lambda asset, since: sum(a for t, s, a in rows if s == asset and t >= since)
 
-    def record(self, label: str, at: float, intent: Intent) -> None:
+        def spent(asset: str, since: float, tokens: frozenset[str] | None = None) -> int:
+            return sum(a for t, s, a, k in rows
+                       if s == asset and t >= since and (tokens is None or k in tokens))
+        return spent
+
+    def record(self, label: str, at: float, intent: Intent, token: str) -> None:
         self.rows.setdefault(label, []).extend(
-            (at, asset, amount) for asset, amount in intent.outflow().items())
+            (at, asset, amount, token) for asset, amount in intent.outflow().items())
 
 
 def released_token_failures(policy_doc: dict[str, Any], ex: Execution, now: float,

@@ -275,7 +275,7 @@ class Runner:
         self.tally.add(world.chain, plan.key, "signed")
         problems = released_token_failures(w.policy, ex, now, self.ledger.spent_fn(w.label))
         if ex.intent is not None:
-            self.ledger.record(w.label, now, ex.intent)
+            self.ledger.record(w.label, now, ex.intent, ex.token or "")
         measured = world.execute(w, payload, ex.signatures)
         self.tally.add(world.chain, plan.key, "executed" if measured.executed else
                        "chain-refused")
