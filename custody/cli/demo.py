@@ -46,8 +46,8 @@ from hsm_emulator.attestation import verify_attestation
 from hsm_emulator.audit import AuditEntry, SignedHead, verify_log
 from hsm_emulator.challenge import open_challenge
 
-from .broker import REJECT_PREFIX
-from .localnets import BURN, LocalNets, free_port
+from ..broker import REJECT_PREFIX
+from ..localnets import BURN, LocalNets, free_port
 
 TENANT = "treasury-desk"
 
@@ -268,7 +268,7 @@ def _table(console: Console, plan: list[Planned], hold: int) -> None:
 
 
 def _show_policy(console: Console, wallet: dict[str, Any], hold: int) -> None:
-    from .treasury.policy import FEE_CAPS
+    from ..treasury.policy import FEE_CAPS
 
     tiers = wallet["policy"]["tiers"]
     native = next(iter(tiers))

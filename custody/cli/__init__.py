@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .admin_cli import key_app, policy_app, request_app
-from .approver_cli import approver_app
+from ..admin_cli import key_app, policy_app, request_app
+from ..approver_cli import approver_app
 
 app = typer.Typer(help="SKA custody wallet: HSM-enforced policies for treasury transfers.",
                   no_args_is_help=True)
@@ -85,10 +85,10 @@ def worker() -> None:
     from approvals_app.main import open_hsm, start_workers
     from approvals_app.settings import Settings
 
-    from .broker import Broker
-    from .db import make_engine, make_sessions
-    from .treasury.networks import ChainEndpoints, Networks
-    from .treasury.transfers import Treasury
+    from ..broker import Broker
+    from ..db import make_engine, make_sessions
+    from ..treasury.networks import ChainEndpoints, Networks
+    from ..treasury.transfers import Treasury
 
     settings = Settings.from_env()
     hsm = open_hsm(settings)
@@ -122,7 +122,7 @@ def worker() -> None:
 @app.command("db-upgrade")
 def db_upgrade(database_url: str = typer.Option(..., envvar="CUSTODY_DATABASE_URL")) -> None:
     """Apply the broker's database migrations (also done at server start)."""
-    from .db import make_engine, upgrade
+    from ..db import make_engine, upgrade
 
     engine = make_engine(database_url)
     upgrade(engine)
@@ -195,8 +195,8 @@ def bench_hsm(iterations: int = typer.Option(2000, min=10, help="Signatures per 
               batch: int = typer.Option(100, min=1, max=1000, help="Payloads per sign_batch."),
               ) -> None:
     """Raw coincurve signs/s vs. the HSM's policy-checked auto tier (headline: ratio)."""
-    from .bench import bench_hsm as run
-    from .bench import print_lines
+    from ..bench import bench_hsm as run
+    from ..bench import print_lines
 
     print_lines(run(iterations, rounds, batch))
 
@@ -205,8 +205,8 @@ def bench_hsm(iterations: int = typer.Option(2000, min=10, help="Signatures per 
 def bench_eth(iterations: int = typer.Option(2000, min=10, help="Transactions per round."),
               rounds: int = typer.Option(3, min=1)) -> None:
     """eth_account.sign_transaction vs the project's path, byte-identical (headline: speedup)."""
-    from .bench import print_lines
-    from .bench_eth import bench_eth_sign
+    from ..bench import print_lines
+    from ..bench_eth import bench_eth_sign
 
     print_lines(bench_eth_sign(iterations, rounds))
 
@@ -219,11 +219,7 @@ def bench_api(requests: int = typer.Option(2000, min=10, help="Auto-signed reque
                                                  help="Repeat: sqlite, postgresql."),
               ) -> None:
     """Sign requests end to end through HTTP per database (headline: auto_rps, ...)."""
-    from .bench import print_lines
+    from ..bench import print_lines
     from .bench_api import bench_api as run
 
     print_lines(run(requests, approved, concurrency, tuple(database)))
-
-
-if __name__ == "__main__":
-    app()

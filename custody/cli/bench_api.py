@@ -40,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from approvals_app.auth import issue_token
 
-from .pgserver import PostgresServer, PostgresUnavailable, free_port
+from ..pgserver import PostgresServer, PostgresUnavailable, free_port
 
 SECRET = "bench-secret-0123456789abcdef-0123456789"  # noqa: S105 - a throwaway server
 

@@ -1,0 +1,5 @@
+"""``python -m custody.cli``: the same commands as ``custody``."""
+
+from . import app
+
+app()
