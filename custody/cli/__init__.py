@@ -26,7 +26,8 @@ MIN_SECRET = 32
 
 @app.command()
 def demo(data_dir: Path = typer.Option(Path(".custody-demo"),
-                                       help="Scratch directory (wiped at start)."),
+                                       help="Scratch directory: new, empty, or one an "
+                                            "earlier demo made (wiped at start)."),
          hold: int = typer.Option(5, min=0, max=3600,
                                   help="The large tier's hold in seconds (24 h in production)."),
          ) -> None:
@@ -34,10 +35,15 @@ def demo(data_dir: Path = typer.Option(Path(".custody-demo"),
     the API (in-process HSM, SQLite). Exits non-zero if any transfer did not confirm."""
     import sys
 
-    from .demo import run_demo
+    from .demo import DataDirRefused, run_demo
 
     console = Console() if sys.stdout.isatty() else Console(width=120)  # logs keep the table
-    if not run_demo(data_dir, console, hold=hold):
+    try:
+        ok = run_demo(data_dir, console, hold=hold)
+    except DataDirRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not ok:
         raise typer.Exit(1)
 
 

@@ -120,10 +120,34 @@ class _Server(uvicorn.Server):
         pass
 
 
+#: Written into every directory the demo makes: only such a directory is wiped on a rerun.
+MARKER = ".custody-demo-dir"
+
+
+class DataDirRefused(DemoFailed):
+    """The scratch directory holds something the demo did not put there."""
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Give the demo a fresh, empty scratch directory, never deleting what it did not make.
+
+    A new or empty directory is used as it is; one that carries the demo's marker is wiped
+    (fresh networks every run need fresh state); anything else is refused untouched: a
+    mistyped ``--data-dir`` must not delete a user's files.
+    """
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataDirRefused(f"--data-dir {data_dir} is a file, not a directory")
+    if data_dir.is_dir() and any(data_dir.iterdir()):
+        if not (data_dir / MARKER).is_file():
+            raise DataDirRefused(f"--data-dir {data_dir} is not empty and was not made by "
+                                 "`custody demo`; give a new or empty directory")
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text("made by `custody demo`; wiped by its next run\n")
+
+
 def run_demo(data_dir: Path, console: Console, hold: int = 5) -> bool:
-    if data_dir.exists():
-        shutil.rmtree(data_dir)  # fresh networks every run: fresh state too
-    data_dir.mkdir(parents=True)
+    prepare_data_dir(data_dir)
     secret = secrets.token_urlsafe(32)
     settings = Settings(database_url=f"sqlite:///{data_dir / 'custody.sqlite'}",
                         hsm_store=data_dir / "hsm.sqlite",
