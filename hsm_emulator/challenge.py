@@ -29,9 +29,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .canonical import canonical_json
 from .errors import ApprovalRefused
 from .identity import Domain, IdentityKey, verify_identity
-from .model import canonical_json
 
 FORMAT = "ska-challenge"
 VERSION = 1
