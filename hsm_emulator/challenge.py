@@ -1,6 +1,7 @@
 """The approval challenge (``approvalToBeSigned``): what an approver sees and signs.
 
-Encoding, version 1 - canonical JSON (sorted keys, no spaces, UTF-8), base64 on the wire::
+Encoding, version 1 - canonical JSON (:mod:`.canonical`: sorted keys, no spaces, UTF-8;
+RFC 8785 on everything but an integral ``hsmTime``, see there), base64 on the wire::
 
     {"format": "ska-challenge", "version": 1,
      "body": {"requestId", "keyLabel", "action", "payloadType", "payloadDigest",
