@@ -88,7 +88,12 @@ def run_once(sessions: sessionmaker, principal: str, key: str | None,  # type: i
 
 
 def body_fingerprint(body: Any) -> str:
-    """What a key binds to: the request body, canonically hashed."""
+    """What a key binds to: the request body, hashed in a fixed form.
+
+    Not :func:`hsm_emulator.canonical.canonical_json` on purpose: fingerprints are stored
+    with their keys, so a retry that straddles an upgrade must hash as its first attempt
+    did (and ``default=str`` hashes bodies with non-JSON values the canonical form refuses).
+    """
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any
 
+from .canonical import canonical_json, canonical_text
 from .errors import AuditFailure
 from .identity import Domain, IdentityKey, verify_identity
-from .model import canonical_json
 from .store import Store
 
 GENESIS = "0" * 64
@@ -220,7 +220,7 @@ def _items(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> str:
 def _digest(value: Any) -> str:
     """SHA-256 of ``value``'s canonical JSON, as far as it has one."""
     try:
-        data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        data = canonical_text(value)
     except (TypeError, ValueError, RecursionError):
         return "unavailable"
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()

@@ -1,6 +1,7 @@
 """The approval challenge (``approvalToBeSigned``): what an approver sees and signs.
 
-Encoding, version 1 - canonical JSON (sorted keys, no spaces, UTF-8), base64 on the wire::
+Encoding, version 1 - canonical JSON (:mod:`.canonical`: sorted keys, no spaces, UTF-8;
+RFC 8785 on everything but an integral ``hsmTime``, see there), base64 on the wire::
 
     {"format": "ska-challenge", "version": 1,
      "body": {"requestId", "keyLabel", "action", "payloadType", "payloadDigest",
@@ -29,9 +30,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .canonical import canonical_json
 from .errors import ApprovalRefused
 from .identity import Domain, IdentityKey, verify_identity
-from .model import canonical_json
 
 FORMAT = "ska-challenge"
 VERSION = 1

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 
+from hsm_emulator.canonical import canonical_json
 from hsm_emulator.errors import ApprovalRefused, CredentialInvalid, InvalidInput
 
 __all__ = [
@@ -495,10 +496,13 @@ class PasskeyBinding:
     user_verification: bool = False  #: require the UV flag, not only UP
 
     def document(self, spki_der: bytes) -> bytes:
-        """The canonical JSON a policy's ``webauthn`` entry holds (base64-encoded)."""
-        return json.dumps({"origins": list(self.origins), "publicKey": _b64(spki_der),
-                           "rpId": self.rp_id, "userVerification": self.user_verification},
-                          sort_keys=True, separators=(",", ":")).encode()
+        """The canonical JSON a policy's ``webauthn`` entry holds (base64-encoded).
+
+        A valid binding is ASCII throughout (host names, origins, base64), so these are
+        the bytes the ``json.dumps(..., sort_keys=True)`` of before gave: stored values
+        still parse."""
+        return canonical_json({"origins": list(self.origins), "publicKey": _b64(spki_der),
+                               "rpId": self.rp_id, "userVerification": self.user_verification})
 
 
 def passkey_value(spki_der: bytes, rp_id: str, origins: tuple[str, ...],
@@ -513,10 +517,9 @@ def passkey_value(spki_der: bytes, rp_id: str, origins: tuple[str, ...],
 def encode_assertion(authenticator_data: bytes, client_data_json: bytes,
                      signature: bytes) -> bytes:
     """The approval ``signature`` bytes of a passkey: its assertion as canonical JSON."""
-    return json.dumps({"authenticatorData": _b64url(authenticator_data),
-                       "clientDataJSON": _b64url(client_data_json),
-                       "signature": _b64url(signature)},
-                      sort_keys=True, separators=(",", ":")).encode()
+    return canonical_json({"authenticatorData": _b64url(authenticator_data),
+                           "clientDataJSON": _b64url(client_data_json),
+                           "signature": _b64url(signature)})
 
 
 def _b64(data: bytes) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .model import canonical_json
+from .canonical import canonical_json
 
 PREFIX = b"ska-initiate-v1:"
 

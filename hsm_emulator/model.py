@@ -5,11 +5,11 @@ Pure data: no I/O, no crypto. Everything here is immutable.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Protocol
 
+from .canonical import canonical_json as canonical_json  # noqa: PLC0414 (re-export)
 from .errors import InvalidInput
 
 
@@ -230,16 +230,6 @@ class Intent:
             rent=int(data.get("rent", "0")),
             calls=tuple(data.get("calls", ())),
         )
-
-
-#: ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` builds
-#: this very encoder on every call; building it once gives the same bytes for less.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Deterministic JSON bytes: sorted keys, no spaces, UTF-8. Used for every digest."""
-    return _CANONICAL.encode(obj).encode()
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .canonical import canonical_json
 from .credentials import Credential, parse_credential
 from .errors import CredentialInvalid, PolicyInvalid
-from .model import Action, IntentKind, canonical_json
+from .model import Action, IntentKind
 
 #: Bounds on hostile input: no real policy comes near them.
 MAX_TOKENS = 32

@@ -10,13 +10,16 @@ dispatcher posts each to its endpoint, signed with the endpoint's secret
 exponential backoff (1 s, 2 s, 4 s, ... capped at 10 min) up to ``MAX_ATTEMPTS``; every
 attempt's outcome is recorded on the row. ``X-Custody-Event-Id`` lets receivers drop
 duplicates (delivery is at least once).
+
+The body is the one canonical JSON (:func:`hsm_emulator.canonical.canonical_json`: sorted
+keys, no spaces, UTF-8 as RFC 8259 section 8.1 asks between systems), so a retry posts
+the same bytes as the first attempt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 import time
 import uuid
@@ -30,6 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.errors import BadRequest, NotFound
+from hsm_emulator.canonical import canonical_json
 
 from .models import WebhookDelivery, WebhookEndpoint, changed
 
@@ -117,7 +121,7 @@ class Dispatcher:
             endpoint = s.get(WebhookEndpoint, d.endpoint_id)
             assert endpoint is not None
             attempts, url, secret = d.attempts, endpoint.url, endpoint.secret
-            body = json.dumps(d.body, sort_keys=True, separators=(",", ":")).encode()
+            body = canonical_json(d.body)
             event_id = d.event_id
         # claim the attempt first, so two dispatchers do not post the same attempt
         with self.sessions.begin() as s:

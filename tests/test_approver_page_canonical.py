@@ -1,0 +1,146 @@
+"""The web page's challenge check and Python's agree on hostile strings (in Chromium).
+
+The page (``approvals_app/approver_page/crypto.js``) verifies the HSM's signature over
+the body bytes exactly as received and shows their parse; the CLI approver calls
+:func:`hsm_emulator.challenge.open_challenge`, which re-encodes with the one canonical
+JSON. Both must accept the same challenges, show the same body, and refuse the same
+re-serialisation - here with control characters, non-ASCII, astral-plane keys and
+values, and a JCS (RFC 8785) re-encoding whose key order differs from the HSM's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsm_emulator.challenge import open_challenge, seal_challenge
+from hsm_emulator.errors import ApprovalRefused
+from hsm_emulator.identity import IdentityKey
+
+CHROMIUM = Path("/usr/bin/chromium")
+CRYPTO_JS = Path(__file__).parents[1] / "approvals_app" / "approver_page" / "crypto.js"
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
+                       "/usr/bin/chromium (apt-get install chromium); CI installs it"),
+    pytest.mark.slow,
+]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+rfc8785 = pytest.importorskip("rfc8785")
+
+#: Bodies no HSM writes today but any HSM string may carry: the page must agree anyway.
+HOSTILE_BODIES: dict[str, dict[str, Any]] = {
+    "controls": {"memo": "\x00\x01\x1f\x7f\t\n\r\b\f\"\\/", "\u2028": "\u2029"},
+    "non-ascii": {"destination": "b\u00f6b \u00e9 e\u0301 \u20ac \ufeff\ufffd\uffff",
+                  "\u00f6": "\u0080\u009f", "</script>": "<!--"},
+    "astral keys": {"\U0001f602": "smiley", "\ufb33": "dalet", "\U0010ffff": "max",
+                    "\ue000": "private use", "10": "ten", "9": "nine"},
+    "astral values": {"name": "\U0001f602\U0001d11e\U0010ffff", "nested": [
+        {"\U0001f600": ["\U0001f602", None, True, 7, 1.5]}]},
+}
+
+JS_VERIFY = """async ([keyB64, challenge, requestId]) => {
+  const c = await import("/crypto.js");
+  try {
+    const key = await c.importHsmKey(keyB64);
+    const { bytes, body } = await c.verifyChallenge(key, challenge, requestId);
+    return { ok: true, body: JSON.stringify(body), bytes: c.b64(bytes) };
+  } catch (e) {
+    return { ok: false, error: String(e.message) };
+  }
+}"""
+
+
+class _Pages(BaseHTTPRequestHandler):
+    """An empty page and the approver page's crypto module, nothing else."""
+
+    def do_GET(self) -> None:
+        if self.path == "/crypto.js":
+            body, kind = CRYPTO_JS.read_bytes(), "text/javascript"
+        else:
+            body, kind = b"<!doctype html><title>canonical</title>", "text/html"
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[Any]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                         args=["--no-sandbox"])
+            p = browser.new_page()
+            p.goto(f"http://localhost:{server.server_address[1]}/")  # a secure context
+            yield p
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def identity() -> IdentityKey:
+    return IdentityKey.generate()
+
+
+def _verify_in_page(page: Any, identity: IdentityKey, envelope: bytes,
+                    request_id: str) -> dict[str, Any]:
+    key = base64.b64encode(identity.public_der).decode()
+    out: dict[str, Any] = page.evaluate(
+        JS_VERIFY, [key, base64.b64encode(envelope).decode(), request_id])
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_BODIES))
+def test_page_and_python_show_the_same_body(page: Any, identity: IdentityKey,
+                                             case: str) -> None:
+    body = {"requestId": f"req-{case}", **HOSTILE_BODIES[case]}
+    envelope = seal_challenge(identity, body)
+    python = open_challenge(envelope, identity.public_der)
+    js = _verify_in_page(page, identity, envelope, body["requestId"])
+    assert js["ok"], js
+    assert base64.b64decode(js["bytes"]) == envelope
+    assert json.loads(js["body"]) == python == body
+
+
+def test_a_jcs_reencoding_is_refused_by_both(page: Any, identity: IdentityKey) -> None:
+    """Same document, JCS's key order (UTF-16 units put U+1F602 before U+FB33): the
+    signed bytes differ, so the page's signature check and Python's both refuse it."""
+    body = {"requestId": "req-jcs", **HOSTILE_BODIES["astral keys"]}
+    envelope = seal_challenge(identity, body)
+    jcs = rfc8785.dumps(json.loads(envelope))
+    assert jcs != envelope and json.loads(jcs) == json.loads(envelope)
+    with pytest.raises(ApprovalRefused):
+        open_challenge(jcs, identity.public_der)
+    js = _verify_in_page(page, identity, jcs, "req-jcs")
+    assert not js["ok"] and "altered" in js["error"], js
+
+
+def test_a_body_altered_by_one_astral_character_is_refused_by_both(
+        page: Any, identity: IdentityKey) -> None:
+    body = {"requestId": "req-alt", **HOSTILE_BODIES["astral values"]}
+    envelope = seal_challenge(identity, body)
+    altered = envelope.replace("\U0001d11e".encode(), "\U0001d11f".encode())
+    assert altered != envelope
+    with pytest.raises(ApprovalRefused):
+        open_challenge(altered, identity.public_der)
+    js = _verify_in_page(page, identity, altered, "req-alt")
+    assert not js["ok"] and "altered" in js["error"], js
