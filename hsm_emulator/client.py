@@ -15,7 +15,8 @@ from .addresses import AddressKind, Network
 from .audit import AuditEntry, SignedHead
 from .challenge import Challenge
 from .evaluate import Evaluation
-from .flow import Approval, Hsm
+from .flow import Approval
+from .hsm import Hsm
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
 from .results import Attestation, Execution, KeyInfo
 
