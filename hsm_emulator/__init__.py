@@ -6,7 +6,8 @@ reach it through an :class:`HsmClient`.
 
 from .clock import Clock, ManualClock, SystemClock
 from .errors import HsmError
-from .flow import Approval, Hsm
+from .flow import Approval
+from .hsm import Hsm
 from .initiation import initiation_message
 from .model import Action, Intent, IntentKind, KeyAlgorithm, KeyAttributes, SignScheme, Transfer
 from .store import KeyFile, Passphrase

@@ -4,24 +4,33 @@ Two implementations: :class:`LocalHsmClient` (in-process, the embedded default) 
 :class:`hsm_emulator.remote.RemoteHsmClient` (the HSM as its own process). Callers -
 the broker, the CLI - see public keys, challenges and signatures, never key bytes
 (except through the deliberately named ``export_private_key_unsafe``).
+
+``HsmClient`` is the composition of four role protocols - :class:`HsmKeys`,
+:class:`HsmSigning`, :class:`HsmAudit`, :class:`HsmOfficer` - so a caller that needs one
+role can say so in its annotation, and anything typed ``HsmClient`` serves every role.
+Each call belongs to exactly one role (:data:`ROLES`; the remote call table names it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from .addresses import AddressKind, Network
 from .audit import AuditEntry, SignedHead
 from .challenge import Challenge
 from .evaluate import Evaluation
-from .flow import Approval, Hsm
+from .flow import Approval
+from .hsm import Hsm
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
 from .results import Attestation, Execution, KeyInfo
 
 
 @runtime_checkable
-class HsmClient(Protocol):
+class HsmKeys(Protocol):
+    """Create, derive and read keys; addresses and attestations: what a wallet needs."""
+
     def create_key(self, label: str, algorithm: KeyAlgorithm | str, *,
                    key_size: int | None = None,
                    attributes: KeyAttributes | dict[str, Any] | None = None,
@@ -39,17 +48,14 @@ class HsmClient(Protocol):
     def address(self, label: str, kind: AddressKind | str, network: Network | str,
                 path: str = "") -> str: ...
 
-    def invalidate_key(self, label: str) -> KeyInfo: ...
-
-    def restore_key(self, label: str, so_passphrase: str) -> KeyInfo: ...
-
-    def destroy_key(self, label: str, so_passphrase: str) -> KeyInfo: ...
-
-    def export_private_key_unsafe(self, label: str, so_passphrase: str) -> bytes: ...
-
     def attest(self, label: str) -> Attestation: ...
 
     def identity_public_key(self) -> bytes: ...
+
+
+@runtime_checkable
+class HsmSigning(Protocol):
+    """Requests, challenges, approvals and signatures: the broker's daily work."""
 
     def begin(self, label: str, action: Action | str = Action.USE, payload: bytes = b"",
               payload_type: str = "UNSPECIFIED", scheme: SignScheme | str | None = None, *,
@@ -84,6 +90,11 @@ class HsmClient(Protocol):
 
     def request_challenge(self, request_id: str) -> Challenge: ...
 
+
+@runtime_checkable
+class HsmAudit(Protocol):
+    """Reading the HSM's signed, hash-chained audit log: what an auditor needs."""
+
     def audit_entries(self, start: int = 1, limit: int = 1000) -> list[AuditEntry]: ...
 
     def audit_head(self) -> SignedHead: ...
@@ -91,14 +102,51 @@ class HsmClient(Protocol):
     def audit_checkpoints(self) -> list[SignedHead]: ...
 
 
+@runtime_checkable
+class HsmOfficer(Protocol):
+    """The security officer's calls: take a key out of service, bring it back, destroy
+    it, or (where the partition and the key allow it) export it."""
+
+    def invalidate_key(self, label: str) -> KeyInfo: ...
+
+    def restore_key(self, label: str, so_passphrase: str) -> KeyInfo: ...
+
+    def destroy_key(self, label: str, so_passphrase: str) -> KeyInfo: ...
+
+    def export_private_key_unsafe(self, label: str, so_passphrase: str) -> bytes: ...
+
+
+@runtime_checkable
+class HsmClient(HsmKeys, HsmSigning, HsmAudit, HsmOfficer, Protocol):
+    """Every role: the whole HSM. A caller that needs one role may ask for just it."""
+
     def close(self) -> None: ...
 
 
-#: Names of the calls an HsmClient forwards: the whole surface, nothing else.
-CALLS = tuple(
-    name for name in HsmClient.__dict__
-    if not name.startswith("_") and callable(getattr(HsmClient, name)) and name != "close"
-)  # ``close`` is the client's own lifecycle, never forwarded to the HSM
+class Role(Enum):
+    """Which role protocol a call belongs to (the remote call table names one each)."""
+
+    KEYS = "keys"
+    SIGNING = "signing"
+    AUDIT = "audit"
+    OFFICER = "officer"
+
+
+#: The protocol of each role.
+ROLES: dict[Role, type] = {Role.KEYS: HsmKeys, Role.SIGNING: HsmSigning,
+                           Role.AUDIT: HsmAudit, Role.OFFICER: HsmOfficer}
+
+
+def role_calls(role: Role) -> tuple[str, ...]:
+    """The names of the calls a role's protocol declares, in declaration order."""
+    protocol = ROLES[role]
+    return tuple(name for name in protocol.__dict__
+                 if not name.startswith("_") and callable(getattr(protocol, name)))
+
+
+#: Names of the calls an HsmClient forwards: the whole surface, nothing else (``close``
+#: is the client's own lifecycle, never forwarded to the HSM).
+CALLS = tuple(name for role in Role for name in role_calls(role))
 
 
 def local_client(hsm: Hsm) -> HsmClient:

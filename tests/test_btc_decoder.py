@@ -199,7 +199,7 @@ def test_input_without_witness_utxo_is_refused(bhsm: Hsm, wallet: str) -> None:
 
 
 def _view(hsm: Hsm, label: str = "btc") -> KeyView:
-    return hsm._view(hsm._state(label))
+    return hsm.records.view(hsm.records.state(label))
 
 
 DECODER = BitcoinPsbtDecoder(NET)
@@ -342,7 +342,7 @@ def test_payload_type_names_the_network() -> None:
 
 def test_mainnet_decoder_renders_mainnet_addresses(bhsm: Hsm, wallet: str) -> None:
     psbt = pay(bhsm, 500_000)
-    intent = BitcoinPsbtDecoder("mainnet").decode(psbt.serialize(), bhsm._view(bhsm._state(wallet)))
+    intent = BitcoinPsbtDecoder("mainnet").decode(psbt.serialize(), bhsm.records.view(bhsm.records.state(wallet)))
     assert intent.network == "mainnet"
     assert intent.transfers[0].destination == bhsm.address("other", "p2wpkh", "mainnet", "0/0")
 
@@ -355,4 +355,4 @@ def test_payload_for_another_network_has_no_decoder(bhsm: Hsm, wallet: str) -> N
 def test_oversized_payload_is_refused(bhsm: Hsm, wallet: str) -> None:
     decoder = BitcoinPsbtDecoder(NET)
     with pytest.raises(DecodeError):
-        decoder.decode(b"psbt\xff" + bytes(1024 * 1024), bhsm._view(bhsm._state(wallet)))
+        decoder.decode(b"psbt\xff" + bytes(1024 * 1024), bhsm.records.view(bhsm.records.state(wallet)))

@@ -193,7 +193,7 @@ def test_the_attack_is_refused_now(coins_for: Any) -> None:
         with pytest.raises(DecodeError, match=reason):
             wallet.hsm.sign_now(wallet.label, request.serialize(), PT)
     # The truth decodes, and the fee cap holds it back: 49 BTC is not 0.0005 BTC.
-    view = wallet.hsm._view(wallet.hsm._state(wallet.label))
+    view = wallet.hsm.records.view(wallet.hsm.records.state(wallet.label))
     assert BitcoinPsbtDecoder(NET).decode(honest_psbt.serialize(), view).fee == 49 * BTC
     with pytest.raises(PolicyNotMet, match="fee"):
         wallet.hsm.sign_now(wallet.label, honest_psbt.serialize(), PT)

@@ -196,7 +196,7 @@ def _eth_tx(chain_id: int) -> bytes:
 
 
 def test_a_key_signs_only_for_the_networks_its_policy_names(hsm: Hsm) -> None:
-    hsm.registry = registry("ethereum:31337,ethereum:1")
+    hsm.boundary.registry = registry("ethereum:31337,ethereum:1")
     fee_only = [token("auto", [], conditions={"maxFee": [CAP]})]
     hsm.create_key("local", "SECP256K1",
                    policy={"networks": ["ethereum:31337"], "ruleUse": {"tokens": fee_only}})

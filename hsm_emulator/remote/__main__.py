@@ -19,7 +19,7 @@ from types import FrameType
 
 from ..clock import Clock, SystemClock
 from ..errors import HsmError, InvalidInput
-from ..flow import Hsm
+from ..hsm import Hsm
 from ..store import SCRYPT_N, Passphrase
 from .server import serve
 from .wire import parse_address, read_secret_file

@@ -1,13 +1,16 @@
 """The remote calls, declared once: :data:`TABLE`.
 
-Each entry names an :class:`~hsm_emulator.client.HsmClient` call, gives each of its
+Each entry names an :class:`~hsm_emulator.client.HsmClient` call and its role (which
+role protocol declares it: keys, signing, audit, officer), gives each of its
 parameters a :class:`Kind` - how the value travels: its strict server-side check (the
 error message a bad value gets), its client-side encoding, and a conversion applied once
 every argument is read - and a :class:`Result`: how the HSM's answer is encoded by the
 server and decoded by the client. Names, order, positional/keyword-only and defaults come
 from the ``HsmClient`` signature itself (checked against the table when this module is
 imported), so the server's argument checks and dispatch (:mod:`.server`) and the client's
-methods (:mod:`.client`) are both driven by this table and cannot drift apart.
+methods (:mod:`.client`) are both driven by this table and cannot drift apart. Every
+call is in exactly one role, and every call of a role protocol is in the table (checked
+at import too).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from ..addresses import AddressKind, Network
 from ..audit import AuditEntry, SignedHead
 from ..challenge import Challenge
-from ..client import HsmClient
+from ..client import ROLES, HsmClient, Role, role_calls
 from ..errors import AuditFailure, InvalidInput, TransportError
 from ..flow import Approval
 from ..model import KeyAttributes
@@ -330,6 +333,7 @@ class Param:
 @dataclass(frozen=True)
 class Call:
     name: str
+    role: Role
     params: tuple[Param, ...]
     result: Result
     #: Changes no state: safe to send again after a lost reply.
@@ -338,8 +342,13 @@ class Call:
     positional: int
 
 
-def _call(name: str, result: Result, *, read_only: bool = False, **kinds: Kind) -> Call:
-    """Declare a call; its parameters must be exactly the ``HsmClient`` method's."""
+def _call(name: str, role: Role, result: Result, *, read_only: bool = False,
+          **kinds: Kind) -> Call:
+    """Declare a call of ``role``; its parameters must be exactly the method's of that
+    role's protocol (which must declare it)."""
+    if name not in role_calls(role):
+        raise TypeError(f"{name}: not a call of the {role.value} role "
+                        f"({ROLES[role].__name__})")
     params = list(inspect.signature(getattr(HsmClient, name)).parameters.values())[1:]
     if [p.name for p in params] != list(kinds):
         raise TypeError(f"{name}: the call table's arguments {list(kinds)} are not "
@@ -351,42 +360,65 @@ def _call(name: str, result: Result, *, read_only: bool = False, **kinds: Kind) 
         out.append(Param(p.name, kind, _MISSING if required else kind.encode(p.default, p.name),
                          p.kind is inspect.Parameter.KEYWORD_ONLY,
                          _MISSING if required else p.default))
-    return Call(name, tuple(out), result, read_only, sum(not p.keyword for p in out))
+    return Call(name, role, tuple(out), result, read_only,
+                sum(not p.keyword for p in out))
 
 
-#: Every HsmClient call but ``close`` (a client closes its connection, never the HSM).
+KEYS, SIGNING, AUDIT, OFFICER = Role.KEYS, Role.SIGNING, Role.AUDIT, Role.OFFICER
+
+#: Every HsmClient call but ``close`` (a client closes its connection, never the HSM),
+#: by role.
 TABLE: dict[str, Call] = {c.name: c for c in (
-    _call("create_key", KEY_INFO, label=TEXT, algorithm=ENUM, key_size=OPT_INT,
+    _call("create_key", KEYS, KEY_INFO, label=TEXT, algorithm=ENUM, key_size=OPT_INT,
           attributes=ATTRIBUTES, policy=OBJECT),
-    _call("derive_key", KEY_INFO, parent=TEXT, path=TEXT, label=TEXT, policy=OBJECT),
-    _call("get_key", KEY_INFO, read_only=True, label=TEXT),
-    _call("list_keys", STRINGS, read_only=True),
-    _call("public_key", RAW_BYTES, read_only=True, label=TEXT, path=TEXT),
-    _call("address", STRING, read_only=True, label=TEXT, kind=ADDRESS_KIND, network=NETWORK,
-          path=TEXT),
-    _call("invalidate_key", KEY_INFO, label=TEXT),
-    _call("restore_key", KEY_INFO, label=TEXT, so_passphrase=TEXT),
-    _call("destroy_key", KEY_INFO, label=TEXT, so_passphrase=TEXT),
-    _call("export_private_key_unsafe", RAW_BYTES, label=TEXT, so_passphrase=TEXT),
-    _call("attest", ATTESTATION, read_only=True, label=TEXT),
-    _call("identity_public_key", RAW_BYTES, read_only=True),
-    _call("begin", CHALLENGE, label=TEXT, action=ENUM, payload=BYTES, payload_type=TEXT,
-          scheme=OPT_ENUM, fee_cap=OPT_INT, new_policy=OBJECT, initiator=TEXT,
-          request_id=OPT_TEXT, initiation=OPT_APPROVAL),
-    _call("check_approval", STRING, read_only=True, request_id=TEXT, approval=APPROVAL),
-    _call("execute", EXECUTION, request_id=TEXT, approvals=APPROVALS, payload=OPT_BYTES),
-    _call("sign_now", EXECUTION, label=TEXT, payload=BYTES, payload_type=TEXT,
+    _call("derive_key", KEYS, KEY_INFO, parent=TEXT, path=TEXT, label=TEXT, policy=OBJECT),
+    _call("get_key", KEYS, KEY_INFO, read_only=True, label=TEXT),
+    _call("list_keys", KEYS, STRINGS, read_only=True),
+    _call("public_key", KEYS, RAW_BYTES, read_only=True, label=TEXT, path=TEXT),
+    _call("address", KEYS, STRING, read_only=True, label=TEXT, kind=ADDRESS_KIND,
+          network=NETWORK, path=TEXT),
+    _call("attest", KEYS, ATTESTATION, read_only=True, label=TEXT),
+    _call("identity_public_key", KEYS, RAW_BYTES, read_only=True),
+    _call("begin", SIGNING, CHALLENGE, label=TEXT, action=ENUM, payload=BYTES,
+          payload_type=TEXT, scheme=OPT_ENUM, fee_cap=OPT_INT, new_policy=OBJECT,
+          initiator=TEXT, request_id=OPT_TEXT, initiation=OPT_APPROVAL),
+    _call("check_approval", SIGNING, STRING, read_only=True, request_id=TEXT,
+          approval=APPROVAL),
+    _call("execute", SIGNING, EXECUTION, request_id=TEXT, approvals=APPROVALS,
+          payload=OPT_BYTES),
+    _call("sign_now", SIGNING, EXECUTION, label=TEXT, payload=BYTES, payload_type=TEXT,
           scheme=OPT_ENUM, request_id=OPT_TEXT, initiation=OPT_APPROVAL),
-    _call("sign_batch", EXECUTIONS, label=TEXT, payloads=BYTES_LIST, payload_type=TEXT,
-          scheme=OPT_ENUM),
-    _call("dry_run", EVALUATION, read_only=True, label=TEXT, payload=BYTES, payload_type=TEXT,
-          action=ENUM, approvers=TEXTS, elapsed=NUMBER),
-    _call("request_status", EVALUATION, read_only=True, request_id=TEXT, approvals=APPROVALS,
-          rejected=TEXTS),
-    _call("cancel", NOTHING, request_id=TEXT, reason=TEXT),
-    _call("request_result", EXECUTION, read_only=True, request_id=TEXT),
-    _call("request_challenge", CHALLENGE, read_only=True, request_id=TEXT),
-    _call("audit_entries", AUDIT_ENTRIES, read_only=True, start=INT64, limit=INT64),
-    _call("audit_head", SIGNED_HEAD, read_only=True),
-    _call("audit_checkpoints", SIGNED_HEADS, read_only=True),
+    _call("sign_batch", SIGNING, EXECUTIONS, label=TEXT, payloads=BYTES_LIST,
+          payload_type=TEXT, scheme=OPT_ENUM),
+    _call("dry_run", SIGNING, EVALUATION, read_only=True, label=TEXT, payload=BYTES,
+          payload_type=TEXT, action=ENUM, approvers=TEXTS, elapsed=NUMBER),
+    _call("request_status", SIGNING, EVALUATION, read_only=True, request_id=TEXT,
+          approvals=APPROVALS, rejected=TEXTS),
+    _call("cancel", SIGNING, NOTHING, request_id=TEXT, reason=TEXT),
+    _call("request_result", SIGNING, EXECUTION, read_only=True, request_id=TEXT),
+    _call("request_challenge", SIGNING, CHALLENGE, read_only=True, request_id=TEXT),
+    _call("audit_entries", AUDIT, AUDIT_ENTRIES, read_only=True, start=INT64, limit=INT64),
+    _call("audit_head", AUDIT, SIGNED_HEAD, read_only=True),
+    _call("audit_checkpoints", AUDIT, SIGNED_HEADS, read_only=True),
+    _call("invalidate_key", OFFICER, KEY_INFO, label=TEXT),
+    _call("restore_key", OFFICER, KEY_INFO, label=TEXT, so_passphrase=TEXT),
+    _call("destroy_key", OFFICER, KEY_INFO, label=TEXT, so_passphrase=TEXT),
+    _call("export_private_key_unsafe", OFFICER, RAW_BYTES, label=TEXT, so_passphrase=TEXT),
 )}
+
+
+def _check_roles(table: dict[str, Call]) -> None:
+    """Every call of every role protocol is in the table, under that role (a call in two
+    roles, or a role method with no call, fails here, at import)."""
+    for role in Role:
+        declared = set(role_calls(role))
+        tabled = {name for name, call in table.items() if call.role is role}
+        if declared != tabled:
+            raise TypeError(f"the {role.value} role ({ROLES[role].__name__}) declares "
+                            f"{sorted(declared)} but the call table gives it {sorted(tabled)}")
+    everywhere = [name for role in Role for name in role_calls(role)]
+    if len(everywhere) != len(set(everywhere)):
+        raise TypeError("a call is declared by more than one role protocol")
+
+
+_check_roles(TABLE)

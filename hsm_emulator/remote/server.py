@@ -26,7 +26,7 @@ from typing import Any
 
 from ..client import CALLS
 from ..errors import AuthenticationFailed, HsmError, InvalidInput, TransportError
-from ..flow import Hsm
+from ..hsm import Hsm
 from .calls import TABLE, Call, _Args
 from .wire import (
     _HEADER,

@@ -77,7 +77,7 @@ MAX_PENDING = 256
 AUDIT_PAGE = 1000
 #: Bytes of a reply frame besides its result: ``{"id":<up to 2**53>,"ok":}``.
 _REPLY_ENVELOPE = 64
-#: The HSM's own cap on ``audit_entries``' limit (see ``HsmCore.audit_entries``).
+#: The HSM's own cap on ``audit_entries``' limit (see ``hsm_emulator.auditing.MAX_PAGE``).
 AUDIT_MAX = 10_000
 _HEADER = struct.Struct(">I")
 _INT64 = 2**63
