@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from hsm_emulator.model import Intent, PayloadDecoder
+from hsm_emulator.decoding import Intent, PayloadDecoder
 
 
 class Chain(StrEnum):

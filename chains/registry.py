@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import os
 
-from hsm_emulator.decoders import DecoderRegistry, JsonTransferDecoder, test_decoder_enabled
-from hsm_emulator.model import PayloadDecoder
+from hsm_emulator.decoding import (
+    DecoderRegistry,
+    JsonTransferDecoder,
+    PayloadDecoder,
+    test_decoder_enabled,
+)
 
 from .bitcoin.decoder import BitcoinPsbtDecoder
 from .errors import ChainError

@@ -44,7 +44,7 @@ be proven from the payload, and nonces are per account. More accounts are more H
 from __future__ import annotations
 
 from chains.errors import ChainDecodeError
-from hsm_emulator.model import (
+from hsm_emulator.decoding import (
     Grant,
     Intent,
     IntentKind,

@@ -58,7 +58,7 @@ from typing import Any, Final
 from eth_account.messages import encode_typed_data
 
 from chains.errors import ChainDecodeError, InvalidAddress
-from hsm_emulator.model import (
+from hsm_emulator.decoding import (
     Grant,
     Intent,
     IntentKind,
