@@ -65,3 +65,15 @@ def test_a_chain_reaching_past_the_decoder_interface_fails(tmp_path: Path) -> No
     assert "chains-see-only-the-decoder-interface" in result.stdout
     assert "chains.bitcoin.builder -> hsm_emulator.derivation" in result.stdout
     assert "chains.bitcoin.decoder -> hsm_emulator.decoding" not in result.stdout
+
+
+def test_a_chain_spec_importing_its_planner_fails(tmp_path: Path) -> None:
+    """The HSM's entry point reads the chain specs for their decoders, so a spec names
+    its planner's module instead of importing it: an import would load node clients and
+    SQL into the HSM."""
+    tree = _copy(tmp_path)
+    _plant(tree, "chains/solana/spec.py", "import chains.solana.planner")
+    result = _lint(tree)
+    assert result.returncode != 0
+    assert "pure-chain-code" in result.stdout
+    assert "chains.solana.spec -> chains.solana.planner" in result.stdout
