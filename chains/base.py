@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from hsm_emulator.model import Intent, PayloadDecoder
+from hsm_emulator.decoding import Intent, PayloadDecoder
 
 
 class Chain(StrEnum):
+    """The supported chains; the values are their names on the wire, in JSON and in the
+    database. Each has one spec in :mod:`chains.specs` (a test checks)."""
+
     BITCOIN = "bitcoin"
     ETHEREUM = "ethereum"
     SOLANA = "solana"

@@ -6,6 +6,8 @@ into these at the adapter's edge, never leaked raw.
 
 from __future__ import annotations
 
+from hsm_emulator.decoding import DecodeError
+
 
 class ChainError(Exception):
     code = "chain.error"
@@ -22,6 +24,15 @@ class ChainDecodeError(ChainError):
     """A transaction or payload could not be fully decoded (never a partial intent)."""
 
     code = "chain.decode_error"
+
+
+def refused(payload_type: str, exc: ChainError) -> DecodeError:
+    """A decoder's refusal as the HSM's :class:`DecodeError`, the one error a decoder
+    raises (``hsm_emulator.decoding``). Chain code below a decoder raises
+    :class:`ChainDecodeError`; the decoder translates at its edge, in the words the HSM's
+    registry used when it still had to catch it: ``<type> payload could not be decoded:
+    [chain.decode_error] <reason>``."""
+    return DecodeError(f"{payload_type} payload could not be decoded: {exc}")
 
 
 class InvalidAddress(ChainError):

@@ -10,32 +10,29 @@ from __future__ import annotations
 
 import os
 
-from hsm_emulator.decoders import DecoderRegistry, JsonTransferDecoder, test_decoder_enabled
-from hsm_emulator.model import PayloadDecoder
+from hsm_emulator.decoding import (
+    DecoderRegistry,
+    JsonTransferDecoder,
+    PayloadDecoder,
+    test_decoder_enabled,
+)
 
-from .bitcoin.decoder import BitcoinPsbtDecoder
 from .errors import ChainError
-from .ethereum.decoder import EthereumTxDecoder
-from .ethereum.eip712 import Eip712Decoder
-from .solana.decoder import SolanaTxDecoder
+from .specs import SPECS, spec_of
 
-DEFAULT_NETWORKS = ("bitcoin:regtest,bitcoin:mainnet,bitcoin:testnet,bitcoin:signet,"
-                    "ethereum:31337,ethereum:1,ethereum:11155111,"
-                    "solana:localnet,solana:mainnet,solana:devnet")
+#: every chain's networks (``bitcoin:regtest,bitcoin:mainnet,...,solana:devnet``)
+DEFAULT_NETWORKS = ",".join(f"{chain.value}:{network}" for chain, spec in SPECS.items()
+                            for network in spec.networks)
 
 
 def decoders_for(network: str) -> list[PayloadDecoder]:
-    """The decoders of one ``chain:network`` entry."""
+    """The decoders of one ``chain:network`` entry, as its chain's spec names them."""
     chain, _, net = network.strip().partition(":")
-    if chain == "bitcoin":
-        return [BitcoinPsbtDecoder(net)]
-    if chain == "ethereum":
-        if not net.isdigit():
-            raise ChainError(f"ethereum networks are chain ids, not {net!r}")
-        return [EthereumTxDecoder(int(net)), Eip712Decoder(int(net))]
-    if chain == "solana":
-        return [SolanaTxDecoder(net)]
-    raise ChainError(f"unknown chain in network entry {network!r}")
+    try:
+        spec = spec_of(chain)
+    except ChainError:
+        raise ChainError(f"unknown chain in network entry {network!r}") from None
+    return spec.decoders(net)
 
 
 def registry(networks: str | None = None, *,

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from chains.specs import SPECS
 from hsm_emulator.model import Action
 from hsm_emulator.policy import DEFAULT_KINDS, Conditions, Policy, Token, parse_policy
 
-#: Decimals of well-known assets, for showing base units as amounts.
-DECIMALS = {"BTC": 8, "ETH": 18, "SOL": 9, "TST": 0}
+#: Decimals of well-known assets, for showing base units as amounts: every chain's native
+#: asset (from its spec), and the test decoder's TST.
+DECIMALS = {**{spec.native.asset: spec.native.decimals for spec in SPECS.values()}, "TST": 0}
 ACTION_WORDS = {Action.USE: "Signing (use)", Action.BLOCK: "Blocking the key",
                 Action.UNBLOCK: "Unblocking the key", Action.MODIFY: "Changing this policy"}
 

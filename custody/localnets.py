@@ -30,6 +30,7 @@ from solders.pubkey import Pubkey
 from solders.system_program import CreateAccountParams, create_account
 from solders.transaction import Transaction
 
+from chains.base import Chain
 from chains.bitcoin.node import RegtestNode, RpcServer
 from chains.bitcoin.rpc import BitcoinRpc
 from chains.ethereum.client import EthClient
@@ -37,7 +38,7 @@ from chains.ethereum.encoding import checksum
 from chains.solana import spl
 from chains.solana.devnode import DevNode
 from custody.errors import CustodyError
-from custody.treasury.networks import ChainEndpoints
+from custody.treasury.networks import ChainEndpoints, default_depths
 
 ETH_CHAIN_ID = 31337
 #: anvil's first well-known development account (public test key, funds nothing real).
@@ -74,7 +75,7 @@ class LocalNets:
     """Start with :meth:`start`; stop with :meth:`stop` (or use as a context manager)."""
 
     data_dir: Path
-    chains: tuple[str, ...] = ("bitcoin", "ethereum", "solana")
+    chains: tuple[str, ...] = tuple(Chain)  #: which to start (:class:`Chain` values)
     btc_rpc: BitcoinRpc | None = None
     eth: EthClient | None = None
     sol: DevNode | None = None
@@ -91,11 +92,11 @@ class LocalNets:
 
     def start(self) -> LocalNets:
         try:
-            if "bitcoin" in self.chains:
+            if Chain.BITCOIN in self.chains:
                 self._start_bitcoin()
-            if "ethereum" in self.chains:
+            if Chain.ETHEREUM in self.chains:
                 self._start_anvil()
-            if "solana" in self.chains:
+            if Chain.SOLANA in self.chains:
                 self.sol = DevNode().start()
         except BaseException:
             self.stop()
@@ -148,11 +149,14 @@ class LocalNets:
             self._btc_server = None
 
     def endpoints(self, confirmations: dict[str, int] | None = None) -> ChainEndpoints:
-        depth = {"bitcoin": 1, "ethereum": 1, "solana": 1, **(confirmations or {})}
+        depth = {**default_depths(), **(confirmations or {})}
         btc = "" if self._btc_server is None else (
             f"http://custody:{self._btc_password}@127.0.0.1:{self._btc_server.port}")
-        return ChainEndpoints(btc, "regtest", self._eth_url, ETH_CHAIN_ID,
-                              self.sol.url if self.sol is not None else "", "localnet", depth)
+        rpc: dict[str, str] = {Chain.BITCOIN: btc, Chain.ETHEREUM: self._eth_url,
+                               Chain.SOLANA: self.sol.url if self.sol is not None else ""}
+        networks: dict[str, str] = {Chain.BITCOIN: "regtest", Chain.ETHEREUM: str(ETH_CHAIN_ID),
+                                    Chain.SOLANA: "localnet"}
+        return ChainEndpoints(rpc, networks, depth)
 
     # -- faucets --------------------------------------------------------------------------
 

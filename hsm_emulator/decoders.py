@@ -73,9 +73,9 @@ class DecoderRegistry:
             else:
                 intent = decoder.decode(payload, owner)
                 items = decoder.sign_items(payload, owner)
-        except DecodeError:
+        except DecodeError:  # a decoder's refusal, in the one error of the interface
             raise
-        except Exception as exc:  # a decoder bug must never become a signature
+        except Exception as exc:  # a decoder *bug*: fail closed, it must never sign
             raise DecodeError(f"{payload_type} payload could not be decoded: {exc}") from None
         if not items:
             raise DecodeError(f"{payload_type}: nothing to sign")

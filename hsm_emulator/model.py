@@ -272,11 +272,11 @@ class KeyView(Protocol):
 class PayloadDecoder(Protocol):
     """Turns a payload of one type into an intent and the items to sign. Pure, no I/O.
 
-    Raises :class:`hsm_emulator.errors.DecodeError` (or any exception, which the
-    registry turns into one) for anything it cannot fully parse - truncated, trailing
-    bytes, unknown fields, ownership claims that ``owner`` does not confirm; never
-    returns a partial intent. A decoder may also define ``prepare(payload, owner)``
-    returning both at once from one parse.
+    Raises :class:`hsm_emulator.errors.DecodeError`, and only that, for anything it
+    cannot fully parse - truncated, trailing bytes, unknown fields, ownership claims that
+    ``owner`` does not confirm; never returns a partial intent. (Any other exception is a
+    bug; the registry still fails closed on it, as a DecodeError.) A decoder may also
+    define ``prepare(payload, owner)`` returning both at once from one parse.
     """
 
     payload_type: str

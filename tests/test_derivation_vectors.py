@@ -20,6 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mnemonic import Mnemonic
 
+from chains.bitcoin.wire import parse_path as builder_path
+from chains.errors import ChainDecodeError
 from hsm_emulator import derivation
 from hsm_emulator.derivation import (
     HARDENED,
@@ -305,61 +307,74 @@ def test_bip86_keys_and_addresses(block: dict[str, str]) -> None:
 # ----------------------------------------------------------------------------- paths
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("m", ()),
-        ("", ()),
-        ("m/84'/0'/0'/0/5", (84 + HARDENED, HARDENED, HARDENED, 0, 5)),
-        ("m/84h/0H/0'/0/5", (84 + HARDENED, HARDENED, HARDENED, 0, 5)),
-        ("0/5", (0, 5)),
-        ("0/5'", (0, 5 + HARDENED)),
-        ("2147483647'", (2**32 - 1,)),
-        ("2147483647", (2**31 - 1,)),
-    ],
-)
+PATHS = [
+    ("m", ()),
+    ("", ()),
+    ("m/84'/0'/0'/0/5", (84 + HARDENED, HARDENED, HARDENED, 0, 5)),
+    ("m/84h/0H/0'/0/5", (84 + HARDENED, HARDENED, HARDENED, 0, 5)),
+    ("0/5", (0, 5)),
+    ("0/5'", (0, 5 + HARDENED)),
+    ("2147483647'", (2**32 - 1,)),
+    ("2147483647", (2**31 - 1,)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), PATHS)
 def test_parse_path_accepts(text: str, expected: tuple[int, ...]) -> None:
     assert parse_path(text) == expected
 
 
-@pytest.mark.parametrize(
-    ("text", "problem"),
-    [
-        ("m/", "empty component"),
-        ("m//0", "empty component"),
-        ("/0", "empty component"),
-        ("0/", "empty component"),
-        ("m/0'/", "empty component"),
-        ("x", "invalid component"),
-        ("M/0", "invalid component"),
-        ("mm", "invalid component"),
-        ("m/0/m", "invalid component"),
-        ("m/a", "invalid component"),
-        ("m/-1", "invalid component"),
-        ("m/+1", "invalid component"),
-        ("m/0x1", "invalid component"),
-        ("m/1.5", "invalid component"),
-        ("m/ 1", "invalid component"),
-        ("m/1 ", "invalid component"),
-        ("m/01", "invalid component"),
-        ("m/0p", "invalid component"),
-        ("m/0''", "invalid component"),
-        ("m/0h'", "invalid component"),
-        ("m/0\n", "invalid component"),
-        ("m/\u0661", "invalid component"),  # ARABIC-INDIC DIGIT ONE: str.isnumeric() is true
-        ("m/\u00b2", "invalid component"),  # SUPERSCRIPT TWO
-        ("1" * 5000, "invalid component"),
-        ("m/2147483648", "not below 2^31"),
-        ("m/2147483648'", "not below 2^31"),
-        ("m/4294967295", "not below 2^31"),
-        ("m/9999999999", "not below 2^31"),
-        ("m/" + "/".join(["0"] * (MAX_DEPTH + 1)), "deeper than 255"),
-        ("/".join(["1'"] * (MAX_DEPTH + 1)), "deeper than 255"),
-    ],
-)
+BAD_PATHS = [
+    ("m/", "empty component"),
+    ("m//0", "empty component"),
+    ("/0", "empty component"),
+    ("0/", "empty component"),
+    ("m/0'/", "empty component"),
+    ("x", "invalid component"),
+    ("M/0", "invalid component"),
+    ("mm", "invalid component"),
+    ("m/0/m", "invalid component"),
+    ("m/a", "invalid component"),
+    ("m/-1", "invalid component"),
+    ("m/+1", "invalid component"),
+    ("m/0x1", "invalid component"),
+    ("m/1.5", "invalid component"),
+    ("m/ 1", "invalid component"),
+    ("m/1 ", "invalid component"),
+    ("m/01", "invalid component"),
+    ("m/0p", "invalid component"),
+    ("m/0''", "invalid component"),
+    ("m/0h'", "invalid component"),
+    ("m/0\n", "invalid component"),
+    ("m/\u0661", "invalid component"),  # ARABIC-INDIC DIGIT ONE: str.isnumeric() is true
+    ("m/\u00b2", "invalid component"),  # SUPERSCRIPT TWO
+    ("1" * 5000, "invalid component"),
+    ("m/2147483648", "not below 2^31"),
+    ("m/2147483648'", "not below 2^31"),
+    ("m/4294967295", "not below 2^31"),
+    ("m/9999999999", "not below 2^31"),
+    ("m/" + "/".join(["0"] * (MAX_DEPTH + 1)), "deeper than 255"),
+    ("/".join(["1'"] * (MAX_DEPTH + 1)), "deeper than 255"),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), BAD_PATHS)
 def test_parse_path_refuses(text: str, problem: str) -> None:
     with pytest.raises(DerivationError, match=re.escape(problem)):
         parse_path(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), PATHS)
+def test_the_bitcoin_builders_path_reader_agrees(text: str, expected: tuple[int, ...]) -> None:
+    """The broker's builder reads paths itself (it may not import the HSM's derivation);
+    it reads them as the HSM does."""
+    assert builder_path(text) == expected
+
+
+@pytest.mark.parametrize(("text", "problem"), BAD_PATHS)
+def test_the_bitcoin_builders_path_reader_refuses_alike(text: str, problem: str) -> None:
+    with pytest.raises(ChainDecodeError, match=re.escape(problem)):
+        builder_path(text)
 
 
 @pytest.mark.parametrize("value", [None, 5, b"m/0", ["m", "0"]])

@@ -14,7 +14,6 @@ from eth_account.messages import encode_typed_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chains.errors import ChainDecodeError
 from chains.ethereum import Eip712Decoder, EthereumTxDecoder
 from chains.ethereum.encoding import (
     address_of_public_key,
@@ -238,7 +237,7 @@ def test_a_priority_fee_above_the_fee_cap_is_refused() -> None:
     items = [rlp_int(CHAIN), rlp_int(0), rlp_int(10**10 + 1), rlp_int(10**10),
              rlp_int(21_000), rlp_bytes(BOB), rlp_int(1), rlp_bytes(b""), rlp_list([])]
     payload = b"\x02" + rlp_list(items)
-    with pytest.raises(ChainDecodeError, match="maxPriorityFeePerGas"):
+    with pytest.raises(DecodeError, match="maxPriorityFeePerGas"):
         DEC.prepare(payload, View())
     with pytest.raises(DecodeError):
         DecoderRegistry([DEC]).prepare(DEC.payload_type, payload, View())
@@ -256,18 +255,18 @@ def test_long_calldata_is_shown_by_hash() -> None:
 
 
 def test_refusals() -> None:
-    with pytest.raises(ChainDecodeError, match="chain id 1"):
+    with pytest.raises(DecodeError, match="chain id 1"):
         prepare(tx(chain=1))
-    with pytest.raises(ChainDecodeError, match="secp256k1"):
+    with pytest.raises(DecodeError, match="secp256k1"):
         DEC.prepare(serialize_unsigned(tx()), View(algorithm=KeyAlgorithm.ED25519))
     signed = assemble(tx(), bytes(View().key.sign_recoverable(keccak256(b"x"), hasher=None)))
-    with pytest.raises(ChainDecodeError, match="unsigned"):
+    with pytest.raises(DecodeError, match="unsigned"):
         DEC.prepare(signed, View())
     with pytest.raises(ValueError):
         EthereumTxDecoder(0)
 
 
-# -- fuzz: the decoder answers only ChainDecodeError, the registry only DecodeError -----
+# -- fuzz: the decoder itself answers only DecodeError, as the registry does ----------
 
 SAMPLES = [serialize_unsigned(tx()), serialize_unsigned(tx(TOKEN, 0, encode_transfer(BOB, 9))),
            serialize_unsigned(LegacyTx(CHAIN, 1, 2, 21000, BOB, 3))]
@@ -282,7 +281,7 @@ def test_fuzz_decoder(payload: bytes, cut: int, extra: bytes, noise: bytes) -> N
                 payload + b"\x00" * 2_000_000):
         try:
             DEC.prepare(bad, View())
-        except ChainDecodeError:
+        except DecodeError:
             with pytest.raises(DecodeError):
                 registry.prepare(DEC.payload_type, bad, View())
         else:  # a rare random valid unsigned transaction: it must re-encode exactly
@@ -318,11 +317,11 @@ def test_eip712_refusals() -> None:
     for bad in ({**doc, "domain": {**doc["domain"], "chainId": 5}},
                 {**doc, "extra": 1}, {k: v for k, v in doc.items() if k != "domain"},
                 {**doc, "primaryType": "Person"}, [], "x"):
-        with pytest.raises(ChainDecodeError):
+        with pytest.raises(DecodeError):
             dec.prepare(json.dumps(bad).encode(), View())
-    with pytest.raises(ChainDecodeError):
+    with pytest.raises(DecodeError):
         Eip712Decoder(5).prepare(json.dumps(doc).encode(), View())
-    with pytest.raises(ChainDecodeError):
+    with pytest.raises(DecodeError):
         dec.prepare(b"\xff\xfe", View())
 
 
@@ -331,7 +330,7 @@ def test_eip712_refusals() -> None:
 def test_fuzz_eip712(noise: bytes, cut: int) -> None:
     payload = json.dumps(EIP712["typedData"]).encode()
     for bad in (noise, payload[:cut % len(payload)], payload + noise[:1] + b"x"):
-        with pytest.raises(ChainDecodeError):
+        with pytest.raises(DecodeError):
             Eip712Decoder(1).prepare(bad, View())
 
 

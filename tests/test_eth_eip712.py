@@ -19,7 +19,6 @@ from eth_account.messages import encode_typed_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chains.errors import ChainDecodeError
 from chains.ethereum import Eip712Decoder, EthereumTxDecoder
 from chains.ethereum.eip712 import (
     DAI_PERMIT,
@@ -118,7 +117,7 @@ def decode(doc: dict[str, Any]) -> Any:
 
 
 def refused(doc: dict[str, Any]) -> str:
-    with pytest.raises(ChainDecodeError) as err:
+    with pytest.raises(DecodeError) as err:
         decode(doc)
     with pytest.raises(DecodeError):  # and the registry answers DecodeError
         DecoderRegistry([DEC]).prepare(DEC.payload_type, json.dumps(doc).encode(), View())
@@ -345,7 +344,7 @@ def test_hsm_signs_a_small_permit_under_a_token_naming_grants(hsm: Hsm) -> None:
         hsm.sign_now("eth", json.dumps(doc).encode(), DEC.payload_type)
 
 
-# -- fuzz: any value anywhere gives a grant, a message, or ChainDecodeError ---------------
+# -- fuzz: any value anywhere gives a grant, a message, or DecodeError --------------------
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-1, 2**260) | st.text(max_size=70)
@@ -378,7 +377,7 @@ def test_fuzz_typed_data_values(seed: dict[str, Any], data: st.DataObject, value
     node[path[-1]] = value
     try:
         intent, _ = decode(doc)
-    except ChainDecodeError:
+    except DecodeError:
         return
     assert intent.kind in (IntentKind.GRANT, IntentKind.MESSAGE)
     if intent.kind is IntentKind.GRANT:

@@ -2,7 +2,8 @@
 
 Found by the kill loop with transfers (tests/reliability/killloop.py --transfers, SQLite,
 seed 7, iteration 25): the API releasing a medium transfer on its last approval and a
-worker advancing the same request both finalized it. ``EthereumPlanner._allocate`` read
+worker advancing the same request both finalized it. The nonce allocation (now
+``SqlLedger.allocate_nonce``, behind ``EthereumPlanner._allocate``) read
 "does this transfer own a slot?" in one transaction and "the highest slot" in another,
 so the second finalizer, reading after the first committed nonce 641, reserved 642 for
 the same transfer. The transfer was signed with 641; slot 642 was marked broadcast with
@@ -23,9 +24,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from chains.ethereum.planner import EthereumPlanner
 from custody.db import make_engine, make_sessions
+from custody.treasury.ledger import SqlLedger
 from custody.treasury.models import NonceSlot, Wallet
-from custody.treasury.planners import EthereumPlanner
 from tests.pg import PostgresServer
 
 ADDRESS = "0x" + "ab" * 20
@@ -57,16 +59,16 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 def test_concurrent_finalizers_of_one_transfer_take_one_nonce(
         sessions: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    planner = EthereumPlanner(Node())  # type: ignore[arg-type]
+    planner = EthereumPlanner(Node(), SqlLedger())  # type: ignore[arg-type]
     with sessions() as s:
         wallet = s.get(Wallet, "w1")
-    original = EthereumPlanner._highest
+    original = SqlLedger._highest
 
     def slow_highest(*args: Any) -> int:
         time.sleep(0.02)  # another finalizer's commit lands here
         return original(*args)
 
-    monkeypatch.setattr(EthereumPlanner, "_highest", staticmethod(slow_highest))
+    monkeypatch.setattr(SqlLedger, "_highest", staticmethod(slow_highest))
     transfers = [SimpleNamespace(id=uuid.uuid4().hex) for _ in range(8)]
     got: dict[str, list[int]] = {t.id: [] for t in transfers}
 

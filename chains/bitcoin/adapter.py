@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from chains.base import Chain, Confirmation, Source, TransferRequest, UnsignedTx
 from chains.errors import BuildError, ChainError, InsufficientFunds
-from hsm_emulator.model import Intent, IntentKind, PayloadDecoder, Transfer
+from hsm_emulator.decoding import Intent, IntentKind, PayloadDecoder, Transfer
 
 from .addresses import script_to_address, validate_address
 from .assemble import finalize

@@ -22,9 +22,7 @@ from bitcoin.core import (
 )
 from bitcoin.core.script import CScript
 
-from chains.errors import BuildError
-from hsm_emulator.derivation import parse_path
-from hsm_emulator.errors import DerivationError
+from chains.errors import BuildError, ChainDecodeError
 
 from . import psbt as P
 from .addresses import address_to_script
@@ -40,7 +38,7 @@ from .coins import (
 )
 from .psbt import Psbt, TapOrigin
 from .scripts import ScriptKind, classify, p2tr_script, p2wpkh_script, x_only
-from .wire import KeyOrigin, TxOut
+from .wire import KeyOrigin, TxOut, parse_path
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ def _key_record(kind: ScriptKind, public_key: bytes, path: str, fingerprint: byt
     """BIP174 / BIP371 derivation entries naming ``path`` under the HSM key."""
     try:
         origin = KeyOrigin(fingerprint, parse_path(path))
-    except DerivationError as exc:
+    except ChainDecodeError as exc:
         raise BuildError(f"path {path!r}: {exc.reason}") from None
     if kind is ScriptKind.P2WPKH:
         t = P.O_BIP32_DERIVATION if output else P.I_BIP32_DERIVATION

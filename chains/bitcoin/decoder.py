@@ -37,8 +37,9 @@ from __future__ import annotations
 from typing import Any
 
 from chains.errors import ChainDecodeError, ChainError
-from hsm_emulator.errors import DecodeError, HsmError
-from hsm_emulator.model import (
+from hsm_emulator.decoding import (
+    DecodeError,
+    HsmError,
     Intent,
     IntentKind,
     KeyAlgorithm,
@@ -60,7 +61,7 @@ ASSET = "BTC"
 
 
 class BitcoinPsbtDecoder:
-    """:class:`~hsm_emulator.model.PayloadDecoder` for one Bitcoin network."""
+    """:class:`~hsm_emulator.decoding.PayloadDecoder` for one Bitcoin network."""
 
     def __init__(self, network: str) -> None:
         self.network = network_params(network).name

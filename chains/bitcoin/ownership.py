@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chains.errors import ChainDecodeError
-from hsm_emulator.model import KeyView
+from hsm_emulator.decoding import KeyView
 
 from .psbt import Psbt
 from .scripts import ScriptKind, hash160, p2tr_script, p2wpkh_script, x_only

@@ -22,7 +22,7 @@ from enum import StrEnum
 import coincurve
 
 from chains.errors import ChainDecodeError
-from hsm_emulator.keys import tagged_hash
+from hsm_emulator.decoding import tagged_hash
 
 
 class ScriptKind(StrEnum):

@@ -22,7 +22,7 @@ from bitcoin.core.script import (
 )
 
 from chains.errors import ChainDecodeError
-from hsm_emulator.keys import tagged_hash
+from hsm_emulator.decoding import tagged_hash
 
 from .scripts import p2pkh_code
 from .wire import TxOut, var_bytes

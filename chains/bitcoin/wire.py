@@ -10,6 +10,7 @@ non-canonical compact sizes ("non-canonical ReadCompactSize()") - and callers ch
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ from chains.errors import ChainDecodeError
 #: 21 million BTC in satoshis: an amount above is invalid (consensus ``MoneyRange``).
 MAX_MONEY = 21_000_000 * 100_000_000
 HARDENED = 0x8000_0000
+#: BIP32 serialises depth in one byte.
+MAX_DEPTH = 255
+#: One path component: decimal without leading zeros, optional hardened marker.
+_COMPONENT = re.compile(r"(0|[1-9][0-9]{0,9})(['hH]?)")
 
 
 def sha256d(data: bytes) -> bytes:
@@ -120,5 +125,36 @@ class KeyOrigin:
         return cls(data[:4], path)
 
     def path_str(self) -> str:
-        """The path as :func:`hsm_emulator.derivation.parse_path` reads it (``0/5``)."""
+        """The path as :func:`parse_path` reads it (``0/5``)."""
         return "/".join(f"{i - HARDENED}'" if i >= HARDENED else str(i) for i in self.path)
+
+
+def parse_path(path: str) -> tuple[int, ...]:
+    """A BIP32 path (``"0/5"``, ``"m/84'/0'/0'"``, ``""`` or ``"m"`` for the key itself)
+    as child indices: the inverse of :meth:`KeyOrigin.path_str`.
+
+    The grammar is the HSM's (decimal without leading zeros, ``'``/``h``/``H`` for
+    hardened, indices below 2^31, at most 255 levels), written here so that the broker's
+    builder does not reach into the HSM's derivation code; the HSM checks every path it
+    derives again. See https://github.com/bitcoin/bips/blob/master/bip-0032.mediawiki
+    """
+    if path in ("", "m"):
+        return ()
+    components = path.split("/")
+    if components[0] == "m":
+        components = components[1:]
+    if len(components) > MAX_DEPTH:
+        raise ChainDecodeError(f"path is deeper than {MAX_DEPTH} levels ({len(components)})")
+    out = []
+    for position, component in enumerate(components, 1):
+        if not component:
+            raise ChainDecodeError(f"empty component at position {position}")
+        match = _COMPONENT.fullmatch(component)
+        if match is None:
+            shown = component if len(component) <= 24 else component[:24] + "..."
+            raise ChainDecodeError(f"invalid component {shown!r} at position {position}")
+        index = int(match.group(1))
+        if index >= HARDENED:
+            raise ChainDecodeError(f"index {index} at position {position} is not below 2^31")
+        out.append(index + HARDENED if match.group(2) else index)
+    return tuple(out)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from chains.base import Chain, Confirmation, Source, TransferRequest, UnsignedTx
 from chains.errors import BuildError, ChainError
-from hsm_emulator.model import PayloadDecoder
+from hsm_emulator.decoding import PayloadDecoder
 
 from .client import EthClient
 from .decoder import EthereumTxDecoder, intent_of, network_of

@@ -43,8 +43,8 @@ be proven from the payload, and nonces are per account. More accounts are more H
 
 from __future__ import annotations
 
-from chains.errors import ChainDecodeError
-from hsm_emulator.model import (
+from chains.errors import ChainDecodeError, refused
+from hsm_emulator.decoding import (
     Grant,
     Intent,
     IntentKind,
@@ -80,6 +80,13 @@ class EthereumTxDecoder:
         self.payload_type = f"ETHEREUM_TX:{self.network}"
 
     def prepare(self, payload: bytes, owner: KeyView) -> tuple[Intent, tuple[SignItem, ...]]:
+        """The intent and the digest to sign. Refusals are :class:`DecodeError` only."""
+        try:
+            return self._prepare(payload, owner)
+        except ChainDecodeError as exc:
+            raise refused(self.payload_type, exc) from None
+
+    def _prepare(self, payload: bytes, owner: KeyView) -> tuple[Intent, tuple[SignItem, ...]]:
         tx = self._tx(payload, owner)
         sender = address_of_public_key(owner.public_key(""))
         item = SignItem(SignScheme.ECDSA_SECP256K1_DIGEST, signing_hash(tx))

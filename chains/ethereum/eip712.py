@@ -57,8 +57,8 @@ from typing import Any, Final
 
 from eth_account.messages import encode_typed_data
 
-from chains.errors import ChainDecodeError, InvalidAddress
-from hsm_emulator.model import (
+from chains.errors import ChainDecodeError, InvalidAddress, refused
+from hsm_emulator.decoding import (
     Grant,
     Intent,
     IntentKind,
@@ -340,6 +340,13 @@ class Eip712Decoder:
         self.payload_type = f"ETHEREUM_EIP712:{self.network}"
 
     def prepare(self, payload: bytes, owner: KeyView) -> tuple[Intent, tuple[SignItem, ...]]:
+        """The intent and the digest to sign. Refusals are :class:`DecodeError` only."""
+        try:
+            return self._prepare(payload, owner)
+        except ChainDecodeError as exc:
+            raise refused(self.payload_type, exc) from None
+
+    def _prepare(self, payload: bytes, owner: KeyView) -> tuple[Intent, tuple[SignItem, ...]]:
         if owner.algorithm is not KeyAlgorithm.SECP256K1:
             raise ChainDecodeError("EIP-712 data is signed by secp256k1 keys")
         doc = self._parse(payload)

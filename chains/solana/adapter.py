@@ -41,8 +41,7 @@ from chains.solana.tx import (
     build_spl_transfer,
     refresh_blockhash,
 )
-from hsm_emulator.errors import HsmError
-from hsm_emulator.model import Intent, KeyAlgorithm, PayloadDecoder
+from hsm_emulator.decoding import HsmError, Intent, KeyAlgorithm, PayloadDecoder
 
 #: Genesis hashes of the public clusters (https://solana.com/docs/references/clusters).
 GENESIS: Final = {

@@ -3,7 +3,7 @@
 The payload is a serialized legacy ``Message`` - exactly the bytes an Ed25519 transaction
 signature covers - so what the HSM decodes is what it signs.
 
-What is refused (:class:`~hsm_emulator.errors.DecodeError`), whatever the instructions:
+What is refused (:class:`~hsm_emulator.decoding.DecodeError`), whatever the instructions:
 
 * bytes that do not parse, or parse with trailing / non-canonical bytes (re-serialized and
   compared), or fail the runtime's sanitize checks (indices out of range), duplicate
@@ -77,8 +77,8 @@ from chains.solana.tx import (
     message_fee,
     parse_compute_budget,
 )
-from hsm_emulator.errors import DecodeError
-from hsm_emulator.model import (
+from hsm_emulator.decoding import (
+    DecodeError,
     Intent,
     IntentKind,
     KeyAlgorithm,

@@ -1,76 +1,67 @@
-"""Which chains the treasury talks to, and the adapters for them. Configuration only.
+"""Which chains the treasury talks to, and their planners. Configuration only.
 
-``CUSTODY_BITCOIN_RPC`` (``http://user:password@host:port``) with
-``CUSTODY_BITCOIN_NETWORK`` (regtest), ``CUSTODY_ETHEREUM_RPC`` with
-``CUSTODY_ETHEREUM_CHAIN_ID`` (31337), ``CUSTODY_SOLANA_RPC`` with
-``CUSTODY_SOLANA_NETWORK`` (localnet), and ``CUSTODY_CONFIRMATIONS`` such as
-``bitcoin=1,ethereum=1,solana=1`` (the depth at which a transfer counts as confirmed).
+Per chain (its :class:`~chains.spec.ChainSpec`), ``CUSTODY_<CHAIN>_RPC`` names the node
+(``CUSTODY_BITCOIN_RPC=http://user:password@host:port``) and the spec's network
+variable its network (``CUSTODY_BITCOIN_NETWORK``, regtest; ``CUSTODY_ETHEREUM_CHAIN_ID``,
+31337; ``CUSTODY_SOLANA_NETWORK``, localnet); ``CUSTODY_CONFIRMATIONS`` such as
+``bitcoin=1,ethereum=1,solana=1`` sets the depth at which a transfer counts as confirmed.
 A chain without an endpoint has no wallets: asking for one is a clear error.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from chains.base import Source
-from chains.bitcoin.adapter import BitcoinAdapter
-from chains.bitcoin.rpc import BitcoinRpc
-from chains.ethereum.adapter import EthereumAdapter
-from chains.ethereum.client import EthClient
-from chains.ethereum.nonces import SqliteNonceStore
-from chains.solana.adapter import SolanaAdapter
-from chains.solana.client import SolanaRpcClient
+from chains.planning import Connection, Planner, connect
+from chains.specs import SPECS, find_spec, spec_of
 from custody.errors import BadRequest
 from hsm_emulator.client import HsmClient
 
+from .ledger import SqlLedger
 from .models import Wallet
-from .planners import BitcoinPlanner, EthereumPlanner, Planner, SolanaPlanner
 
-#: What a wallet's address is, per chain.
-ADDRESS_KIND = {"bitcoin": "p2wpkh", "ethereum": "ethereum", "solana": "solana"}
-DEFAULT_DEPTH = {"bitcoin": 1, "ethereum": 1, "solana": 1}
+
+def default_depths() -> dict[str, int]:
+    """Each chain's default confirmation depth, by chain name."""
+    return {chain.value: spec.default_depth for chain, spec in SPECS.items()}
 
 
 @dataclass(frozen=True)
 class ChainEndpoints:
-    bitcoin_rpc: str = ""
-    bitcoin_network: str = "regtest"
-    ethereum_rpc: str = ""
-    ethereum_chain_id: int = 31337
-    solana_rpc: str = ""
-    solana_network: str = "localnet"
-    confirmations: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_DEPTH))
+    """Per chain: its node's URL (none: the chain is not served) and network label."""
+
+    rpc: Mapping[str, str] = field(default_factory=dict)  #: by :class:`Chain`
+    networks: Mapping[str, str] = field(default_factory=dict)  #: unset: the spec's default
+    confirmations: dict[str, int] = field(default_factory=default_depths)
 
     @classmethod
     def from_env(cls) -> ChainEndpoints:
         env = os.environ
-        depth = dict(DEFAULT_DEPTH)
+        depth = default_depths()
         for part in env.get("CUSTODY_CONFIRMATIONS", "").split(","):
             chain, _, n = part.partition("=")
             if chain.strip() in depth and n.strip().isdigit():
                 depth[chain.strip()] = max(1, int(n))
-        return cls(env.get("CUSTODY_BITCOIN_RPC", ""),
-                   env.get("CUSTODY_BITCOIN_NETWORK", "regtest"),
-                   env.get("CUSTODY_ETHEREUM_RPC", ""),
-                   int(env.get("CUSTODY_ETHEREUM_CHAIN_ID", "31337")),
-                   env.get("CUSTODY_SOLANA_RPC", ""),
-                   env.get("CUSTODY_SOLANA_NETWORK", "localnet"), depth)
+        return cls({c: env.get(s.rpc_variable, "") for c, s in SPECS.items()},
+                   {c: s.parse_network(env.get(s.network_variable, s.default_network))
+                    for c, s in SPECS.items()}, depth)
 
     def network_of(self, chain: str) -> str:
-        return {"bitcoin": self.bitcoin_network, "ethereum": str(self.ethereum_chain_id),
-                "solana": self.solana_network}.get(chain, "")
+        if chain in self.networks:
+            return self.networks[chain]
+        spec = find_spec(chain)
+        return "" if spec is None else spec.default_network
 
     def configured(self) -> list[str]:
-        return [c for c, url in (("bitcoin", self.bitcoin_rpc), ("ethereum", self.ethereum_rpc),
-                                 ("solana", self.solana_rpc)) if url]
+        return [c.value for c in SPECS if self.rpc.get(c)]
 
 
 class Networks:
-    """Adapters and planners per chain, built once from the endpoints."""
+    """Planners (and their adapters) per chain, built once from the endpoints."""
 
     def __init__(self, endpoints: ChainEndpoints, hsm: HsmClient,
                  scratch: Path | None = None,
@@ -79,7 +70,7 @@ class Networks:
         self.issued = issued or (lambda _label: 0)
         self.hsm = hsm
         self._scratch = scratch
-        self._adapters: dict[str, object] = {}
+        self._ledger = SqlLedger()
         self._planners: dict[str, Planner] = {}
 
     def chains(self) -> list[str]:
@@ -89,8 +80,8 @@ class Networks:
         return self.endpoints.confirmations.get(chain, 1)
 
     def check(self, chain: str, network: str) -> None:
-        if chain not in ADDRESS_KIND:
-            raise BadRequest(f"chain must be one of {sorted(ADDRESS_KIND)}")
+        if find_spec(chain) is None:
+            raise BadRequest(f"chain must be one of {sorted(c.value for c in SPECS)}")
         if chain not in self.chains():
             raise BadRequest(f"no {chain} node is configured on this server")
         if network != self.endpoints.network_of(chain):
@@ -98,47 +89,23 @@ class Networks:
                              f"{self.endpoints.network_of(chain)!r}, not {network!r}")
 
     def adapter(self, chain: str) -> object:
-        if chain not in self._adapters:
-            self._adapters[chain] = self._build(chain)
-        return self._adapters[chain]
+        return self.planner(chain).adapter
 
     def planner(self, chain: str) -> Planner:
         if chain not in self._planners:
-            adapter = self.adapter(chain)
-            self._planners[chain] = (
-                BitcoinPlanner(adapter) if isinstance(adapter, BitcoinAdapter) else
-                EthereumPlanner(adapter) if isinstance(adapter, EthereumAdapter) else
-                SolanaPlanner(adapter))  # type: ignore[arg-type]
+            if chain not in self.chains():
+                raise BadRequest(f"no {chain} node is configured on this server")
+            spec = spec_of(chain)
+            self._planners[chain] = connect(spec, Connection(
+                self.endpoints.rpc[chain], self.endpoints.network_of(chain),
+                self.depth(chain), self.hsm, self._ledger,
+                self._issued, self._scratch))
         return self._planners[chain]
 
-    def _build(self, chain: str) -> object:
-        e = self.endpoints
-        if chain not in self.chains():
-            raise BadRequest(f"no {chain} node is configured on this server")
-        if chain == "bitcoin":
-            url, user, password = _split_credentials(e.bitcoin_rpc)
-            return BitcoinAdapter(e.bitcoin_network, BitcoinRpc(url, user, password),
-                                  self.hsm.public_key, confirmations=self.depth("bitcoin"),
-                                  issued=self.issued)
-        if chain == "ethereum":
-            # the adapter's own nonce store is unused: the treasury allocates nonces in
-            # the broker's database at release time (see planners.py)
-            store = SqliteNonceStore(":memory:") if self._scratch is None else (
-                SqliteNonceStore(self._scratch / "unused-nonces.sqlite"))
-            return EthereumAdapter(e.ethereum_chain_id,
-                                   EthClient(e.ethereum_rpc, expected_chain_id=e.ethereum_chain_id),
-                                   store)
-        return SolanaAdapter(e.solana_network, SolanaRpcClient(e.solana_rpc))
+    def _issued(self, label: str) -> int:
+        """Read late: the treasury sets :attr:`issued` after the networks are made."""
+        return self.issued(label)
 
     def source(self, wallet: Wallet) -> Source:
         return Source(wallet.key_label, self.hsm.public_key(wallet.key_label), "",
                       wallet.address)
-
-
-def _split_credentials(url: str) -> tuple[str, str, str]:
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return bare, parts.username or "", parts.password or ""

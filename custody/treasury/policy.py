@@ -13,13 +13,13 @@ Per asset of a wallet, three tokens (ORed by the HSM):
   ``largeTimeout``.
 
 Every tier caps what a transaction may cost beyond what it moves - its maximum fee plus
-rent, in the chain's native asset - at ``maxFee`` (default per chain: :data:`FEE_CAPS`);
-the HSM refuses a conditioned token without one, since the broker chooses the fee. The
-native asset's daily limit counts total native outflow (transfers, fees and rent) and is
-carried by every auto tier, token tiers included, so fees of auto-signed token
-transfers draw on it too. Tiers release
-transfers only: approvals, permits and opaque contract calls match no tier. The policy
-names the wallet's network (``networks``): the key signs for no other.
+rent, in the chain's native asset - at ``maxFee`` (default per chain, from its spec:
+:data:`FEE_CAPS`); the HSM refuses a conditioned token without one, since the broker
+chooses the fee. The native asset's daily limit counts total native outflow (transfers,
+fees and rent) and is carried by every auto tier, token tiers included, so fees of
+auto-signed token transfers draw on it too. Tiers release transfers only: approvals,
+permits and opaque contract calls match no tier. The policy names the wallet's network
+(``networks``): the key signs for no other.
 
 Amounts in the configuration are decimal strings in the asset's units; the tokens carry
 base units, evaluated by the HSM on the transaction it decodes itself. Block needs one
@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from chains.specs import SPECS
 from custody.errors import BadRequest
 
 from .units import to_base_units
@@ -39,11 +40,9 @@ from .units import to_base_units
 DEFAULTS: dict[str, Any] = {"hold": 86400, "mediumTimeout": 3600, "largeTimeout": 3 * 86400,
                             "tradersQuorum": 2, "complianceQuorum": 1}
 _KNOWN = {"traders", "compliance", "tiers", "maxFee", *DEFAULTS}
-#: Default cap on fee plus rent per transaction, in the native asset's units: about 50x
-#: a busy day's fee for an ordinary transfer (Bitcoin: a 1-in 2-out P2WPKH payment at
-#: 500 sat/vB is ~0.0007 BTC; Ethereum: an ERC-20 transfer's 65,000 gas at 150 gwei is
-#: ~0.01 ETH; Solana: a priority fee plus a token account's 0.00204 SOL rent).
-FEE_CAPS = {"BTC": "0.001", "ETH": "0.02", "SOL": "0.01"}
+#: Default cap on fee plus rent per transaction, by native asset, in its units: about 50x
+#: a busy day's fee for an ordinary transfer. Each chain's spec gives its own and why.
+FEE_CAPS = {spec.native.symbol: spec.fee_cap for spec in SPECS.values()}
 
 
 @dataclass(frozen=True)

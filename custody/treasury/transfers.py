@@ -41,6 +41,7 @@ from chains.errors import (
     InvalidAddress,
     NodeUnavailable,
 )
+from chains.planning import Planner
 from custody.broker import Broker, Principal
 from custody.db import SignRequest, Status
 from custody.errors import BadRequest, Conflict, CustodyError, NotFound
@@ -50,7 +51,6 @@ from hsm_emulator.model import Action, Intent
 from . import webhooks
 from .models import TERMINAL, DepositAddress, State, TransferRecord, Wallet, changed
 from .networks import Networks
-from .planners import Planner
 from .units import to_base_units, to_text
 from .wallets import assets_of, get_wallet
 

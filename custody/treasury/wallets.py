@@ -1,12 +1,13 @@
 """Wallets: an HSM key on one chain and network, its assets, its tiered policy, and its
 deposit addresses.
 
-Bitcoin wallets derive a fresh receive address per request (``0/i`` below the wallet's
-key, BIP44's last two levels) and honour a gap limit: at most ``GAP_LIMIT`` addresses in
-a row may be unused, the window the adapter scans for coins, so no deposit is missed.
-Ethereum and Solana wallets are one account each (the key itself): on an account chain a
-deposit is attributed by its sender or memo, and a desk that wants segregated balances
-opens another wallet.
+What differs per chain is in its spec (:mod:`chains.specs`). Wallets of a chain with
+fresh addresses (Bitcoin) derive a new receive address per request (``0/i`` below the
+wallet's key, BIP44's last two levels) and honour a gap limit: at most ``GAP_LIMIT``
+addresses in a row may be unused, the window the adapter scans for coins, so no deposit
+is missed. Wallets of an account chain (Ethereum, Solana) are one account each (the key
+itself): a deposit is attributed by its sender or memo, and a desk that wants segregated
+balances opens another wallet.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import re
 import uuid
 from typing import Any
 
-from solders.pubkey import Pubkey
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from chains.bitcoin.adapter import BitcoinAdapter
+from chains.spec import ChainSpec
+from chains.specs import SPECS, spec_of
 from custody import tenancy
 from custody.broker import Principal
 from custody.errors import BadRequest, Conflict, NotFound
@@ -32,11 +33,11 @@ from .networks import Networks
 from .policy import AssetInfo, treasury_policy
 
 GAP_LIMIT = 20
-NATIVE = {"bitcoin": AssetInfo("BTC", "BTC", 8), "ethereum": AssetInfo("ETH", "ETH", 18),
-          "solana": AssetInfo("SOL", "SOL", 9)}
+#: Each chain's native asset, by chain name (from the chains' specs).
+NATIVE = {chain.value: AssetInfo(spec.native.symbol, spec.native.asset, spec.native.decimals)
+          for chain, spec in SPECS.items()}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SYMBOL = re.compile(r"^[A-Z][A-Z0-9]{1,11}$")
-_ERC20 = re.compile(r"^ERC20:0x[0-9a-f]{40}$")
 
 
 def assets_of(wallet: Wallet) -> list[AssetInfo]:
@@ -47,6 +48,7 @@ def assets_of(wallet: Wallet) -> list[AssetInfo]:
 def token_assets(chain: str, tokens: Any) -> list[AssetInfo]:
     if tokens is None:
         return []
+    spec = spec_of(chain)
     if not isinstance(tokens, list) or len(tokens) > 20:
         raise BadRequest("tokens must be a list of at most 20 {symbol, asset, decimals}")
     out = []
@@ -58,18 +60,10 @@ def token_assets(chain: str, tokens: Any) -> list[AssetInfo]:
             raise BadRequest(f"tokens[{i}].symbol: 2-12 upper-case letters and digits")
         if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 36:
             raise BadRequest(f"tokens[{i}].decimals: a whole number 0-36")
-        if chain == "ethereum" and not (isinstance(asset, str) and _ERC20.match(asset)):
-            raise BadRequest(f"tokens[{i}].asset: ERC20:<lower-case 0x address>")
-        if chain == "solana":
-            try:
-                ok = isinstance(asset, str) and asset.startswith("SPL:") and (
-                    str(Pubkey.from_string(asset[4:])) == asset[4:])
-            except ValueError:
-                ok = False
-            if not ok:
-                raise BadRequest(f"tokens[{i}].asset: SPL:<base58 mint address>")
-        if chain == "bitcoin":
-            raise BadRequest("Bitcoin wallets hold BTC only")
+        if spec.tokens is None:
+            raise BadRequest(f"{spec.name} wallets hold {spec.native.symbol} only")
+        if not spec.tokens.accepts(asset):
+            raise BadRequest(f"tokens[{i}].asset: {spec.tokens.spelling}")
         out.append(AssetInfo(symbol, asset, decimals))
     return out
 
@@ -96,7 +90,8 @@ def create_wallet(sessions: sessionmaker[Session], networks: Networks,
             raise Conflict(f"a wallet named {name!r} exists")
     wallet_id = wallet_id or uuid.uuid4().hex
     label = f"wallet-{wallet_id[:16]}"
-    algorithm = "ED25519" if chain == "solana" else "SECP256K1"
+    spec = spec_of(chain)
+    algorithm = spec.key_algorithm.value
     try:  # the wallet's key is its tenant's alone
         tenancy.create_key(sessions, networks.hsm, who.tenant, label, algorithm, policy=ska)
     except KeyExists:
@@ -107,7 +102,8 @@ def create_wallet(sessions: sessionmaker[Session], networks: Networks,
             raise Conflict("this wallet's key exists with another policy") from None
     except HsmError as exc:
         raise BadRequest(f"the HSM refused the wallet key: {exc.reason}") from None
-    address = _first_address(networks, chain, label)
+    path = spec.deposit_path(0)
+    address = spec.address_of(networks.hsm, label, network, path)
     wallet = Wallet(id=wallet_id, tenant=who.tenant, name=name, chain=chain, network=network,
                     key_label=label, address=address, assets=[a.to_json() for a in assets],
                     policy_config=policy)
@@ -115,25 +111,11 @@ def create_wallet(sessions: sessionmaker[Session], networks: Networks,
         with sessions.begin() as s:
             s.add(wallet)
             s.flush()
-            s.add(DepositAddress(wallet_id=wallet_id, idx=0, path=_path(chain, 0),
+            s.add(DepositAddress(wallet_id=wallet_id, idx=0, path=path,
                                  address=address, label="primary"))
     except IntegrityError:
         raise Conflict(f"a wallet named {name!r} exists") from None
     return wallet
-
-
-def _path(chain: str, index: int) -> str:
-    return f"0/{index}" if chain == "bitcoin" else ""
-
-
-def _first_address(networks: Networks, chain: str, label: str) -> str:
-    if chain == "bitcoin":
-        adapter = networks.adapter("bitcoin")
-        assert isinstance(adapter, BitcoinAdapter)
-        return adapter.address_at(label, "0/0")
-    if chain == "ethereum":
-        return networks.hsm.address(label, "ethereum", "mainnet")
-    return str(Pubkey.from_bytes(networks.hsm.public_key(label)))
 
 
 def get_wallet(sessions: sessionmaker[Session], who: Principal,
@@ -161,13 +143,12 @@ def new_address(sessions: sessionmaker[Session], networks: Networks,
                 wallet: Wallet, label: str) -> DepositAddress:
     if not isinstance(label, str) or len(label) > 128 or not label.isprintable():
         raise BadRequest("label: at most 128 printable characters")
-    if wallet.chain != "bitcoin":
+    spec = spec_of(wallet.chain)
+    if not spec.fresh_addresses:
         raise BadRequest(f"a {wallet.chain} wallet is one account: its deposit address is "
                          f"{wallet.address}")
-    adapter = networks.adapter("bitcoin")
-    assert isinstance(adapter, BitcoinAdapter)
     known = addresses(sessions, wallet)
-    used = _used(adapter, wallet, known)
+    used = _used(networks, spec, wallet, known)
     unused_tail = 0
     for a in reversed(known):
         if a.address in used:
@@ -182,8 +163,9 @@ def new_address(sessions: sessionmaker[Session], networks: Networks,
                 DepositAddress.wallet_id == wallet.id)) or 0) + 1
         if index >= GAP_LIMIT * 50:
             raise Conflict("this wallet has no more receive addresses in its scan window")
-        address = adapter.address_at(wallet.key_label, _path("bitcoin", index))
-        row = DepositAddress(wallet_id=wallet.id, idx=index, path=_path("bitcoin", index),
+        path = spec.deposit_path(index)
+        address = spec.address_of(networks.hsm, wallet.key_label, wallet.network, path)
+        row = DepositAddress(wallet_id=wallet.id, idx=index, path=path,
                              address=address, label=label)
         try:
             with sessions.begin() as s:
@@ -194,11 +176,12 @@ def new_address(sessions: sessionmaker[Session], networks: Networks,
     raise Conflict("address allocation contended; retry")
 
 
-def _used(adapter: BitcoinAdapter, wallet: Wallet, known: list[DepositAddress]) -> set[str]:
+def _used(networks: Networks, spec: ChainSpec, wallet: Wallet,
+          known: list[DepositAddress]) -> set[str]:
     """Which issued addresses received coins (the gap limit needs the node: while it is
     unreachable the chain's ``NodeUnavailable`` is a 503, and no address is handed out)."""
-    coins = adapter.coins(wallet.key_label, prev_txs=False)
-    paths = {c.path for c in coins}
+    held = networks.planner(wallet.chain).balance(wallet, spec.native.asset)
+    paths = {c.path for c in held.coins or ()}
     return {a.address for a in known if a.path in paths}
 
 
@@ -209,21 +192,15 @@ def balances(networks: Networks, wallet: Wallet) -> list[dict[str, Any]]:
     from .units import to_text
 
     out = []
-    adapter: Any = networks.adapter(wallet.chain)
+    planner = networks.planner(wallet.chain)
+    native = spec_of(wallet.chain).native
     for a in assets_of(wallet):
-        if wallet.chain == "bitcoin":
-            coins = adapter.coins(wallet.key_label, prev_txs=False)
-            amount = sum(c.amount for c in coins)
-            extra: dict[str, Any] = {"utxos": len(coins), "coins": [
-                {"outpoint": f"{c.txid}:{c.vout}", "amount": to_text(c.amount, 8),
-                 "path": c.path} for c in coins]}
-        elif wallet.chain == "ethereum":
-            amount = adapter.client.balance(wallet.address) if a.asset == "ETH" else (
-                adapter.client.erc20_balance(a.asset[len("ERC20:"):], wallet.address))
-            extra = {}
-        else:
-            amount = adapter.balance(wallet.address, a.asset)
-            extra = {}
-        out.append({"symbol": a.symbol, "asset": a.asset, "amount": to_text(amount, a.decimals),
-                    "baseUnits": str(amount), **extra})
+        held = planner.balance(wallet, a.asset)
+        extra: dict[str, Any] = {} if held.coins is None else {
+            "utxos": len(held.coins), "coins": [
+                {"outpoint": c.outpoint, "amount": to_text(c.amount, native.decimals),
+                 "path": c.path} for c in held.coins]}
+        out.append({"symbol": a.symbol, "asset": a.asset,
+                    "amount": to_text(held.amount, a.decimals),
+                    "baseUnits": str(held.amount), **extra})
     return out

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chains.base import Chain
 from custody import idempotency
 from custody.localnets import ETH_CHAIN_ID, LocalNets
 
@@ -127,7 +128,7 @@ def run(db: str, iterations: int, seed: int, hooks: list[Hook] | None = None,
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="custody-rel-"))
     nets = LocalNets(work / "nets", chains=("ethereum",)).start() if transfers else None
-    env = {} if nets is None else {"CUSTODY_ETHEREUM_RPC": nets.endpoints().ethereum_rpc,
+    env = {} if nets is None else {"CUSTODY_ETHEREUM_RPC": nets.endpoints().rpc[Chain.ETHEREUM],
                                    "CUSTODY_ETHEREUM_CHAIN_ID": str(ETH_CHAIN_ID)}
     cluster = Cluster(db, workdir=work, env=env)
     ledger = Ledger()

@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 
 from approvals_app.main import create_app
 from approvals_app.settings import Settings
+from chains.base import Chain
 from chains.bitcoin.rpc import BitcoinRpc
 from chains.errors import NodeUnavailable
 from chains.ethereum.client import EthClient
@@ -196,7 +197,9 @@ def _service(tmp: Path, *, ethereum: str = "", bitcoin: str = "",
     settings = Settings(database_url=f"sqlite:///{tmp / 'broker.sqlite'}",
                         hsm_store=tmp / "hsm.sqlite", hsm_passphrase="node outage test",
                         hsm_so_passphrase="node outage so", jwt_secret=SECRET)
-    chains = ChainEndpoints(bitcoin, "regtest", ethereum, ETH_CHAIN_ID, "", "localnet",
+    chains = ChainEndpoints({Chain.BITCOIN: bitcoin, Chain.ETHEREUM: ethereum},
+                            {Chain.BITCOIN: "regtest", Chain.ETHEREUM: str(ETH_CHAIN_ID),
+                             Chain.SOLANA: "localnet"},
                             {"bitcoin": 1, "ethereum": 1, "solana": 1})
     with TestClient(create_app(settings, chains=chains, scheduler=workers)) as client:
         yield client
