@@ -114,16 +114,16 @@ def test_a_signature_the_broker_never_recorded_is_adopted_not_repeated(
     eth = service.nets.eth
     assert eth is not None
     broker = service.broker
-    original = broker._record_executed
+    original = broker.intake._record_executed
 
     def died(*_a: Any, **_k: Any) -> Any:
         raise Crash("signed by the HSM, not recorded")
 
-    broker._record_executed = died  # type: ignore[method-assign]
+    broker.intake._record_executed = died  # type: ignore[method-assign]
     dest = checksum(os.urandom(20))
     with pytest.raises(BaseException):  # noqa: B017 - through HTTP it arrives wrapped
         transfer(service.client, w["id"], "ETH", "0.5", dest)
-    broker._record_executed = original  # type: ignore[method-assign]
+    broker.intake._record_executed = original  # type: ignore[method-assign]
     service.restart()
     treasury = service.treasury
     with treasury.sessions() as s:

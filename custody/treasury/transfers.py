@@ -78,14 +78,14 @@ class Treasury:
         self.on_event = on_event or (lambda _e: None)
         self._wake = threading.Condition()
         self._wallet_locks: dict[str, threading.Lock] = {}
-        broker.finalize = self.finalize_hook
-        previous = broker.on_change
+        broker.release.finalize = self.finalize_hook
+        previous = broker.store.on_change
 
         def on_change(row: SignRequest) -> None:
             previous(row)
             self.on_request_change(row)
 
-        broker.on_change = on_change
+        broker.store.on_change = on_change
         networks.issued = self.issued_addresses
 
     # -- requests -----------------------------------------------------------------------
