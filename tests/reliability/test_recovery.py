@@ -38,7 +38,7 @@ def test_the_sweep_releases_a_request_whose_release_a_crash_cut_short(
         row = broker.submit(DESK, "treasury", Action.USE, transfer_payload("TST", 1000, "bob"),
                             "TEST_TRANSFER", None, None)
         challenge = base64.b64decode(row.challenge_b64)
-        for who in traders[:2]:  # what Broker.approve commits before the process died
+        for who in traders[:2]:  # what ApproverSessions.approve commits before the process died
             spki = hsm.check_approval(row.id, who.approve(challenge))
             with broker.sessions.begin() as s:
                 s.add(ApprovalRecord(
