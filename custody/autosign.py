@@ -57,7 +57,7 @@ class AutoSigner:
 
     def accepts(self, label: str) -> bool:
         """Whether ``label``'s requests are worth batching (its last one signed at once)."""
-        return self.broker.signs_at_once(label)
+        return self.broker.intake.signs_at_once(label)
 
     def submit(self, call: Call) -> Future[str]:
         """Queue a USE request; the future gives its request id (EXECUTED) or the error
@@ -121,7 +121,7 @@ class AutoSigner:
         groups: dict[tuple[str, str, str | None], list[_Job]] = defaultdict(list)
         for job in jobs:
             c = job.call
-            if not _failed(job, self.broker.check_key, c.label, c.principal.tenant):
+            if not _failed(job, self.broker.intake.check_key, c.label, c.principal.tenant):
                 groups[(c.label, c.payload_type, c.algorithm)].append(job)
         for (label, payload_type, algorithm), group in groups.items():
             self._sign_group(label, payload_type, algorithm, group)
@@ -136,7 +136,7 @@ class AutoSigner:
             return
         except HsmError as exc:  # refused, so nothing was signed: each on its own
             log.debug("batch for %s refused (%s); one by one", label, exc.code)
-            self.broker.not_at_once(label)
+            self.broker.intake.not_at_once(label)
             for job in group:
                 _failed(job, self._alone, job)
             return
@@ -144,7 +144,7 @@ class AutoSigner:
             _fail_all(group, exc)
             return
         try:
-            rows = self.broker.record_signed([j.call for j in group], results)
+            rows = self.broker.intake.record_signed([j.call for j in group], results)
         except Exception as exc:  # signed, not recorded: as submit would
             log.error("recording %d signed requests failed: %s", len(group), exc)
             _fail_all(group, exc)

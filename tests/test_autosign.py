@@ -51,7 +51,7 @@ class LosesAnswers:
 def broker(hsm: Hsm, tmp_path: Path, people: dict[str, Approver]) -> Iterator[Broker]:
     b = Broker(hsm, make_sessions(make_engine(f"sqlite:///{tmp_path / 'broker.sqlite'}")))
     policy = tiered_policy([people["t1"], people["t2"], people["t3"]], [people["c1"]])
-    b.create_key("desk", "treasury", "SECP256K1", policy=policy)
+    b.intake.create_key("desk", "treasury", "SECP256K1", policy=policy)
     yield b
     b.close()
 

@@ -96,7 +96,7 @@ class Lifecycle(RuleBasedStateMachine):
             timeout=TIMEOUT))
         self.dying = DyingHsm(self.hsm)
         self.broker = self._broker()
-        self.broker.claim_key("treasury", DESK.tenant)
+        self.broker.intake.claim_key("treasury", DESK.tenant)
         self.nonce = 0
         self.amount: dict[str, int] = {}
         self.accepted: dict[str, set[str]] = {}  #: approvals the broker said yes to
@@ -141,10 +141,10 @@ class Lifecycle(RuleBasedStateMachine):
         self.dying.armed = die and not reject
         try:
             if reject:
-                self.broker.reject(request_id, person.spki_b64,
+                self.broker.approvers.reject(request_id, person.spki_b64,
                                    person.sign(REJECT_PREFIX + challenge))
             else:
-                self.broker.approve(request_id, person.spki_b64, person.sign(challenge),
+                self.broker.approvers.approve(request_id, person.spki_b64, person.sign(challenge),
                                     challenge_b64=row.challenge_b64)
         except PowerCut:
             event("answer: power cut after the HSM executed")
@@ -285,7 +285,7 @@ def test_a_request_nobody_answers_expires_by_the_scheduler(tmp_path: Path,
         [PEOPLE[n] for n in TRADERS], [PEOPLE[n] for n in COMPLIANCE]))
     broker = Broker(hsm, make_sessions(make_engine(f"sqlite:///{tmp_path / 'b.sqlite'}")),
                     clock=clock.now)
-    broker.claim_key("treasury", DESK.tenant)
+    broker.intake.claim_key("treasury", DESK.tenant)
     try:
         row = broker.submit(DESK, "treasury", Action.USE,
                             transfer_payload("TST", 1000, "bob", 1, 1), "TEST_TRANSFER",

@@ -26,8 +26,8 @@ from sqlalchemy import select
 
 from chains.ethereum.planner import EthereumPlanner
 from custody.db import make_engine, make_sessions
-from custody.treasury.ledger import SqlLedger
 from custody.treasury.models import NonceSlot, Wallet
+from custody.treasury.reservations import SqlLedger
 from tests.pg import PostgresServer
 
 ADDRESS = "0x" + "ab" * 20

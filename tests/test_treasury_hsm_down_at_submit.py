@@ -3,7 +3,7 @@ submitted again, it does not fail - and a transfer that does fail there gives ba
 Ethereum nonce it had taken.
 
 Found while extending the kill loop to transfers (tests/reliability/killloop.py
---transfers): ``Treasury._submit`` treated the HSM's ``TransportError`` as a refusal - the
+--transfers): ``TransferIntake.submit`` treated the HSM's ``TransportError`` as a refusal - the
 create answered 400 "the HSM refused the request", the transfer ended FAILED, and its
 nonce slot (taken by finalizing the auto tier before signing) stayed reserved for ever.
 The next transfer took the nonce after it, so its transaction waited in the mempool
@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import select
 
 from chains.ethereum.encoding import checksum
+from custody.treasury.ledger import RETRY_SECONDS
 from custody.treasury.models import NonceSlot
-from custody.treasury.transfers import RETRY_SECONDS
 from hsm_emulator.errors import KeyBlocked, TransportError
 from tests import test_treasury_resume as resume
 from tests.helpers import Approver
@@ -55,7 +55,7 @@ def test_an_hsm_outage_defers_the_transfer(service: Service,
     dest = checksum(os.urandom(20))
     t = transfer(service.client, w["id"], "ETH", "0.5", dest)  # small: auto-signed
     assert t["state"] == "requested" and t["signRequestId"] is None  # waits, not failed
-    service.treasury.clock = lambda: time.time() + RETRY_SECONDS + 1  # type: ignore[method-assign]
+    service.treasury.ledger.clock = lambda: time.time() + RETRY_SECONDS + 1
     done = _finish(service, t["id"])
     assert done["nonce"] == before and eth.balance(dest) == WEI // 2
     nxt = transfer(service.client, w["id"], "ETH", "0.25", checksum(os.urandom(20)))

@@ -156,7 +156,7 @@ def test_a_crash_resumes_without_repeating(service: Service, people: dict[str, A
     t = transfer(service.client, w["id"], "ETH", "5", dest)  # medium: two traders
     answer(service.client, people["t1"], t["signRequestId"])
     if point == "hsm-executed-not-recorded":
-        _crash_once(service.broker, "_finish", lambda rid, status, **_: status == "EXECUTED")
+        _crash_once(service.broker.store, "finish", lambda rid, status, **_: status == "EXECUTED")
     elif point == "after-nonce-before-execute":
         _crash_once(service.broker.hsm, "execute", lambda *_a, **_k: True)
     with pytest.raises(BaseException) as died:  # through HTTP it arrives wrapped in a group
@@ -191,12 +191,12 @@ def test_a_transfer_create_cut_short_is_answered_by_its_retry(
     client's retry with the same Idempotency-Key (once the dead attempt's lease ran out)
     gets that transfer - not a second one, not 'in progress' for ever - and it moves once."""
     from custody import idempotency
-    from custody.treasury import transfers
+    from custody.treasury import ledger
 
     monkeypatch.setattr(idempotency, "LEASE_SECONDS", 0.3)
-    monkeypatch.setattr(transfers, "SUBMIT_LEASE_SECONDS", 0.3)
+    monkeypatch.setattr(ledger, "SUBMIT_LEASE_SECONDS", 0.3)
     w, eth, dest, before = _funded(service, people)
-    _crash_once(service.treasury, "_submit", lambda *_a, **_k: True)
+    _crash_once(service.treasury.intake, "submit", lambda *_a, **_k: True)
     body = {"wallet": w["id"], "asset": "ETH", "amount": "0.5", "destination": dest}
     headers = {**DESK, "Idempotency-Key": "desk-run-7"}
     with pytest.raises(BaseException) as died:

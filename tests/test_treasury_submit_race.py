@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from chains.ethereum.encoding import checksum
 from custody.db import SignRequest
-from custody.treasury.transfers import SUBMIT_LEASE_SECONDS
+from custody.treasury.ledger import SUBMIT_LEASE_SECONDS
 from tests import test_treasury_resume as resume
 from tests.helpers import Approver
 from tests.test_treasury_resume import WEI, Crash, Service, _finish, _funded, _wallet
@@ -97,7 +97,7 @@ def test_a_worker_takes_over_after_the_creator_died(
             TransferRecord.destination == dest)).one()
     assert stored.state == "requested" and stored.sign_request_id is None
     assert treasury.advance(stored.id).sign_request_id is None  # its creator's lease holds
-    treasury.clock = lambda: time.time() + SUBMIT_LEASE_SECONDS + 1  # type: ignore[method-assign]
+    treasury.ledger.clock = lambda: time.time() + SUBMIT_LEASE_SECONDS + 1
     _finish(service, stored.id)
     requests = _requests_for(service, stored.id)
     assert len(requests) == 1 and _signings(service, requests) == 1
@@ -114,16 +114,16 @@ def test_a_signature_the_broker_never_recorded_is_adopted_not_repeated(
     eth = service.nets.eth
     assert eth is not None
     broker = service.broker
-    original = broker._record_executed
+    original = broker.intake._record_executed
 
     def died(*_a: Any, **_k: Any) -> Any:
         raise Crash("signed by the HSM, not recorded")
 
-    broker._record_executed = died  # type: ignore[method-assign]
+    broker.intake._record_executed = died  # type: ignore[method-assign]
     dest = checksum(os.urandom(20))
     with pytest.raises(BaseException):  # noqa: B017 - through HTTP it arrives wrapped
         transfer(service.client, w["id"], "ETH", "0.5", dest)
-    broker._record_executed = original  # type: ignore[method-assign]
+    broker.intake._record_executed = original  # type: ignore[method-assign]
     service.restart()
     treasury = service.treasury
     with treasury.sessions() as s:
@@ -131,7 +131,7 @@ def test_a_signature_the_broker_never_recorded_is_adopted_not_repeated(
 
         stored = s.scalars(select(TransferRecord).where(
             TransferRecord.destination == dest)).one()
-    treasury.clock = lambda: time.time() + SUBMIT_LEASE_SECONDS + 1  # type: ignore[method-assign]
+    treasury.ledger.clock = lambda: time.time() + SUBMIT_LEASE_SECONDS + 1
     _finish(service, stored.id)
     with treasury.sessions() as s:
         final = base64.b64decode(s.get(TransferRecord, stored.id).payload_b64)  # type: ignore[union-attr]

@@ -28,16 +28,16 @@ def task_json(task: Task, level: str) -> dict[str, Any]:
 @router.post("/filteredSignApprovalTask")
 def tasks(body: TaskFilter, request: Request) -> dict[str, Any]:
     broker = request.app.state.broker
-    cred = broker.authenticate_approver(body.approverCertificate, body.timestamp,
+    cred = broker.approvers.authenticate_approver(body.approverCertificate, body.timestamp,
                                         body.timestampSignature, body.timestampDigestAlgorithm)
-    found = broker.tasks(cred, body.paging.pageNumber, body.paging.pageSize,
+    found = broker.approvers.tasks(cred, body.paging.pageNumber, body.paging.pageSize,
                          body.paging.sortOrder == "CREATION_DATE_DESC")
     return {"tasks": [task_json(t, body.detailLevel) for t in found]}
 
 
 @router.post("/approval")
 def approve(body: ApprovalBody, request: Request) -> dict[str, Any]:
-    row = request.app.state.broker.approve(body.id, body.approverCertificate,
+    row = request.app.state.broker.approvers.approve(body.id, body.approverCertificate,
                                            body.signature_bytes(), body.approvalDigestAlgorithm,
                                            body.approvalToBeSigned)
     return {"id": row.id, "status": row.status}
@@ -50,6 +50,6 @@ def reject(body: ApprovalBody, request: Request) -> dict[str, Any]:
     row = broker.get(body.id)
     if body.approvalToBeSigned != row.challenge_b64:
         raise ApprovalRefused("approvalToBeSigned does not match this task's challenge")
-    row = broker.reject(body.id, body.approverCertificate, body.signature_bytes(),
+    row = broker.approvers.reject(body.id, body.approverCertificate, body.signature_bytes(),
                         body.approvalDigestAlgorithm)
     return {"id": row.id, "status": row.status}

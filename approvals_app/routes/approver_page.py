@@ -94,7 +94,7 @@ def _approver(request: Request, timestamp: str, signature: str, certificate: str
               ) -> Credential:
     """The signed-timestamp proof (each timestamp once), then a confirmed enrolment."""
     broker: Broker = request.app.state.broker
-    cred = broker.authenticate_approver(certificate, timestamp, signature)
+    cred = broker.approvers.authenticate_approver(certificate, timestamp, signature)
     Enrolments(broker.sessions).confirmed(cred)
     return cred
 
@@ -104,7 +104,7 @@ def page_tasks(body: SignedTimestamp, request: Request) -> dict[str, Any]:
     cred = _approver(request, body.timestamp, body.timestampSignature,
                      body.approverCertificate)
     broker: Broker = request.app.state.broker
-    return {"tasks": [task_view(broker, t) for t in broker.tasks(cred, 0, 50, True)]}
+    return {"tasks": [task_view(broker, t) for t in broker.approvers.tasks(cred, 0, 50, True)]}
 
 
 @router.get("/approver/api/events", response_class=StreamingResponse)
@@ -131,7 +131,7 @@ async def page_events(request: Request, timestamp: str = Query(max_length=64),
                         idle = 0.0
                         yield ": keep-alive\n\n"
                     continue
-                members = await asyncio.to_thread(broker.rule_members, event["keyLabel"],
+                members = await asyncio.to_thread(broker.rules.rule_members, event["keyLabel"],
                                                   event["action"])
                 if cred.fingerprint in members:
                     yield _sse("task", {"id": event["id"], "status": event["status"]})

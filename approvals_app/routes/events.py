@@ -31,11 +31,11 @@ async def approver_events(
     certificate: str = Query(max_length=16_384),
 ) -> StreamingResponse:
     broker = request.app.state.broker
-    cred = await asyncio.to_thread(broker.authenticate_approver, certificate, timestamp,
+    cred = await asyncio.to_thread(broker.approvers.authenticate_approver, certificate, timestamp,
                                    signature)
     hub = request.app.state.events
     inbox = hub.subscribe()
-    pending = await asyncio.to_thread(broker.tasks, cred, 0, 100)
+    pending = await asyncio.to_thread(broker.approvers.tasks, cred, 0, 100)
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -51,7 +51,7 @@ async def approver_events(
                         yield ": keep-alive\n\n"
                     continue
                 idle = 0.0
-                members = await asyncio.to_thread(broker.rule_members, event["keyLabel"],
+                members = await asyncio.to_thread(broker.rules.rule_members, event["keyLabel"],
                                                   event["action"])
                 if cred.fingerprint in members:
                     yield _sse("task", event)

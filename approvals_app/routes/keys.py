@@ -60,7 +60,7 @@ def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal,
     broker = request.app.state.broker
 
     def work(_ticket: str | None) -> tuple[int, dict[str, Any]]:  # the label names the key
-        info = broker.create_key(who.tenant, body.label, algorithm_of(body),
+        info = broker.intake.create_key(who.tenant, body.label, algorithm_of(body),
                                  key_size=body.keySize, attributes=body.attributes,
                                  policy=body.policy)
         return 201, key_json(info)
@@ -74,7 +74,7 @@ def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal,
 @router.get("/key/{label}")
 def get_key(label: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
     require(who, *ROLES)  # a valid token without a custody role reads nothing
-    request.app.state.broker.check_key(label, who.tenant)
+    request.app.state.broker.intake.check_key(label, who.tenant)
     hsm = request.app.state.hsm
     info = hsm.get_key(label)
     return key_json(info, hsm.attest(label).to_json())
@@ -84,7 +84,7 @@ def get_key(label: str, request: Request, who: CurrentPrincipal) -> dict[str, An
 def key_address(label: str, request: Request, who: CurrentPrincipal, kind: str,
                 network: str = "mainnet", path: str = "") -> dict[str, str]:
     require(who, *ROLES)
-    request.app.state.broker.check_key(label, who.tenant)
+    request.app.state.broker.intake.check_key(label, who.tenant)
     hsm = request.app.state.hsm
     return {"label": label, "path": path, "kind": kind, "network": network,
             "address": hsm.address(label, kind, network, path)}

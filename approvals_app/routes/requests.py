@@ -17,7 +17,7 @@ def request_json(broker: Broker, row: SignRequest) -> dict[str, Any]:
     records = broker.approvals(row.id)
     approved = [r.approver_key_b64 for r in records if not r.rejected]
     rejected = [r.approver_key_b64 for r in records if r.rejected]
-    members = broker.members_of(row.key_label, row.action) if row.status in (
+    members = broker.rules.members_of(row.key_label, row.action) if row.status in (
         "PENDING", "APPROVED") else []
     signatures = row.result or []
     return {

@@ -1,78 +1,158 @@
-"""The broker's side of what chain planners keep: coin locks and nonce slots, in SQL.
-
-A planner (``chains/<chain>/planner.py``) keeps no state; what must survive a restart
-is here, in the broker's database and in the caller's transaction, behind the
-:class:`chains.planning.Ledger` interface: the outpoints live transfers spend (UTXO
-chains), and one row per account nonce (:class:`~.models.NonceSlot`): reserved by a
-transfer, then broadcast; or freed, never broadcast, and taken by the next transfer.
-"""
+"""Transfer rows and their transitions. The row carries a version; every transition is a
+compare-and-set on it, with its history entry and webhook outbox rows in the same
+transaction, so two workers (or a worker and an API process after a crash) never both
+perform the same step. Intake, signing and the worker all move transfers through here."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from chains.errors import ChainError
+from chains.errors import NodeUnavailable
+from custody.broker import Principal
+from custody.errors import BadRequest, Conflict, NotFound
 
-from .models import TERMINAL, NonceSlot, TransferRecord, Wallet
+from . import webhooks
+from .models import TERMINAL, State, TransferRecord, Wallet, changed
+
+#: How soon a failed step (node or HSM unreachable) is tried again.
+RETRY_SECONDS = 5.0
+#: A new transfer is submitted by the call that created it; the worker takes it over only
+#: if that call has not got it a sign request by then (its process died).
+SUBMIT_LEASE_SECONDS = 15.0
+#: States in which a transfer waits for its sign request.
+WAITING = (State.REQUESTED, State.PENDING_APPROVAL, State.ON_HOLD)
 
 
-class SqlLedger:
-    def locked_inputs(self, s: Session, wallet_id: str) -> set[str]:
-        locked: set[str] = set()
-        for inputs in s.scalars(select(TransferRecord.inputs).where(
-                TransferRecord.wallet_id == wallet_id,
-                TransferRecord.state.not_in([st.value for st in TERMINAL]))):
-            locked.update(inputs or ())
-        return locked
+class TransferLedger:
+    def __init__(self, sessions: sessionmaker[Session], *,
+                 clock: Callable[[], float] = time.time,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.sessions = sessions
+        #: every part reads time here (tests move it forward)
+        self.clock = clock
+        self.on_event = on_event or (lambda _e: None)
 
-    def allocate_nonce(self, sessions: sessionmaker[Session], transfer_id: str,
-                       wallet_id: str, network_id: int, account: str,
-                       pending: Callable[[], int]) -> int:
-        """The lowest freed slot, else the next one - committed before anything is signed
-        with it. One transaction per attempt, opened by writing the wallet's row (a row
-        lock on PostgreSQL, the write lock on SQLite): two finalizers of one transfer
-        (an API releasing it, a worker advancing it) never both find it without a slot,
-        so it never holds two; the unique constraint settles anything else."""
-        for _ in range(20):
-            try:
-                with sessions.begin() as s:
-                    s.execute(update(Wallet).where(Wallet.id == wallet_id).values(
-                        name=Wallet.name).execution_options(synchronize_session=False))
-                    owned = s.scalar(select(NonceSlot.nonce).where(
-                        NonceSlot.transfer_id == transfer_id, NonceSlot.state != "free"))
-                    if owned is not None:
-                        return int(owned)
-                    free = s.scalar(select(NonceSlot).where(
-                        NonceSlot.chain_id == network_id, NonceSlot.address == account,
-                        NonceSlot.state == "free").order_by(NonceSlot.nonce).limit(1))
-                    if free is not None:
-                        free.state, free.transfer_id = "reserved", transfer_id
-                        return int(free.nonce)
-                    highest = self._highest(s, network_id, account)
-                    nonce = max(highest + 1, pending())
-                    s.add(NonceSlot(chain_id=network_id, address=account, nonce=nonce,
-                                    state="reserved", transfer_id=transfer_id))
-                    return nonce
-            except IntegrityError:
-                continue
-        raise ChainError("could not allocate a nonce (contention); retry")
+    # -- reading ------------------------------------------------------------------------
 
-    @staticmethod
-    def _highest(s: Session, network_id: int, account: str) -> int:
-        value = s.scalar(select(func.max(NonceSlot.nonce)).where(
-            NonceSlot.chain_id == network_id, NonceSlot.address == account))
-        return -1 if value is None else int(value)
+    def load(self, transfer_id: str) -> TransferRecord:
+        with self.sessions() as s:
+            t = s.get(TransferRecord, transfer_id)
+            if t is None:
+                raise NotFound(f"no transfer {transfer_id!r}")
+            return t
 
-    def nonce_broadcast(self, s: Session, transfer_id: str) -> None:
-        s.execute(update(NonceSlot).where(NonceSlot.transfer_id == transfer_id,
-                                          NonceSlot.state == "reserved").values(
-                                              state="broadcast"))
+    def wallet(self, t: TransferRecord) -> Wallet:
+        with self.sessions() as s:
+            w = s.get(Wallet, t.wallet_id)
+            assert w is not None
+            return w
 
-    def nonce_free(self, s: Session, transfer_id: str) -> None:
-        s.execute(update(NonceSlot).where(NonceSlot.transfer_id == transfer_id,
-                                          NonceSlot.state == "reserved").values(
-                                              state="free", transfer_id=None))
+    def get(self, who: Principal, transfer_id: str) -> TransferRecord:
+        t = self.load(transfer_id) if isinstance(transfer_id, str) else None
+        if t is None or t.tenant != who.tenant:
+            raise NotFound(f"no transfer {transfer_id!r}")
+        return t
+
+    def list(self, who: Principal, *, state: str | None = None, wallet: str | None = None,
+             limit: int = 50, offset: int = 0) -> list[TransferRecord]:
+        if state is not None and state not in {st.value for st in State}:
+            raise BadRequest(f"state must be one of {sorted(st.value for st in State)}")
+        query = select(TransferRecord).where(TransferRecord.tenant == who.tenant)
+        if state is not None:
+            query = query.where(TransferRecord.state == state)
+        if wallet is not None:
+            query = query.where(TransferRecord.wallet_id == wallet)
+        with self.sessions() as s:
+            return list(s.scalars(query.order_by(TransferRecord.created_at.desc()).offset(
+                max(0, offset)).limit(max(1, min(limit, 500)))))
+
+    # -- transitions --------------------------------------------------------------------
+
+    def lease_end(self) -> float:
+        """Until when a submission just taken (by its creator or a worker) is its own."""
+        return self.clock() + SUBMIT_LEASE_SECONDS
+
+    def move(self, transfer_id: str, state: State, **values: Any) -> bool:
+        """One transition, its history entry and its webhook rows, in one transaction;
+        never out of a terminal state."""
+        for _ in range(10):
+            t = self.load(transfer_id)
+            if t.state in TERMINAL or t.state == state.value:
+                return False
+            now = datetime.now(UTC)
+            history = [*t.history, {"state": state.value, "at": now.isoformat()}]
+            values.setdefault("error", None)  # a step succeeded: no longer waiting
+            with self.sessions.begin() as s:
+                won = s.execute(update(TransferRecord).where(
+                    TransferRecord.id == t.id, TransferRecord.version == t.version).values(
+                        state=state, history=history, updated_at=now,
+                        version=t.version + 1, **values))
+                if changed(won) == 1:
+                    t = s.get(TransferRecord, transfer_id)  # type: ignore[assignment]
+                    webhooks.enqueue(s, t.tenant, t.id, event(t), self.clock())
+            if changed(won) == 1:
+                self.on_event(event(self.load(transfer_id)))
+                return True
+        raise Conflict(f"transfer {transfer_id} is contended; retry")
+
+    def lease(self, t: TransferRecord) -> bool:
+        """Take the submission of ``t`` for this worker alone, for a while: only once its
+        creator's lease has run out (compare-and-set on version and lease), so a worker
+        never raises a second sign request beside the call still raising the first."""
+        now = self.clock()
+        with self.sessions.begin() as s:
+            won = s.execute(update(TransferRecord).where(
+                TransferRecord.id == t.id, TransferRecord.version == t.version,
+                TransferRecord.sign_request_id.is_(None),
+                TransferRecord.next_check.is_(None) | (TransferRecord.next_check <= now)).values(
+                    version=t.version + 1, next_check=now + SUBMIT_LEASE_SECONDS))
+        return changed(won) == 1
+
+    def claim(self, t: TransferRecord) -> TransferRecord | None:
+        """Take the next step of ``t`` for this worker alone (compare-and-set)."""
+        with self.sessions.begin() as s:
+            won = s.execute(update(TransferRecord).where(
+                TransferRecord.id == t.id, TransferRecord.version == t.version).values(
+                    version=t.version + 1))
+        if changed(won) != 1:
+            return None
+        t.version += 1
+        return t
+
+    def retry(self, transfer_id: str, exc: Exception | None = None) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(TransferRecord).where(TransferRecord.id == transfer_id).values(
+                next_check=self.clock() + RETRY_SECONDS))
+        if isinstance(exc, NodeUnavailable):
+            self.note(transfer_id, exc)
+
+    def note(self, transfer_id: str, exc: NodeUnavailable) -> None:
+        """An outage is not a failure: the transfer keeps its state and says why it waits
+        (``error``), until its next step succeeds and clears the note."""
+        with self.sessions.begin() as s:
+            s.execute(update(TransferRecord).where(
+                TransferRecord.id == transfer_id,
+                TransferRecord.state.not_in([st.value for st in TERMINAL])).values(
+                    error=f"waiting for the node ({exc.code}): {exc.reason}"))
+
+
+def event(t: TransferRecord) -> dict[str, Any]:
+    """The webhook and SSE event of a transfer's state."""
+    return {"type": "transfer.state", "transfer": transfer_json(t)}
+
+
+def transfer_json(t: TransferRecord) -> dict[str, Any]:
+    return {"id": t.id, "wallet": t.wallet_id, "asset": t.symbol, "assetId": t.asset,
+            "amount": t.amount_text, "baseUnits": t.amount, "destination": t.destination,
+            "memo": t.memo, "state": t.state, "tier": t.tier,
+            "signRequestId": t.sign_request_id, "txid": t.txid,
+            "confirmations": t.confirmations, "error": t.error,
+            "feeCap": t.fee_cap, "nonce": t.nonce, "history": t.history,
+            "createdAt": t.created_at.isoformat() if t.created_at else None,
+            "updatedAt": t.updated_at.isoformat() if t.updated_at else None}

@@ -21,8 +21,8 @@ from chains.specs import SPECS, find_spec, spec_of
 from custody.errors import BadRequest
 from hsm_emulator.client import HsmClient
 
-from .ledger import SqlLedger
 from .models import Wallet
+from .reservations import SqlLedger
 
 
 def default_depths() -> dict[str, int]:

@@ -23,5 +23,5 @@ def treasury(tmp_path: Path, clock: ManualClock, traders: list[Approver],
     client = hsm if wrap is None else wrap(hsm)
     broker = Broker(client, make_sessions(make_engine(f"sqlite:///{tmp_path / 'b.sqlite'}")),
                     clock=clock.now)
-    broker.claim_key("treasury", DESK.tenant)
+    broker.intake.claim_key("treasury", DESK.tenant)
     return hsm, broker

@@ -58,7 +58,7 @@ def test_an_hsm_outage_keeps_the_request_and_it_releases_on_return(
         row = broker.submit(DESK, "treasury", Action.USE, transfer_payload("TST", 1000, "bob"),
                             "TEST_TRANSFER", None, None)
         challenge = base64.b64decode(row.challenge_b64)
-        broker.approve(row.id, traders[0].spki_b64, traders[0].sign(challenge))
+        broker.approvers.approve(row.id, traders[0].spki_b64, traders[0].sign(challenge))
         # the second approval is checked and recorded, then the HSM goes away mid-release
         real_status = hsm.request_status
 
@@ -68,7 +68,7 @@ def test_an_hsm_outage_keeps_the_request_and_it_releases_on_return(
 
         hsm.request_status = status_then_unplug  # type: ignore[method-assign]
         with pytest.raises(TransportError):
-            broker.approve(row.id, traders[1].spki_b64, traders[1].sign(challenge))
+            broker.approvers.approve(row.id, traders[1].spki_b64, traders[1].sign(challenge))
         kept = broker.get(row.id)
         assert kept.status == Status.PENDING, kept.error  # was: FAILED, for ever
         assert kept.wake_at is not None and kept.wake_at <= clock.now() + RETRY_SECONDS
@@ -102,7 +102,7 @@ def test_the_release_scheduler_outlives_a_database_outage(tmp_path: Path) -> Non
         stop.set()
         return []
 
-    broker.due = due  # type: ignore[method-assign]
+    broker.scheduler.due = due  # type: ignore[method-assign]
     stop = threading.Event()
     thread = threading.Thread(target=broker.run_scheduler, args=(stop, 0.01))
     thread.start()

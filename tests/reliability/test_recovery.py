@@ -38,7 +38,7 @@ def test_the_sweep_releases_a_request_whose_release_a_crash_cut_short(
         row = broker.submit(DESK, "treasury", Action.USE, transfer_payload("TST", 1000, "bob"),
                             "TEST_TRANSFER", None, None)
         challenge = base64.b64decode(row.challenge_b64)
-        for who in traders[:2]:  # what Broker.approve commits before the process died
+        for who in traders[:2]:  # what ApproverSessions.approve commits before the process died
             spki = hsm.check_approval(row.id, who.approve(challenge))
             with broker.sessions.begin() as s:
                 s.add(ApprovalRecord(
@@ -97,16 +97,16 @@ def test_a_rejection_cut_short_by_a_crash_still_ends_rejected(tmp_path: Path,
         row = broker.submit(DESK, "treasury", Action.USE, transfer_payload("TST", 1000, "bob"),
                             "TEST_TRANSFER", None, None)
         message = REJECT_PREFIX + base64.b64decode(row.challenge_b64)
-        broker.reject(row.id, traders[0].spki_b64, traders[0].sign(message))
-        real_finish = broker._finish
+        broker.approvers.reject(row.id, traders[0].spki_b64, traders[0].sign(message))
+        real_finish = broker.store.finish
 
         def die(*_args: object, **_kwargs: object) -> None:
             raise RuntimeError("killed after the HSM closed the request")
 
-        broker._finish = die  # type: ignore[method-assign]
+        broker.store.finish = die  # type: ignore[method-assign]
         with pytest.raises(RuntimeError):
-            broker.reject(row.id, traders[1].spki_b64, traders[1].sign(message))
-        broker._finish = real_finish  # type: ignore[method-assign]
+            broker.approvers.reject(row.id, traders[1].spki_b64, traders[1].sign(message))
+        broker.store.finish = real_finish  # type: ignore[method-assign]
         assert sweep(broker) == 1
         assert broker.get(row.id).status == Status.REJECTED
     finally:

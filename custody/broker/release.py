@@ -1,0 +1,191 @@
+"""The release state machine: bring a request as far as its approvals and the clock allow
+- execute it in the HSM, wait for a hold, close it when its policy can no longer be met -
+and never lose or repeat a release:
+
+* the HSM executes a request at most once; a second ``execute`` is refused;
+* every state change here is committed before the next external effect;
+* a broker that crashed after the HSM signed fetches the result again
+  (``request_result``) - so after any crash, :meth:`Release.advance` converges.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from sqlalchemy import update
+
+from chains.errors import ChainError
+from hsm_emulator.client import HsmClient
+from hsm_emulator.errors import HsmError, PolicyNotMet, RequestClosed, TransportError
+from hsm_emulator.evaluate import Evaluation
+from hsm_emulator.flow import Approval
+
+from ..db import FINAL, ApprovalRecord, SignRequest, Status
+from ..errors import Conflict, CustodyError
+from .model import Principal
+from .rules import Rules
+from .store import RequestStore
+
+#: How soon a release that could not be finalized (node unreachable) is tried again.
+RETRY_SECONDS = 5.0
+log = logging.getLogger("custody.broker")
+
+
+class Release:
+    def __init__(self, hsm: HsmClient, store: RequestStore, rules: Rules,
+                 wake: threading.Condition,
+                 finalize: Callable[[SignRequest], bytes | None] | None = None) -> None:
+        self.hsm = hsm
+        self.store = store
+        self.rules = rules
+        #: notified whenever a request gets a wake time (the scheduler sleeps on it)
+        self.wake = wake
+        #: called just before the HSM executes an approved request; may return a rebuilt
+        #: payload (fresh nonce, fees, blockhash) that the HSM checks against the approved
+        #: intent and fee cap. ``None`` signs the payload as requested.
+        self.finalize = finalize
+
+    def advance(self, request_id: str) -> SignRequest:
+        """Bring a request as far as its approvals and the clock allow. Idempotent."""
+        row = self.store.get(request_id)
+        if row.status in FINAL:
+            return row
+        records = self.store.approvals(request_id)
+        approvals = [_approval(r) for r in records if not r.rejected]
+        rejected = [r.approver for r in records if r.rejected]
+        try:
+            ev = self.hsm.request_status(request_id, approvals, rejected)
+        except RequestClosed:
+            return self._recover(row)
+        except TransportError:
+            self._unreachable(row.id)
+        except HsmError as exc:
+            return self._fail(request_id, exc)
+        if ev.released:
+            return self._release(row, approvals)
+        if not ev.attainable:
+            return self._close(row, Status.REJECTED if rejected else Status.EXPIRED, ev)
+        self._wait(row, ev)
+        return self.store.get(request_id)
+
+    def cancel(self, principal: Principal, request_id: str) -> SignRequest:
+        """The initiator's tenant withdraws a request that has not ended yet."""
+        row = self.store.get(request_id, principal.tenant)
+        if row.status in FINAL:
+            raise Conflict(f"request {request_id} is already {row.status}")
+        try:
+            self.hsm.cancel(request_id, f"cancelled by {principal.subject}")
+        except RequestClosed:  # executed meanwhile, or cancelled by a call that then died
+            return self._recover(row)  # (the HSM's request_status still evaluates it)
+        self.store.finish(request_id, Status.CANCELLED, error="cancelled")
+        return self.store.get(request_id)
+
+    def _close(self, row: SignRequest, status: Status, ev: Evaluation) -> SignRequest:
+        """The policy can no longer be met: close it in the HSM too, then here."""
+        try:
+            self.hsm.cancel(row.id, status.value.lower())
+        except RequestClosed:  # closed by this very step before a crash: same outcome
+            return self._recover(row, unexecuted=status)
+        self.store.finish(row.id, status, error="; ".join(ev.missing()))
+        return self.store.get(row.id)
+
+    def _release(self, row: SignRequest, approvals: Sequence[Approval]) -> SignRequest:
+        payload = None
+        if self.finalize is not None:
+            try:
+                payload = self.finalize(row)
+            except (CustodyError, ChainError, OSError) as exc:  # node down, fees too high
+                log.warning("finalizing %s failed, retrying: %s", row.id, exc)
+                self._retry_later(row.id, RETRY_SECONDS)
+                return self.store.get(row.id)
+        try:
+            result = self.hsm.execute(row.id, approvals, payload=payload)
+        except RequestClosed:
+            return self._recover(row)
+        except PolicyNotMet:  # the clock moved between status and execute: look again
+            return self.advance(row.id)
+        except TransportError:  # outcome unknown: the retry finds it (request_result)
+            self._unreachable(row.id)
+        except HsmError as exc:
+            return self._fail(row.id, exc)
+        self.store.finish(row.id, Status.EXECUTED, signatures=result.signatures,
+                          approved_by=list(result.approved_by), executed_at=result.executed_at)
+        return self.store.get(row.id)
+
+    def _recover(self, row: SignRequest, unexecuted: Status | None = None) -> SignRequest:
+        """The HSM closed the request: executed (maybe by another replica, maybe before
+        a crash) - record its result - or cancelled (as ``unexecuted``, if given)."""
+        try:
+            result = self.hsm.request_result(row.id)
+        except RequestClosed as exc:
+            self.store.finish(row.id, unexecuted or (
+                Status.CANCELLED if "cancelled" in exc.reason else Status.FAILED),
+                error=exc.reason)
+            return self.store.get(row.id)
+        self.store.finish(row.id, Status.EXECUTED, signatures=result.signatures,
+                          approved_by=list(result.approved_by), executed_at=result.executed_at)
+        return self.store.get(row.id)
+
+    def _unreachable(self, request_id: str) -> NoReturn:
+        """The HSM is down, not refusing: an outage must not end a request. Look again
+        later (the scheduler retries), and tell the caller to retry (503)."""
+        self._retry_later(request_id, RETRY_SECONDS)
+        raise TransportError(f"the HSM is unreachable; request {request_id} is kept and "
+                             "retried")
+
+    def _fail(self, request_id: str, exc: HsmError) -> SignRequest:
+        self.store.finish(request_id, Status.FAILED, error=f"{exc.code}: {exc.reason}")
+        return self.store.get(request_id)
+
+    def _wait(self, row: SignRequest, ev: Evaluation) -> None:
+        """Not releasable yet: note when the clock alone could change that - a hold that
+        ends, or a timeout that passes. Without the timeouts a request nobody answers (or
+        one whose release a crash cut short) would stay PENDING for ever."""
+        waits = []
+        for t in ev.tokens:
+            if t.attainable and all(g.met for g in t.groups) and t.hold_remaining > 0:
+                waits.append(t.hold_remaining)
+        now = self.store.clock()
+        wakes = [now + w for w in waits] + self._timeouts(row, ev, now)
+        wake = min(wakes) if wakes else None
+        status = Status.APPROVED if waits else Status.PENDING
+        with self.store.sessions.begin() as s:
+            s.execute(update(SignRequest).where(
+                SignRequest.id == row.id,
+                SignRequest.status.not_in([st.value for st in FINAL])).values(
+                    wake_at=wake, status=status))
+        if status != row.status:
+            self.store.on_change(self.store.get(row.id))
+        if wake is not None:
+            with self.wake:
+                self.wake.notify_all()
+
+    def _timeouts(self, row: SignRequest, ev: Evaluation, now: float) -> list[float]:
+        """When each still attainable token times out (just after: the HSM's test is
+        strict); if the HSM's clock lags ours, look again a second later."""
+        try:
+            rule = self.rules.rule(row.key_label, row.action)
+        except HsmError:
+            return []
+        tokens = rule.tokens if rule is not None else ()
+        return [max(row.hsm_time + tok.timeout + 1.0, now + 1.0)
+                for tok, status in zip(tokens, ev.tokens, strict=False)
+                if tok.timeout and status.attainable]
+
+    def _retry_later(self, request_id: str, seconds: float) -> None:
+        with self.store.sessions.begin() as s:
+            s.execute(update(SignRequest).where(
+                SignRequest.id == request_id,
+                SignRequest.status.not_in([st.value for st in FINAL])).values(
+                    wake_at=self.store.clock() + seconds))
+        with self.wake:
+            self.wake.notify_all()
+
+
+def _approval(r: ApprovalRecord) -> Approval:
+    return Approval(r.credential_type, r.credential, base64.b64decode(r.signature_b64),
+                    r.digest)

@@ -1,0 +1,129 @@
+"""A transfer's sign request: its payload rebuilt once right before the HSM signs
+(nonce, fees, blockhash), and the request's progress mirrored on the transfer - on
+EXECUTED the signed transaction is assembled and the transfer is SIGNED."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import update
+
+from chains.base import Chain, UnsignedTx
+from chains.errors import ChainError, NodeUnavailable
+from custody.db import SignRequest, Status
+from custody.errors import CustodyError
+from hsm_emulator.errors import HsmError
+from hsm_emulator.model import Intent
+
+from .ledger import WAITING, TransferLedger
+from .models import TERMINAL, State, TransferRecord, Wallet, changed
+from .networks import Networks
+
+log = logging.getLogger("custody.treasury")
+_BY_REQUEST = {Status.PENDING: State.PENDING_APPROVAL, Status.APPROVED: State.ON_HOLD,
+               Status.REJECTED: State.REJECTED, Status.EXPIRED: State.EXPIRED,
+               Status.CANCELLED: State.CANCELLED, Status.FAILED: State.FAILED}
+
+
+class TransferSigning:
+    def __init__(self, ledger: TransferLedger, networks: Networks,
+                 nudge: Callable[[], None]) -> None:
+        self.ledger = ledger
+        self.networks = networks
+        #: wakes the worker (a signed transfer is broadcast by it)
+        self.nudge = nudge
+
+    # -- finalizing (called by the broker right before the HSM executes) -------------
+
+    def finalize_hook(self, row: SignRequest) -> bytes | None:
+        meta = row.meta_data or {}
+        transfer_id = meta.get("transferId") if isinstance(meta, dict) else None
+        if not isinstance(transfer_id, str):
+            return None
+        with self.ledger.sessions() as s:
+            if s.get(TransferRecord, transfer_id) is None:
+                return None
+        try:
+            return self.finalize_transfer(transfer_id)
+        except NodeUnavailable as exc:  # the broker keeps the approvals and retries
+            self.ledger.note(transfer_id, exc)
+            raise
+
+    def finalize_transfer(self, transfer_id: str) -> bytes:
+        """The payload the HSM will sign, rebuilt once (nonce, fees, blockhash) and
+        stored before it is signed; later calls return the stored one."""
+        t = self.ledger.load(transfer_id)
+        if t.details.get("final"):
+            return base64.b64decode(t.payload_b64)
+        wallet = self.ledger.wallet(t)
+        planner = self.networks.planner(wallet.chain)
+        unsigned = self._unsigned(t, wallet)
+        final, columns = planner.finalize(self.ledger.sessions, t, wallet,
+                                          self.networks.source(wallet), unsigned)
+        values: dict[str, Any] = {
+            "payload_b64": base64.b64encode(final.payload).decode(),
+            "details": {**t.details, **final.details, "final": True,
+                        "intent": final.intent.to_json()},
+            "version": t.version + 1, **columns}
+        with self.ledger.sessions.begin() as s:
+            won = s.execute(update(TransferRecord).where(
+                TransferRecord.id == t.id, TransferRecord.version == t.version).values(**values))
+        if changed(won) != 1:  # another worker finalized first: use what it stored
+            return self.finalize_transfer(transfer_id)
+        return final.payload
+
+    def _unsigned(self, t: TransferRecord, wallet: Wallet) -> UnsignedTx:
+        intent = Intent.from_json(t.details["intent"])  # type: ignore[arg-type]
+        return UnsignedTx(Chain(wallet.chain), wallet.network, t.payload_type,
+                          base64.b64decode(t.payload_b64), intent, int(t.fee_cap),
+                          {k: str(v) for k, v in t.details.items() if k != "intent"})
+
+    # -- following the sign request -----------------------------------------------------
+
+    def on_request_change(self, row: SignRequest) -> None:
+        """Mirror a sign request's change on its transfer at once (the worker would, within
+        a poll interval), then let the worker broadcast."""
+        meta = row.meta_data if isinstance(row.meta_data, dict) else {}
+        transfer_id = meta.get("transferId")
+        if not isinstance(transfer_id, str):
+            return
+        try:
+            t = self.ledger.load(transfer_id)
+            if t.sign_request_id == row.id and t.state in WAITING:
+                self.follow(t, row)
+        except (CustodyError, HsmError, ChainError, OSError) as exc:
+            log.warning("transfer %s: %s (the worker retries)", transfer_id, exc)
+        self.nudge()
+
+    def follow(self, t: TransferRecord, row: SignRequest) -> None:
+        """Mirror the sign request; on EXECUTED assemble the signed transaction."""
+        if row.status == Status.EXECUTED:
+            wallet = self.ledger.wallet(t)
+            planner = self.networks.planner(wallet.chain)
+            t = self.ledger.load(t.id)
+            signatures = [base64.b64decode(x) for x in row.result or []]
+            raw = planner.assemble(self._unsigned(t, wallet), signatures)
+            txid = planner.txid(raw)
+            tier = t.tier or self._tier(row)
+            self.ledger.move(t.id, State.SIGNED, raw_b64=base64.b64encode(raw).decode(),
+                             txid=txid, tier=tier, next_check=None)
+            return
+        state = _BY_REQUEST.get(Status(row.status))
+        if state is None or state.value == t.state:
+            return
+        if state in TERMINAL:
+            wallet = self.ledger.wallet(t)
+            with self.ledger.sessions.begin() as s:
+                self.networks.planner(wallet.chain).after_failure(s, t)
+            self.ledger.move(t.id, state, error=row.error)
+        else:
+            self.ledger.move(t.id, state)
+
+    def _tier(self, row: SignRequest) -> str | None:
+        try:
+            return self.networks.hsm.request_result(row.id).token
+        except HsmError:
+            return None

@@ -1,0 +1,138 @@
+"""The transfer worker: carries every transfer on from wherever it stopped - submits the
+ones whose creator died (after its lease), follows sign requests, broadcasts signed
+transactions and watches them to their confirmation depth. Broadcasting re-sends
+identical bytes at worst, which every chain treats as the same transaction."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+
+from sqlalchemy import select, update
+
+from chains.errors import BroadcastRejected, ChainError
+from chains.planning import Planner
+from custody.broker import Broker
+from custody.errors import CustodyError
+from hsm_emulator.errors import HsmError
+
+from . import webhooks
+from .intake import TransferIntake
+from .ledger import WAITING, TransferLedger
+from .models import TERMINAL, State, TransferRecord
+from .networks import Networks
+from .signing import TransferSigning
+
+log = logging.getLogger("custody.treasury")
+#: How often a broadcast transfer's confirmations are looked at.
+POLL_SECONDS = 1.0
+
+
+class TransferWorker:
+    def __init__(self, broker: Broker, networks: Networks, ledger: TransferLedger,
+                 intake: TransferIntake, signing: TransferSigning,
+                 wake: threading.Condition) -> None:
+        self.broker = broker
+        self.networks = networks
+        self.ledger = ledger
+        self.intake = intake
+        self.signing = signing
+        #: the worker sleeps on it between passes; notified when a transfer can move
+        self.wake = wake
+
+    def step(self) -> int:
+        """Move every transfer that can move; returns how many were looked at."""
+        now = self.ledger.clock()
+        with self.ledger.sessions() as s:
+            ids = list(s.scalars(select(TransferRecord.id).where(
+                TransferRecord.state.not_in([st.value for st in TERMINAL]),
+                (TransferRecord.next_check.is_(None)) | (TransferRecord.next_check <= now))))
+        for transfer_id in ids:
+            try:
+                self.advance(transfer_id)
+            except (CustodyError, HsmError, ChainError, OSError) as exc:
+                log.warning("transfer %s: %s", transfer_id, exc)
+                self.ledger.retry(transfer_id, exc)
+        return len(ids)
+
+    def advance(self, transfer_id: str) -> TransferRecord:
+        ledger = self.ledger
+        t = ledger.load(transfer_id)
+        if t.state in WAITING:
+            if not t.sign_request_id:
+                if ledger.lease(t):  # else the creating call (or another worker) submits
+                    self.intake.submit(t.id)
+            else:
+                self.signing.follow(t, self.broker.advance(t.sign_request_id))
+        t = ledger.load(transfer_id)
+        if t.state == State.SIGNED:
+            self._broadcast(t)
+        t = ledger.load(transfer_id)
+        if t.state == State.BROADCAST:
+            self._confirm(t)
+        return ledger.load(transfer_id)
+
+    def _broadcast(self, t: TransferRecord) -> None:
+        wallet = self.ledger.wallet(t)
+        planner = self.networks.planner(wallet.chain)
+        claimed = self.ledger.claim(t)
+        if claimed is None:
+            return
+        raw = base64.b64decode(t.raw_b64 or "")
+        try:
+            txid = planner.broadcast(raw)
+        except BroadcastRejected as exc:
+            with self.ledger.sessions.begin() as s:
+                planner.after_failure(s, t)
+            self.ledger.move(t.id, State.FAILED,
+                             error=f"the node rejected the transaction: {exc}")
+            return
+        if txid.lower().removeprefix("0x") != (t.txid or "").lower().removeprefix("0x"):
+            log.warning("transfer %s: node reports %s for %s", t.id, txid, t.txid)
+        with self.ledger.sessions.begin() as s:
+            planner.after_broadcast(s, t)
+        self.ledger.move(t.id, State.BROADCAST, next_check=self.ledger.clock() + POLL_SECONDS)
+
+    def _confirm(self, t: TransferRecord) -> None:
+        wallet = self.ledger.wallet(t)
+        planner = self.networks.planner(wallet.chain)
+        try:
+            c = planner.confirmation(t.txid or "")
+        except BroadcastRejected as exc:  # landed but failed (Solana): fee spent, no transfer
+            self.ledger.move(t.id, State.FAILED, error=str(exc))
+            return
+        depth = self.networks.depth(wallet.chain)
+        if c.confirmations >= depth:
+            self.ledger.move(t.id, State.CONFIRMED, confirmations=c.confirmations,
+                             block=c.block_hash, next_check=None)
+        else:
+            lost = c.confirmations == 0 and not planner.known(t.txid or "")
+            note = self._resend(t, planner) if lost else None
+            with self.ledger.sessions.begin() as s:
+                s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
+                    confirmations=c.confirmations, error=note,
+                    next_check=self.ledger.clock() + POLL_SECONDS))
+
+    def _resend(self, t: TransferRecord, planner: Planner) -> str | None:
+        """The node lost a transaction it had accepted (restarted without its mempool):
+        send the same signed bytes again - the same transaction, never a second one. A
+        refusal is noted, not final (the node may yet learn it from a peer or a block)."""
+        log.warning("transfer %s: the node no longer knows %s; sending it again", t.id, t.txid)
+        try:
+            planner.broadcast(base64.b64decode(t.raw_b64 or ""))
+        except BroadcastRejected as exc:
+            return f"the node lost the transaction and refused it again: {exc}"
+        return None
+
+    def run(self, stop: threading.Event, dispatcher: webhooks.Dispatcher | None = None,
+            interval: float = POLL_SECONDS) -> None:
+        while not stop.is_set():
+            try:
+                self.step()
+                if dispatcher is not None:
+                    dispatcher.deliver_due()
+            except Exception:  # the loop must outlive any one failure; it is logged
+                log.exception("treasury worker step failed")
+            with self.wake:
+                self.wake.wait(timeout=interval)
