@@ -1,4 +1,5 @@
-"""Which chains the treasury talks to, and the adapters for them. Configuration only.
+"""Which chains the treasury talks to, and the adapters for them. Configuration only
+(from :class:`custody.settings.Settings`):
 
 ``CUSTODY_BITCOIN_RPC`` (``http://user:password@host:port``) with
 ``CUSTODY_BITCOIN_NETWORK`` (regtest), ``CUSTODY_ETHEREUM_RPC`` with
@@ -10,7 +11,6 @@ A chain without an endpoint has no wallets: asking for one is a clear error.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from chains.ethereum.nonces import SqliteNonceStore
 from chains.solana.adapter import SolanaAdapter
 from chains.solana.client import SolanaRpcClient
 from custody.errors import BadRequest
+from custody.settings import Settings
 from hsm_emulator.client import HsmClient
 
 from .models import Wallet
@@ -46,19 +47,11 @@ class ChainEndpoints:
     confirmations: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_DEPTH))
 
     @classmethod
-    def from_env(cls) -> ChainEndpoints:
-        env = os.environ
+    def from_settings(cls, s: Settings) -> ChainEndpoints:
         depth = dict(DEFAULT_DEPTH)
-        for part in env.get("CUSTODY_CONFIRMATIONS", "").split(","):
-            chain, _, n = part.partition("=")
-            if chain.strip() in depth and n.strip().isdigit():
-                depth[chain.strip()] = max(1, int(n))
-        return cls(env.get("CUSTODY_BITCOIN_RPC", ""),
-                   env.get("CUSTODY_BITCOIN_NETWORK", "regtest"),
-                   env.get("CUSTODY_ETHEREUM_RPC", ""),
-                   int(env.get("CUSTODY_ETHEREUM_CHAIN_ID", "31337")),
-                   env.get("CUSTODY_SOLANA_RPC", ""),
-                   env.get("CUSTODY_SOLANA_NETWORK", "localnet"), depth)
+        depth.update({c: n for c, n in s.confirmations.items() if c in depth})
+        return cls(s.bitcoin_rpc, s.bitcoin_network, s.ethereum_rpc, s.ethereum_chain_id,
+                   s.solana_rpc, s.solana_network, depth)
 
     def network_of(self, chain: str) -> str:
         return {"bitcoin": self.bitcoin_network, "ethereum": str(self.ethereum_chain_id),
