@@ -112,6 +112,7 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     app = FastAPI(title="SKA custody", version="0.1.0", lifespan=lifespan,
                   description="TSB-compatible API in front of an HSM that enforces "
                               "Smart Key Attributes.")
+    # read through the typed dependencies of approvals_app.deps, never by routes
     app.state.settings = settings
     app.state.hsm = client
     app.state.broker = broker
