@@ -1,10 +1,11 @@
 """JWT bearer authentication (PyJWT) with roles; approvers authenticate by signatures.
 
-Roles: ``business`` (initiate, read and cancel its tenant's requests), ``key_admin``
-(create keys, request block / unblock / modify), ``security_officer``, ``auditor``.
-Only HS256 with the configured secret is accepted - ``alg: none`` and algorithm
-confusion are refused by pinning the algorithm list - and ``exp``, ``aud``, ``iss``
-and ``sub`` are required.
+Roles (:class:`Role`): ``business`` (initiate, read and cancel its tenant's requests),
+``key_admin`` (create keys, request block / unblock / modify), ``security_officer``,
+``auditor``. Only HS256 with the configured secret is accepted - ``alg: none`` and
+algorithm confusion are refused by pinning the algorithm list - and ``exp``, ``aud``,
+``iss`` and ``sub`` are required. The FastAPI wiring (``CurrentPrincipal``,
+``RequireRole``) is in :mod:`approvals_app.deps`.
 """
 
 from __future__ import annotations
@@ -12,20 +13,38 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
-from typing import Annotated
+from enum import StrEnum
 
 import jwt
-from fastapi import Depends, Request
 
 from custody.broker import Principal
-from custody.errors import Forbidden, RateLimited, Unauthorized
+from custody.errors import RateLimited, Unauthorized
+from custody.settings import Settings
 
-ROLES = frozenset({"business", "key_admin", "security_officer", "auditor"})
+
+class Role(StrEnum):
+    """What a token may do; a token's other role names are ignored."""
+
+    BUSINESS = "business"
+    KEY_ADMIN = "key_admin"
+    SECURITY_OFFICER = "security_officer"
+    AUDITOR = "auditor"
+
+
+ROLES = frozenset(r.value for r in Role)
 #: Failed authentications allowed per client address per minute.
 MAX_FAILURES_PER_MINUTE = 20
 
 
 class FailureLimiter:
+    """Failed bearer authentications per client address in a sliding minute.
+
+    The HSM's socket server keeps its own limiter (``hsm_emulator.remote.server``) for
+    failed handshakes: it sits on the other side of the trust boundary, which imports
+    nothing from the broker or the API, and the broker uses no HSM internals, so the two
+    stay apart on purpose - each guards its own door.
+    """
+
     def __init__(self, limit: int = MAX_FAILURES_PER_MINUTE, window: float = 60.0) -> None:
         self.limit, self.window = limit, window
         self._failures: dict[str, deque[float]] = defaultdict(deque)
@@ -75,20 +94,16 @@ class VerifiedTokens:
         self._known[token] = (principal, exp)
 
 
-async def principal_from(request: Request) -> Principal:
-    """The caller's principal from its bearer token (CPU only: runs on the event loop)."""
-    settings = request.app.state.settings
-    limiter: FailureLimiter = request.app.state.limiter
-    client = request.client.host if request.client else "?"
+def authenticate(settings: Settings, limiter: FailureLimiter, tokens: VerifiedTokens,
+                 client: str, authorization: str) -> Principal:
+    """The caller's principal from its ``Authorization`` header (CPU only)."""
     limiter.check(client)
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         limiter.failed(client)
         raise Unauthorized("a bearer token is required")
     if not settings.jwt_secret:
         raise Unauthorized("this server has no token secret configured")
-    tokens: VerifiedTokens = request.app.state.tokens
     known = tokens.get(token)
     if known is not None:
         return known
@@ -108,11 +123,3 @@ async def principal_from(request: Request) -> Principal:
     principal = Principal(str(claims["sub"]), tenant, frozenset(roles) & ROLES)
     tokens.put(token, principal, float(claims["exp"]))
     return principal
-
-
-CurrentPrincipal = Annotated[Principal, Depends(principal_from)]
-
-
-def require(principal: Principal, *roles: str) -> None:
-    if not principal.roles & set(roles):
-        raise Forbidden(f"needs one of the roles {sorted(roles)}")

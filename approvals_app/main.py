@@ -8,7 +8,6 @@ the earliest hold end so held requests are released as soon as they may be.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,7 +47,6 @@ from .routes import treasury as treasury_routes
 from .settings import Settings
 
 log = logging.getLogger("custody.api")
-HANDLER_THREADS = int(os.environ.get("CUSTODY_HANDLER_THREADS", "8"))
 
 
 def open_hsm(settings: Settings) -> HsmClient:
@@ -92,14 +90,15 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
         broker = Broker(client, make_sessions(make_engine(settings.database_url)),
                         max_skew=settings.max_skew_seconds, on_change=on_change)
     autosigner = AutoSigner(broker, on_batch=metrics.batch.observe)
-    treasury = Treasury(broker, Networks(chains or ChainEndpoints.from_env(), client))
+    treasury = Treasury(broker, Networks(chains or ChainEndpoints.from_settings(settings),
+                                         client))
     stop = threading.Event()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Handlers are CPU-bound Python (the GIL serialises them): a few threads keep the
         # cores busy; dozens only add switching and lock hand-offs (measured: bench api).
-        anyio.to_thread.current_default_thread_limiter().total_tokens = HANDLER_THREADS
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.handler_threads
         threads = start_workers(broker, treasury, stop) if scheduler else []
         yield
         stop.set()
@@ -113,6 +112,7 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     app = FastAPI(title="SKA custody", version="0.1.0", lifespan=lifespan,
                   description="TSB-compatible API in front of an HSM that enforces "
                               "Smart Key Attributes.")
+    # read through the typed dependencies of approvals_app.deps, never by routes
     app.state.settings = settings
     app.state.hsm = client
     app.state.broker = broker

@@ -4,15 +4,15 @@ A process killed between recording a request's last approval and releasing it le
 a request that nothing wakes until its token times out (an hour, or days): the client
 saw no answer, and a retried approval is refused as "already answered". The release
 worker therefore looks at every open request every ``CUSTODY_SWEEP_SECONDS`` (default
-30); :meth:`custody.broker.Broker.advance` is idempotent and first-writer-wins, so a
-sweep racing a replica releases nothing twice. Found by the kill loop
+30, :attr:`custody.settings.Settings.sweep_seconds`);
+:meth:`custody.broker.Broker.advance` is idempotent and first-writer-wins, so a sweep
+racing a replica releases nothing twice. Found by the kill loop
 (tests/reliability/killloop.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from sqlalchemy import select
@@ -24,11 +24,6 @@ from custody.errors import CustodyError
 from hsm_emulator.errors import HsmError
 
 log = logging.getLogger("custody.recovery")
-DEFAULT_SECONDS = 30.0
-
-
-def sweep_interval() -> float:
-    return float(os.environ.get("CUSTODY_SWEEP_SECONDS", DEFAULT_SECONDS))
 
 
 def sweep(broker: Broker) -> int:

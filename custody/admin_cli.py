@@ -7,7 +7,6 @@ come back as the server's problem details and end the command with status 1.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from rich.table import Table
 from hsm_emulator.errors import HsmError
 
 from .explain import explain
+from .settings import ClientSettings
 
 key_app = typer.Typer(help="Keys in the HSM, through the API.", no_args_is_help=True)
 request_app = typer.Typer(help="Sign requests: status and cancel.", no_args_is_help=True)
@@ -27,7 +27,7 @@ URL = typer.Option("http://127.0.0.1:8000", envvar="CUSTODY_URL", help="The API 
 
 
 def _call(method: str, url: str, path: str, body: Any = None) -> Any:
-    headers = {"Authorization": f"Bearer {os.environ.get('CUSTODY_TOKEN', '')}"}
+    headers = {"Authorization": f"Bearer {ClientSettings().token}"}
     try:
         r = httpx.request(method, url + path, json=body, headers=headers, timeout=60)
     except httpx.HTTPError as exc:

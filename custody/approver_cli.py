@@ -25,7 +25,6 @@ verified, 2 local problem (key file, passphrase, arguments), 3 server unreachabl
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from . import approver_keys as keys
 from .approver_client import ApproverClient
 from .approver_keys import ApproverError, ApproverKey, KeyType
 from .approver_verify import VerifiedTask, verify_task
+from .settings import ClientSettings
 
 approver_app = typer.Typer(help="Approve or reject sign requests with your approval key.",
                            no_args_is_help=True)
@@ -55,7 +55,6 @@ PASS_FILE = typer.Option(None, "--passphrase-file",
                          help="File whose first line is the key's passphrase "
                               "(else CUSTODY_APPROVER_PASSPHRASE, else a prompt).")
 YES = typer.Option(False, "--yes", help="Do not ask for confirmation.")
-PASSPHRASE_ENV = "CUSTODY_APPROVER_PASSPHRASE"  # noqa: S105 - a variable name
 
 out = Console()
 err = Console(stderr=True)
@@ -88,8 +87,9 @@ def _passphrase(passphrase_file: Path | None, confirm: bool = False) -> str:
         if not lines or not lines[0]:
             raise ApproverError(f"passphrase file {passphrase_file} is empty", 2)
         return lines[0]
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV]
+    from_env = ClientSettings().approver_passphrase
+    if from_env:
+        return from_env
     value: str = typer.prompt("Approval key passphrase", hide_input=True,
                               confirmation_prompt=confirm)
     return value

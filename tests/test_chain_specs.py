@@ -24,6 +24,7 @@ from chains.registry import DEFAULT_NETWORKS, decoders_for
 from chains.specs import SPECS, find_spec, spec_of
 from custody.errors import BadRequest
 from custody.explain import DECIMALS
+from custody.settings import Settings
 from custody.treasury.networks import ChainEndpoints, default_depths
 from custody.treasury.policy import FEE_CAPS, AssetInfo
 from custody.treasury.wallets import NATIVE, token_assets
@@ -134,21 +135,30 @@ def test_token_spellings_come_from_the_spec() -> None:
             token_assets(chain, [{**token, "asset": asset}])
 
 
-def test_endpoints_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_endpoints_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for spec in SPECS.values():
         monkeypatch.delenv(spec.rpc_variable, raising=False)
         monkeypatch.delenv(spec.network_variable, raising=False)
     monkeypatch.setenv("CUSTODY_ETHEREUM_RPC", "http://eth")
     monkeypatch.setenv("CUSTODY_ETHEREUM_CHAIN_ID", "011155111")
     monkeypatch.setenv("CUSTODY_CONFIRMATIONS", "bitcoin=3,solana=0,dogecoin=9,ethereum=x")
-    e = ChainEndpoints.from_env()
+    e = ChainEndpoints.from_settings(Settings())
     assert e.configured() == ["ethereum"]
     assert [e.network_of(c) for c in ("bitcoin", "ethereum", "solana", "dogecoin")] == [
         "regtest", "11155111", "localnet", ""]
     assert e.confirmations == {"bitcoin": 3, "ethereum": 1, "solana": 1}
     monkeypatch.setenv("CUSTODY_ETHEREUM_CHAIN_ID", "mainnet")
     with pytest.raises(ValueError):
-        ChainEndpoints.from_env()
+        ChainEndpoints.from_settings(Settings())
+
+
+def test_every_chain_variable_is_a_setting() -> None:
+    s = Settings()
+    for spec in SPECS.values():
+        s.chain_value(spec.rpc_variable)
+        s.chain_value(spec.network_variable)
+    with pytest.raises(KeyError, match="CUSTODY_DOGECOIN_RPC is not a setting"):
+        s.chain_value("CUSTODY_DOGECOIN_RPC")
 
 
 def test_a_chain_without_a_node_has_no_planner() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
+from approvals_app.deps import BrokerDep
+from approvals_app.responses import Decision, TaskList
 from approvals_app.schemas import ApprovalBody, TaskFilter
+from approvals_app.services.approvals import reject_shown
 from custody.broker import Task
-from hsm_emulator.errors import ApprovalRefused
 
 router = APIRouter(prefix="/v1", tags=["approvals"])
 
@@ -25,9 +27,9 @@ def task_json(task: Task, level: str) -> dict[str, Any]:
     return out
 
 
-@router.post("/filteredSignApprovalTask")
-def tasks(body: TaskFilter, request: Request) -> dict[str, Any]:
-    broker = request.app.state.broker
+@router.post("/filteredSignApprovalTask", response_model=TaskList,
+             response_model_exclude_unset=True)
+def tasks(body: TaskFilter, broker: BrokerDep) -> dict[str, Any]:
     cred = broker.approvers.authenticate_approver(body.approverCertificate, body.timestamp,
                                         body.timestampSignature, body.timestampDigestAlgorithm)
     found = broker.approvers.tasks(cred, body.paging.pageNumber, body.paging.pageSize,
@@ -36,20 +38,15 @@ def tasks(body: TaskFilter, request: Request) -> dict[str, Any]:
 
 
 @router.post("/approval")
-def approve(body: ApprovalBody, request: Request) -> dict[str, Any]:
-    row = request.app.state.broker.approvers.approve(body.id, body.approverCertificate,
-                                           body.signature_bytes(), body.approvalDigestAlgorithm,
-                                           body.approvalToBeSigned)
-    return {"id": row.id, "status": row.status}
+def approve(body: ApprovalBody, broker: BrokerDep) -> Decision:
+    row = broker.approvers.approve(body.id, body.approverCertificate, body.signature_bytes(),
+                         body.approvalDigestAlgorithm, body.approvalToBeSigned)
+    return Decision(id=row.id, status=row.status)
 
 
 @router.post("/rejection")
-def reject(body: ApprovalBody, request: Request) -> dict[str, Any]:
+def reject(body: ApprovalBody, broker: BrokerDep) -> Decision:
     """Like ``/v1/approval``, the signature over ``ska-reject-v1:`` + the challenge bytes."""
-    broker = request.app.state.broker
-    row = broker.get(body.id)
-    if body.approvalToBeSigned != row.challenge_b64:
-        raise ApprovalRefused("approvalToBeSigned does not match this task's challenge")
-    row = broker.approvers.reject(body.id, body.approverCertificate, body.signature_bytes(),
-                        body.approvalDigestAlgorithm)
-    return {"id": row.id, "status": row.status}
+    row = reject_shown(broker, body.id, body.approvalToBeSigned, body.approverCertificate,
+                       body.signature_bytes(), body.approvalDigestAlgorithm)
+    return Decision(id=row.id, status=row.status)

@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import queue
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import Field
 
+from approvals_app.deps import BrokerDep, EventsDep
+from approvals_app.responses import PageTask, PageTaskList, TokenProgress
 from approvals_app.schemas import CRED_MAX, Strict
+from approvals_app.sse import documented, sse, stream_response
 from custody.broker import Broker, Task
 from custody.db import SignRequest
 from custody.enrolment import Enrolments
@@ -62,7 +62,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache", "Cross-Origin-Opener-Policy": "same-origin",
 }
-POLL_SECONDS, KEEPALIVE_SECONDS = 0.5, 15.0
 
 
 class SignedTimestamp(Strict):
@@ -90,69 +89,47 @@ def approver_file(name: str) -> FileResponse:
     return FileResponse(PAGE / filename, media_type=media, headers=SECURITY_HEADERS)
 
 
-def _approver(request: Request, timestamp: str, signature: str, certificate: str,
+def _approver(broker: Broker, timestamp: str, signature: str, certificate: str,
               ) -> Credential:
     """The signed-timestamp proof (each timestamp once), then a confirmed enrolment."""
-    broker: Broker = request.app.state.broker
     cred = broker.approvers.authenticate_approver(certificate, timestamp, signature)
     Enrolments(broker.sessions).confirmed(cred)
     return cred
 
 
 @router.post("/approver/api/tasks")
-def page_tasks(body: SignedTimestamp, request: Request) -> dict[str, Any]:
-    cred = _approver(request, body.timestamp, body.timestampSignature,
+def page_tasks(body: SignedTimestamp, broker: BrokerDep) -> PageTaskList:
+    cred = _approver(broker, body.timestamp, body.timestampSignature,
                      body.approverCertificate)
-    broker: Broker = request.app.state.broker
-    return {"tasks": [task_view(broker, t) for t in broker.approvers.tasks(cred, 0, 50, True)]}
+    tasks = broker.approvers.tasks(cred, 0, 50, True)
+    return PageTaskList(tasks=[task_view(broker, t) for t in tasks])
 
 
-@router.get("/approver/api/events", response_class=StreamingResponse)
-async def page_events(request: Request, timestamp: str = Query(max_length=64),
+@router.get("/approver/api/events", response_class=StreamingResponse, responses=documented(
+    "Server-sent events: `hello`, then `task` ({id, status}) per change"))
+async def page_events(request: Request, broker: BrokerDep, hub: EventsDep,
+                      timestamp: str = Query(max_length=64),
                       signature: str = Query(max_length=4096),
                       certificate: str = Query(max_length=CRED_MAX)) -> StreamingResponse:
     """SSE: ``hello`` once, then ``task`` ({id, status}) whenever one of this approver's
     requests changes; the page fetches details through ``/approver/api/tasks``."""
-    cred = await asyncio.to_thread(_approver, request, timestamp, signature, certificate)
-    broker: Broker = request.app.state.broker
-    hub = request.app.state.events
-    inbox = hub.subscribe()
-
-    async def stream() -> AsyncIterator[str]:
-        try:
-            yield _sse("hello", {"fingerprint": cred.fingerprint})
-            idle = 0.0
-            while not await request.is_disconnected():
-                try:
-                    event = await asyncio.to_thread(inbox.get, True, POLL_SECONDS)
-                except queue.Empty:
-                    idle += POLL_SECONDS
-                    if idle >= KEEPALIVE_SECONDS:
-                        idle = 0.0
-                        yield ": keep-alive\n\n"
-                    continue
-                members = await asyncio.to_thread(broker.rules.rule_members, event["keyLabel"],
-                                                  event["action"])
-                if cred.fingerprint in members:
-                    yield _sse("task", {"id": event["id"], "status": event["status"]})
-        finally:
-            hub.unsubscribe(inbox)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    cred = await asyncio.to_thread(_approver, broker, timestamp, signature, certificate)
+    return stream_response(request, hub, hub.subscribe(), broker, cred,
+                           sse("hello", {"fingerprint": cred.fingerprint}),
+                           lambda event: {"id": event["id"], "status": event["status"]})
 
 
-def task_view(broker: Broker, task: Task) -> dict[str, Any]:
+def task_view(broker: Broker, task: Task) -> PageTask:
     """A task as the page shows it: the challenge, plus the broker's progress notes."""
     r: SignRequest = task.request
     records = broker.approvals(r.id)
     names = _names(broker, r)
     approved = [names.get(a.approver, a.approver[:16]) for a in records if not a.rejected]
     rejected = [names.get(a.approver, a.approver[:16]) for a in records if a.rejected]
-    return {"id": r.id, "approvalToBeSigned": r.challenge_b64, "keyLabel": r.key_label,
-            "action": r.action, "status": r.status, "initiator": r.initiator,
-            "approvedBy": approved, "rejectedBy": rejected,
-            "tokens": _tokens(broker, r, records)}
+    return PageTask(id=r.id, approvalToBeSigned=r.challenge_b64, keyLabel=r.key_label,
+                    action=r.action, status=r.status, initiator=r.initiator,
+                    approvedBy=approved, rejectedBy=rejected,
+                    tokens=_tokens(broker, r, records))
 
 
 def _names(broker: Broker, r: SignRequest) -> dict[str, str]:
@@ -163,7 +140,7 @@ def _names(broker: Broker, r: SignRequest) -> dict[str, str]:
             for g in t.groups for a in g.approvers}
 
 
-def _tokens(broker: Broker, r: SignRequest, records: list[Any]) -> list[dict[str, Any]]:
+def _tokens(broker: Broker, r: SignRequest, records: list[Any]) -> list[TokenProgress]:
     """Which tokens (tiers) can still release the request, and by when (HSM time)."""
     approvals = [Approval(a.credential_type, a.credential, base64.b64decode(a.signature_b64),
                           a.digest) for a in records if not a.rejected]
@@ -180,11 +157,8 @@ def _tokens(broker: Broker, r: SignRequest, records: list[Any]) -> list[dict[str
     for t in ev.tokens:
         if t.attainable:
             timeout = timeouts.get(t.name, 0)
-            out.append({"name": t.name, "deadline": r.hsm_time + timeout if timeout else None,
-                        "holdRemaining": t.hold_remaining,
-                        "missing": sum(g.missing for g in t.groups)})
+            out.append(TokenProgress(
+                name=t.name, deadline=r.hsm_time + timeout if timeout else None,
+                holdRemaining=t.hold_remaining, missing=sum(g.missing for g in t.groups)))
     return out
 
-
-def _sse(kind: str, data: dict[str, Any]) -> str:
-    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"

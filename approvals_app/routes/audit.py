@@ -8,32 +8,34 @@ reordered or cut - the broker cannot fake a head the HSM did not sign.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
-from approvals_app.auth import CurrentPrincipal, require
+from approvals_app.auth import Role
+from approvals_app.deps import HsmDep, RequireRole
+from approvals_app.responses import AuditPage, HsmIdentity
+from custody.broker import Principal
 from hsm_emulator.initiation import hsm_id
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 #: Audit sequence numbers are SQLite/PostgreSQL 64-bit integers; a larger ``start`` is
 #: refused here (422) rather than overflowing in the HSM's store (a 500).
 MAX_SEQ = 2**63 - 1
+Auditor = Annotated[Principal, RequireRole(Role.AUDITOR, Role.SECURITY_OFFICER)]
 
 
 @router.get("/audit")
-def audit(request: Request, who: CurrentPrincipal, start: int = Query(1, ge=1, le=MAX_SEQ),
-          limit: int = Query(1000, ge=1, le=10_000)) -> dict[str, Any]:
-    require(who, "auditor", "security_officer")
-    hsm = request.app.state.hsm
+def audit(hsm: HsmDep, _who: Auditor, start: int = Query(1, ge=1, le=MAX_SEQ),
+          limit: int = Query(1000, ge=1, le=10_000)) -> AuditPage:
     entries = hsm.audit_entries(start, limit)
-    return {"entries": [e.to_json() for e in entries], "head": hsm.audit_head().to_json(),
-            "checkpoints": [h.to_json() for h in hsm.audit_checkpoints()]}
+    return AuditPage(entries=[e.to_json() for e in entries], head=hsm.audit_head().to_json(),
+                     checkpoints=[h.to_json() for h in hsm.audit_checkpoints()])
 
 
 @router.get("/hsm")
-def hsm_identity(request: Request) -> dict[str, str]:
+def hsm_identity(hsm: HsmDep) -> HsmIdentity:
     """The HSM's public identity key: the root for challenges, attestations, audit; and
     its ``hsmId`` (derived from the key), which a desk's initiation signs."""
-    der = request.app.state.hsm.identity_public_key()
-    return {"identityPublicKey": base64.b64encode(der).decode(), "hsmId": hsm_id(der)}
+    der = hsm.identity_public_key()
+    return HsmIdentity(identityPublicKey=base64.b64encode(der).decode(), hsmId=hsm_id(der))

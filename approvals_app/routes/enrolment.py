@@ -15,42 +15,21 @@ import base64
 import secrets
 from typing import Annotated, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import Field
-from webauthn import generate_registration_options, options_to_json, verify_registration_response
-from webauthn.helpers.cose import COSEAlgorithmIdentifier
-from webauthn.helpers.decode_credential_public_key import (
-    DecodedEC2PublicKey,
-    decode_credential_public_key,
-)
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
 
-from approvals_app.auth import CurrentPrincipal, require
+from approvals_app.auth import Role
+from approvals_app.deps import BrokerDep, EnrolmentsDep, HsmDep, KeyAdmin, RequireRole, SettingsDep
+from approvals_app.responses import EnrolmentList, EnrolmentPublic, PasskeyOptions, RequestCreated
 from approvals_app.schemas import Strict
-from custody.enrolment import (
-    Enrolment,
-    Enrolments,
-    EnrolmentStatus,
-    entry,
-    hsm_fingerprint,
-    policy_with_member,
-)
-from custody.errors import BadRequest, Forbidden, RateLimited
-from hsm_emulator.credentials import passkey_value
-from hsm_emulator.errors import CredentialInvalid
-from hsm_emulator.model import Action
+from approvals_app.services import enrolment as service
+from custody import passkeys
+from custody.broker import Principal
+from custody.enrolment import Enrolment, EnrolmentStatus
+from custody.errors import BadRequest
 
 router = APIRouter(prefix="/v1", tags=["enrolment"])
-#: Undecided enrolments allowed at once: strangers can ask, not fill the table.
-MAX_OPEN = 200
-ADMINS = ("key_admin", "security_officer")
+Admin = Annotated[Principal, RequireRole(Role.KEY_ADMIN, Role.SECURITY_OFFICER)]
 
 
 class KeyEnrolBody(Strict):
@@ -79,31 +58,18 @@ class JoinBody(Strict):
     rule: str = Field(default="ruleUse", max_length=16)
 
 
-def enrolments(request: Request) -> Enrolments:
-    return Enrolments(request.app.state.broker.sessions)
-
-
-Store = Annotated[Enrolments, Depends(enrolments)]
-
-
-def enrolment_json(row: Enrolment) -> dict[str, Any]:
-    return {"id": row.id, "name": row.name, "status": row.status,
-            "credentialType": row.credential_type, "fingerprint": row.fingerprint,
-            "hsmFingerprint": row.hsm_fingerprint, "decidedBy": row.decided_by,
-            "credential": row.credential if row.status == EnrolmentStatus.CONFIRMED else None}
-
-
-def _room(store: Enrolments) -> None:
-    store.drop_stale_registrations()
-    if len(store.find(EnrolmentStatus.PENDING)) + len(
-            store.find(EnrolmentStatus.REGISTERING)) >= MAX_OPEN:
-        raise RateLimited("too many enrolments wait for a decision; try again later")
+def enrolment_json(row: Enrolment) -> EnrolmentPublic:
+    return EnrolmentPublic(
+        id=row.id, name=row.name, status=row.status, credentialType=row.credential_type,
+        fingerprint=row.fingerprint, hsmFingerprint=row.hsm_fingerprint,
+        decidedBy=row.decided_by,
+        credential=row.credential if row.status == EnrolmentStatus.CONFIRMED else None)
 
 
 @router.post("/enrolment", status_code=201)
-def enrol_key(body: KeyEnrolBody, store: Store) -> dict[str, Any]:
+def enrol_key(body: KeyEnrolBody, store: EnrolmentsDep) -> EnrolmentPublic:
     """Enrol a device key (WebCrypto ECDSA P-256) with its proof of possession."""
-    _room(store)
+    service.make_room(store)
     try:
         proof = base64.b64decode(body.proof, validate=True)
     except ValueError:
@@ -113,95 +79,54 @@ def enrol_key(body: KeyEnrolBody, store: Store) -> dict[str, Any]:
 
 
 @router.post("/enrolment/passkey", status_code=201)
-def passkey_options(body: PasskeyOptionsBody, store: Store, request: Request) -> dict[str, Any]:
+def passkey_options(body: PasskeyOptionsBody, store: EnrolmentsDep,
+                    settings: SettingsDep) -> PasskeyOptions:
     """Start a passkey registration: the options for ``navigator.credentials.create``."""
-    _room(store)
-    settings = request.app.state.settings
+    service.make_room(store)
     challenge = secrets.token_bytes(32)
     row = store.begin_passkey(body.name, body.hsmFingerprint, challenge)
-    options = generate_registration_options(
-        rp_id=settings.webauthn_rp_id, rp_name="SKA custody approvals",
-        user_name=body.name, user_id=row.id.encode(), challenge=challenge,
-        supported_pub_key_algs=[COSEAlgorithmIdentifier.ECDSA_SHA_256],
-        authenticator_selection=AuthenticatorSelectionCriteria(
-            resident_key=ResidentKeyRequirement.PREFERRED,
-            user_verification=UserVerificationRequirement.PREFERRED))
-    return {"id": row.id, "options": options_to_json(options)}
+    return PasskeyOptions(id=row.id, options=passkeys.registration_options(
+        settings.webauthn_rp_id, body.name, row.id.encode(), challenge))
 
 
 @router.post("/enrolment/{enrolment_id}/passkey")
-def passkey_finish(enrolment_id: str, body: PasskeyFinishBody, store: Store,
-                   request: Request) -> dict[str, Any]:
+def passkey_finish(enrolment_id: str, body: PasskeyFinishBody, store: EnrolmentsDep,
+                   settings: SettingsDep) -> EnrolmentPublic:
     """Verify the registration (the ``webauthn`` package) and store the passkey."""
-    settings = request.app.state.settings
-    challenge = store.registration_challenge(enrolment_id)
-    try:
-        verified = verify_registration_response(
-            credential=body.credential, expected_challenge=challenge,
-            expected_rp_id=settings.webauthn_rp_id,
-            expected_origin=list(settings.webauthn_origins),
-            supported_pub_key_algs=[COSEAlgorithmIdentifier.ECDSA_SHA_256])
-        key = decode_credential_public_key(verified.credential_public_key)
-    except (WebAuthnException, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BadRequest(f"passkey registration does not verify: {exc}") from None
-    if not isinstance(key, DecodedEC2PublicKey) or key.crv != 1:
-        raise BadRequest("passkey must be an ES256 (P-256) key")
-    public = ec.EllipticCurvePublicNumbers(int.from_bytes(key.x, "big"),
-                                           int.from_bytes(key.y, "big"),
-                                           ec.SECP256R1()).public_key()
-    spki = public.public_bytes(serialization.Encoding.DER,
-                               serialization.PublicFormat.SubjectPublicKeyInfo)
-    try:
-        value = passkey_value(spki, settings.webauthn_rp_id, tuple(settings.webauthn_origins))
-    except CredentialInvalid as exc:
-        raise BadRequest(f"server WebAuthn settings: {exc.reason}") from None
-    credential_id = base64.urlsafe_b64encode(verified.credential_id).rstrip(b"=").decode()
+    value, credential_id = passkeys.verify_registration(
+        body.credential, store.registration_challenge(enrolment_id), settings.webauthn_rp_id,
+        settings.webauthn_origins)
     return enrolment_json(store.finish_passkey(enrolment_id, value, credential_id))
 
 
 @router.get("/enrolment/{enrolment_id}")
-def get_enrolment(enrolment_id: str, store: Store) -> dict[str, Any]:
+def get_enrolment(enrolment_id: str, store: EnrolmentsDep) -> EnrolmentPublic:
     """Status for the waiting device; the id is a random UUID only it knows."""
     return enrolment_json(store.get(enrolment_id))
 
 
 @router.get("/enrolments")
-def list_enrolments(who: CurrentPrincipal, store: Store,
-                    status: EnrolmentStatus | None = Query(None)) -> dict[str, Any]:
-    require(who, *ADMINS)
-    return {"enrolments": [enrolment_json(r) for r in store.find(status)]}
+def list_enrolments(_who: Admin, store: EnrolmentsDep,
+                    status: EnrolmentStatus | None = Query(None)) -> EnrolmentList:
+    return EnrolmentList(enrolments=[enrolment_json(r) for r in store.find(status)])
 
 
 @router.post("/enrolment/{enrolment_id}/confirm")
-def confirm(enrolment_id: str, body: DecisionBody, who: CurrentPrincipal, store: Store,
-            request: Request) -> dict[str, Any]:
-    require(who, *ADMINS)
-    row = store.get(enrolment_id)
-    actual = hsm_fingerprint(request.app.state.hsm.identity_public_key())
-    if body.hsmFingerprint != actual:
-        raise BadRequest("hsmFingerprint is not this HSM's identity key")
-    if row.hsm_fingerprint != actual:
-        raise Forbidden("the device pinned another HSM identity key: it may have been "
-                        "shown a forged one; refuse this enrolment and enrol again")
-    return enrolment_json(store.decide(enrolment_id, f"{who.tenant}/{who.subject}", True))
+def confirm(enrolment_id: str, body: DecisionBody, who: Admin, store: EnrolmentsDep,
+            hsm: HsmDep) -> EnrolmentPublic:
+    return enrolment_json(service.confirm(store, hsm, enrolment_id, body.hsmFingerprint, who))
 
 
 @router.post("/enrolment/{enrolment_id}/refuse")
-def refuse(enrolment_id: str, who: CurrentPrincipal, store: Store) -> dict[str, Any]:
-    require(who, *ADMINS)
-    return enrolment_json(store.decide(enrolment_id, f"{who.tenant}/{who.subject}", False))
+def refuse(enrolment_id: str, who: Admin, store: EnrolmentsDep) -> EnrolmentPublic:
+    return enrolment_json(store.decide(enrolment_id, service.decider(who), False))
 
 
 @router.post("/enrolment/{enrolment_id}/join", status_code=201)
-def join(enrolment_id: str, body: JoinBody, who: CurrentPrincipal, store: Store,
-         request: Request) -> dict[str, Any]:
+def join(enrolment_id: str, body: JoinBody, who: KeyAdmin, store: EnrolmentsDep,
+         broker: BrokerDep) -> RequestCreated:
     """Submit a ``modify`` request adding the credential to a group: the key's
     ``ruleModify`` approvers decide, and the HSM checks, as for any policy change."""
-    require(who, "key_admin")
-    member = entry(store.get(enrolment_id))
-    broker = request.app.state.broker
-    policy = broker.hsm.get_key(body.label).policy
-    new_policy = policy_with_member(policy, body.rule, body.group, member)
-    row = broker.submit(who, body.label, Action.MODIFY, b"", "UNSPECIFIED", None, None,
-                        new_policy=new_policy)
-    return {"requestId": row.id, "status": row.status}
+    row = service.request_join(broker, store, who, enrolment_id, body.label, body.rule,
+                               body.group)
+    return RequestCreated(requestId=row.id, status=row.status)

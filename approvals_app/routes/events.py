@@ -8,59 +8,31 @@ string; each signed timestamp works once.
 from __future__ import annotations
 
 import asyncio
-import json
-import queue
-from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from approvals_app.deps import BrokerDep, EventsDep
+from approvals_app.schemas import CRED_MAX
+from approvals_app.sse import documented, sse, stream_response
+
 router = APIRouter(prefix="/v1", tags=["approvals"])
-KEEPALIVE_SECONDS = 15.0
-POLL_SECONDS = 0.5
 
 
-@router.get("/approver/events", response_class=StreamingResponse, responses={
-    200: {"description": "Server-sent events: `tasks`, then `task` per change",
-          "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+@router.get("/approver/events", response_class=StreamingResponse, responses=documented(
+    "Server-sent events: `tasks`, then `task` per change"))
 async def approver_events(
     request: Request,
+    broker: BrokerDep,
+    hub: EventsDep,
     timestamp: str = Query(max_length=64),
     signature: str = Query(max_length=4096),
-    certificate: str = Query(max_length=16_384),
+    certificate: str = Query(max_length=CRED_MAX),
 ) -> StreamingResponse:
-    broker = request.app.state.broker
     cred = await asyncio.to_thread(broker.approvers.authenticate_approver, certificate, timestamp,
                                    signature)
-    hub = request.app.state.events
-    inbox = hub.subscribe()
+    inbox = hub.subscribe()  # before listing: a change while listing is not lost
     pending = await asyncio.to_thread(broker.approvers.tasks, cred, 0, 100)
-
-    async def stream() -> AsyncIterator[str]:
-        try:
-            yield _sse("tasks", {"ids": [t.request.id for t in pending]})
-            idle = 0.0
-            while not await request.is_disconnected():
-                try:  # short waits, so a closed stream is noticed within a second
-                    event = await asyncio.to_thread(inbox.get, True, POLL_SECONDS)
-                except queue.Empty:
-                    idle += POLL_SECONDS
-                    if idle >= KEEPALIVE_SECONDS:
-                        idle = 0.0
-                        yield ": keep-alive\n\n"
-                    continue
-                idle = 0.0
-                members = await asyncio.to_thread(broker.rules.rule_members, event["keyLabel"],
-                                                  event["action"])
-                if cred.fingerprint in members:
-                    yield _sse("task", event)
-        finally:
-            hub.unsubscribe(inbox)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-
-def _sse(kind: str, data: dict[str, Any]) -> str:
-    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return stream_response(request, hub, inbox, broker, cred,
+                           sse("tasks", {"ids": [t.request.id for t in pending]}),
+                           lambda event: event)

@@ -8,35 +8,37 @@ unready for it would take the whole service down with one chain.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from approvals_app.deps import BrokerDep, HsmDep, MetricsDep
+from approvals_app.responses import Health
 from hsm_emulator.errors import HsmError
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+def healthz() -> Health:
+    return Health(status="ok")
 
 
-@router.get("/readyz", responses={503: {
+@router.get("/readyz", response_model=Health, responses={503: {
     "description": "The database or the HSM does not answer",
     "content": {"application/json": {"schema": {"type": "object", "properties": {
         "status": {"const": "unavailable"},
         "problems": {"type": "array", "items": {"type": "string"}}}}}}}})
-def readyz(request: Request) -> JSONResponse:
+def readyz(broker: BrokerDep, hsm: HsmDep) -> JSONResponse:
     problems = []
     try:
-        with request.app.state.broker.sessions() as s:
+        with broker.sessions() as s:
             s.execute(text("SELECT 1"))
     except Exception as exc:  # any database failure means not ready
         problems.append(f"database: {type(exc).__name__}")
     try:
-        request.app.state.hsm.identity_public_key()
+        hsm.identity_public_key()
     except (HsmError, OSError) as exc:
         problems.append(f"hsm: {type(exc).__name__}")
     if problems:
@@ -46,7 +48,6 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(request: Request) -> Response:
+def metrics(registry: MetricsDep) -> Response:
     """Prometheus text exposition."""
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from approvals_app.auth import ROLES, CurrentPrincipal, require
-from approvals_app.routes.sign import IdempotencyKey
+from approvals_app.deps import AnyRole, BrokerDep, HsmDep, IdempotencyKey, KeyAdmin
+from approvals_app.responses import KeyAddress, KeyPublic
 from approvals_app.schemas import KeyCreate
 from custody.errors import BadRequest
 from custody.idempotency import run_once
@@ -53,11 +53,10 @@ def key_json(info: KeyInfo, attestation: dict[str, Any] | None = None) -> dict[s
     }
 
 
-@router.post("/key", status_code=201)
-def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal,
+@router.post("/key", status_code=201, response_model=KeyPublic)
+def create_key(body: KeyCreate, broker: BrokerDep, who: KeyAdmin,
                idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    require(who, "key_admin")
-    broker = request.app.state.broker
+    """Sent as stored (a retry with the ``Idempotency-Key`` answers the first result)."""
 
     def work(_ticket: str | None) -> tuple[int, dict[str, Any]]:  # the label names the key
         info = broker.intake.create_key(who.tenant, body.label, algorithm_of(body),
@@ -71,20 +70,16 @@ def create_key(body: KeyCreate, request: Request, who: CurrentPrincipal,
     return JSONResponse(response, status_code=status)
 
 
-@router.get("/key/{label}")
-def get_key(label: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
-    require(who, *ROLES)  # a valid token without a custody role reads nothing
-    request.app.state.broker.intake.check_key(label, who.tenant)
-    hsm = request.app.state.hsm
+@router.get("/key/{label}", response_model=KeyPublic)
+def get_key(label: str, broker: BrokerDep, hsm: HsmDep, who: AnyRole) -> dict[str, Any]:
+    broker.intake.check_key(label, who.tenant)
     info = hsm.get_key(label)
     return key_json(info, hsm.attest(label).to_json())
 
 
 @router.get("/key/{label}/address")
-def key_address(label: str, request: Request, who: CurrentPrincipal, kind: str,
-                network: str = "mainnet", path: str = "") -> dict[str, str]:
-    require(who, *ROLES)
-    request.app.state.broker.intake.check_key(label, who.tenant)
-    hsm = request.app.state.hsm
-    return {"label": label, "path": path, "kind": kind, "network": network,
-            "address": hsm.address(label, kind, network, path)}
+def key_address(label: str, broker: BrokerDep, hsm: HsmDep, who: AnyRole, kind: str,
+                network: str = "mainnet", path: str = "") -> KeyAddress:
+    broker.intake.check_key(label, who.tenant)
+    return KeyAddress(label=label, path=path, kind=kind, network=network,
+                      address=hsm.address(label, kind, network, path))

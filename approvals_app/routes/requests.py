@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from approvals_app.auth import CurrentPrincipal, require
-from custody.broker import Broker
+from approvals_app.auth import Role
+from approvals_app.deps import BrokerDep, RequireRole
+from approvals_app.responses import RequestPublic
+from custody.broker import Broker, Principal
 from custody.db import SignRequest
 
 router = APIRouter(prefix="/v1", tags=["requests"])
+Reader = Annotated[Principal, RequireRole(Role.BUSINESS, Role.KEY_ADMIN, Role.AUDITOR)]
+Canceller = Annotated[Principal, RequireRole(Role.BUSINESS, Role.KEY_ADMIN)]
 
 
 def request_json(broker: Broker, row: SignRequest) -> dict[str, Any]:
@@ -32,15 +36,11 @@ def request_json(broker: Broker, row: SignRequest) -> dict[str, Any]:
     }
 
 
-@router.get("/request/{request_id}")
-def get_request(request_id: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
-    require(who, "business", "key_admin", "auditor")
-    broker = request.app.state.broker
+@router.get("/request/{request_id}", response_model=RequestPublic)
+def get_request(request_id: str, broker: BrokerDep, who: Reader) -> dict[str, Any]:
     return request_json(broker, broker.get(request_id, who.tenant))
 
 
-@router.delete("/request/{request_id}")
-def cancel_request(request_id: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
-    require(who, "business", "key_admin")
-    broker = request.app.state.broker
+@router.delete("/request/{request_id}", response_model=RequestPublic)
+def cancel_request(request_id: str, broker: BrokerDep, who: Canceller) -> dict[str, Any]:
     return request_json(broker, broker.cancel(who, request_id))

@@ -10,23 +10,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from approvals_app.auth import CurrentPrincipal, require
+from approvals_app.auth import Role
+from approvals_app.deps import Business, IdempotencyKey, KeyAdmin, RequireRole, TreasuryDep
+from approvals_app.responses import (
+    AddressPublic,
+    Balances,
+    DeliveryPublic,
+    TransferPublic,
+    WalletPublic,
+    WebhookCreated,
+)
+from approvals_app.schemas import Strict
+from custody.broker import Principal
 from custody.idempotency import run_once
 from custody.treasury import wallets, webhooks
 from custody.treasury.models import DepositAddress, Wallet
-from custody.treasury.transfers import Treasury, transfer_json
+from custody.treasury.transfers import transfer_json
 
 router = APIRouter(prefix="/v1", tags=["treasury"])
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+Reader = Annotated[Principal, RequireRole(Role.BUSINESS, Role.KEY_ADMIN, Role.AUDITOR)]
+Holder = Annotated[Principal, RequireRole(Role.BUSINESS, Role.KEY_ADMIN)]
+Watcher = Annotated[Principal, RequireRole(Role.BUSINESS, Role.AUDITOR)]
 
 class WalletCreate(Strict):
     name: str = Field(min_length=1, max_length=64)
@@ -52,11 +60,6 @@ class WebhookCreate(Strict):
     url: str = Field(min_length=8, max_length=2048)
 
 
-def _treasury(request: Request) -> Treasury:
-    treasury: Treasury = request.app.state.treasury
-    return treasury
-
-
 def wallet_json(w: Wallet) -> dict[str, Any]:
     return {"id": w.id, "name": w.name, "chain": w.chain, "network": w.network,
             "keyLabel": w.key_label, "address": w.address, "assets": w.assets,
@@ -68,12 +71,10 @@ def address_json(a: DepositAddress) -> dict[str, Any]:
             "createdAt": a.created_at.isoformat() if a.created_at else None}
 
 
-@router.post("/wallets", status_code=201)
-def create_wallet(body: WalletCreate, request: Request, who: CurrentPrincipal,
+@router.post("/wallets", status_code=201, response_model=WalletPublic)
+def create_wallet(body: WalletCreate, t: TreasuryDep, who: KeyAdmin,
                   idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """A wallet: a new HSM key with the treasury tier policy built from ``policy``."""
-    require(who, "key_admin")
-    t = _treasury(request)
 
     def work(ticket: str | None) -> tuple[int, dict[str, Any]]:
         w = wallets.create_wallet(t.sessions, t.networks, who, body.name, body.chain,
@@ -85,51 +86,40 @@ def create_wallet(body: WalletCreate, request: Request, who: CurrentPrincipal,
     return JSONResponse(response, status_code=status)
 
 
-@router.get("/wallets")
-def list_wallets(request: Request, who: CurrentPrincipal) -> list[dict[str, Any]]:
-    require(who, "business", "key_admin", "auditor")
-    return [wallet_json(w) for w in wallets.list_wallets(_treasury(request).sessions, who)]
+@router.get("/wallets", response_model=list[WalletPublic])
+def list_wallets(t: TreasuryDep, who: Reader) -> list[dict[str, Any]]:
+    return [wallet_json(w) for w in wallets.list_wallets(t.sessions, who)]
 
 
-@router.get("/wallets/{wallet_id}")
-def get_wallet(wallet_id: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
-    require(who, "business", "key_admin", "auditor")
-    return wallet_json(wallets.get_wallet(_treasury(request).sessions, who, wallet_id))
+@router.get("/wallets/{wallet_id}", response_model=WalletPublic)
+def get_wallet(wallet_id: str, t: TreasuryDep, who: Reader) -> dict[str, Any]:
+    return wallet_json(wallets.get_wallet(t.sessions, who, wallet_id))
 
 
 @router.get("/wallets/{wallet_id}/balances")
-def balances(wallet_id: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
-    require(who, "business", "key_admin", "auditor")
-    t = _treasury(request)
+def balances(wallet_id: str, t: TreasuryDep, who: Reader) -> Balances:
     w = wallets.get_wallet(t.sessions, who, wallet_id)
-    return {"wallet": w.id, "balances": wallets.balances(t.networks, w)}
+    return Balances(wallet=w.id, balances=wallets.balances(t.networks, w))
 
 
-@router.get("/wallets/{wallet_id}/addresses")
-def list_addresses(wallet_id: str, request: Request,
-                   who: CurrentPrincipal) -> list[dict[str, Any]]:
-    require(who, "business", "key_admin", "auditor")
-    t = _treasury(request)
+@router.get("/wallets/{wallet_id}/addresses", response_model=list[AddressPublic])
+def list_addresses(wallet_id: str, t: TreasuryDep, who: Reader) -> list[dict[str, Any]]:
     w = wallets.get_wallet(t.sessions, who, wallet_id)
     return [address_json(a) for a in wallets.addresses(t.sessions, w)]
 
 
-@router.post("/wallets/{wallet_id}/addresses", status_code=201)
-def new_address(wallet_id: str, body: AddressCreate, request: Request,
-                who: CurrentPrincipal) -> JSONResponse:
+@router.post("/wallets/{wallet_id}/addresses", status_code=201, response_model=AddressPublic)
+def new_address(wallet_id: str, body: AddressCreate, t: TreasuryDep,
+                who: Holder) -> JSONResponse:
     """A fresh deposit address (Bitcoin), derived inside the HSM, gap-limit aware."""
-    require(who, "business", "key_admin")
-    t = _treasury(request)
     w = wallets.get_wallet(t.sessions, who, wallet_id)
     return JSONResponse(address_json(wallets.new_address(t.sessions, t.networks, w,
                                                          body.label)), status_code=201)
 
 
-@router.post("/transfers", status_code=201)
-def create_transfer(body: TransferCreate, request: Request, who: CurrentPrincipal,
+@router.post("/transfers", status_code=201, response_model=TransferPublic)
+def create_transfer(body: TransferCreate, t: TreasuryDep, who: Business,
                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    require(who, "business")
-    t = _treasury(request)
 
     def work(ticket: str | None) -> tuple[int, dict[str, Any]]:
         record = t.create(who, body.wallet, body.asset, body.destination, body.amount,
@@ -141,21 +131,19 @@ def create_transfer(body: TransferCreate, request: Request, who: CurrentPrincipa
     return JSONResponse(response, status_code=status)
 
 
-@router.get("/transfers/{transfer_id}")
-def get_transfer(transfer_id: str, request: Request, who: CurrentPrincipal) -> dict[str, Any]:
-    require(who, "business", "auditor")
-    return transfer_json(_treasury(request).get(who, transfer_id))
+@router.get("/transfers/{transfer_id}", response_model=TransferPublic)
+def get_transfer(transfer_id: str, t: TreasuryDep, who: Watcher) -> dict[str, Any]:
+    return transfer_json(t.get(who, transfer_id))
 
 
-@router.get("/transfers")
-def list_transfers(request: Request, who: CurrentPrincipal,
+@router.get("/transfers", response_model=list[TransferPublic])
+def list_transfers(t: TreasuryDep, who: Watcher,
                    state: Annotated[str | None, Query(max_length=24)] = None,
                    wallet: Annotated[str | None, Query(max_length=64)] = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
                    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
                    ) -> list[dict[str, Any]]:
-    require(who, "business", "auditor")
-    return [transfer_json(r) for r in _treasury(request).list(
+    return [transfer_json(r) for r in t.list(
         who, state=state, wallet=wallet, limit=limit, offset=offset)]
 
 
@@ -165,26 +153,19 @@ def _state_of(body: dict[str, Any]) -> Any:
 
 
 @router.post("/webhooks", status_code=201)
-def create_webhook(body: WebhookCreate, request: Request, who: CurrentPrincipal) -> JSONResponse:
+def create_webhook(body: WebhookCreate, t: TreasuryDep, who: Business) -> WebhookCreated:
     """Register an endpoint for transfer events; the HMAC secret is shown only here."""
-    require(who, "business")
-    endpoint, secret = webhooks.register(_treasury(request).sessions, who.tenant, body.url)
-    return JSONResponse({"id": endpoint.id, "url": endpoint.url, "secret": secret},
-                        status_code=201)
+    endpoint, secret = webhooks.register(t.sessions, who.tenant, body.url)
+    return WebhookCreated(id=endpoint.id, url=endpoint.url, secret=secret)
 
 
 @router.get("/webhooks/{endpoint_id}/deliveries")
-def webhook_deliveries(endpoint_id: str, request: Request, who: CurrentPrincipal,
+def webhook_deliveries(endpoint_id: str, t: TreasuryDep, who: Watcher,
                        limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                       ) -> list[dict[str, Any]]:
-    require(who, "business", "auditor")
-    rows = webhooks.deliveries(_treasury(request).sessions, who.tenant, endpoint_id, limit)
-    return [{"id": d.id, "eventId": d.event_id, "transfer": d.transfer_id,
-             "state": _state_of(d.body),
-             "status": d.status, "attempts": d.attempts, "lastStatusCode": d.last_status_code,
-             "lastError": d.last_error,
-             "deliveredAt": d.delivered_at.isoformat() if d.delivered_at else None}
-            for d in rows]
-
-
-
+                       ) -> list[DeliveryPublic]:
+    rows = webhooks.deliveries(t.sessions, who.tenant, endpoint_id, limit)
+    return [DeliveryPublic(
+        id=d.id, eventId=d.event_id, transfer=d.transfer_id, state=_state_of(d.body),
+        status=d.status, attempts=d.attempts, lastStatusCode=d.last_status_code,
+        lastError=d.last_error,
+        deliveredAt=d.delivered_at.isoformat() if d.delivered_at else None) for d in rows]

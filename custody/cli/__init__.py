@@ -9,6 +9,7 @@ from rich.console import Console
 
 from ..admin_cli import key_app, policy_app, request_app
 from ..approver_cli import approver_app
+from ..settings import MIN_SECRET, ClientSettings, Settings
 
 app = typer.Typer(help="SKA custody wallet: HSM-enforced policies for treasury transfers.",
                   no_args_is_help=True)
@@ -19,10 +20,6 @@ app.add_typer(key_app, name="key")
 app.add_typer(request_app, name="request")
 app.add_typer(policy_app, name="policy")
 app.add_typer(approver_app, name="approver")
-
-#: HS256 keys shorter than the hash are weak (RFC 7518 section 3.2).
-MIN_SECRET = 32
-
 
 @app.command()
 def demo(data_dir: Path = typer.Option(Path(".custody-demo"),
@@ -56,23 +53,17 @@ def serve(host: str = typer.Option("127.0.0.1", help="Listen address."),
                                          help="The in-process HSM's store file."),
           ) -> None:
     """Run the API server. Secrets come from the environment only:
-    CUSTODY_HSM_PASSPHRASE, CUSTODY_HSM_SO_PASSPHRASE (first start), CUSTODY_JWT_SECRET."""
-    import dataclasses
-
+    CUSTODY_HSM_PASSPHRASE, CUSTODY_HSM_SO_PASSPHRASE (first start), CUSTODY_JWT_SECRET
+    (every variable: custody/settings.py)."""
     import uvicorn
 
     from approvals_app.main import create_app
-    from approvals_app.settings import Settings
 
-    settings = Settings.from_env()
-    if database_url:
-        settings = dataclasses.replace(settings, database_url=database_url)
-    if hsm_store:
-        settings = dataclasses.replace(settings, hsm_store=hsm_store)
-    if (not settings.hsm_passphrase and not settings.hsm_url) or (
-            len(settings.jwt_secret) < MIN_SECRET):
-        Console(stderr=True).print("[red]set CUSTODY_HSM_PASSPHRASE (or CUSTODY_HSM_URL) and "
-                                   f"CUSTODY_JWT_SECRET (at least {MIN_SECRET} characters)[/]")
+    overrides = {"database_url": database_url, "hsm_store": hsm_store}
+    settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v})
+    refusal = settings.serve_refusal()
+    if refusal:
+        Console(stderr=True).print(f"[red]{refusal}[/]")
         raise typer.Exit(2)
     from approvals_app import logs
 
@@ -89,19 +80,18 @@ def worker() -> None:
     import threading
 
     from approvals_app.main import open_hsm, start_workers
-    from approvals_app.settings import Settings
 
     from ..broker import Broker
     from ..db import make_engine, make_sessions
     from ..treasury.networks import ChainEndpoints, Networks
     from ..treasury.transfers import Treasury
 
-    settings = Settings.from_env()
+    settings = Settings()
     hsm = open_hsm(settings)
     broker = Broker(hsm, make_sessions(make_engine(settings.database_url)),
                     max_skew=settings.max_skew_seconds)
     # transfers too: broadcast, confirmations, webhooks (chains from CUSTODY_*_RPC)
-    treasury = Treasury(broker, Networks(ChainEndpoints.from_env(), hsm))
+    treasury = Treasury(broker, Networks(ChainEndpoints.from_settings(settings), hsm))
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:
@@ -113,9 +103,10 @@ def worker() -> None:
     signal.signal(signal.SIGINT, on_signal)
     Console().print("release and transfer worker running")
     threads = start_workers(broker, treasury, stop)
-    from approvals_app.recovery import run_sweeper, sweep_interval  # crash leftovers
+    from approvals_app.recovery import run_sweeper  # crash leftovers
 
-    threads.append(threading.Thread(target=run_sweeper, args=(broker, stop, sweep_interval()),
+    threads.append(threading.Thread(target=run_sweeper,
+                                    args=(broker, stop, settings.sweep_seconds),
                                     name="recovery-sweep", daemon=True))
     threads[-1].start()
     while not stop.wait(1.0):
@@ -145,14 +136,13 @@ def audit_verify(url: str = typer.Option("http://127.0.0.1:8000", help="The API 
 
     Set CUSTODY_TOKEN to an auditor's bearer token."""
     import base64
-    import os
 
     import httpx
     from rich.progress import Progress
 
     from hsm_emulator.audit import AuditEntry, SignedHead, verify_log
 
-    headers = {"Authorization": f"Bearer {os.environ.get('CUSTODY_TOKEN', '')}"}
+    headers = {"Authorization": f"Bearer {ClientSettings().token}"}
     entries: list[AuditEntry] = []
     heads: list[SignedHead] = []
     with httpx.Client(base_url=url, timeout=30, headers=headers) as client, Progress() as bar:
@@ -182,11 +172,9 @@ def token(subject: str, tenant: str = typer.Option("default"),
           role: list[str] = typer.Option(["business"], help="Repeat for several roles."),
           lifetime: int = typer.Option(3600, min=60, max=86400)) -> None:
     """Mint a development JWT signed with CUSTODY_JWT_SECRET (production has an issuer)."""
-    import os
-
     from approvals_app.auth import ROLES, issue_token
 
-    secret = os.environ.get("CUSTODY_JWT_SECRET", "")
+    secret = ClientSettings().jwt_secret
     unknown = set(role) - ROLES
     if len(secret) < MIN_SECRET or unknown:
         Console(stderr=True).print(f"[red]need CUSTODY_JWT_SECRET of {MIN_SECRET}+ characters; "

@@ -1,4 +1,5 @@
-"""Which chains the treasury talks to, and their planners. Configuration only.
+"""Which chains the treasury talks to, and their planners. Configuration only (from
+:class:`custody.settings.Settings`, which names each chain spec's variables).
 
 Per chain (its :class:`~chains.spec.ChainSpec`), ``CUSTODY_<CHAIN>_RPC`` names the node
 (``CUSTODY_BITCOIN_RPC=http://user:password@host:port``) and the spec's network
@@ -10,7 +11,6 @@ A chain without an endpoint has no wallets: asking for one is a clear error.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from chains.base import Source
 from chains.planning import Connection, Planner, connect
 from chains.specs import SPECS, find_spec, spec_of
 from custody.errors import BadRequest
+from custody.settings import Settings
 from hsm_emulator.client import HsmClient
 
 from .models import Wallet
@@ -39,16 +40,13 @@ class ChainEndpoints:
     confirmations: dict[str, int] = field(default_factory=default_depths)
 
     @classmethod
-    def from_env(cls) -> ChainEndpoints:
-        env = os.environ
+    def from_settings(cls, s: Settings) -> ChainEndpoints:
         depth = default_depths()
-        for part in env.get("CUSTODY_CONFIRMATIONS", "").split(","):
-            chain, _, n = part.partition("=")
-            if chain.strip() in depth and n.strip().isdigit():
-                depth[chain.strip()] = max(1, int(n))
-        return cls({c: env.get(s.rpc_variable, "") for c, s in SPECS.items()},
-                   {c: s.parse_network(env.get(s.network_variable, s.default_network))
-                    for c, s in SPECS.items()}, depth)
+        depth.update({c: max(1, n) for c, n in s.confirmations.items() if c in depth})
+        rpc = {c: str(s.chain_value(spec.rpc_variable)) for c, spec in SPECS.items()}
+        return cls({c: url for c, url in rpc.items() if url},
+                   {c: spec.parse_network(str(s.chain_value(spec.network_variable)))
+                    for c, spec in SPECS.items()}, depth)
 
     def network_of(self, chain: str) -> str:
         if chain in self.networks:

@@ -1,0 +1,248 @@
+"""Response bodies of the API, one model per shape, so the OpenAPI spec documents answers.
+
+The field names are the wire's (seed 003's camelCase) and every field a route sends is
+here, nulls included: a model refuses a field it does not know (``extra="forbid"``), so a
+route that starts sending a new field fails its tests until the model says so. Refusals
+are problem+json (:mod:`approvals_app.problems`); streams are documented per route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Public(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+class KeyStatus(Public):
+    blocked: bool
+    invalidated: bool
+
+
+class KeyPublic(Public):
+    """A key as the HSM describes it; ``attestation`` (the HSM's signed statement of the
+    key's attributes and policy) on reads, null when just created."""
+
+    label: str
+    algorithm: str
+    keySize: int | None
+    publicKey: str  #: base64 SPKI DER
+    rawPublicKey: str  #: base64: compressed secp256k1, raw Ed25519, or SPKI
+    attributes: dict[str, Any]
+    policy: dict[str, Any]
+    policyDigest: str
+    keyStatus: KeyStatus
+    parent: str | None
+    path: str
+    attestation: dict[str, Any] | None
+
+
+class KeyAddress(Public):
+    label: str
+    path: str
+    kind: str
+    network: str
+    address: str
+
+
+# -- sign requests ----------------------------------------------------------------------
+
+
+class SignCreated(Public):
+    signRequestId: str
+
+
+class RequestCreated(Public):
+    """A block / unblock / modify (or join) request: it waits for the key's approvers."""
+
+    requestId: str
+    status: str
+
+
+class RequestPublic(Public):
+    id: str
+    status: str
+    executionTime: str | None
+    approvedBy: list[str]
+    notYetApprovedBy: list[str]
+    rejectedBy: list[str]
+    result: str | None  #: the first signature, base64
+    signatures: list[str]
+    keyLabel: str
+    action: str
+    payloadType: str
+    intent: dict[str, Any] | None
+    metaData: dict[str, Any] | None
+    error: str | None
+
+
+# -- approvals --------------------------------------------------------------------------
+
+
+class TaskPublic(Public):
+    """A task at ``detailLevel``: level1 the challenge only, level2 adds what it is
+    about, level3 the payload too (fields beyond the level are absent, not null)."""
+
+    detailLevel: str
+    id: str
+    approvalToBeSigned: str
+    keyLabel: str | None = None
+    action: str | None = None
+    payloadType: str | None = None
+    intent: dict[str, Any] | None = None
+    status: str | None = None
+    payload: str | None = None
+    metaData: dict[str, Any] | None = None
+    initiator: str | None = None
+
+
+class TaskList(Public):
+    tasks: list[TaskPublic]
+
+
+class Decision(Public):
+    id: str
+    status: str
+
+
+class TokenProgress(Public):
+    """A token (tier) that can still release the request: by when (HSM time), the hold
+    left, and how many approvals are missing."""
+
+    name: str
+    deadline: int | float | None
+    holdRemaining: int | float
+    missing: int
+
+
+class PageTask(Public):
+    """A task as the approver page shows it: the challenge, and the broker's notes."""
+
+    id: str
+    approvalToBeSigned: str
+    keyLabel: str
+    action: str
+    status: str
+    initiator: str
+    approvedBy: list[str]
+    rejectedBy: list[str]
+    tokens: list[TokenProgress]
+
+
+class PageTaskList(Public):
+    tasks: list[PageTask]
+
+
+# -- enrolment --------------------------------------------------------------------------
+
+
+class EnrolmentPublic(Public):
+    id: str
+    name: str
+    status: str
+    credentialType: str
+    fingerprint: str | None
+    hsmFingerprint: str
+    decidedBy: str | None
+    credential: str | None  #: the policy entry's value, once confirmed
+
+
+class EnrolmentList(Public):
+    enrolments: list[EnrolmentPublic]
+
+
+class PasskeyOptions(Public):
+    id: str
+    options: str  #: PublicKeyCredentialCreationOptions as JSON, for the browser
+
+
+# -- audit, health ----------------------------------------------------------------------
+
+
+class AuditPage(Public):
+    entries: list[dict[str, Any]]
+    head: dict[str, Any]
+    checkpoints: list[dict[str, Any]]
+
+
+class HsmIdentity(Public):
+    identityPublicKey: str  #: base64 SPKI DER
+    hsmId: str
+
+
+class Health(Public):
+    status: str
+
+
+# -- treasury ---------------------------------------------------------------------------
+
+
+class WalletPublic(Public):
+    id: str
+    name: str
+    chain: str
+    network: str
+    keyLabel: str
+    address: str
+    assets: list[dict[str, Any]]
+    policy: dict[str, Any]
+    createdAt: str
+
+
+class Balances(Public):
+    wallet: str
+    balances: list[dict[str, Any]]
+
+
+class AddressPublic(Public):
+    index: int
+    path: str
+    address: str
+    label: str
+    createdAt: str | None
+
+
+class TransferPublic(Public):
+    id: str
+    wallet: str
+    asset: str
+    assetId: str
+    amount: str
+    baseUnits: str
+    destination: str
+    memo: str
+    state: str
+    tier: str | None
+    signRequestId: str | None
+    txid: str | None
+    confirmations: int
+    error: str | None
+    feeCap: str
+    nonce: int | None
+    history: list[dict[str, Any]]
+    createdAt: str | None
+    updatedAt: str | None
+
+
+class WebhookCreated(Public):
+    id: str
+    url: str
+    secret: str  #: the HMAC key: shown here only
+
+
+class DeliveryPublic(Public):
+    id: int
+    eventId: str
+    transfer: str
+    state: Any
+    status: str
+    attempts: int
+    lastStatusCode: int | None
+    lastError: str | None
+    deliveredAt: str | None

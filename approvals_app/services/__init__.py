@@ -1,0 +1,2 @@
+"""Decisions the API takes on a caller's behalf, out of the routes: routes parse the
+request, call one of these, and shape the answer."""
