@@ -357,7 +357,7 @@ class Outcome:
     reason: str
     audit_entry: bool  #: a ``refused`` entry with that code appeared in the HSM's log
     funds_moved: bool
-    cls: str = ""  #: the attack's class (``tests/test_attack_template.py``), if any
+    cls: str = ""  #: the attack's class (``tests/security/test_attack_template.py``), if any
     why: str = ""  #: what the refusal's reason must say: refused for this cause
     target: str = ""  #: the policy attacked (a wallet of the template, a hand-written one)
 

@@ -1,4 +1,4 @@
-"""Helpers for ``tests/test_invariant_outflow.py``: the acceptance invariant's pieces.
+"""Helpers for ``tests/security/test_invariant_outflow.py``: the acceptance invariant's pieces.
 
 * :data:`ALLOWANCE_TOKEN` - an ERC-20 with allowances (``approve``, ``allowance``,
   ``transferFrom``), assembled here from readable EVM mnemonics (no compiler at test

@@ -10,8 +10,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from custody.broker import REJECT_PREFIX
+from tests.api.test_api_tutorial import bearer
 from tests.helpers import Approver
-from tests.test_api_tutorial import bearer
 
 DESK = bearer("business")
 ADMIN = bearer("key_admin")

@@ -2,7 +2,7 @@
 database (a SQLite file, or a throwaway PostgreSQL that can itself be stopped).
 
 Every part is the shipped entry point (``python -m hsm_emulator.remote``, ``custody
-serve``, ``custody worker``), started the way tests/test_replicas.py starts them. Each
+serve``, ``custody worker``), started the way tests/api/test_replicas.py starts them. Each
 part keeps its port / socket across restarts, so clients reconnect to the same address.
 """
 

@@ -43,8 +43,8 @@ from custody.localnets import BURN, ETH_CHAIN_ID, LocalNets, find_anvil, free_po
 from custody.treasury.models import TransferRecord
 from custody.treasury.networks import ChainEndpoints
 from custody.treasury.transfers import Treasury
+from tests.api.test_api_tutorial import SECRET
 from tests.helpers import Approver
-from tests.test_api_tutorial import SECRET
 from tests.treasury_kit import (
     ADMIN,
     DESK,
