@@ -13,8 +13,6 @@ anvil comes from the npm package ``@foundry-rs/anvil-linux-amd64``; CI installs 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ from chains.ethereum.erc20 import encode_transfer
 from chains.ethereum.nonces import SqliteNonceStore
 from chains.ethereum.parse import decode
 from chains.ethereum.tx import Eip1559Tx, assemble, serialize_unsigned
+from custody.localnets import find_anvil, free_port
 from hsm_emulator import Hsm, ManualClock
 from hsm_emulator.decoders import DecoderRegistry, JsonTransferDecoder
 from hsm_emulator.errors import PolicyNotMet
@@ -69,22 +68,6 @@ TOKEN_INITCODE = bytes.fromhex(
     "69d3c21bcecceda1000000335560538060186000396000f360003560e01c806370a0823114601d57"
     "63a9059cbb14602a57600080fd5b6004355460005260206000f35b3354602435808210604e578082"
     "033355600435805482019055600160005260206000f35b600080fd")
-
-
-def find_anvil() -> str | None:
-    env = os.environ.get("ANVIL_BIN")
-    if env and Path(env).is_file():
-        return env
-    for candidate in sorted((ROOT / ".ci" / "npm").glob("**/bin/anvil")):
-        if candidate.is_file():
-            return str(candidate)
-    return shutil.which("anvil")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
