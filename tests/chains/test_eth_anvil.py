@@ -16,7 +16,6 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +38,6 @@ from hsm_emulator.model import Intent, IntentKind, Transfer
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, group, token
 
-ROOT = Path(__file__).resolve().parents[2]
 CHAIN = 31337
 WEI = 10**18
 #: anvil's (and hardhat's) dev account 0 - public knowledge, used only as the funder.
