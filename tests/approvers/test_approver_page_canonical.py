@@ -25,7 +25,7 @@ from hsm_emulator.errors import ApprovalRefused
 from hsm_emulator.identity import IdentityKey
 
 CHROMIUM = Path("/usr/bin/chromium")
-CRYPTO_JS = Path(__file__).parents[1] / "approvals_app" / "approver_page" / "crypto.js"
+CRYPTO_JS = Path(__file__).parents[2] / "approvals_app" / "approver_page" / "crypto.js"
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
