@@ -9,8 +9,10 @@ import { address, el, ownToken, tierWords, timeLeft } from "./view.js";
 const $ = (id) => document.getElementById(id);
 //: Decimals of assets the page knows; others are shown in base units.
 const DECIMALS = { BTC: 8, ETH: 18, SOL: 9, USDC: 6, USDT: 6 };
+//: `shown`: the task as the detail shows it - what the confirm restates and what is signed,
+//: even if a refresh brings a newer copy meanwhile.
 const state = { device: null, hsmKey: null, sign: null, tasks: new Map(), open: null,
-  events: null, refreshing: false, again: false };
+  shown: null, events: null, refreshing: false, again: false };
 
 function show(...ids) {
   for (const s of ["enrol", "waiting", "tasks", "detail"]) $(s).hidden = !ids.includes(s);
@@ -232,6 +234,7 @@ function openTask(id) {
   const t = state.tasks.get(id);
   if (!t || t.error) return;
   state.open = id;
+  state.shown = t;
   const b = t.body;
   const dl = el("dl");
   const intent = b.intent;
@@ -277,6 +280,7 @@ function openTask(id) {
 
 function closeTask() {
   state.open = null;
+  state.shown = null;
   $("confirm").hidden = true;
   show("tasks");
 }
@@ -287,7 +291,7 @@ const SUMMARY = /^(Amount|Allowance|To|Spender|Rent|Fee)/;
 // The confirm step: nothing is signed until the approver has seen the summary - the very
 // rows the detail shows from the verified challenge - and said yes; "Cancel" signs nothing.
 function ask(reject) {
-  const t = state.tasks.get(state.open);
+  const t = state.shown;
   if (!t || !t.bytes) return;
   const dl = el("dl");
   const detail = $("detail-body").querySelector("dl");
@@ -318,7 +322,7 @@ function cancelAsk() {
 }
 
 async function answer(reject) {
-  const t = state.tasks.get(state.open);
+  const t = state.shown;
   if (!t || !t.bytes) return;
   $("confirm").hidden = true;
   $("approve").disabled = $("reject").disabled = true;
