@@ -111,14 +111,25 @@ class Decision(Public):
     status: str
 
 
+class GroupProgress(Public):
+    """One group of a token: its quorum, approvals so far and how many are missing (the
+    page words the tier from these: "medium: 2 traders, 1 more needed")."""
+
+    name: str
+    quorum: int
+    approved: int
+    missing: int
+
+
 class TokenProgress(Public):
     """A token (tier) that can still release the request: by when (HSM time), the hold
-    left, and how many approvals are missing."""
+    left, how many approvals are missing, and per group."""
 
     name: str
     deadline: int | float | None
     holdRemaining: int | float
     missing: int
+    groups: list[GroupProgress]
 
 
 class PageTask(Public):

@@ -4,12 +4,15 @@ import {
   b64, concat, createPasskey, ENROL_PREFIX, forgetDevice, importHsmKey, loadDevice,
   newDeviceKey, REJECT_PREFIX, saveDevice, sha256hex, signer, verifyChallenge,
 } from "./crypto.js";
+import { address, el, ownToken, tierWords, timeLeft } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 //: Decimals of assets the page knows; others are shown in base units.
 const DECIMALS = { BTC: 8, ETH: 18, SOL: 9, USDC: 6, USDT: 6 };
+//: `shown`: the task as the detail shows it - what the confirm restates and what is signed,
+//: even if a refresh brings a newer copy meanwhile.
 const state = { device: null, hsmKey: null, sign: null, tasks: new Map(), open: null,
-  events: null, refreshing: false, again: false };
+  shown: null, events: null, refreshing: false, again: false };
 
 function show(...ids) {
   for (const s of ["enrol", "waiting", "tasks", "detail"]) $(s).hidden = !ids.includes(s);
@@ -17,12 +20,6 @@ function show(...ids) {
 function fail(message) {
   $("error").textContent = message;
   $("error").hidden = !message;
-}
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text !== undefined) e.textContent = text;
-  if (cls) e.className = cls;
-  return e;
 }
 async function api(path, body) {
   const r = await fetch(path, body === undefined ? {} : {
@@ -180,15 +177,6 @@ function headline(t) {
   return t.body ? `${t.body.action} ${t.body.keyLabel}` : "unverified task";
 }
 
-function timeLeft(t) {
-  const deadlines = (t.tokens || []).map((k) => k.deadline).filter((d) => d);
-  if (!deadlines.length) return "no deadline";
-  const s = Math.max(...deadlines) - Date.now() / 1000;
-  if (s <= 0) return "expired";
-  const m = Math.floor(s / 60);
-  return m >= 60 ? `${Math.floor(m / 60)} h ${m % 60} min` : `${m} min ${Math.floor(s % 60)} s`;
-}
-
 function renderList() {
   const list = $("task-list");
   list.replaceChildren();
@@ -202,8 +190,9 @@ function renderList() {
         el("div", t.error), el("div", `request ${t.id}`, "hint"));
     } else {
       const tr = (t.body.intent && t.body.intent.transfers) || [];
-      li.append(el("div", headline(t), "amount"),
-        el("div", tr.length ? `to ${tr.map((x) => x.destination).join(", ")}` : t.body.payloadType),
+      const to = el("div", tr.length ? "to " : t.body.payloadType, "to");
+      tr.forEach((x, i) => to.append(...(i ? [", "] : []), address(x.destination)));
+      li.append(el("div", headline(t), "amount"), to,
         el("div", `${t.body.keyLabel} · ${timeLeft(t)} left`, "hint"));
       li.addEventListener("click", () => openTask(t.id));
     }
@@ -213,16 +202,39 @@ function renderList() {
       && $("outcome").hidden) {
     closeTask();
   }
+  const open = state.tasks.get(state.open);
+  if (open && !open.error && $("progress")) $("progress").replaceWith(progress(open));
 }
 
+// A label and its value (text, or a node such as a grouped address); returns the value.
 function row(dl, label, value) {
-  dl.append(el("dt", label), el("dd", value));
+  const dd = el("dd");
+  if (value instanceof Node) dd.append(value);
+  else dd.textContent = value;
+  dl.append(el("dt", label), dd);
+  return dd;
+}
+
+// The broker's notes on a task: its own tier in words (and the fallbacks), who approved,
+// and the time left of its own tier. Re-rendered whenever the task list refreshes.
+function progress(t) {
+  const broker = el("dl");
+  broker.id = "progress";
+  const own = ownToken(t);
+  row(broker, "Tier", own ? tierWords(own) : "-").id = "tier";
+  const fallbacks = (t.tokens || []).slice(1);
+  if (fallbacks.length) row(broker, "Fallback", fallbacks.map(tierWords).join(" / "));
+  row(broker, "Approved by", t.approvedBy.join(", ") || "nobody yet");
+  if (t.rejectedBy.length) row(broker, "Rejected by", t.rejectedBy.join(", "));
+  row(broker, "Time left", timeLeft(t)).id = "time-left";
+  return broker;
 }
 
 function openTask(id) {
   const t = state.tasks.get(id);
   if (!t || t.error) return;
   state.open = id;
+  state.shown = t;
   const b = t.body;
   const dl = el("dl");
   const intent = b.intent;
@@ -232,13 +244,13 @@ function openTask(id) {
     for (const x of intent.transfers) {
       row(dl, "Amount", amount(x.amount, x.asset));
       row(dl, "Asset", x.asset);
-      row(dl, "To", x.destination);
+      row(dl, "To", address(x.destination));
     }
     // an allowance is money the spender can take later: shown like a transfer
     for (const g of intent.grants || []) {
       row(dl, "Allowance", amount(g.amount, g.asset));
       row(dl, "Asset", g.asset);
-      row(dl, "Spender", g.grantee);
+      row(dl, "Spender", address(g.grantee));
     }
     if (intent.rent && intent.rent !== "0") row(dl, "Rent", amount(intent.rent, intent.feeAsset));
     row(dl, "Fee (most)", amount(intent.fee, intent.feeAsset || (intent.transfers[0] || {}).asset || ""));
@@ -255,16 +267,11 @@ function openTask(id) {
     : b.initiator || "-");
   row(dl, "HSM time", b.hsmTimestamp);
   row(dl, "Request", b.requestId);
-  const broker = el("dl");
-  row(broker, "Tier", (t.tokens || []).map((k) => `${k.name} (${k.missing} more)`).join(", ")
-    || "-");
-  row(broker, "Approved by", t.approvedBy.join(", ") || "nobody yet");
-  if (t.rejectedBy.length) row(broker, "Rejected by", t.rejectedBy.join(", "));
-  row(broker, "Time left", timeLeft(t));
   $("detail-body").replaceChildren(
     el("h2", headline(t)), el("p", "Verified: signed by your HSM", "ok"), dl,
-    el("p", "Progress, as the broker reports it:", "broker"), broker);
+    el("p", "Progress, as the broker reports it:", "broker"), progress(t));
   $("outcome").hidden = true;
+  $("confirm").hidden = true;
   $("approve").disabled = $("reject").disabled = false;
   $("detail-actions").hidden = false;
   show("tasks", "detail");
@@ -273,12 +280,51 @@ function openTask(id) {
 
 function closeTask() {
   state.open = null;
+  state.shown = null;
+  $("confirm").hidden = true;
   show("tasks");
 }
 
-async function answer(reject) {
-  const t = state.tasks.get(state.open);
+//: Rows of the verified detail that the confirm step restates: what moves, where, the fee.
+const SUMMARY = /^(Amount|Allowance|To|Spender|Rent|Fee)/;
+
+// The confirm step: nothing is signed until the approver has seen the summary - the very
+// rows the detail shows from the verified challenge - and said yes; "Cancel" signs nothing.
+function ask(reject) {
+  const t = state.shown;
   if (!t || !t.bytes) return;
+  const dl = el("dl");
+  const detail = $("detail-body").querySelector("dl");
+  for (const dt of detail.querySelectorAll("dt")) {
+    if (!SUMMARY.test(dt.textContent)) continue;
+    dl.append(dt.cloneNode(true), dt.nextElementSibling.cloneNode(true));
+  }
+  if (!dl.childElementCount) row(dl, "Request", headline(t));
+  row(dl, "Key", t.body.keyLabel);
+  const what = t.body.intent ? "transfer" : "request";
+  $("confirm").className = reject ? "confirm reject" : "confirm";
+  $("confirm-title").textContent = reject ? `Reject this ${what}?` : `Approve this ${what}?`;
+  $("confirm-note").textContent = reject
+    ? "Your rejection is signed and counts against the request; it cannot be undone."
+    : "Check the end of the destination. Your approval is signed with this device's key.";
+  $("confirm-body").replaceChildren(dl);
+  $("confirm-yes").className = reject ? "danger solid" : "primary";
+  $("confirm-yes").textContent = reject ? "Sign the rejection" : "Sign the approval";
+  $("confirm-yes").dataset.reject = reject ? "1" : "";
+  $("detail-actions").hidden = true;
+  $("confirm").hidden = false;
+  $("confirm-yes").focus();
+}
+
+function cancelAsk() {
+  $("confirm").hidden = true;
+  $("detail-actions").hidden = false;
+}
+
+async function answer(reject) {
+  const t = state.shown;
+  if (!t || !t.bytes) return;
+  $("confirm").hidden = true;
   $("approve").disabled = $("reject").disabled = true;
   fail("");
   try {
@@ -290,11 +336,13 @@ async function answer(reject) {
     state.tasks.delete(t.id);
     $("detail-actions").hidden = true;
     $("outcome").textContent = `${reject ? "Rejected" : "Approved"}: request is ${r.status}`;
+    $("outcome").className = reject ? "rejected" : "ok";
     $("outcome").hidden = false;
     renderList();
   } catch (e) {
     fail(`Not sent: ${e.message}`);
     $("approve").disabled = $("reject").disabled = false;
+    $("detail-actions").hidden = false;
   }
 }
 
@@ -315,15 +363,21 @@ async function start() {
 
 $("enrol-key").addEventListener("click", () => enrol(enrolKey));
 $("enrol-passkey").addEventListener("click", () => enrol(enrolPasskey));
-$("approve").addEventListener("click", () => answer(false));
-$("reject").addEventListener("click", () => answer(true));
+$("approve").addEventListener("click", () => ask(false));
+$("reject").addEventListener("click", () => ask(true));
+$("confirm-yes").addEventListener("click", () => answer($("confirm-yes").dataset.reject === "1"));
+$("confirm-no").addEventListener("click", cancelAsk);
 $("back").addEventListener("click", closeTask);
 $("forget").addEventListener("click", async () => {
   if (state.events) state.events.close();
   await forgetDevice();
   location.reload();
 });
-setInterval(() => { if (state.tasks.size && !$("tasks").hidden) renderList(); }, 1000);
+setInterval(() => {
+  if (state.tasks.size && !$("tasks").hidden) renderList();
+  const open = state.tasks.get(state.open);
+  if (open && $("time-left")) $("time-left").textContent = timeLeft(open);
+}, 1000);
 
 loadDevice().then((d) => { state.device = d || null; return start(); })
   .catch((e) => fail(e.message));

@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import Field
 
 from approvals_app.deps import BrokerDep, EventsDep
-from approvals_app.responses import PageTask, PageTaskList, TokenProgress
+from approvals_app.responses import GroupProgress, PageTask, PageTaskList, TokenProgress
 from approvals_app.schemas import CRED_MAX, Strict
 from approvals_app.sse import documented, sse, stream_response
 from custody.broker import Broker, Task
@@ -53,6 +53,7 @@ PAGE = Path(__file__).resolve().parent.parent / "approver_page"
 FILES = {"index.html": ("index.html", "text/html; charset=utf-8"),
          "app.js": ("app.js", "text/javascript; charset=utf-8"),
          "crypto.js": ("crypto.js", "text/javascript; charset=utf-8"),
+         "view.js": ("view.js", "text/javascript; charset=utf-8"),
          "style.css": ("style.css", "text/css; charset=utf-8")}
 #: The page runs only its own script: no inline code, no third-party origins, no frames.
 SECURITY_HEADERS = {
@@ -141,7 +142,11 @@ def _names(broker: Broker, r: SignRequest) -> dict[str, str]:
 
 
 def _tokens(broker: Broker, r: SignRequest, records: list[Any]) -> list[TokenProgress]:
-    """Which tokens (tiers) can still release the request, and by when (HSM time)."""
+    """Which tokens (tiers) can still release the request, and by when (HSM time).
+
+    In the policy's order, so the first is the request's own tier - the cheapest one its
+    amount fits - and its deadline is the one the page counts down; the later ones are
+    the fallbacks (a larger tier), whose longer timeouts are not this request's."""
     approvals = [Approval(a.credential_type, a.credential, base64.b64decode(a.signature_b64),
                           a.digest) for a in records if not a.rejected]
     try:
@@ -159,6 +164,8 @@ def _tokens(broker: Broker, r: SignRequest, records: list[Any]) -> list[TokenPro
             timeout = timeouts.get(t.name, 0)
             out.append(TokenProgress(
                 name=t.name, deadline=r.hsm_time + timeout if timeout else None,
-                holdRemaining=t.hold_remaining, missing=sum(g.missing for g in t.groups)))
+                holdRemaining=t.hold_remaining, missing=sum(g.missing for g in t.groups),
+                groups=[GroupProgress(name=g.name, quorum=g.quorum, approved=len(g.approved),
+                                      missing=g.missing) for g in t.groups]))
     return out
 

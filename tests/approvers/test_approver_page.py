@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -201,6 +202,11 @@ def test_medium_transfer_released_by_browser_and_cli_approver(world: World,
         assert expected in detail, (expected, detail)
     shot(page, "05-task-detail")
     page.click("#approve")
+    page.wait_for_selector("#confirm:not([hidden])")
+    summary = page.text_content("#confirm")
+    assert "Approve this transfer?" in summary and "1000 TST" in summary and "bob" in summary
+    shot(page, "05b-confirm-approve")
+    page.click("#confirm-yes")
     page.wait_for_selector("#outcome:not([hidden])")
     assert page.text_content("#outcome") == "Approved: request is PENDING"
     shot(page, "06-approved")
@@ -215,14 +221,117 @@ def test_medium_transfer_released_by_browser_and_cli_approver(world: World,
 
 
 def test_reject(world: World, page: Any) -> None:
+    """A rejection asks too, and looks like one: red, in its own words, not the green of
+    an approval."""
     request_id = submit(world, 2000)
     page.click(f'li.task[data-id="{request_id}"]', timeout=10_000)
     page.click("#reject")
+    page.wait_for_selector("#confirm.reject:not([hidden])")
+    assert page.text_content("#confirm-title") == "Reject this transfer?"
+    assert page.text_content("#confirm-yes") == "Sign the rejection"
+    assert "2000 TST" in page.text_content("#confirm-body")
+    red = page.evaluate("getComputedStyle(document.getElementById('confirm-yes'))"
+                        ".backgroundColor")
+    assert red == "rgb(179, 38, 30)", red  # --bad
+    shot(page, "08a-confirm-reject")
+    page.click("#confirm-yes")
     page.wait_for_selector("#outcome:not([hidden])")
     assert page.text_content("#outcome").startswith("Rejected")
+    assert page.get_attribute("#outcome", "class") == "rejected"
+    colour = page.evaluate("getComputedStyle(document.getElementById('outcome')).color")
+    assert colour == "rgb(179, 38, 30)", colour
     shot(page, "08-rejected")
     body = request_status(world, request_id)
     assert len(body["rejectedBy"]) == 1 and body["approvedBy"] == []
+    page.click("#back")
+
+
+#: A Bitcoin P2WSH address: 62 characters, wider than a 390 px phone in any font.
+LONG_DESTINATION = "bc1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3qccfmv3"
+
+
+def no_sideways_scroll(page: Any) -> None:
+    width = page.evaluate("[document.documentElement.scrollWidth,"
+                          " document.documentElement.clientWidth]")
+    assert width[0] <= width[1], f"the page scrolls sideways: {width}"
+
+
+def address_in_full(page: Any, selector: str) -> None:
+    """The address element's text is the whole destination, it does not overflow, and
+    every group of it lies inside the 390 px viewport."""
+    node = page.locator(selector)
+    assert node.text_content() == LONG_DESTINATION
+    fits = node.evaluate("e => e.scrollWidth <= e.clientWidth || e.clientWidth === 0")
+    assert fits, "the address overflows its box"
+    boxes = node.evaluate("e => [...e.children].map(c => c.getBoundingClientRect())"
+                          ".map(r => [r.left, r.right])")
+    assert boxes and all(left >= 0 and right <= 390 for left, right in boxes), boxes
+    assert "".join(node.evaluate("e => [...e.children].map(c => c.textContent)")) \
+        == LONG_DESTINATION
+
+
+def dd(page: Any, label: str, within: str = "#detail-body") -> str:
+    """The value beside ``label`` in a definition list."""
+    text: str = page.locator(f"{within} dt:text-is('{label}') + dd").first.text_content()
+    return text
+
+
+def test_phone_shows_a_long_destination_the_own_tier_and_asks_before_signing(
+        world: World, page: Any) -> None:
+    """One trader (Python) has approved a medium transfer to a long address; the phone
+    shows the address whole, the fee with its unit, the tier in words and the medium
+    token's hour (not the large tier's three days), and signs only after the confirm."""
+    request_id = submit(world, 1200, LONG_DESTINATION)
+    assert python_answer(world, world.traders[1], request_id) == "PENDING"
+    page.reload()  # a PENDING -> PENDING approval is no event: the approver opens the page
+    item = f'li.task[data-id="{request_id}"]'
+    page.wait_for_selector(item, timeout=10_000)
+    address_in_full(page, f"{item} .addr")
+    assert "59 min" in page.text_content(f"{item} .hint")
+    no_sideways_scroll(page)
+    shot(page, "11-long-destination-list")
+
+    page.click(item)
+    page.wait_for_selector("#detail:not([hidden])")
+    address_in_full(page, "#detail-body dt:text-is('To') + dd .addr")
+    assert "1200 TST" in dd(page, "Amount")
+    assert re.fullmatch(r"[0-9][0-9.,]* TST\b.*", dd(page, "Fee (most)")), dd(page, "Fee (most)")
+    sync_api.expect(page.locator("#tier")).to_have_text("medium: 2 traders, 1 more needed")
+    assert dd(page, "Fallback").startswith("large: 2 traders, 1 more needed; 1 compliance")
+    assert dd(page, "Approved by") == "trader-2"
+    left = dd(page, "Time left")  # the medium token's hour, not the large one's 3 days
+    assert re.fullmatch(r"(59|60) min \d+ s", left), left
+    no_sideways_scroll(page)
+    shot(page, "12-long-destination-detail")
+
+    signed: list[str] = []
+
+    def record(r: Any) -> None:
+        if "/v1/approval" in r.url:
+            signed.append(r.url)
+
+    page.on("request", record)
+    page.click("#approve")
+    page.wait_for_selector("#confirm:not([hidden])")
+    assert page.is_hidden("#detail-actions")
+    address_in_full(page, "#confirm-body .addr")
+    assert "1200 TST" in dd(page, "Amount", "#confirm-body")
+    assert "TST" in dd(page, "Fee (most)", "#confirm-body")
+    no_sideways_scroll(page)
+    shot(page, "13-confirm-approve")
+    page.click("#confirm-no")  # cancelling signs nothing and goes back to the detail
+    assert page.is_hidden("#confirm") and page.is_visible("#approve")
+    page.wait_for_timeout(300)
+    assert signed == [] and page.is_hidden("#outcome")
+    assert request_status(world, request_id)["approvedBy"] == [world.traders[1].spki_b64]
+
+    page.click("#approve")
+    page.click("#confirm-yes")
+    page.wait_for_selector("#outcome:not([hidden])")
+    assert page.text_content("#outcome") == "Approved: request is EXECUTED"
+    assert len(signed) == 1
+    page.remove_listener("request", record)
+    shot(page, "14-long-destination-approved")
     page.click("#back")
 
 
@@ -270,6 +379,7 @@ def test_a_passkey_approver_end_to_end(world: World) -> None:
         request_id = submit(world, 1500)
         p.click(f'li.task[data-id="{request_id}"]', timeout=10_000)
         p.click("#approve")
+        p.click("#confirm-yes")
         p.wait_for_selector("#outcome:not([hidden])")
         assert p.text_content("#outcome") == "Approved: request is PENDING"
         shot(p, "10-passkey-approved")
