@@ -69,7 +69,9 @@ MATRIX: dict[str, str | frozenset[str]] = {
     "POST /v1/transfers": frozenset({"business"}),
     "GET /v1/transfers": frozenset({"business", "auditor"}),
     "GET /v1/transfers/{transfer_id}": frozenset({"business", "auditor"}),
+    "DELETE /v1/transfers/{transfer_id}": frozenset({"business"}),
     "POST /v1/webhooks": frozenset({"business"}),
+    "GET /v1/webhooks": frozenset({"business", "auditor"}),
     "GET /v1/webhooks/{endpoint_id}/deliveries": frozenset({"business", "auditor"}),
     # a device enrols itself (an administrator confirms later); it polls by a random id
     "POST /v1/enrolment": PUBLIC, "POST /v1/enrolment/passkey": PUBLIC,
