@@ -99,7 +99,7 @@ def get_wallet(wallet_id: str, t: TreasuryDep, who: Reader) -> dict[str, Any]:
     return wallet_json(wallets.get_wallet(t.sessions, who, wallet_id))
 
 
-@router.get("/wallets/{wallet_id}/balances", response_model_exclude_none=True)
+@router.get("/wallets/{wallet_id}/balances", response_model_exclude_unset=True)
 def balances(wallet_id: str, t: TreasuryDep, who: Reader) -> Balances:
     """Per asset: total, locked by pending transfers (listed), and available."""
     w = wallets.get_wallet(t.sessions, who, wallet_id)

@@ -222,6 +222,7 @@ def test_balances_show_what_pending_transfers_lock_and_cancel_frees_it(
     before = api.get(f"/v1/wallets/{w['id']}/balances", headers=DESK).json()["balances"][0]
     assert before["locked"] == "0" and before["available"] == before["total"] == before["amount"]
     assert before["pendingTransfers"] == [] and before["utxos"] == 3
+    assert [c["lockedBy"] for c in before["coins"]] == [None, None, None]
     pending = [transfer(api, w["id"], "BTC", "5", BURN)["id"]
                for _ in range(3)]  # medium: each locks a whole coin until approved
     held = api.get(f"/v1/wallets/{w['id']}/balances", headers=DESK).json()["balances"][0]
