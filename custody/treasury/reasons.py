@@ -50,7 +50,7 @@ def _tiers(text: str) -> list[tuple[str, str]]:
     out = []
     for i, m in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        body = text[m.end():end].strip().rstrip(";").strip()
+        body = text[m.end():end].strip().rstrip(";|").strip()
         if body != "satisfied":
             out.append((m.group(1) or f"tier {i + 1}", body))
     return out

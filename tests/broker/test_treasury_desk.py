@@ -325,4 +325,10 @@ def test_reasons_reword_every_hsm_limit() -> None:
                            "from traders needed; timed out"), text
     assert "0.000000000000021 ETH is above its cap of 0.0000000000000001 ETH" in text
     assert reasons.closed("cancelled", "cancelled by desk", [eth]) == "cancelled by desk"
+    refused = ("the policy is not met: token 'small-ETH': ETH amount 5000000000000000000 above "
+               "1000000000000000000 | token 'medium-ETH': group 'traders' needs 2 more "
+               "approval(s)")  # PolicyNotMet, as the HSM raises it
+    assert reasons.closed("failed", refused, [eth]) == (
+        "no tier releases it (small-ETH: 5 ETH is above its limit of 1 ETH; medium-ETH: "
+        "2 more approval(s) from traders needed)")
     assert reasons.rejected(["b", "a", "a"]) == "rejected by a, b"
