@@ -25,6 +25,7 @@ from hsm_emulator.errors import HsmError, PolicyNotMet, RequestClosed, Transport
 from hsm_emulator.evaluate import Evaluation
 from hsm_emulator.flow import POLICY_CHANGED, Approval
 from hsm_emulator.model import Action
+from hsm_emulator.results import Execution
 
 from ..db import FINAL, ApprovalRecord, SignRequest, Status
 from ..errors import Conflict, CustodyError
@@ -116,18 +117,20 @@ class Release:
             self._unreachable(row.id)
         except HsmError as exc:
             return self._fail(row.id, exc)
+        return self._executed(row, result)
+
+    def _executed(self, row: SignRequest, result: Execution) -> SignRequest:
+        """Record an execution. A ``modify`` replaced the key's policy, which closed every
+        request still open under the old one in the HSM: mirror that first, so a crash in
+        between leaves the modify open here and its recovery (:meth:`_recover`) sweeps
+        again."""
+        if row.action == Action.MODIFY.value:
+            self.close_superseded(but=row.id)
         self.store.finish(row.id, Status.EXECUTED, signatures=result.signatures,
                           approved_by=list(result.approved_by), executed_at=result.executed_at)
-        return self._executed(row)
-
-    def _executed(self, row: SignRequest) -> SignRequest:
-        """After a request executed: a ``modify`` replaced the key's policy, which closed
-        every request still open under the old one in the HSM - mirror that here."""
-        if row.action == Action.MODIFY.value:
-            self.close_superseded()
         return self.store.get(row.id)
 
-    def close_superseded(self) -> list[str]:
+    def close_superseded(self, but: str | None = None) -> list[str]:
         """Close every open request made under a policy its key no longer has (a
         ``modify`` executed meanwhile: on that key, or on a parent it inherits from), with
         the HSM's reason, so its transfer ends with it, its webhook fires and it leaves
@@ -140,6 +143,8 @@ class Release:
         digests: dict[str, str | None] = {}
         closed = []
         for row in rows:
+            if row.id == but:
+                continue
             if row.key_label not in digests:
                 try:
                     digests[row.key_label] = self.hsm.get_key(row.key_label).policy_digest
@@ -176,9 +181,7 @@ class Release:
             self.store.finish(row.id, unexecuted or (
                 Status.CANCELLED if cancelled else Status.FAILED), error=_why(exc.reason))
             return self.store.get(row.id)
-        self.store.finish(row.id, Status.EXECUTED, signatures=result.signatures,
-                          approved_by=list(result.approved_by), executed_at=result.executed_at)
-        return self._executed(row)
+        return self._executed(row, result)
 
     def _unreachable(self, request_id: str) -> NoReturn:
         """The HSM is down, not refusing: an outage must not end a request. Look again

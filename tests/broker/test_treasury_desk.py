@@ -161,7 +161,7 @@ def test_the_hsm_alone_closes_a_request_of_a_superseded_policy(
     key = broker.hsm.get_key(w["keyLabel"])
     policy = {k: v for k, v in key.policy.items() if k != "keyStatus"}
     policy["ruleUse"]["tokens"][1]["timeout"] = 1800
-    broker.release.close_superseded = lambda: []  # type: ignore[method-assign]
+    broker.release.close_superseded = lambda **_k: []  # type: ignore[method-assign]
     try:
         r = api.post("/v1/modify", json={"label": w["keyLabel"], "policy": policy},
                      headers=ADMIN)
@@ -170,9 +170,16 @@ def test_the_hsm_alone_closes_a_request_of_a_superseded_policy(
     finally:
         del broker.release.close_superseded
     assert get(api, t["id"])["state"] == "pending_approval"  # not mirrored yet
-    broker.advance(t["signRequestId"])
-    assert broker.get(t["signRequestId"]).status == "CANCELLED"
+    row = broker.get(t["signRequestId"])
+    late = api.post("/v1/approval", json={  # an approver's next answer: the HSM says no
+        "id": row.id, "approvalToBeSigned": row.challenge_b64,
+        "signature": base64.b64encode(people["t2"].sign(
+            base64.b64decode(row.challenge_b64))).decode(),
+        "approverCertificate": people["t2"].spki_b64})
+    assert late.status_code == 409 and "policy changed" in late.text, late.text
+    assert broker.get(t["signRequestId"]).status == "CANCELLED"  # and it is mirrored
     assert "policy changed" in get(api, t["id"])["error"]
+    assert not broker.approvals(row.id)  # the refused approval was not recorded
 
 
 # -- errors in the desk's words -----------------------------------------------------------
