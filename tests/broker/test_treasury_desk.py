@@ -26,11 +26,11 @@ from custody.broker import Broker, Principal
 from custody.db import SignRequest
 from custody.localnets import BURN, LocalNets, find_anvil
 from custody.treasury import reasons
-from custody.treasury.models import WebhookDelivery
+from custody.treasury.models import NonceSlot, WebhookDelivery
 from custody.treasury.policy import AssetInfo
 from custody.treasury.transfers import Treasury
 from custody.treasury.wallets import get_wallet
-from hsm_emulator.errors import RequestClosed
+from hsm_emulator.errors import RequestClosed, TransportError
 from tests.api.test_api_tutorial import SECRET, bearer
 from tests.helpers import Approver
 from tests.treasury_kit import ADMIN, DESK, answer, create_wallet, get, policy_config, transfer
@@ -289,6 +289,42 @@ def test_cancel_a_pending_transfer(api: TestClient, nets: LocalNets,
     assert _hooks(api, t["id"])[-1] == "cancelled"
     twice = api.delete(f"/v1/transfers/{t['id']}", headers=DESK)
     assert twice.status_code == 409 and "already cancelled" in twice.text
+
+
+def test_cancel_a_transfer_whose_submission_waits(api: TestClient, nets: LocalNets,
+                                                  people: dict[str, Approver]) -> None:
+    """No sign request yet (the HSM was unreachable at submit): it ends here, the nonce its
+    finalizing took goes back, and the worker does not submit it later."""
+    w = _eth_wallet(api, nets, people)
+    hsm = _broker(api).hsm
+    original = hsm.sign_now
+
+    def down(*_a: Any, **_k: Any) -> Any:
+        raise TransportError("the HSM is unreachable")
+
+    hsm.sign_now = down  # type: ignore[method-assign]
+    try:
+        t = transfer(api, w["id"], "ETH", "0.5", checksum(os.urandom(20)))  # small
+    finally:
+        hsm.sign_now = original  # type: ignore[method-assign]
+    assert t["state"] == "requested" and t["signRequestId"] is None and t["nonce"] is not None
+    r = api.delete(f"/v1/transfers/{t['id']}", headers=DESK)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+    treasury = _treasury(api)
+    clock = treasury.ledger.clock
+    treasury.ledger.clock = lambda: clock() + 3600  # past every retry and lease
+    try:
+        treasury.step()
+    finally:
+        treasury.ledger.clock = clock
+    done = get(api, t["id"])
+    assert done["state"] == "cancelled" and done["signRequestId"] is None
+    with _broker(api).sessions() as s:
+        slot = s.scalar(select(NonceSlot).where(NonceSlot.nonce == t["nonce"],
+                                                NonceSlot.address == w["address"].lower()))
+        assert slot is not None and slot.state == "free"
+    again = transfer(api, w["id"], "ETH", "0.25", checksum(os.urandom(20)))
+    assert again["nonce"] == t["nonce"]  # taken by the next transfer: no gap
 
 
 def test_a_signed_transfer_cannot_be_cancelled(api: TestClient, nets: LocalNets,
