@@ -206,9 +206,41 @@ class WalletPublic(Public):
     createdAt: str
 
 
+class PendingHold(Public):
+    """A live transfer and what it holds of the wallet until it ends."""
+
+    id: str
+    state: str
+    locks: str  #: decimal units of the asset
+
+
+class CoinPublic(Public):
+    outpoint: str
+    amount: str
+    path: str
+    lockedBy: str | None  #: the live transfer that spends it
+
+
+class BalancePublic(Public):
+    """One asset: ``total`` (= ``amount``, the node's figure), ``locked`` by the
+    ``pendingTransfers``, ``available`` to the next transfer; decimal units. ``utxos``
+    and ``coins`` on UTXO chains only."""
+
+    symbol: str
+    asset: str
+    amount: str
+    baseUnits: str
+    total: str
+    locked: str
+    available: str
+    pendingTransfers: list[PendingHold]
+    utxos: int | None = None
+    coins: list[CoinPublic] | None = None
+
+
 class Balances(Public):
     wallet: str
-    balances: list[dict[str, Any]]
+    balances: list[BalancePublic]
 
 
 class AddressPublic(Public):
@@ -239,6 +271,15 @@ class TransferPublic(Public):
     history: list[dict[str, Any]]
     createdAt: str | None
     updatedAt: str | None
+
+
+class WebhookPublic(Public):
+    """A registered endpoint; its secret is shown once, at creation, never here."""
+
+    id: str
+    url: str
+    active: bool
+    createdAt: str | None
 
 
 class WebhookCreated(Public):

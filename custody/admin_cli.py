@@ -53,12 +53,15 @@ def _load(path: Path) -> Any:
 
 @key_app.command("create")
 def key_create(label: str, algorithm: str = typer.Option("SECP256K1"),
-               policy: Path = typer.Option(None, help="JSON file: the policy object."),
+               policy: Path = typer.Option(None, help="JSON file: the policy object "
+                                           "(required: a key without one can never act)."),
                url: str = URL) -> None:
     """Create a key with its policy (role key_admin)."""
-    body: dict[str, Any] = {"label": label, "algorithm": algorithm}
-    if policy is not None:
-        body["policy"] = _load(policy)
+    if policy is None:
+        Console(stderr=True).print("[red]--policy is required: a key without a policy can "
+                                   "never sign, be blocked or be changed[/]")
+        raise typer.Exit(2)
+    body: dict[str, Any] = {"label": label, "algorithm": algorithm, "policy": _load(policy)}
     info = _call("POST", url, "/v1/key", body)
     Console().print(f"created [cyan]{info['label']}[/] policy {info['policyDigest'][:16]}")
 

@@ -162,6 +162,19 @@ def fingerprints(values: Sequence[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+#: Why a request made under a policy the key no longer has is closed.
+POLICY_CHANGED = "the key's policy changed since this request was made"
+
+
+def _current(req: HsmRequest, state: KeyState) -> None:
+    """A request is answered under the policy it was made under, or not at all: once a
+    ``modify`` replaced the key's policy, every request still open under the old one is
+    closed - refused here on every call, whoever asks - so approvals gathered under the old
+    rules can never release it (the broker mirrors this, :mod:`custody.broker.release`)."""
+    if state.policy.digest != req.policy_digest:
+        raise RequestClosed(POLICY_CHANGED)
+
+
 class ApprovalFlow:
     """The request calls of :class:`hsm_emulator.Hsm` (see
     :class:`hsm_emulator.client.HsmSigning`), but for the auto tier's."""
@@ -277,7 +290,9 @@ class ApprovalFlow:
             req = self._requests.get(request_id)
             if not req.is_open:
                 raise RequestClosed(f"request {request_id} is {req.status.value}")
-            cred = self._verify(req, self._keys.state(req.label), approval)
+            state = self._keys.state(req.label)
+            _current(req, state)
+            cred = self._verify(req, state, approval)
             event["approver"] = cred.fingerprint
             return cred.public_key_b64
 
@@ -310,8 +325,7 @@ class ApprovalFlow:
             if not req.is_open:
                 raise RequestClosed(f"request {request_id} is already {req.status.value}")
             state = self._keys.usable(req.label)
-            if state.policy.digest != req.policy_digest:
-                raise RequestClosed("the key's policy changed since this request was made")
+            _current(req, state)
             act = req.action
             creds = self._verified_set(req, state, approvals)
             event["approvers"] = sorted(creds)
@@ -398,6 +412,8 @@ class ApprovalFlow:
         with b.locked():
             req = self._requests.get(request_id)
             state = self._keys.state(req.label)
+            if req.is_open:
+                _current(req, state)
             creds = self._verified_set(req, state, approvals)
             return evaluate(state.policy, req.action, req.intent, frozenset(creds),
                             req.created_at, b.clock.now(),
@@ -409,7 +425,7 @@ class ApprovalFlow:
             req = self._requests.get(request_id)
             if not req.is_open:
                 raise RequestClosed(f"request {request_id} is already {req.status.value}")
-            self._requests.put(req.cancelled())
+            self._requests.put(req.cancelled(reason[:200]))
 
         with self._b.locked():
             self._b.audited({"op": "request.cancel", "requestId": request_id,
@@ -421,9 +437,12 @@ class ApprovalFlow:
         (the HSM never signs the same request twice)."""
         with self._b.locked():
             req = self._requests.get(request_id)
-            if req.result is None:
-                raise RequestClosed(f"request {request_id} is {req.status.value}, not executed")
-            return req.result
+            if req.result is not None:
+                return req.result
+            if req.is_open:
+                _current(req, self._keys.state(req.label))
+            why = f": {req.reason}" if req.reason else ", not executed"
+            raise RequestClosed(f"request {request_id} is {req.status.value}{why}")
 
     def request_challenge(self, request_id: str) -> Challenge:
         with self._b.locked():

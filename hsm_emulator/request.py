@@ -43,6 +43,7 @@ class HsmRequest:
     initiator_name: str = ""
     executed_at: float | None = None
     result: Execution | None = None
+    reason: str = ""  #: why it was cancelled, as the caller of ``cancel`` gave it
 
     @property
     def is_open(self) -> bool:
@@ -52,8 +53,8 @@ class HsmRequest:
         return replace(self, status=RequestStatus.EXECUTED, executed_at=result.executed_at,
                        result=result)
 
-    def cancelled(self) -> HsmRequest:
-        return replace(self, status=RequestStatus.CANCELLED)
+    def cancelled(self, reason: str = "") -> HsmRequest:
+        return replace(self, status=RequestStatus.CANCELLED, reason=reason)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -67,6 +68,8 @@ class HsmRequest:
             "challenge": self.challenge.hex()}
         if self.initiator_proven:
             doc.update(initiatorProven=True, initiatorName=self.initiator_name)
+        if self.reason:
+            doc["reason"] = self.reason
         if self.result is not None:
             doc.update(executedAt=self.executed_at, result=self.result.to_json())
         return doc
@@ -85,5 +88,5 @@ class HsmRequest:
             challenge=bytes.fromhex(d["challenge"]),
             initiator_proven=bool(d.get("initiatorProven", False)),
             initiator_name=d.get("initiatorName") or "",
-            executed_at=d.get("executedAt"),
+            executed_at=d.get("executedAt"), reason=d.get("reason") or "",
             result=None if result is None else Execution.from_json(result))

@@ -56,7 +56,12 @@ def key_json(info: KeyInfo, attestation: dict[str, Any] | None = None) -> dict[s
 @router.post("/key", status_code=201, response_model=KeyPublic)
 def create_key(body: KeyCreate, broker: BrokerDep, who: KeyAdmin,
                idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    """Sent as stored (a retry with the ``Idempotency-Key`` answers the first result)."""
+    """Sent as stored (a retry with the ``Idempotency-Key`` answers the first result).
+    A key without a policy is refused (400): nothing could ever be done with it."""
+
+    if not body.policy:
+        raise BadRequest("policy: a key needs one - without it the key can never sign, be "
+                         "blocked or have a policy set (see seed 003's policy shape)")
 
     def work(_ticket: str | None) -> tuple[int, dict[str, Any]]:  # the label names the key
         info = broker.intake.create_key(who.tenant, body.label, algorithm_of(body),

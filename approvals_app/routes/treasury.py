@@ -23,11 +23,12 @@ from approvals_app.responses import (
     TransferPublic,
     WalletPublic,
     WebhookCreated,
+    WebhookPublic,
 )
 from approvals_app.schemas import Strict
 from custody.broker import Principal
 from custody.idempotency import run_once
-from custody.treasury import wallets, webhooks
+from custody.treasury import holdings, wallets, webhooks
 from custody.treasury.models import DepositAddress, Wallet
 from custody.treasury.transfers import transfer_json
 
@@ -54,6 +55,8 @@ class TransferCreate(Strict):
     destination: str = Field(min_length=1, max_length=128)
     amount: str = Field(min_length=1, max_length=82, pattern=r"^[0-9]+(\.[0-9]+)?$")
     memo: str = Field(default="", max_length=256)
+    #: send to a burn address (the Ethereum zero address) on purpose; refused otherwise
+    allowZeroAddress: bool = False
 
 
 class WebhookCreate(Strict):
@@ -96,10 +99,12 @@ def get_wallet(wallet_id: str, t: TreasuryDep, who: Reader) -> dict[str, Any]:
     return wallet_json(wallets.get_wallet(t.sessions, who, wallet_id))
 
 
-@router.get("/wallets/{wallet_id}/balances")
+@router.get("/wallets/{wallet_id}/balances", response_model_exclude_unset=True)
 def balances(wallet_id: str, t: TreasuryDep, who: Reader) -> Balances:
+    """Per asset: total, locked by pending transfers (listed), and available."""
     w = wallets.get_wallet(t.sessions, who, wallet_id)
-    return Balances(wallet=w.id, balances=wallets.balances(t.networks, w))
+    return Balances.model_validate(
+        {"wallet": w.id, "balances": holdings.balances(t.sessions, t.networks, w)})
 
 
 @router.get("/wallets/{wallet_id}/addresses", response_model=list[AddressPublic])
@@ -123,7 +128,8 @@ def create_transfer(body: TransferCreate, t: TreasuryDep, who: Business,
 
     def work(ticket: str | None) -> tuple[int, dict[str, Any]]:
         record = t.create(who, body.wallet, body.asset, body.destination, body.amount,
-                          body.memo, transfer_id=ticket)
+                          body.memo, transfer_id=ticket,
+                          allow_zero_address=body.allowZeroAddress)
         return 201, transfer_json(record)
 
     status, response = run_once(t.sessions, f"{who.tenant}/{who.subject}", idempotency_key,
@@ -147,6 +153,13 @@ def list_transfers(t: TreasuryDep, who: Watcher,
         who, state=state, wallet=wallet, limit=limit, offset=offset)]
 
 
+@router.delete("/transfers/{transfer_id}", response_model=TransferPublic)
+def cancel_transfer(transfer_id: str, t: TreasuryDep, who: Business) -> dict[str, Any]:
+    """Cancel a transfer the HSM has not signed (and its sign request): 409 once signed
+    or ended, 404 for another tenant's."""
+    return transfer_json(t.cancel(who, transfer_id))
+
+
 def _state_of(body: dict[str, Any]) -> Any:
     transfer = body.get("transfer")
     return transfer.get("state") if isinstance(transfer, dict) else None
@@ -157,6 +170,14 @@ def create_webhook(body: WebhookCreate, t: TreasuryDep, who: Business) -> Webhoo
     """Register an endpoint for transfer events; the HMAC secret is shown only here."""
     endpoint, secret = webhooks.register(t.sessions, who.tenant, body.url)
     return WebhookCreated(id=endpoint.id, url=endpoint.url, secret=secret)
+
+
+@router.get("/webhooks")
+def list_webhooks(t: TreasuryDep, who: Watcher) -> list[WebhookPublic]:
+    """The tenant's endpoints (without their secrets)."""
+    return [WebhookPublic(id=e.id, url=e.url, active=e.active,
+                          createdAt=e.created_at.isoformat() if e.created_at else None)
+            for e in webhooks.endpoints(t.sessions, who.tenant)]
 
 
 @router.get("/webhooks/{endpoint_id}/deliveries")

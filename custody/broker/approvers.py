@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hsm_emulator.client import HsmClient
 from hsm_emulator.credentials import Credential, parse_credential, verify, verify_timestamp
-from hsm_emulator.errors import ApprovalRefused, HsmError
+from hsm_emulator.errors import ApprovalRefused, HsmError, RequestClosed
 from hsm_emulator.flow import Approval
 
 from ..db import FINAL, ApprovalRecord, SeenTimestamp, SignRequest, Status
@@ -75,7 +75,11 @@ class ApproverSessions:
             raise Conflict(f"request {request_id} is already {row.status}")
         kind = _credential_kind(credential_value)
         approval = Approval(kind, credential_value, signature, digest)
-        spki = self.hsm.check_approval(request_id, approval)
+        try:
+            spki = self.hsm.check_approval(request_id, approval)
+        except RequestClosed:  # e.g. its key's policy changed: the HSM closed it - mirror
+            self.release.advance(request_id)
+            raise
         cred = parse_credential(kind, credential_value)
         self._record(ApprovalRecord(
             request_id=request_id, approver=cred.fingerprint, approver_key_b64=spki,

@@ -16,13 +16,16 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from chains.errors import ChainError
+from hsm_emulator.challenge import Challenge
 from hsm_emulator.client import HsmClient
 from hsm_emulator.errors import HsmError, PolicyNotMet, RequestClosed, TransportError
 from hsm_emulator.evaluate import Evaluation
-from hsm_emulator.flow import Approval
+from hsm_emulator.flow import POLICY_CHANGED, Approval
+from hsm_emulator.model import Action
+from hsm_emulator.results import Execution
 
 from ..db import FINAL, ApprovalRecord, SignRequest, Status
 from ..errors import Conflict, CustodyError
@@ -72,16 +75,18 @@ class Release:
         self._wait(row, ev)
         return self.store.get(request_id)
 
-    def cancel(self, principal: Principal, request_id: str) -> SignRequest:
-        """The initiator's tenant withdraws a request that has not ended yet."""
+    def cancel(self, principal: Principal, request_id: str,
+               reason: str | None = None) -> SignRequest:
+        """The initiator's tenant withdraws a request that has not ended yet; ``reason``
+        becomes its error (default ``cancelled``)."""
         row = self.store.get(request_id, principal.tenant)
         if row.status in FINAL:
             raise Conflict(f"request {request_id} is already {row.status}")
         try:
-            self.hsm.cancel(request_id, f"cancelled by {principal.subject}")
+            self.hsm.cancel(request_id, reason or f"cancelled by {principal.subject}")
         except RequestClosed:  # executed meanwhile, or cancelled by a call that then died
-            return self._recover(row)  # (the HSM's request_status still evaluates it)
-        self.store.finish(request_id, Status.CANCELLED, error="cancelled")
+            return self._recover(row)
+        self.store.finish(request_id, Status.CANCELLED, error=reason or "cancelled")
         return self.store.get(request_id)
 
     def _close(self, row: SignRequest, status: Status, ev: Evaluation) -> SignRequest:
@@ -112,8 +117,58 @@ class Release:
             self._unreachable(row.id)
         except HsmError as exc:
             return self._fail(row.id, exc)
+        return self._executed(row, result)
+
+    def _executed(self, row: SignRequest, result: Execution) -> SignRequest:
+        """Record an execution. A ``modify`` replaced the key's policy, which closed every
+        request still open under the old one in the HSM: mirror that first, so a crash in
+        between leaves the modify open here and its recovery (:meth:`_recover`) sweeps
+        again."""
+        if row.action == Action.MODIFY.value:
+            self.close_superseded(but=row.id)
         self.store.finish(row.id, Status.EXECUTED, signatures=result.signatures,
                           approved_by=list(result.approved_by), executed_at=result.executed_at)
+        return self.store.get(row.id)
+
+    def close_superseded(self, but: str | None = None) -> list[str]:
+        """Close every open request made under a policy its key no longer has (a
+        ``modify`` executed meanwhile: on that key, or on a parent it inherits from), with
+        the HSM's reason, so its transfer ends with it, its webhook fires and it leaves
+        approvers' task lists - instead of gathering approvals the HSM will refuse.
+        The HSM is the authority (it refuses such a request on every call); this only
+        mirrors it at once. Returns the ids closed."""
+        with self.store.sessions() as s:
+            rows = list(s.scalars(select(SignRequest).where(
+                SignRequest.status.in_([Status.PENDING.value, Status.APPROVED.value]))))
+        digests: dict[str, str | None] = {}
+        closed = []
+        for row in rows:
+            if row.id == but:
+                continue
+            if row.key_label not in digests:
+                try:
+                    digests[row.key_label] = self.hsm.get_key(row.key_label).policy_digest
+                except HsmError:
+                    digests[row.key_label] = None
+            made_under = _policy_digest(row)
+            current = digests[row.key_label]
+            if current is None or made_under is None or made_under == current:
+                continue
+            log.warning("request %s (key %s) closed: %s", row.id, row.key_label,
+                        POLICY_CHANGED)
+            self.close_unexecuted(row, POLICY_CHANGED)
+            closed.append(row.id)
+        return closed
+
+    def close_unexecuted(self, row: SignRequest, reason: str,
+                         status: Status = Status.CANCELLED) -> SignRequest:
+        """Close an open request in the HSM (with ``reason``), then here; if the HSM had
+        executed it meanwhile, record that instead."""
+        try:
+            self.hsm.cancel(row.id, reason)
+        except RequestClosed:
+            return self._recover(row, unexecuted=status)
+        self.store.finish(row.id, status, error=reason)
         return self.store.get(row.id)
 
     def _recover(self, row: SignRequest, unexecuted: Status | None = None) -> SignRequest:
@@ -122,13 +177,11 @@ class Release:
         try:
             result = self.hsm.request_result(row.id)
         except RequestClosed as exc:
+            cancelled = "cancelled" in exc.reason or POLICY_CHANGED in exc.reason
             self.store.finish(row.id, unexecuted or (
-                Status.CANCELLED if "cancelled" in exc.reason else Status.FAILED),
-                error=exc.reason)
+                Status.CANCELLED if cancelled else Status.FAILED), error=_why(exc.reason))
             return self.store.get(row.id)
-        self.store.finish(row.id, Status.EXECUTED, signatures=result.signatures,
-                          approved_by=list(result.approved_by), executed_at=result.executed_at)
-        return self.store.get(row.id)
+        return self._executed(row, result)
 
     def _unreachable(self, request_id: str) -> NoReturn:
         """The HSM is down, not refusing: an outage must not end a request. Look again
@@ -184,6 +237,20 @@ class Release:
                     wake_at=self.store.clock() + seconds))
         with self.wake:
             self.wake.notify_all()
+
+
+def _why(reason: str) -> str:
+    """The HSM's reason for a closed request, without the request id it repeats."""
+    _, sep, why = reason.partition(" is cancelled: ")
+    return why if sep else reason
+
+
+def _policy_digest(row: SignRequest) -> str | None:
+    """The policy a request was made under, from the HSM-signed challenge it carries."""
+    if not row.challenge_b64:
+        return None
+    digest = Challenge(row.id, base64.b64decode(row.challenge_b64)).body.get("policyDigest")
+    return digest if isinstance(digest, str) else None
 
 
 def _approval(r: ApprovalRecord) -> Approval:

@@ -24,10 +24,11 @@ from custody.errors import BadRequest
 from hsm_emulator.errors import HsmError, TransportError
 from hsm_emulator.model import Action
 
-from . import webhooks
+from . import holdings, reasons, webhooks
 from .ledger import TransferLedger, event
 from .models import State, TransferRecord, Wallet
 from .networks import Networks
+from .policy import AssetInfo
 from .signing import TransferSigning
 from .units import to_base_units, to_text
 from .wallets import assets_of, get_wallet
@@ -48,11 +49,15 @@ class TransferIntake:
 
     def create(self, who: Principal, wallet_id: str, symbol: str, destination: str,
                amount: str, memo: str = "", *, transfer_id: str | None = None,
-               ) -> TransferRecord:
+               allow_zero_address: bool = False) -> TransferRecord:
         """Validate, build (funding and address checked by the chain), record, submit.
         A refusal stores nothing. ``transfer_id`` (an idempotency ticket): the id to give
         it; if a transfer has it already, an attempt that died made it - that one is the
-        answer (the worker carries it on from wherever it stopped)."""
+        answer (the worker carries it on from wherever it stopped).
+
+        ``allow_zero_address``: an Ethereum transfer to the zero address burns what it
+        sends (a blank field in a desk's form parses as it); refused unless the request
+        says so itself - per request, so no wallet setting leaves the door open."""
         sessions = self.ledger.sessions
         if transfer_id is not None:
             with sessions() as s:
@@ -80,11 +85,27 @@ class TransferIntake:
             raise BadRequest(f"destination: {exc}") from None
         if destination == wallet.address:
             raise BadRequest("destination is the wallet itself")
-        record = self._draft(wallet, planner, who, info.symbol, info.asset, base, amount,
-                             destination, memo, transfer_id or uuid.uuid4().hex)
+        if _burns(wallet.chain, destination) and not allow_zero_address:
+            raise BadRequest("destination is the zero address: what is sent there is burnt; "
+                             "set allowZeroAddress to send there on purpose")
+        try:
+            record = self._draft(wallet, planner, who, info.symbol, info.asset, base, amount,
+                                 destination, memo, transfer_id or uuid.uuid4().hex)
+        except InsufficientFunds as exc:
+            raise BadRequest(f"cannot be funded: {self._shortfall(wallet, info, base, exc)}",
+                             ) from None
         self.submit(record.id)
         self.nudge()
         return self.ledger.get(who, record.id)
+
+    def _shortfall(self, wallet: Wallet, info: AssetInfo, base: int,
+                   exc: InsufficientFunds) -> str:
+        """The figures a desk checks (asked, available, locked by which transfers); the
+        chain's own words if the node cannot be asked again."""
+        try:
+            return holdings.shortfall(self.ledger.sessions, self.networks, wallet, info, base)
+        except (ChainError, OSError):
+            return str(exc)
 
     def _draft(self, wallet: Wallet, planner: Planner, who: Principal, symbol: str,
                asset: str, base: int, amount: str, destination: str,
@@ -98,8 +119,8 @@ class TransferIntake:
             s.execute(select(Wallet.id).where(Wallet.id == wallet.id).with_for_update())
             try:
                 unsigned, columns = planner.draft(s, wallet, source, request)
-            except InsufficientFunds as exc:
-                raise BadRequest(f"cannot be funded: {exc}") from None
+            except InsufficientFunds:
+                raise  # worded by the caller, once this transaction is closed
             except InvalidAddress as exc:
                 raise BadRequest(f"destination: {exc}") from None
             except NodeUnavailable:
@@ -158,8 +179,9 @@ class TransferIntake:
         except HsmError as exc:
             with ledger.sessions.begin() as s:  # a nonce taken for it goes to the next one
                 self.networks.planner(wallet.chain).after_failure(s, t)
-            ledger.move(t.id, State.FAILED, error=f"{exc.code}: {exc.reason}")
-            raise BadRequest(f"the HSM refused the request: {exc.reason}") from None
+            why = reasons.closed("failed", exc.reason, assets_of(wallet))
+            ledger.move(t.id, State.FAILED, error=f"the HSM refused it: {why}")
+            raise BadRequest(f"the HSM refused the request: {why}") from None
         except (ChainError, OSError) as exc:
             log.warning("transfer %s: submit deferred: %s", t.id, exc)
             ledger.retry(t.id, exc)
@@ -191,6 +213,14 @@ def hsm_request_id(transfer_id: str) -> str:
     repeated after a crash (the HSM signed or opened it, this database never heard) finds
     that request in the HSM instead of having the payload signed a second time."""
     return f"transfer-{transfer_id}"
+
+
+#: Destinations that burn what they receive, by chain: refused unless asked for.
+_BURN = {"ethereum": frozenset({"0x" + "0" * 40})}
+
+
+def _burns(chain: str, destination: str) -> bool:
+    return destination.lower() in _BURN.get(chain, frozenset())
 
 
 def _hard_limit(wallet: Wallet, symbol: str, decimals: int) -> int | None:

@@ -9,18 +9,21 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from chains.base import Chain, UnsignedTx
 from chains.errors import ChainError, NodeUnavailable
-from custody.db import SignRequest, Status
+from custody.db import ApprovalRecord, SignRequest, Status
 from custody.errors import CustodyError
 from hsm_emulator.errors import HsmError
-from hsm_emulator.model import Intent
+from hsm_emulator.model import Action, Intent
+from hsm_emulator.policy import parse_policy
 
+from . import reasons
 from .ledger import WAITING, TransferLedger
 from .models import TERMINAL, State, TransferRecord, Wallet, changed
 from .networks import Networks
+from .wallets import assets_of
 
 log = logging.getLogger("custody.treasury")
 _BY_REQUEST = {Status.PENDING: State.PENDING_APPROVAL, Status.APPROVED: State.ON_HOLD,
@@ -118,9 +121,30 @@ class TransferSigning:
             wallet = self.ledger.wallet(t)
             with self.ledger.sessions.begin() as s:
                 self.networks.planner(wallet.chain).after_failure(s, t)
-            self.ledger.move(t.id, state, error=row.error)
+            self.ledger.move(t.id, state, error=self.reason(row, wallet, state))
         else:
             self.ledger.move(t.id, state)
+
+    def reason(self, row: SignRequest, wallet: Wallet, state: State) -> str:
+        """Why the transfer ended, in the desk's words (:mod:`.reasons`)."""
+        if state is State.REJECTED:
+            with self.ledger.sessions() as s:
+                who = list(s.scalars(select(ApprovalRecord.approver).where(
+                    ApprovalRecord.request_id == row.id, ApprovalRecord.rejected.is_(True))))
+            names = self._names(wallet.key_label)
+            return reasons.rejected(names.get(f, f[:16]) for f in who)
+        return reasons.closed(state.value, row.error, assets_of(wallet))
+
+    def _names(self, label: str) -> dict[str, str]:
+        """Approvers' names by fingerprint, as the key's policy gives them."""
+        try:
+            policy = self.networks.hsm.get_key(label).policy
+            rule = parse_policy({k: v for k, v in policy.items() if k != "keyStatus"}).rule(
+                Action.USE)
+        except HsmError:
+            return {}
+        return {a.fingerprint: a.name for t in (rule.tokens if rule else ())
+                for g in t.groups for a in g.approvers if a.name}
 
     def _tier(self, row: SignRequest) -> str | None:
         try:

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody.broker import Broker, Principal
 from custody.db import SignRequest
 
-from . import webhooks
+from . import cancel, webhooks
 from .intake import TransferIntake
 from .ledger import TransferLedger, transfer_json
 from .models import DepositAddress, TransferRecord, Wallet
@@ -68,10 +68,15 @@ class Treasury:
 
     def create(self, who: Principal, wallet_id: str, symbol: str, destination: str,
                amount: str, memo: str = "", *, transfer_id: str | None = None,
-               ) -> TransferRecord:
+               allow_zero_address: bool = False) -> TransferRecord:
         """:meth:`TransferIntake.create`."""
         return self.intake.create(who, wallet_id, symbol, destination, amount, memo,
-                                  transfer_id=transfer_id)
+                                  transfer_id=transfer_id,
+                                  allow_zero_address=allow_zero_address)
+
+    def cancel(self, who: Principal, transfer_id: str) -> TransferRecord:
+        """:func:`.cancel.cancel`: withdraw a transfer the HSM has not signed."""
+        return cancel.cancel(self.broker, self.ledger, self.networks, who, transfer_id)
 
     def get(self, who: Principal, transfer_id: str) -> TransferRecord:
         return self.ledger.get(who, transfer_id)

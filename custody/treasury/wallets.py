@@ -183,24 +183,3 @@ def _used(networks: Networks, spec: ChainSpec, wallet: Wallet,
     held = networks.planner(wallet.chain).balance(wallet, spec.native.asset)
     paths = {c.path for c in held.coins or ()}
     return {a.address for a in known if a.path in paths}
-
-
-def balances(networks: Networks, wallet: Wallet) -> list[dict[str, Any]]:
-    """From the node, now: never a number kept here - so an unreachable node is a 503
-    (the chain's ``NodeUnavailable``, mapped with the other chain errors), not a stale
-    figure."""
-    from .units import to_text
-
-    out = []
-    planner = networks.planner(wallet.chain)
-    native = spec_of(wallet.chain).native
-    for a in assets_of(wallet):
-        held = planner.balance(wallet, a.asset)
-        extra: dict[str, Any] = {} if held.coins is None else {
-            "utxos": len(held.coins), "coins": [
-                {"outpoint": c.outpoint, "amount": to_text(c.amount, native.decimals),
-                 "path": c.path} for c in held.coins]}
-        out.append({"symbol": a.symbol, "asset": a.asset,
-                    "amount": to_text(held.amount, a.decimals),
-                    "baseUnits": str(held.amount), **extra})
-    return out

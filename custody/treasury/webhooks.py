@@ -81,6 +81,13 @@ def enqueue(s: Session, tenant: str, transfer_id: str, body: dict[str, Any],
                               transfer_id=transfer_id, body=body, next_attempt_at=now))
 
 
+def endpoints(sessions: sessionmaker[Session], tenant: str) -> list[WebhookEndpoint]:
+    """The tenant's endpoints, oldest first (their secrets are shown once, at creation)."""
+    with sessions() as s:
+        return list(s.scalars(select(WebhookEndpoint).where(
+            WebhookEndpoint.tenant == tenant).order_by(WebhookEndpoint.created_at)))
+
+
 def deliveries(sessions: sessionmaker[Session], tenant: str,
                endpoint_id: str, limit: int = 100) -> list[WebhookDelivery]:
     with sessions() as s:

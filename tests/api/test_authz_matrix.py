@@ -69,7 +69,9 @@ MATRIX: dict[str, str | frozenset[str]] = {
     "POST /v1/transfers": frozenset({"business"}),
     "GET /v1/transfers": frozenset({"business", "auditor"}),
     "GET /v1/transfers/{transfer_id}": frozenset({"business", "auditor"}),
+    "DELETE /v1/transfers/{transfer_id}": frozenset({"business"}),
     "POST /v1/webhooks": frozenset({"business"}),
+    "GET /v1/webhooks": frozenset({"business", "auditor"}),
     "GET /v1/webhooks/{endpoint_id}/deliveries": frozenset({"business", "auditor"}),
     # a device enrols itself (an administrator confirms later); it polls by a random id
     "POST /v1/enrolment": PUBLIC, "POST /v1/enrolment/passkey": PUBLIC,
@@ -91,7 +93,7 @@ def bodies(request_id: str, policy: dict[str, Any]) -> dict[str, dict[str, Any]]
     """A schema-valid body per creating route, so a refusal is about who asks."""
     payload = base64.b64encode(transfer_payload("TST", 50, "bob", 1, 99)).decode()
     return {
-        "POST /v1/key": {"label": "k-new", "algorithm": "ED"},
+        "POST /v1/key": {"label": "k-new", "algorithm": "ED", "policy": policy},
         "POST /v1/sign": {"signRequest": {"payload": payload, "payloadType": "TEST_TRANSFER",
                                           "signKeyName": "treasury"}},
         "POST /v1/block": {"label": "treasury"}, "POST /v1/unblock": {"label": "treasury"},
@@ -377,7 +379,10 @@ def test_another_tenants_key_cannot_be_blocked_or_modified(api: TestClient,
 def test_a_label_is_one_tenants(api: TestClient, people: dict[str, Approver]) -> None:
     """Another tenant cannot create (and so take over) a label in use; a key the HSM
     refused to create leaves its label free."""
-    body = {"label": "treasury", "algorithm": "EC", "curveOid": "1.3.132.0.10"}
+    policy = {"ruleUse": {"tokens": [{"groups": [{"quorum": 1, "approvals": [
+        {"type": "public_key", "value": people["t1"].spki_b64}]}]}]}}
+    body = {"label": "treasury", "algorithm": "EC", "curveOid": "1.3.132.0.10",
+            "policy": policy}
     r = api.post("/v1/key", json=body, headers=headers("key_admin", "desk-2"))
     assert r.status_code == 409, r.text
     again = api.post("/v1/key", json=body, headers=headers("key_admin"))  # the owner: HSM says
@@ -388,7 +393,7 @@ def test_a_label_is_one_tenants(api: TestClient, people: dict[str, Approver]) ->
     refused = api.post("/v1/key", json=bad, headers=headers("key_admin", "desk-2"))
     assert 400 <= refused.status_code < 500, refused.text
     ok = api.post("/v1/key", json={"label": "fresh", "algorithm": "EC",
-                                   "curveOid": "1.3.132.0.10"},
+                                   "curveOid": "1.3.132.0.10", "policy": policy},
                   headers=headers("key_admin"))
     assert ok.status_code == 201, ok.text
 

@@ -82,8 +82,12 @@ def test_key_and_request_commands(server: dict[str, str], tmp_path: Path,
     assert created.returncode == 0 and "created desk-wallet" in created.stdout, created.stderr
     shown = run("key", "show", "desk-wallet", env=server)
     assert shown.returncode == 0 and "'medium' when TST amount is at most 5,000" in shown.stdout
-    again = run("key", "create", "desk-wallet", env=server)
+    again = run("key", "create", "desk-wallet", "--policy", str(policy), env=server)
     assert again.returncode == 1 and "409" in again.stderr
+    bare = run("key", "create", "no-policy", env=server)  # a key that could never act
+    assert bare.returncode == 2 and "--policy is required" in bare.stderr, bare.stderr
+    assert len(bare.stderr.strip().splitlines()) == 1 and "Traceback" not in bare.stderr
+    assert run("key", "show", "no-policy", env=server).returncode == 1  # nothing was made
 
     body = json.dumps({"signRequest": {"payload": base64.b64encode(json.dumps(
         {"asset": "TST", "amount": "1000", "destination": "bob"}).encode()).decode(),

@@ -243,6 +243,33 @@ def test_block_unblock_modify_need_their_rules(hsm: Hsm, treasury: str,
     refused(hsm, RequestClosed, hsm.execute, pending.request_id)
 
 
+def test_a_policy_change_closes_open_requests_on_every_call(
+        hsm: Hsm, treasury: str, people: dict[str, Approver]) -> None:
+    """Approvals gathered under the old policy are not gathered on: every call on such a
+    request answers that it is closed, and why (the broker mirrors the reason)."""
+    t1, t2 = people["t1"], people["t2"]
+    pending = hsm.begin(treasury, Action.USE, pay(200), TT)
+    stricter = json.loads(json.dumps(hsm.get_key(treasury).policy))
+    stricter.pop("keyStatus", None)
+    stricter["ruleUse"]["tokens"][1]["timeout"] = 7200
+    modify = hsm.begin(treasury, Action.MODIFY, new_policy=stricter)
+    hsm.execute(modify.request_id, approve(modify, t1, t2))
+    exc = refused(hsm, RequestClosed, hsm.check_approval, pending.request_id,
+                  approve(pending, t1)[0])  # audited calls: refused and logged
+    assert "policy changed" in exc.reason
+    exc = refused(hsm, RequestClosed, hsm.execute, pending.request_id,
+                  approve(pending, t1, t2))
+    assert "policy changed" in exc.reason
+    for read in (lambda: hsm.request_status(pending.request_id, approve(pending, t1)),
+                 lambda: hsm.request_result(pending.request_id)):  # reads: refused too
+        with pytest.raises(RequestClosed, match="policy changed"):
+            read()
+    hsm.cancel(pending.request_id, "the key's policy changed")  # closing it is allowed
+    with pytest.raises(RequestClosed, match=r"is cancelled: the key's policy changed$"):
+        hsm.request_result(pending.request_id)
+    assert hsm.request_result(modify.request_id).action is Action.MODIFY  # executed: kept
+
+
 def test_no_rule_means_no_action(hsm: Hsm) -> None:
     hsm.create_key("bare", "ED25519")
     refused(hsm, PolicyNotMet, hsm.sign_now, "bare", b"hello", "UNSPECIFIED", "EDDSA")

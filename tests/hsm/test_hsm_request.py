@@ -29,3 +29,17 @@ def test_requests_round_trip_through_the_store(hsm: Hsm, people: dict[str, Appro
                         request_id="kept-request-1")
     auto = HsmRequest.from_json(hsm._store.get("request", "kept-request-1"))
     assert auto.result == kept and auto.challenge == b"" and not auto.initiator_proven
+
+
+def test_a_cancellation_keeps_its_reason(hsm: Hsm, people: dict[str, Approver]) -> None:
+    """Stored only when given, so documents written before the field read unchanged."""
+    hsm.create_key("k", "SECP256K1", policy=tiered_policy(
+        [people["t1"], people["t2"], people["t3"]], [people["c1"]]))
+    ch = hsm.begin("k", Action.USE, transfer_payload("TST", 500, "d", 1), "TEST_TRANSFER")
+    open_doc = hsm._store.get("request", ch.request_id)
+    assert open_doc is not None and "reason" not in open_doc
+    hsm.cancel(ch.request_id, "desk withdrew it")
+    stored = hsm._store.get("request", ch.request_id)
+    req = HsmRequest.from_json(stored)
+    assert req.reason == "desk withdrew it" and req.to_json() == stored
+    assert HsmRequest.from_json(open_doc).reason == ""
