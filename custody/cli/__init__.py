@@ -11,6 +11,7 @@ from ..admin_cli import key_app, policy_app, request_app
 from ..approver_cli import approver_app
 from ..console import console, fail
 from ..settings import MIN_SECRET, ClientSettings, Settings
+from . import localnets_cmd, webhook_listen
 
 app = typer.Typer(help="SKA custody wallet: HSM-enforced policies for treasury transfers.",
                   no_args_is_help=True)
@@ -68,6 +69,11 @@ def serve(host: str = typer.Option("127.0.0.1", help="Listen address."),
     logs.configure()
     hsm = open_service_hsm(settings)  # says whether it is a NEW HSM; one line if not opened
     uvicorn.run(create_app(settings, hsm), host=host, port=port, log_config=None)
+
+
+app.command()(localnets_cmd.localnets)
+app.command()(localnets_cmd.faucet)
+app.command("webhook-listen")(webhook_listen.webhook_listen)
 
 
 @app.command()
