@@ -21,7 +21,11 @@ from typing import Any
 import fastapi_offline
 from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
@@ -39,6 +43,7 @@ def install(app: FastAPI, routers: Sequence[APIRouter]) -> None:
     between FastAPI versions)."""
     app.mount(PREFIX, StaticFiles(directory=ASSETS), name="docs-assets")
     spec = app.openapi_url or "/openapi.json"
+    oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 
     @app.get("/docs", include_in_schema=False)
     async def swagger() -> HTMLResponse:
@@ -47,8 +52,12 @@ def install(app: FastAPI, routers: Sequence[APIRouter]) -> None:
             openapi_url=spec, title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{PREFIX}/swagger-ui-bundle.js",
             swagger_css_url=f"{PREFIX}/swagger-ui.css",
-            swagger_favicon_url=f"{PREFIX}/favicon.png",
+            swagger_favicon_url=f"{PREFIX}/favicon.png", oauth2_redirect_url=oauth2_redirect,
             swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    async def swagger_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
