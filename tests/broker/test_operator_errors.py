@@ -126,3 +126,15 @@ def test_token_names_the_variable() -> None:
     assert code == 2 and "CUSTODY_JWT_SECRET is not set" in one_line(err)
     code, err = run(["token", "desk"], {"CUSTODY_JWT_SECRET": "x" * 10})
     assert code == 2 and "too short: 10 characters" in one_line(err)
+
+
+def test_approver_init_on_a_fresh_home(tmp_path: Path) -> None:
+    """The README's `approver init --key-file ~/.custody/trader-1.pem` on a new machine."""
+    key_file = tmp_path / "home" / ".custody" / "trader-1.pem"
+    result = CliRunner().invoke(app, ["approver", "init", "--type", "p256", "--key-file",
+                                      str(key_file)],
+                                env={"CUSTODY_APPROVER_PASSPHRASE": "a fresh passphrase"})
+    assert result.exit_code == 0, result.output
+    assert key_file.is_file() and (key_file.parent.stat().st_mode & 0o777) == 0o700
+    assert (key_file.stat().st_mode & 0o777) == 0o600
+    assert len(result.stdout.strip().splitlines()) == 1  # the SPKI alone, for $(...)
