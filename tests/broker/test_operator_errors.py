@@ -138,3 +138,14 @@ def test_approver_init_on_a_fresh_home(tmp_path: Path) -> None:
     assert key_file.is_file() and (key_file.parent.stat().st_mode & 0o777) == 0o700
     assert (key_file.stat().st_mode & 0o777) == 0o600
     assert len(result.stdout.strip().splitlines()) == 1  # the SPKI alone, for $(...)
+
+
+def test_localnets_and_faucet_errors_are_one_line() -> None:
+    code, err = run(["localnets", "--chain", "dogecoin"], {})
+    assert code == 2 and "unknown chain ['dogecoin']" in one_line(err)
+    code, err = run(["faucet", "bitcoin", "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"],
+                    {"CUSTODY_BITCOIN_RPC": ""})
+    assert code == 2 and "CUSTODY_BITCOIN_RPC is not set" in one_line(err)
+    code, err = run(["faucet", "ethereum", "0x00", "--amount", "1"],
+                    {"CUSTODY_ETHEREUM_RPC": f"http://127.0.0.1:{closed_port()}"})
+    assert code == 3 and "cannot reach the ethereum node" in one_line(err)
