@@ -27,7 +27,7 @@ from hsm_emulator import Hsm, Passphrase
 from hsm_emulator.client import HsmClient, local_client
 from hsm_emulator.remote import RemoteHsmClient, read_secret_file
 
-from . import problems
+from . import api_docs, body_limit, problems
 from .auth import FailureLimiter, VerifiedTokens
 from .events import EventHub
 from .metrics import Metrics
@@ -110,6 +110,7 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
         broker.close()
 
     app = FastAPI(title="SKA custody", version="0.1.0", lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # api_docs: served offline
                   description="TSB-compatible API in front of an HSM that enforces "
                               "Smart Key Attributes.")
     # read through the typed dependencies of approvals_app.deps, never by routes
@@ -123,11 +124,14 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     app.state.events = hub
     app.state.metrics = metrics
     problems.install(app)
-    for module in (keys, sign, approvals, requests, events, audit, health, treasury_routes,
-                   enrolment, approver_page):
+    modules = (keys, sign, approvals, requests, events, audit, health, treasury_routes,
+               enrolment, approver_page)
+    for module in modules:
         # every refusal is problem+json (problems.install): the spec says so, per route
         app.include_router(module.router, responses=None if module is health
                            else problems.REFUSALS)
 
+    api_docs.install(app, [module.router for module in modules])
+    body_limit.install(app, settings.max_body_bytes)  # before parsing and authentication
     app.add_middleware(Observe, metrics=metrics)
     return app

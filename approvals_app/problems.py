@@ -68,9 +68,9 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 #: What any API route may answer besides success: bad input, authentication and roles,
-#: unknown ids, state conflicts, an invalidated key, the failure limiter, and an HSM
-#: that is locked or unreachable.
-REFUSALS = responses(400, 401, 403, 404, 409, 410, 422, 429, 503)
+#: unknown ids, state conflicts, an invalidated key, a body over the size limit
+#: (``body_limit``), the failure limiter, and an HSM that is locked or unreachable.
+REFUSALS = responses(400, 401, 403, 404, 409, 410, 413, 422, 429, 503)
 
 
 def problem(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None,

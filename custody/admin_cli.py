@@ -1,7 +1,8 @@
 """``custody key|request|policy ...``: administration through the API (or offline).
 
 Calls go to the server at ``--url`` with the bearer token in ``CUSTODY_TOKEN``; errors
-come back as the server's problem details and end the command with status 1.
+come back as the server's problem details and end the command with status 1 (one line;
+2 for a missing token or file, 3 for a server that does not answer).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from hsm_emulator.errors import HsmError
 
+from .console import REFUSED, UNREACHABLE, fail
 from .explain import explain
 from .settings import ClientSettings
 
@@ -27,19 +29,22 @@ URL = typer.Option("http://127.0.0.1:8000", envvar="CUSTODY_URL", help="The API 
 
 
 def _call(method: str, url: str, path: str, body: Any = None) -> Any:
-    headers = {"Authorization": f"Bearer {ClientSettings().token}"}
+    """The server's answer; a missing token (2), an unreachable server (3) and a refusal
+    (1) each end the command with one line."""
+    token = ClientSettings().token
+    if not token:
+        fail("CUSTODY_TOKEN is not set: the bearer token for the API")
     try:
-        r = httpx.request(method, url + path, json=body, headers=headers, timeout=60)
+        r = httpx.request(method, url + path, json=body,
+                          headers={"Authorization": f"Bearer {token}"}, timeout=60)
     except httpx.HTTPError as exc:
-        Console(stderr=True).print(f"[red]cannot reach {url}: {exc}[/]")
-        raise typer.Exit(2) from None
+        fail(f"cannot reach {url}: {exc}", UNREACHABLE)
     if r.status_code >= 400:
         try:
             detail = r.json().get("detail", r.text)
         except ValueError:
             detail = r.text
-        Console(stderr=True).print(f"[red]{r.status_code}: {detail}[/]")
-        raise typer.Exit(1)
+        fail(f"{r.status_code}: {detail}", REFUSED)
     return r.json()
 
 
@@ -47,8 +52,7 @@ def _load(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        Console(stderr=True).print(f"[red]cannot read {path}: {exc}[/]")
-        raise typer.Exit(2) from None
+        fail(f"cannot read {path}: {exc}")
 
 
 @key_app.command("create")

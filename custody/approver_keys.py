@@ -141,7 +141,8 @@ def save_key(path: Path, key: ApproverKey, passphrase: str) -> None:
     pem = key.private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(check_passphrase(passphrase)))
-    try:
+    try:  # a fresh home has no ~/.custody yet: made private, like the key
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise ApproverError(f"{path} exists; refusing to overwrite an approval key", 2) \

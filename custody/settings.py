@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     #: ``CUSTODY_HANDLER_THREADS``: threads for the API's handlers (CPU-bound Python: a
     #: few keep the cores busy; dozens only add switching, measured by ``bench api``).
     handler_threads: int = 8
+    #: ``CUSTODY_MAX_BODY_BYTES``: the largest request body the API reads; a larger one is
+    #: answered 413 before it is parsed or its caller authenticated (default 1 MiB).
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
     #: ``CUSTODY_SWEEP_SECONDS``: how often the worker re-examines every open request.
     sweep_seconds: float = 30.0
     #: ``CUSTODY_BITCOIN_RPC`` (``http://user:password@host:port``) and
@@ -107,10 +110,16 @@ class Settings(BaseSettings):
         return value
 
     def serve_refusal(self) -> str | None:
-        """Why ``custody serve`` refuses to start with these settings, if it does."""
-        if (not self.hsm_passphrase and not self.hsm_url) or len(self.jwt_secret) < MIN_SECRET:
-            return ("set CUSTODY_HSM_PASSPHRASE (or CUSTODY_HSM_URL) and "
-                    f"CUSTODY_JWT_SECRET (at least {MIN_SECRET} characters)")
+        """Why ``custody serve`` refuses to start with these settings, if it does: the
+        first variable that is missing or too short, by name (one line)."""
+        if not self.hsm_passphrase and not self.hsm_url:
+            return ("CUSTODY_HSM_PASSPHRASE is not set (it unlocks the HSM store; or set "
+                    "CUSTODY_HSM_URL for an HSM process)")
+        if not self.jwt_secret:
+            return f"CUSTODY_JWT_SECRET is not set (at least {MIN_SECRET} characters)"
+        if len(self.jwt_secret) < MIN_SECRET:
+            return (f"CUSTODY_JWT_SECRET is too short: {len(self.jwt_secret)} characters, "
+                    f"at least {MIN_SECRET}")
         return None
 
 

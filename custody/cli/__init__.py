@@ -9,7 +9,9 @@ from rich.console import Console
 
 from ..admin_cli import key_app, policy_app, request_app
 from ..approver_cli import approver_app
+from ..console import console, fail
 from ..settings import MIN_SECRET, ClientSettings, Settings
+from . import localnets_cmd, webhook_listen
 
 app = typer.Typer(help="SKA custody wallet: HSM-enforced policies for treasury transfers.",
                   no_args_is_help=True)
@@ -30,16 +32,12 @@ def demo(data_dir: Path = typer.Option(Path(".custody-demo"),
          ) -> None:
     """A treasury day end to end on local Bitcoin, Ethereum and Solana networks, through
     the API (in-process HSM, SQLite). Exits non-zero if any transfer did not confirm."""
-    import sys
-
     from .demo import DataDirRefused, run_demo
 
-    console = Console() if sys.stdout.isatty() else Console(width=120)  # logs keep the table
-    try:
-        ok = run_demo(data_dir, console, hold=hold)
+    try:  # plain lines and a 120-column table when stdout is not a terminal
+        ok = run_demo(data_dir, console(), hold=hold)
     except DataDirRefused as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc))
     if not ok:
         raise typer.Exit(1)
 
@@ -63,12 +61,19 @@ def serve(host: str = typer.Option("127.0.0.1", help="Listen address."),
     settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v})
     refusal = settings.serve_refusal()
     if refusal:
-        Console(stderr=True).print(f"[red]{refusal}[/]")
-        raise typer.Exit(2)
+        fail(refusal)
     from approvals_app import logs
 
+    from .service_hsm import open_service_hsm
+
     logs.configure()
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    hsm = open_service_hsm(settings)  # says whether it is a NEW HSM; one line if not opened
+    uvicorn.run(create_app(settings, hsm), host=host, port=port, log_config=None)
+
+
+app.command()(localnets_cmd.localnets)
+app.command()(localnets_cmd.faucet)
+app.command("webhook-listen")(webhook_listen.webhook_listen)
 
 
 @app.command()
@@ -79,15 +84,18 @@ def worker() -> None:
     import signal
     import threading
 
-    from approvals_app.main import open_hsm, start_workers
+    from approvals_app.main import start_workers
 
     from ..broker import Broker
     from ..db import make_engine, make_sessions
     from ..treasury.networks import ChainEndpoints, Networks
     from ..treasury.transfers import Treasury
+    from .service_hsm import open_service_hsm
 
     settings = Settings()
-    hsm = open_hsm(settings)
+    if not settings.hsm_passphrase and not settings.hsm_url:  # it verifies no tokens
+        fail("CUSTODY_HSM_PASSPHRASE is not set (or set CUSTODY_HSM_URL)")
+    hsm = open_service_hsm(settings)
     broker = Broker(hsm, make_sessions(make_engine(settings.database_url)),
                     max_skew=settings.max_skew_seconds)
     # transfers too: broadcast, confirmations, webhooks (chains from CUSTODY_*_RPC)
@@ -135,36 +143,13 @@ def audit_verify(url: str = typer.Option("http://127.0.0.1:8000", help="The API 
     """Fetch the audit log and verify its hash chain and signed heads offline.
 
     Set CUSTODY_TOKEN to an auditor's bearer token."""
-    import base64
+    from .audit_fetch import fetch_and_verify
 
-    import httpx
-    from rich.progress import Progress
-
-    from hsm_emulator.audit import AuditEntry, SignedHead, verify_log
-
-    headers = {"Authorization": f"Bearer {ClientSettings().token}"}
-    entries: list[AuditEntry] = []
-    heads: list[SignedHead] = []
-    with httpx.Client(base_url=url, timeout=30, headers=headers) as client, Progress() as bar:
-        task = bar.add_task("fetching audit log", total=None)
-        while True:
-            r = client.get("/v1/audit", params={"start": len(entries) + 1, "limit": 5000})
-            if r.status_code != 200:
-                Console(stderr=True).print(f"[red]{r.status_code}: {r.text[:300]}[/]")
-                raise typer.Exit(2)
-            page = r.json()
-            entries += [AuditEntry.from_json(e) for e in page["entries"]]
-            heads = [SignedHead.from_json(page["head"]),
-                     *(SignedHead.from_json(h) for h in page["checkpoints"])]
-            bar.update(task, completed=len(entries))
-            if len(page["entries"]) < 5000:
-                break
-    report = verify_log(entries, heads, base64.b64decode(hsm_key))
-    if not report.ok:
-        Console().print(f"[red]audit log NOT verified[/]: {report.problems}")
-        raise typer.Exit(1)
-    Console().print(f"[green]audit log verified[/]: {report.entries} entries, "
-                    f"{len(heads)} signed heads")
+    token = ClientSettings().token
+    if not token:
+        fail("CUSTODY_TOKEN is not set: an auditor's bearer token (`custody token ... "
+             "--role auditor` in development)")
+    fetch_and_verify(url, token, hsm_key)
 
 
 @app.command()
@@ -176,10 +161,12 @@ def token(subject: str, tenant: str = typer.Option("default"),
 
     secret = ClientSettings().jwt_secret
     unknown = set(role) - ROLES
-    if len(secret) < MIN_SECRET or unknown:
-        Console(stderr=True).print(f"[red]need CUSTODY_JWT_SECRET of {MIN_SECRET}+ characters; "
-                                   f"roles among {sorted(ROLES)}[/]")
-        raise typer.Exit(2)
+    if not secret:
+        fail(f"CUSTODY_JWT_SECRET is not set (at least {MIN_SECRET} characters)")
+    if len(secret) < MIN_SECRET:
+        fail(f"CUSTODY_JWT_SECRET is too short: {len(secret)} characters, at least {MIN_SECRET}")
+    if unknown:
+        fail(f"unknown role {sorted(unknown)}: roles are {sorted(ROLES)}")
     print(issue_token(secret, subject, tenant, role, lifetime=lifetime))
 
 

@@ -34,7 +34,6 @@ import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from solders.keypair import Keypair
 
@@ -47,6 +46,7 @@ from hsm_emulator.audit import AuditEntry, SignedHead, verify_log
 from hsm_emulator.challenge import open_challenge
 
 from ..broker import REJECT_PREFIX
+from ..console import ProgressLines
 from ..localnets import BURN, LocalNets, free_port
 
 TENANT = "treasury-desk"
@@ -237,8 +237,7 @@ def _fund(api: httpx.Client, nets: LocalNets, wallets: dict[str, Any],
 
 def _run(api: httpx.Client, plan: list[Planned], identity: bytes, desk: dict[str, str],
          console: Console) -> bool:
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with ProgressLines(console) as progress:  # plain lines when stdout is not a terminal
         bars = {}
         for p in plan:
             r = api.post("/v1/transfers", headers={**desk, "Idempotency-Key": secrets.token_hex(8)},
@@ -246,7 +245,7 @@ def _run(api: httpx.Client, plan: list[Planned], identity: bytes, desk: dict[str
                                "destination": p.destination, "memo": "treasury day"})
             _ok(r)
             p.transfer = r.json()
-            bars[p.transfer["id"]] = progress.add_task(
+            bars[p.transfer["id"]] = progress.add(
                 f"{p.chain:8} {p.amount:>4} {p.asset}: {p.transfer['state']}")
         for p in plan:  # the approvers' phones
             assert p.transfer is not None
@@ -258,8 +257,7 @@ def _run(api: httpx.Client, plan: list[Planned], identity: bytes, desk: dict[str
             for tid, p in list(pending.items()):
                 t = api.get(f"/v1/transfers/{tid}", headers=desk).json()
                 p.transfer = t
-                progress.update(bars[tid], description=f"{p.chain:8} {p.amount:>4} {p.asset}: "
-                                f"{t['state']}")
+                progress.update(bars[tid], f"{p.chain:8} {p.amount:>4} {p.asset}: {t['state']}")
                 if t["state"] in ("confirmed", "rejected", "expired", "cancelled", "failed"):
                     pending.pop(tid)
             time.sleep(0.25)

@@ -89,8 +89,17 @@ def _headers(roles: list[str] | None) -> dict[str, str]:
 #: policy's grammar, an unknown curve, a credential that does not parse: 400), or for
 #: who asks and what exists (401/403/404/409/410/429). A 422 means "not what the spec
 #: says" and so must not answer a request that is.
-CONFIG = schemathesis.Config.from_dict({"seed": SEED, "checks": {"positive_data_acceptance": {
-    "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "410", "429"]}}})
+#: ``ignored_auth`` (run since the spec declares the bearer scheme) is off: its probe without
+#: the token goes through schemathesis' requests transport, not the app under test
+#: (schemathesis 4.x), so it cannot run here; the anonymous run below and
+#: tests/api/test_authz_matrix.py hold every route to its authentication.
+CONFIG = schemathesis.Config.from_dict({"seed": SEED, "checks": {
+    "positive_data_acceptance": {
+        "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "410", "429"]},
+    "negative_data_rejection": {  # the defaults, and 413: a body over the size limit
+        "expected-statuses": ["400", "401", "403", "404", "405", "406", "409", "413", "415",
+                              "422", "428", "429", "5xx"]},
+    "ignored_auth": {"enabled": False}}})
 schema = schemathesis.openapi.from_dict(openapi_spec(), config=CONFIG)
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 

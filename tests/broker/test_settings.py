@@ -78,10 +78,14 @@ def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         assert secret not in text
 
 
-def test_serve_refusal_keeps_its_message() -> None:
+def test_serve_refusal_names_the_variable() -> None:
     weak = Settings(hsm_passphrase="p" * 12, jwt_secret="short")
-    assert weak.serve_refusal() == ("set CUSTODY_HSM_PASSPHRASE (or CUSTODY_HSM_URL) and "
-                                    "CUSTODY_JWT_SECRET (at least 32 characters)")
+    assert weak.serve_refusal() == ("CUSTODY_JWT_SECRET is too short: 5 characters, "
+                                    "at least 32")
+    assert Settings(hsm_passphrase="p" * 12).serve_refusal() == (
+        "CUSTODY_JWT_SECRET is not set (at least 32 characters)")
+    assert (Settings(jwt_secret="s" * 32).serve_refusal() or "").startswith(
+        "CUSTODY_HSM_PASSPHRASE is not set")
     assert Settings(hsm_url="unix:/x", jwt_secret="s" * 32).serve_refusal() is None
     assert Settings(jwt_secret="s" * 32).serve_refusal() is not None
 
