@@ -112,7 +112,7 @@ def _verify_in_page(page: Any, identity: IdentityKey, envelope: bytes,
 @pytest.mark.parametrize("case", sorted(HOSTILE_BODIES))
 def test_page_and_python_show_the_same_body(page: Any, identity: IdentityKey,
                                              case: str) -> None:
-    body = {"requestId": f"req-{case}", **HOSTILE_BODIES[case]}
+    body = {"requestId": f"req-{case}", "units": {}, **HOSTILE_BODIES[case]}
     envelope = seal_challenge(identity, body)
     python = open_challenge(envelope, identity.public_der)
     js = _verify_in_page(page, identity, envelope, body["requestId"])
@@ -124,7 +124,7 @@ def test_page_and_python_show_the_same_body(page: Any, identity: IdentityKey,
 def test_a_jcs_reencoding_is_refused_by_both(page: Any, identity: IdentityKey) -> None:
     """Same document, JCS's key order (UTF-16 units put U+1F602 before U+FB33): the
     signed bytes differ, so the page's signature check and Python's both refuse it."""
-    body = {"requestId": "req-jcs", **HOSTILE_BODIES["astral keys"]}
+    body = {"requestId": "req-jcs", "units": {}, **HOSTILE_BODIES["astral keys"]}
     envelope = seal_challenge(identity, body)
     jcs = rfc8785.dumps(json.loads(envelope))
     assert jcs != envelope and json.loads(jcs) == json.loads(envelope)
@@ -136,7 +136,7 @@ def test_a_jcs_reencoding_is_refused_by_both(page: Any, identity: IdentityKey) -
 
 def test_a_body_altered_by_one_astral_character_is_refused_by_both(
         page: Any, identity: IdentityKey) -> None:
-    body = {"requestId": "req-alt", **HOSTILE_BODIES["astral values"]}
+    body = {"requestId": "req-alt", "units": {}, **HOSTILE_BODIES["astral values"]}
     envelope = seal_challenge(identity, body)
     altered = envelope.replace("\U0001d11e".encode(), "\U0001d11f".encode())
     assert altered != envelope
