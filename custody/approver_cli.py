@@ -320,6 +320,7 @@ def show(ref: str, key_file: Path = KEY_FILE, server: str = SERVER,
 def _answer(ref: str, key_file: Path, server: str, ca_file: Path | None,
             passphrase_file: Path | None, yes: bool, reject: bool) -> None:
     verb = "reject" if reject else "approve"
+    done = "rejected" if reject else "approved"
     with _refusals():
         pin = _pinned(key_file)
         key = _key(key_file, passphrase_file)
@@ -327,10 +328,10 @@ def _answer(ref: str, key_file: Path, server: str, ca_file: Path | None,
             task = verify_task(client.find_task(key, ref), pin)
             _show(task)
             if not yes and not _confirm(f"{verb.capitalize()} request {task.request_id}?"):
-                err.print(f"not {verb}d; nothing was sent")
+                err.print(f"not {done}; nothing was sent")
                 raise typer.Exit(1)
             result = client.answer(key, task, reject=reject)
-        out.print(Text(f"{verb}d {task.request_id}: request is now ")
+        out.print(Text(f"{done} {task.request_id}: request is now ")
                   + _safe(result.get("status")))
         for line in progress_lines(result.get("tiers")):
             out.print(_safe(line))

@@ -82,8 +82,8 @@ def _tier(t: dict[str, Any], units: dict[str, Any]) -> str:
     groups = ", ".join(f"{g.get('quorum')} of {_names(g)}" for g in t.get("groups") or [])
     parts = [f"'{t.get('name')}'", groups or "no approvals"]
     if t.get("timelock"):
-        parts.append(f"hold {t['timelock']} s")
-    parts += [_band(b, units) for b in t.get("amounts") or []]
+        parts.append(f"hold {_seconds(t['timelock'])}")
+    parts += [f"amount {_band(b, units)}" for b in t.get("amounts") or []]
     return " ".join(parts)
 
 
@@ -97,23 +97,41 @@ def _band(b: dict[str, Any], units: dict[str, Any]) -> str:
     unit = units.get(asset)
     low = format_amount(str(b.get("min", "0")), asset, unit)
     if b.get("max") is None:
-        return f"amount >= {low}"
-    return f"amount {low} to {format_amount(str(b['max']), asset, unit)}"
+        return f"from {low}"
+    return f"{low} to {format_amount(str(b['max']), asset, unit)}"
+
+
+def _limit(v: dict[str, Any], units: dict[str, Any]) -> str:
+    """A velocity or fee limit: its maximum, per window for a velocity."""
+    asset = str(v.get("asset"))
+    most = format_amount(str(v.get("max")), asset, units.get(asset))
+    window = v.get("windowSeconds")
+    return f"{most} per {_seconds(window)}" if window else most
+
+
+def _seconds(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+            if value >= size and value % size == 0:
+                return f"{value // size} {unit}"
+    return f"{value} s"
 
 
 def _tier_changes(old: dict[str, Any], new: dict[str, Any],
                   units: dict[str, Any]) -> list[str]:
     out = []
-    for field, word in (("timelock", "hold (s)"), ("timeout", "timeout (s)")):
+    for field, word in (("timelock", "hold"), ("timeout", "timeout")):
         if old.get(field) != new.get(field):
-            out.append(f"{word} {old.get(field)} -> {new.get(field)}")
-    if old.get("amounts") != new.get("amounts"):
-        out.append("amounts " + (", ".join(_band(b, units) for b in old.get("amounts") or [])
-                                 or "any") + " -> " +
-                   (", ".join(_band(b, units) for b in new.get("amounts") or []) or "any"))
-    for field in ("maxFee", "velocity", "destinations"):
+            out.append(f"{word} {_seconds(old.get(field))} -> {_seconds(new.get(field))}")
+    for field, word, show in (("amounts", "amount", _band), ("maxFee", "fee cap", _limit),
+                              ("velocity", "rolling limit", _limit)):
         if old.get(field) != new.get(field):
-            out.append(f"{field} changed")
+            out.append(f"{word} " + (", ".join(show(b, units) for b in old.get(field) or [])
+                                     or "none") + " -> " +
+                       (", ".join(show(b, units) for b in new.get(field) or []) or "none"))
+    if old.get("destinations") != new.get("destinations"):
+        out.append(f"allowed destinations {old.get('destinations') or 'any'} -> "
+                   f"{new.get('destinations') or 'any'}")
     before = {g.get("name"): g for g in old.get("groups") or []}
     after = {g.get("name"): g for g in new.get("groups") or []}
     for name, g in after.items():

@@ -92,7 +92,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     cli_key = load_key(tmp / "cli-trader.pem", CLI_PASSPHRASE).private
     traders = [Approver("cli-trader", cli_key), Approver.new("trader-2", "ED25519")]
     admins = [Approver.new("admin-1"), Approver.new("admin-2")]
-    policy = tiered_policy(traders, [Approver.new("compliance")], admins=admins)
+    policy = {**tiered_policy(traders, [Approver.new("compliance")], admins=admins),
+              "assets": [{"asset": "TST", "symbol": "TST", "decimals": 2}]}  # shown units
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http, \
             sync_api.sync_playwright() as pw:
         r = http.post("/v1/key", json={"label": "treasury", "algorithm": "SECP256K1",
@@ -191,13 +192,13 @@ def test_medium_transfer_released_by_browser_and_cli_approver(world: World,
     request_id = submit(world, 1000)
     task = page.wait_for_selector(f'li.task[data-id="{request_id}"]', timeout=10_000)
     arrival = time.perf_counter() - start
-    assert "1000 TST" in task.text_content() and "to bob" in task.text_content()
+    assert "10 TST" in task.text_content() and "to bob" in task.text_content()
     shot(page, "04-task-arrived")
     task.click()
     page.wait_for_selector("#detail:not([hidden])")
     detail = page.text_content("#detail-body")
     assert "Verified: signed by your HSM" in detail
-    for expected in ("1000 TST", "bob", "medium", "nobody yet", "treasury-app"):
+    for expected in ("10 TST", "0.07 TST", "bob", "medium", "nobody yet", "treasury-app"):
         assert expected in detail, (expected, detail)
     shot(page, "05-task-detail")
     page.click("#approve")

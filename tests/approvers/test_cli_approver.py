@@ -32,6 +32,7 @@ from custody.approver_client import ApproverClient
 from custody.cli import app
 from hsm_emulator import Hsm
 from hsm_emulator.decoders import transfer_payload
+from hsm_emulator.decoding import DecoderRegistry
 from hsm_emulator.model import canonical_json
 from tests.api.test_api_tutorial import SECRET, bearer
 from tests.api.test_serve import free_port
@@ -50,8 +51,9 @@ class Live:
     hsm_key: str
 
 
-def _serve(tmp: Path, **ssl: Any) -> Iterator[tuple[str, Hsm]]:
-    hsm = Hsm.open(tmp / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO)
+def _serve(tmp: Path, decoders: DecoderRegistry | None = None,
+           **ssl: Any) -> Iterator[tuple[str, Hsm]]:
+    hsm = Hsm.open(tmp / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO, decoders=decoders)
     api = create_app(Settings(database_url=f"sqlite:///{tmp / 'b.sqlite'}",
                               jwt_secret=SECRET), hsm)
     port = free_port()
