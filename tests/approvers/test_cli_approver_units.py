@@ -203,3 +203,31 @@ def test_a_modify_request_shows_a_readable_diff(
     assert "use: tier 'large-ETH': hold 1 h -> 2 h" in out
     assert f"group 'traders' + trader-3 ({fp3})" in out
     assert "new policy sha256" in out
+
+
+def test_a_version_1_task_verifies_and_shows_base_units() -> None:
+    """A request opened before the upgrade keeps its version 1 challenge: the CLI accepts
+    it (the HSM checks approvals over the stored bytes) and shows base units with the
+    asset id, saying why, even where the server claims a unit."""
+    from custody.approver_cli import task_summary
+    from custody.approver_verify import verify_task
+    from hsm_emulator.canonical import canonical_json
+    from hsm_emulator.identity import Domain, IdentityKey
+
+    identity = IdentityKey.generate()
+    intent = {"chain": "bitcoin", "network": "regtest", "kind": "transfer", "fee": "141",
+              "feeAsset": "BTC", "transfers": [{"asset": "BTC", "amount": "50000000",
+                                                "destination": "bcrt1qxyz"}]}
+    body = {"requestId": "r-old-1", "keyLabel": "w", "action": "use", "intent": intent}
+    signature = identity.sign(Domain.CHALLENGE, canonical_json(body))
+    v1 = canonical_json({"format": "ska-challenge", "version": 1, "body": body,
+                         "signature": base64.b64encode(signature).decode()})
+    task = verify_task({"id": "r-old-1", "approvalToBeSigned": base64.b64encode(v1).decode(),
+                        "units": {"BTC": {"symbol": "BTC", "decimals": 8}}},
+                       identity.public_der)
+    lines = dict(task.intent_lines())
+    assert lines["amount"] == "50,000,000 base units of BTC"
+    assert lines["fee (most)"] == "141 base units of BTC"
+    assert "version 1" in lines["units"]
+    summary = task_summary(task)
+    assert summary["challengeVersion"] == 1 and summary["fee"] == "141 base units of BTC"
