@@ -157,7 +157,12 @@ def test_refs_must_be_unambiguous_and_long_enough(
     wallet_key(live, "refs", [me, people["t1"]], people["c1"], [AssetInfo("SOL", "SOL", 9)],
                {"SOL": {"small": "0.1", "medium": "100"}})
     first = sign(live, "refs", payload("SOL", 10**9, "a", 5000, "SOL"))
-    sign(live, "refs", payload("SOL", 2 * 10**9, "b", 5000, "SOL"))
+    second = sign(live, "refs", payload("SOL", 2 * 10**9, "b", 5000, "SOL"))
+    narrow = cli("tasks", "--key-file", str(key_file), live=live, COLUMNS="60")
+    assert narrow.exit_code == 0, narrow.output
+    refs = [line.split("│")[1].strip() for line in narrow.stdout.splitlines()
+            if line.count("│") > 2 and line.split("│")[1].strip()]
+    assert {first[:8], second[:8]} <= set(refs)  # whole on a narrow terminal: copyable
     short = cli("show", first[:3], "--key-file", str(key_file), live=live)
     assert short.exit_code == 1 and "not among your open tasks" in short.output
     assert cli("show", first, "--key-file", str(key_file), live=live).exit_code == 0
