@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .boundary import Boundary
-from .challenge import Challenge, seal_challenge
+from .challenge import MAX_CHALLENGE, Challenge, seal_challenge
 from .credentials import Credential, parse_credential, verify
 from .decoders import UNSPECIFIED
 from .display import policy_summary, units_for
@@ -233,6 +233,9 @@ class ApprovalFlow:
             if proven is not None:  # who asked, proven by their signature: approvers see it
                 body.update(initiatorProven=True, initiatorName=proven.name)
             envelope = seal_challenge(b.identity, body)
+            if len(envelope) > MAX_CHALLENGE:  # no approver client would open it
+                raise InvalidInput("the challenge would be too large for approvers to review "
+                                   f"({len(envelope)} bytes; at most {MAX_CHALLENGE})")
             self._requests.put(new_request(
                 rid, state, act, payload_type, body_payload, sch, intent,
                 status=RequestStatus.OPEN, created_at=now, fee_cap=fee_cap,

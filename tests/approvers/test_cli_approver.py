@@ -483,11 +483,13 @@ def test_an_approver_sees_every_unit_that_can_leave() -> None:
                     grants=(Grant("ERC20:0xc0", 2**256 - 1, spender),), rent=7,
                     calls=("0xc0",))
     body = {"keyLabel": "w", "action": "use", "intent": intent.to_json(), "initiator": "desk",
-            "units": {"ETH": {"symbol": "ETH", "decimals": 18}, "ERC20:0xc0": None}}
+            "units": {"ETH": {"symbol": "ETH", "decimals": 18}, "ERC20:0xc0": None},
+            "feeCap": "42000000000000"}
     lines = dict(VerifiedTask("r1", body, b"", "").intent_lines())
     assert lines["kind"] == "grant" and lines["spender"] == spender
     assert lines["allowance"] == f"{2**256 - 1:,} base units of ERC20:0xc0"
     assert lines["allowance asset"] == "ERC20:0xc0"
     assert lines["rent"] == "0.000000000000000007 ETH"
     assert lines["fee (most)"] == "0.000000000000021 ETH"
+    assert lines["fee cap"] == "0.000042 ETH"  # the cap in the fee's unit
     assert lines["calls"] == "0xc0"

@@ -157,3 +157,21 @@ def test_version_2_needs_units_and_unknown_versions_are_refused() -> None:
     for version in (3, 0, True, "2"):
         with pytest.raises(ApprovalRefused, match="version"):
             open_challenge(canonical_json({**doc, "version": version}), identity.public_der)
+
+
+def test_a_change_too_large_to_review_is_refused(hsm: Hsm) -> None:
+    """An approver client refuses a challenge over MAX_CHALLENGE, so the HSM does not
+    issue one: a modify whose summaries would not fit is refused, not shown in part."""
+    from hsm_emulator.errors import InvalidInput
+    from tests.helpers import group, token
+
+    traders = [Approver.new(f"t{i}", "P256") for i in range(2)]
+    hsm.create_key("k", "SECP256K1", policy=tiered_policy(traders, [Approver.new("c")]))
+    crowd = [Approver.new(f"a{i}", "P256") for i in range(1024)]
+    groups = [group(f"g{j}", 1, crowd[j * 64:(j + 1) * 64]) for j in range(16)]
+    huge = {"ruleUse": {"tokens": [token(f"t{i}", groups) for i in range(3)]},
+            "ruleModify": {"tokens": [token("m", [group("admins", 1, traders)])]}}
+    with pytest.raises(InvalidInput, match="too large for approvers"):
+        hsm.begin("k", Action.MODIFY, new_policy=huge)
+    assert hsm.begin("k", Action.MODIFY, new_policy={**huge, "ruleUse": {"tokens": [
+        token("t0", groups[:2])]}}).body["policyChange"]["to"]["rules"]["use"]
