@@ -139,7 +139,11 @@ def progress_lines(tiers: Any) -> list[str]:
         groups = [g for g in t.get("groups") or [] if isinstance(g, dict)]
         needs = ", ".join(f"{g.get('missing')} more from {g.get('name')} "
                           f"(quorum {g.get('quorum')})" for g in groups if g.get("missing"))
-        hold = t.get("hold") or 0
+        hold, left = t.get("hold") or 0, t.get("holdRemaining") or 0
+        if not needs and left:
+            out.append(f"  tier {t.get('name')}: approvals complete; on hold, "
+                       f"{_duration(left)} left")
+            continue
         then = f"; then a hold of {_duration(hold)}" if hold else "; no hold follows"
         out.append(f"  tier {t.get('name')}: {needs or 'no more approvals'}{then}")
     return out

@@ -236,3 +236,19 @@ def test_a_version_1_task_verifies_and_shows_base_units() -> None:
     assert "version 1" in lines["units"]
     summary = task_summary(task)
     assert summary["challengeVersion"] == 1 and summary["fee"] == "141 base units of BTC"
+
+
+def test_the_last_approval_of_a_large_transfer_reports_the_hold(
+        live: Live, tmp_path: Path, people: dict[str, Approver]) -> None:
+    key_file, me = new_cli_key(tmp_path, "p256", live)
+    wallet_key(live, "large-hold", [me, people["t1"]], people["c1"],
+               [AssetInfo("ETH", "ETH", 18)], {"ETH": {"small": "0.1", "medium": "1"}})
+    request_id = sign(live, "large-hold", payload("ETH", 5 * 10**18, "carol", 21000, "ETH"))
+    assert python_approve(live, people["t1"], request_id) == "PENDING"
+    assert python_approve(live, people["c1"], request_id) == "PENDING"
+    approved = cli("approve", request_id[:8], "--yes", "--key-file", str(key_file), live=live)
+    assert approved.exit_code == 0, approved.output
+    out = " ".join(approved.stdout.split())
+    assert f"approved {request_id}: request is now APPROVED" in out
+    assert "tier large-ETH: approvals complete; on hold, 23 h 59 min left" in out
+    assert "medium-ETH" not in out  # 5 ETH is above the medium tier: it cannot release it
