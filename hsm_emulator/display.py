@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .model import Intent
-from .policy import Policy, Token
+from .policy import MAX_DECIMALS, Policy, Token
 
 
 def format_amount(units: int | str, asset: str, unit: Mapping[str, Any] | None) -> str:
@@ -35,8 +35,8 @@ def format_amount(units: int | str, asset: str, unit: Mapping[str, Any] | None) 
         return f"{text} {asset} (not a whole number of base units)"
     decimals = unit.get("decimals") if isinstance(unit, Mapping) else None
     symbol = unit.get("symbol") if isinstance(unit, Mapping) else None
-    if not isinstance(decimals, int) or isinstance(decimals, bool) or decimals < 0 or (
-            not isinstance(symbol, str) or not symbol):
+    if not isinstance(decimals, int) or isinstance(decimals, bool) or (
+            not 0 <= decimals <= MAX_DECIMALS) or not isinstance(symbol, str) or not symbol:
         return f"{_group(text.lstrip('0') or '0')} base units of {asset}"
     padded = text.rjust(decimals + 1, "0")
     whole = padded[:len(padded) - decimals].lstrip("0") or "0"

@@ -155,7 +155,8 @@ export function formatAmount(value, asset, units) {
   if (!/^\d+$/.test(text)) return `${text} ${asset} (not a whole number of base units)`;
   const unit = units && Object.prototype.hasOwnProperty.call(units, asset) ? units[asset] : null;
   const d = unit ? unit.decimals : undefined;
-  if (!Number.isInteger(d) || d < 0 || typeof unit.symbol !== "string" || !unit.symbol) {
+  if (!Number.isInteger(d) || d < 0 || d > 77 || typeof unit.symbol !== "string"
+      || !unit.symbol) {
     return `${group(text.replace(/^0+(?=\d)/, ""))} base units of ${asset}`;
   }
   const v = text.padStart(d + 1, "0");

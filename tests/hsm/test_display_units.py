@@ -87,6 +87,8 @@ FORMAT_CASES: list[tuple[Any, str, Any, str]] = [
     ("141", "BTC", None, "141 base units of BTC"),
     ("1000000", "ERC20:0xa0b8", None, "1,000,000 base units of ERC20:0xa0b8"),
     ("5", "X", {"symbol": "X", "decimals": True}, "5 base units of X"),
+    ("5", "X", {"symbol": "X", "decimals": 78}, "5 base units of X"),  # beyond any policy
+    ("5", "X", {"decimals": 2}, "5 base units of X"),  # no symbol: no unit
     ("-5", "BTC", {"symbol": "BTC", "decimals": 8}, "-5 BTC (not a whole number of base units)"),
 ]
 
