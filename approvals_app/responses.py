@@ -106,9 +106,30 @@ class TaskList(Public):
     tasks: list[TaskPublic]
 
 
+class GroupMissing(Public):
+    """A group of a tier: its quorum and how many approvals it still lacks."""
+
+    name: str
+    quorum: int
+    missing: int
+
+
+class TierProgress(Public):
+    """A tier (token) that can still release the request, as the broker reports it."""
+
+    name: str
+    groups: list[GroupMissing]
+    hold: int  #: the tier's timelock, seconds; a hold follows the last approval if > 0
+    holdRemaining: int | float
+
+
 class Decision(Public):
+    """An approval or rejection recorded; ``tiers``: what each tier still needs (empty once
+    the request is closed)."""
+
     id: str
     status: str
+    tiers: list[TierProgress] = []
 
 
 class GroupProgress(Public):

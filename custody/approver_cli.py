@@ -6,10 +6,16 @@ Commands (stable; scripts and the browser approver's tests call them)::
                           [--csr CSR.pem --subject "CN=trader-1,O=Desk"]
     custody approver show-key [--plain]          # SPKI base64 = policy approvals[].value
     custody approver pin-hsm [--hsm-key B64 | --expect-fingerprint HEX] [--force]
-    custody approver tasks                        # open tasks, decoded, verified
-    custody approver show ID
-    custody approver approve ID [--yes]
-    custody approver reject ID [--yes]
+    custody approver tasks [--json]               # open tasks, decoded, verified
+    custody approver show REF
+    custody approver approve REF [--yes]
+    custody approver reject REF [--yes]
+
+``REF`` is the short reference ``tasks`` prints (the request id's first 8 characters),
+any longer unambiguous prefix, or the whole id. Amounts are shown in the units the HSM
+signed into the challenge (the key policy's ``assets``), base units with the asset id
+where it names none. ``approve`` and ``reject`` then print what each tier still needs,
+per group, and whether a hold follows (the broker's word).
 
 Options shared by the commands, each also from the environment: ``--key-file``
 (CUSTODY_APPROVER_KEY), ``--server`` (CUSTODY_APPROVER_SERVER, http:// or https://),
@@ -25,6 +31,7 @@ verified, 2 local problem (key file, passphrase, arguments), 3 server unreachabl
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,8 +127,39 @@ def _age(body: dict[str, Any]) -> str:
         else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def progress_lines(tiers: Any) -> list[str]:
+    """What each tier that can still release the request needs, from the server's answer
+    (the broker's word: the HSM decides at release)."""
+    if not isinstance(tiers, list) or not tiers:
+        return []
+    out = ["still needed (as the server reports it):"]
+    for t in tiers:
+        if not isinstance(t, dict):
+            continue
+        groups = [g for g in t.get("groups") or [] if isinstance(g, dict)]
+        needs = ", ".join(f"{g.get('missing')} more from {g.get('name')} "
+                          f"(quorum {g.get('quorum')})" for g in groups if g.get("missing"))
+        hold, left = t.get("hold") or 0, t.get("holdRemaining") or 0
+        if not needs and left:
+            out.append(f"  tier {t.get('name')}: approvals complete; on hold, "
+                       f"{_duration(left)} left")
+            continue
+        then = f"; then a hold of {_duration(hold)}" if hold else "; no hold follows"
+        out.append(f"  tier {t.get('name')}: {needs or 'no more approvals'}{then}")
+    return out
+
+
+def _duration(seconds: Any) -> str:
+    try:
+        s = int(seconds)
+    except (TypeError, ValueError):
+        return str(seconds)
+    return f"{s // 3600} h {s % 3600 // 60} min" if s >= 3600 else (
+        f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s")
+
+
 def _show(task: VerifiedTask) -> None:
-    table = Table(title=f"request {task.request_id} (verified HSM challenge)",
+    table = Table(title=f"request {task.request_id}, ref {task.ref} (verified HSM challenge)",
                   show_header=False)
     for name, value in task.intent_lines():
         table.add_row(name, _safe(value))
@@ -212,78 +250,108 @@ def pin_hsm(key_file: Path = KEY_FILE, server: str = SERVER, ca_file: Path = CA_
 
 @approver_app.command("tasks")
 def tasks(key_file: Path = KEY_FILE, server: str = SERVER, ca_file: Path = CA_FILE,
-          passphrase_file: Path = PASS_FILE) -> None:
+          passphrase_file: Path = PASS_FILE,
+          as_json: bool = typer.Option(False, "--json",
+                                       help="One JSON document: verified tasks and refusals."),
+          ) -> None:
     """Your open tasks, each verified against the pinned HSM key."""
     with _refusals():
         pin = _pinned(key_file)
         key = _key(key_file, passphrase_file)
         with ApproverClient(server, ca_file) as client:
             found = client.all_tasks(key)
-        table = Table(title=f"{len(found)} open task(s)")
-        for col in ("id", "key", "action", "asset", "amount", "destination", "fee",
-                    "created (HSM)", "age"):
-            table.add_column(col)
+        verified: list[VerifiedTask] = []
         refused = []
         for raw in found:
             try:
-                task = verify_task(raw, pin)
+                verified.append(verify_task(raw, pin))
             except ApproverError as exc:
                 refused.append(exc.reason)
-                continue
-            b = task.body
-            intent = b.get("intent") or {}
-            legs = intent.get("transfers") or [{}]
-            table.add_row(task.request_id, _safe(b.get("keyLabel")), _safe(b.get("action")),
-                          _safe(legs[0].get("asset", "-")), _safe(legs[0].get("amount", "-"))
-                          + (f" (+{len(legs) - 1} more)" if len(legs) > 1 else ""),
-                          _safe(legs[0].get("destination", "-")),
-                          _safe(intent.get("fee", "-")), _safe(b.get("hsmTimestamp")),
-                          _age(b))
-        out.print(table)
-        for reason in refused:
-            err.print(Text("NOT VERIFIED: ", style="bold red") + _safe(reason))
+        if as_json:
+            print(json.dumps({"tasks": [task_summary(t) for t in verified],
+                              "notVerified": refused}, indent=2))
+        else:
+            _task_table(verified)
+            for reason in refused:
+                err.print(Text("NOT VERIFIED: ", style="bold red") + _safe(reason))
         if refused:
             raise typer.Exit(1)
 
 
+def _task_table(verified: list[VerifiedTask]) -> None:
+    """One line per task, the reference first and never cut: it is what people copy."""
+    table = Table(title=f"{len(verified)} open task(s); `approve REF` / `show REF`")
+    table.add_column("ref", no_wrap=True, min_width=8)
+    for col in ("key", "action", "amount", "destination", "fee (most)", "age"):
+        table.add_column(col, overflow="fold")
+    for task in verified:
+        s = task_summary(task)
+        table.add_row(s["ref"], _safe(s["keyLabel"]), _safe(s["action"]), _safe(s["amount"]),
+                      _safe(s["destination"]), _safe(s["fee"]), _age(task.body))
+    out.print(table)
+
+
+def task_summary(task: VerifiedTask) -> dict[str, Any]:
+    """A task's headline, from the HSM-signed challenge only: what ``tasks`` lists."""
+    b = task.body
+    raw = b.get("intent")
+    intent: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    legs = intent.get("transfers") or []
+    amount = " + ".join(task.amount(t.get("asset"), t.get("amount")) for t in legs)
+    fee_asset = intent.get("feeAsset")
+    return {
+        "ref": task.ref, "id": task.request_id, "keyLabel": b.get("keyLabel"),
+        "action": b.get("action"), "amount": amount or "-",
+        "destination": ", ".join(str(t.get("destination")) for t in legs) or "-",
+        "fee": task.amount(fee_asset, intent["fee"]) if "fee" in intent else "-",
+        "feeCap": None if b.get("feeCap") is None else task.amount(fee_asset, b["feeCap"]),
+        "hsmTimestamp": b.get("hsmTimestamp"), "intent": intent or None,
+        "units": b.get("units"), "challengeVersion": 2 if "units" in b else 1,
+    }
+
+
 @approver_app.command("show")
-def show(request_id: str, key_file: Path = KEY_FILE, server: str = SERVER,
+def show(ref: str, key_file: Path = KEY_FILE, server: str = SERVER,
          ca_file: Path = CA_FILE, passphrase_file: Path = PASS_FILE) -> None:
     """One task's decoded intent, from its verified HSM challenge."""
     with _refusals():
         pin = _pinned(key_file)
         key = _key(key_file, passphrase_file)
         with ApproverClient(server, ca_file) as client:
-            _show(verify_task(client.find_task(key, request_id), pin))
+            _show(verify_task(client.find_task(key, ref), pin))
 
 
-def _answer(request_id: str, key_file: Path, server: str, ca_file: Path | None,
+def _answer(ref: str, key_file: Path, server: str, ca_file: Path | None,
             passphrase_file: Path | None, yes: bool, reject: bool) -> None:
     verb = "reject" if reject else "approve"
+    done = "rejected" if reject else "approved"
     with _refusals():
         pin = _pinned(key_file)
         key = _key(key_file, passphrase_file)
         with ApproverClient(server, ca_file) as client:
-            task = verify_task(client.find_task(key, request_id), pin)
+            task = verify_task(client.find_task(key, ref), pin)
             _show(task)
-            if not yes and not _confirm(f"{verb.capitalize()} request {request_id}?"):
-                err.print(f"not {verb}d; nothing was sent")
+            if not yes and not _confirm(f"{verb.capitalize()} request {task.request_id}?"):
+                err.print(f"not {done}; nothing was sent")
                 raise typer.Exit(1)
             result = client.answer(key, task, reject=reject)
-        out.print(f"{verb}d {request_id}: request is now {_safe(result.get('status'))}")
+        out.print(Text(f"{done} {task.request_id}: request is now ")
+                  + _safe(result.get("status")))
+        for line in progress_lines(result.get("tiers")):
+            out.print(_safe(line))
 
 
 @approver_app.command("approve")
-def approve(request_id: str, key_file: Path = KEY_FILE, server: str = SERVER,
+def approve(ref: str, key_file: Path = KEY_FILE, server: str = SERVER,
             ca_file: Path = CA_FILE, passphrase_file: Path = PASS_FILE,
             yes: bool = YES) -> None:
     """Verify the challenge, show the intent, confirm, sign and submit the approval."""
-    _answer(request_id, key_file, server, ca_file, passphrase_file, yes, reject=False)
+    _answer(ref, key_file, server, ca_file, passphrase_file, yes, reject=False)
 
 
 @approver_app.command("reject")
-def reject(request_id: str, key_file: Path = KEY_FILE, server: str = SERVER,
+def reject(ref: str, key_file: Path = KEY_FILE, server: str = SERVER,
            ca_file: Path = CA_FILE, passphrase_file: Path = PASS_FILE,
            yes: bool = YES) -> None:
     """Like approve, but sign a refusal (``ska-reject-v1:`` + the challenge)."""
-    _answer(request_id, key_file, server, ca_file, passphrase_file, yes, reject=True)
+    _answer(ref, key_file, server, ca_file, passphrase_file, yes, reject=True)

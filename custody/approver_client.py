@@ -110,11 +110,20 @@ class ApproverClient:
                 break
         return out
 
-    def find_task(self, key: ApproverKey, request_id: str) -> Any:
-        for task in self.all_tasks(key):
-            if isinstance(task, dict) and task.get("id") == request_id:
+    def find_task(self, key: ApproverKey, ref: str) -> Any:
+        """The open task whose id is ``ref`` or starts with it (the short reference
+        ``tasks`` prints: 4 characters at least, and only one task may match)."""
+        found = [t for t in self.all_tasks(key) if isinstance(t, dict)
+                 and isinstance(t.get("id"), str)]
+        for task in found:
+            if task["id"] == ref:
                 return task
-        raise ApproverError(f"{request_id} is not among your open tasks (already answered, "
+        matches = [t for t in found if len(ref) >= 4 and t["id"].startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ApproverError(f"{ref} matches {len(matches)} tasks; give more of the id", 2)
+        raise ApproverError(f"{ref} is not among your open tasks (already answered, "
                             "closed, or this key is not an approver of it)")
 
     def answer(self, key: ApproverKey, task: VerifiedTask, reject: bool = False) -> Any:

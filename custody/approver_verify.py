@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm_emulator.challenge import open_challenge
+from hsm_emulator.display import format_amount
 from hsm_emulator.errors import ApprovalRefused
 
+from .approver_diff import policy_diff
 from .approver_keys import ApproverError
-from .explain import amount
 
 #: Task fields the server states that the challenge body also carries.
 _SAME = (("keyLabel", "keyLabel"), ("action", "action"), ("payloadType", "payloadType"),
@@ -46,36 +47,69 @@ class VerifiedTask:
                 ("created (HSM time)", str(b.get("hsmTimestamp"))),
                 ("initiator", _initiator(b))]
         intent = b.get("intent")
+        units = self.units
         if isinstance(intent, dict):
-            rows += _intent_rows(intent)
-        if b.get("feeCap") is not None:
-            rows.append(("fee cap", str(b["feeCap"])))
+            rows += _intent_rows(intent, units)
+            if b.get("feeCap") is not None:
+                rows.append(("fee cap", format_amount(b["feeCap"], str(intent.get("feeAsset")),
+                                                      units.get(str(intent.get("feeAsset"))))))
+        elif b.get("feeCap") is not None:
+            rows.append(("fee cap", f"{b['feeCap']} base units"))
+        if "units" not in b and isinstance(intent, dict):
+            rows.append(("units", "none in this version 1 challenge: base units shown"))
         if b.get("newPolicyDigest") is not None:
             rows.append(("new policy sha256", str(b["newPolicyDigest"])))
+        change = b.get("policyChange")
+        if isinstance(change, dict):
+            rows += [("policy change", line) for line in
+                     policy_diff(change.get("from") or {}, change.get("to") or {})]
         return rows
 
+    @property
+    def units(self) -> dict[str, Any]:
+        """Asset id -> {symbol, decimals} or None, as the HSM signed them (empty for a
+        version 1 challenge)."""
+        units = self.body.get("units")
+        return units if isinstance(units, dict) else {}
 
-def _intent_rows(intent: dict[str, Any]) -> list[tuple[str, str]]:
+    def amount(self, asset: Any, units: Any) -> str:
+        """An amount of this task in the HSM-signed unit (base units if none)."""
+        return format_amount(str(units), str(asset), self.units.get(asset))
+
+    @property
+    def ref(self) -> str:
+        """The short reference ``tasks`` prints and ``show``/``approve`` accept: the
+        first 8 characters of the request id (a longer prefix also works)."""
+        return self.request_id[:8]
+
+
+def _intent_rows(intent: dict[str, Any], units: dict[str, Any]) -> list[tuple[str, str]]:
     """Everything the intent says can leave: transfers, allowances granted (an approval
     is money that can leave later), rent, the fee, and what an opaque payload calls."""
+    def amount(asset: Any, value: Any) -> str:
+        return format_amount(str(value), str(asset), units.get(asset))
+
     rows = [("chain", f"{intent.get('chain')} {intent.get('network')}"),
             ("kind", str(intent.get("kind")))]
     transfers = intent.get("transfers") or []
     for i, t in enumerate(transfers):
         n = f" #{i + 1}" if len(transfers) > 1 else ""
-        rows += [(f"asset{n}", str(t.get("asset"))),
-                 (f"amount{n}", _amount(t.get("asset"), t.get("amount"))),
+        rows += [(f"amount{n}", amount(t.get("asset"), t.get("amount"))),
+                 (f"asset{n}", str(t.get("asset"))),
                  (f"destination{n}", str(t.get("destination")))]
     grants = intent.get("grants") or []
     for i, g in enumerate(grants):
         n = f" #{i + 1}" if len(grants) > 1 else ""
-        rows += [(f"allowance{n}", _amount(g.get("asset"), g.get("amount"))),
+        rows += [(f"allowance{n}", amount(g.get("asset"), g.get("amount"))),
                  (f"allowance asset{n}", str(g.get("asset"))),
                  (f"spender{n}", str(g.get("grantee")))]
     fee_asset = intent.get("feeAsset") or ""
     if intent.get("rent") not in (None, "0"):
-        rows.append(("rent", _amount(fee_asset, intent.get("rent"))))
-    rows.append(("fee (most)", _amount(fee_asset, intent.get("fee"))))
+        rows.append(("rent", amount(fee_asset, intent.get("rent"))))
+    rows.append(("fee (most)", amount(fee_asset, intent.get("fee"))))
+    details = intent.get("details")
+    if isinstance(details, dict) and details.get("memo"):
+        rows.append(("memo", str(details["memo"])))
     for c in intent.get("calls") or []:
         rows.append(("calls", str(c)))
     return rows
@@ -89,14 +123,6 @@ def _initiator(body: dict[str, Any]) -> str:
         who = f"{name} ({body.get('initiator')})" if name else str(body.get("initiator"))
         return f"{who}, proven by their signature"
     return str(body.get("initiator"))
-
-
-def _amount(asset: Any, units: Any) -> str:
-    """Base units as the HSM signed them, and in whole units where the asset is known."""
-    try:
-        return f"{units} ({amount(str(asset), int(units))})"
-    except (TypeError, ValueError):
-        return str(units)
 
 
 def verify_task(task: Any, hsm_public_der: bytes) -> VerifiedTask:

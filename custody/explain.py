@@ -7,10 +7,10 @@ returns lines of text.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 from chains.specs import SPECS
+from hsm_emulator.display import format_amount
 from hsm_emulator.model import Action
 from hsm_emulator.policy import DEFAULT_KINDS, Conditions, Policy, Token, parse_policy
 
@@ -22,11 +22,11 @@ ACTION_WORDS = {Action.USE: "Signing (use)", Action.BLOCK: "Blocking the key",
 
 
 def amount(asset: str, units: int, known: Mapping[str, int] | None = None) -> str:
+    """By the approvers' formatter (:func:`hsm_emulator.display.format_amount`), with the
+    decimals ``known`` or well known; explained policies use their own ``assets`` first."""
     decimals = (known or {}).get(asset, DECIMALS.get(asset))
-    if not decimals:
-        return f"{units:,} {asset} base units"
-    value = Decimal(units).scaleb(-decimals).normalize()
-    return f"{value:,f} {asset}"
+    unit = None if decimals is None else {"symbol": asset, "decimals": decimals}
+    return format_amount(units, asset, unit)
 
 
 def duration(seconds: int) -> str:
@@ -39,6 +39,10 @@ def duration(seconds: int) -> str:
 def explain(document: dict[str, Any], decimals: Mapping[str, int] | None = None) -> list[str]:
     """``decimals``: asset id -> decimals for assets beyond the well-known ones (tokens)."""
     policy = parse_policy(document)
+    known: dict[str, dict[str, Any]] = {
+        asset: {"symbol": asset, "decimals": d} for asset, d in DECIMALS.items()}
+    known |= {asset: {"symbol": asset, "decimals": d} for asset, d in (decimals or {}).items()}
+    known |= {a.asset: {"symbol": a.symbol, "decimals": a.decimals} for a in policy.assets}
     lines = [f"Policy {policy.digest[:16]} - the key is currently "
              f"{'BLOCKED' if policy.blocked else 'usable'}.",
              "Networks: " + (", ".join(sorted(policy.networks)) if policy.networks else
@@ -48,11 +52,11 @@ def explain(document: dict[str, Any], decimals: Mapping[str, int] | None = None)
         lines.append(f"Initiators: {names} - every request must be signed by one of them "
                      "(the HSM checks it), who then cannot approve it.")
     for action in Action:
-        lines.extend(_rule(policy, action, decimals or {}))
+        lines.extend(_rule(policy, action, known))
     return lines
 
 
-def _rule(policy: Policy, action: Action, known: Mapping[str, int]) -> list[str]:
+def _rule(policy: Policy, action: Action, known: Mapping[str, dict[str, Any]]) -> list[str]:
     rule = policy.rule(action)
     head = ACTION_WORDS[action]
     if rule is None:
@@ -65,7 +69,7 @@ def _rule(policy: Policy, action: Action, known: Mapping[str, int]) -> list[str]
     return out
 
 
-def _token(token: Token, known: Mapping[str, int]) -> str:
+def _token(token: Token, known: Mapping[str, dict[str, Any]]) -> str:
     parts = []
     when = _conditions(token.conditions, known)
     parts.append(f"'{token.name or 'unnamed'}'" + (f" when {when}" if when else ""))
@@ -81,24 +85,27 @@ def _token(token: Token, known: Mapping[str, int]) -> str:
     return "; ".join(parts) + "."
 
 
-def _conditions(c: Conditions, known: Mapping[str, int]) -> str:
+def _conditions(c: Conditions, known: Mapping[str, dict[str, Any]]) -> str:
+    def show(asset: str, units: int) -> str:
+        return format_amount(units, asset, known.get(asset))
+
     words = []
     for b in c.amounts:
         if b.max is None:
-            words.append(f"{b.asset} amount is at least {amount(b.asset, b.min, known)}"
+            words.append(f"{b.asset} amount is at least {show(b.asset, b.min)}"
                          if b.min else f"the transfer is in {b.asset}")
         elif b.min:
-            words.append(f"{b.asset} amount is between {amount(b.asset, b.min, known)} and "
-                         f"{amount(b.asset, b.max, known)}")
+            words.append(f"{b.asset} amount is between {show(b.asset, b.min)} and "
+                         f"{show(b.asset, b.max)}")
         else:
-            words.append(f"{b.asset} amount is at most {amount(b.asset, b.max, known)}")
+            words.append(f"{b.asset} amount is at most {show(b.asset, b.max)}")
     if c.destinations is not None:
         words.append(f"every destination is one of {len(c.destinations)} allowed address(es)")
     for v in c.velocity:
-        words.append(f"at most {amount(v.asset, v.max, known)} leaves (fees included) in any "
+        words.append(f"at most {show(v.asset, v.max)} leaves (fees included) in any "
                      f"{duration(v.window_seconds)}")
     for f in c.max_fee:
-        words.append(f"fee plus rent is at most {amount(f.asset, f.max, known)}")
+        words.append(f"fee plus rent is at most {show(f.asset, f.max)}")
     if not c.empty and not c.max_fee:
         words.append("(never met: a token with conditions needs a fee cap)")
     if c.kinds is not None and c.kinds != DEFAULT_KINDS:

@@ -1,15 +1,30 @@
 """The approval challenge (``approvalToBeSigned``): what an approver sees and signs.
 
-Encoding, version 1 - canonical JSON (:mod:`.canonical`: sorted keys, no spaces, UTF-8;
+Encoding, version 2 - canonical JSON (:mod:`.canonical`: sorted keys, no spaces, UTF-8;
 RFC 8785 on everything but an integral ``hsmTime``, see there), base64 on the wire::
 
-    {"format": "ska-challenge", "version": 1,
+    {"format": "ska-challenge", "version": 2,
      "body": {"requestId", "keyLabel", "action", "payloadType", "payloadDigest",
               "intent" | null, "feeCap" | null, "hsmTime", "hsmTimestamp",
               "policyDigest", "newPolicyDigest" | null, "initiator", "hsmId",
+              "units": {asset id: {"symbol", "decimals"} | null},
+              for a modify also "policyChange": {"from", "to"},
               and for a key whose policy names initiators also
               "initiatorProven": true, "initiatorName"},
      "signature": base64(P1363 ECDSA P-256 over "SKA-CHALLENGE-v1:" + canonical(body))}
+
+Version 2 added ``units`` - the key policy's symbol and decimals (``policy.assets``) of
+every asset the intent moves, grants or pays its fee in, ``null`` for an asset the policy
+gives none, so an approver sees amounts in units the HSM vouches for, never the
+broker's (:func:`hsm_emulator.display.format_amount`) - and, for a ``modify``,
+``policyChange``: the current and the new policy as :func:`~hsm_emulator.display.
+policy_summary` gives them, for a readable diff. A version 2 body must carry ``units``.
+
+Version 1 challenges (requests opened before the upgrade) are still **accepted**: the
+HSM verifies an approval over the stored challenge bytes, whatever their version, and
+clients show their amounts in base units with the asset id. A broker that relabels a
+version 2 envelope as 1 gains nothing: the signature covers the body, ``units`` stays in
+it, and clients use ``units`` wherever it is present.
 
 ``initiator`` is the broker's word, unless ``initiatorProven`` is true: then the HSM
 verified the initiator's own signature (:mod:`hsm_emulator.initiation`) and names it by
@@ -35,7 +50,9 @@ from .errors import ApprovalRefused
 from .identity import Domain, IdentityKey, verify_identity
 
 FORMAT = "ska-challenge"
-VERSION = 1
+VERSION = 2
+#: Versions an approver client accepts (see the module docstring for version 1).
+SUPPORTED_VERSIONS = (1, 2)
 MAX_CHALLENGE = 256 * 1024
 
 
@@ -90,10 +107,14 @@ def open_challenge(envelope: bytes | str, hsm_public_der: bytes) -> dict[str, An
         signature = base64.b64decode(doc["signature"], validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise ApprovalRefused("challenge is not a well-formed SKA challenge") from None
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+    version = doc.get("version")
+    if doc.get("format") != FORMAT or isinstance(version, bool) or (
+            version not in SUPPORTED_VERSIONS):
         raise ApprovalRefused("challenge format or version not supported")
     if not isinstance(body, dict):
         raise ApprovalRefused("challenge body must be an object")
+    if version >= 2 and not isinstance(body.get("units"), dict):
+        raise ApprovalRefused("a version 2 challenge must name its units")
     if canonical_json(doc) != envelope:
         raise ApprovalRefused("challenge is not in canonical form")
     if not verify_identity(hsm_public_der, Domain.CHALLENGE, canonical_json(body), signature):

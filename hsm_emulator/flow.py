@@ -34,9 +34,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .boundary import Boundary
-from .challenge import Challenge, seal_challenge
+from .challenge import MAX_CHALLENGE, Challenge, seal_challenge
 from .credentials import Credential, parse_credential, verify
 from .decoders import UNSPECIFIED
+from .display import policy_summary, units_for
 from .errors import (
     ApprovalRefused,
     CredentialInvalid,
@@ -49,7 +50,7 @@ from .evaluate import Evaluation, evaluate
 from .initiation import initiation_message
 from .model import Action, Intent, IntentKind, SignScheme
 from .payloads import check_network, parse_action, parse_scheme, prepare, sign, sign_items
-from .policy import Approver
+from .policy import Approver, parse_policy
 from .records import KeyRecords, KeyState
 from .request import HsmRequest, RequestStatus
 from .results import Execution
@@ -237,10 +238,17 @@ class ApprovalFlow:
                 "newPolicyDigest": None if new_policy is None else
                 hashlib.sha256(body_payload).hexdigest(),
                 "initiator": named, "hsmId": b.hsm_id,
+                "units": units_for(state.policy, intent),
             }
+            if new_policy is not None:  # approvers diff authenticated summaries
+                body["policyChange"] = {"from": policy_summary(state.policy),
+                                        "to": policy_summary(parse_policy(new_policy))}
             if proven is not None:  # who asked, proven by their signature: approvers see it
                 body.update(initiatorProven=True, initiatorName=proven.name)
             envelope = seal_challenge(b.identity, body)
+            if len(envelope) > MAX_CHALLENGE:  # no approver client would open it
+                raise InvalidInput("the challenge would be too large for approvers to review "
+                                   f"({len(envelope)} bytes; at most {MAX_CHALLENGE})")
             self._requests.put(new_request(
                 rid, state, act, payload_type, body_payload, sch, intent,
                 status=RequestStatus.OPEN, created_at=now, fee_cap=fee_cap,

@@ -29,6 +29,11 @@ This project adds, all optional:
   initiation signed by one of them (:mod:`hsm_emulator.initiation`); the HSM then knows
   the initiator from that signature, not from the broker, and refuses their approval of
   the request. Without it the initiator is whatever the broker says.
+* ``policy.assets`` - ``[{"asset", "symbol", "decimals"}]``: how approvers are shown the
+  amounts of an asset (``ERC20:0x..`` as ``USDC`` with 6 decimals). The HSM echoes the
+  entries of the assets a request moves in its challenge, so the units an approver sees
+  are as authenticated as the amounts; an asset without an entry is shown in base units
+  with its id. Each asset and each symbol once; it changes no evaluation.
 
 An approver is its public key: one key counts once in a token, whatever its encodings
 or bindings (a passkey listed with two RP bindings is still one person).
@@ -154,6 +159,19 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class AssetUnit:
+    """``policy.assets[]``: an asset's display symbol and decimals, as the policy's
+    approvers agreed to them."""
+
+    asset: str
+    symbol: str
+    decimals: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"symbol": self.symbol, "decimals": self.decimals}
+
+
+@dataclass(frozen=True)
 class Policy:
     rules: tuple[tuple[Action, Rule], ...]
     blocked: bool = False
@@ -162,6 +180,7 @@ class Policy:
     networks: frozenset[str] = frozenset()  #: ``chain:network`` entries it signs for
     #: who may initiate requests (``policy.initiators``); empty: the broker names them
     initiators: tuple[Approver, ...] = ()
+    assets: tuple[AssetUnit, ...] = ()  #: ``policy.assets``: display units per asset
 
     def rule(self, action: Action) -> Rule | None:
         for a, r in self.rules:
@@ -185,7 +204,14 @@ class Policy:
 
     def with_blocked(self, blocked: bool) -> Policy:
         return Policy(self.rules, blocked, self.open_actions, self.source, self.networks,
-                      self.initiators)
+                      self.initiators, self.assets)
+
+    def unit(self, asset: str) -> AssetUnit | None:
+        """The policy's symbol and decimals for an asset id, if it names them."""
+        for a in self.assets:
+            if a.asset == asset:
+                return a
+        return None
 
     def initiator(self, fingerprint: str) -> Approver | None:
         """The ``initiators`` entry of this credential fingerprint (its encoding or
@@ -209,7 +235,7 @@ def parse_policy(data: Any) -> Policy:
     if data is None:
         data = {}
     _obj(data, "policy", {"ruleUse", "ruleBlock", "ruleUnblock", "ruleModify", "keyStatus",
-                          "openActions", "networks", "initiators"})
+                          "openActions", "networks", "initiators", "assets"})
     rules = []
     for action, field in RULE_FIELDS.items():
         if data.get(field) is not None:
@@ -225,9 +251,40 @@ def parse_policy(data: Any) -> Policy:
         raise PolicyInvalid("policy.keyStatus.blocked", "a blocked key needs a ruleUnblock")
     networks = _networks(data.get("networks", []))
     initiators = _initiators(data["initiators"]) if "initiators" in data else ()
+    assets = _assets(data.get("assets", []))
     source_doc = {k: v for k, v in data.items() if k != "keyStatus"}
     return Policy(tuple(rules), blocked, open_actions, canonical_json(source_doc).decode(),
-                  networks, initiators)
+                  networks, initiators, assets)
+
+
+#: A display symbol: letters, digits and ``.-_``, so no space, control or look-alike
+#: punctuation can make one unit read as another.
+_SYMBOL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_")
+#: 2**256 has 78 digits: more decimals than that would show every amount as 0.000...
+MAX_DECIMALS = 77
+
+
+def _assets(value: Any) -> tuple[AssetUnit, ...]:
+    """``policy.assets``: each asset id and each symbol at most once, so an approver
+    never sees two assets under one name."""
+    out = []
+    for i, entry in enumerate(_list(value, "policy.assets", MAX_LIST)):
+        path = f"policy.assets[{i}]"
+        e = _obj(entry, path, {"asset", "symbol", "decimals"})
+        for field in ("asset", "symbol", "decimals"):
+            if field not in e:
+                raise PolicyInvalid(f"{path}.{field}", "is required")
+        symbol = e["symbol"]
+        if not isinstance(symbol, str) or not 0 < len(symbol) <= 16 or (
+                not set(symbol) <= _SYMBOL_CHARS):
+            raise PolicyInvalid(f"{path}.symbol", "must be 1-16 letters, digits or .-_")
+        out.append(AssetUnit(_asset(e["asset"], f"{path}.asset"), symbol,
+                             _int(e["decimals"], f"{path}.decimals", 0, MAX_DECIMALS)))
+    for what in ("asset", "symbol"):
+        seen = [getattr(a, what) for a in out]
+        if len(set(seen)) != len(seen):
+            raise PolicyInvalid("policy.assets", f"each {what} may be listed once")
+    return tuple(out)
 
 
 def _initiators(value: Any) -> tuple[Approver, ...]:

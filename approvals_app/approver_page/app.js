@@ -1,14 +1,12 @@
 // The approver page: enrol, list tasks live, verify each challenge, approve or reject.
 // Untrusted text (everything from the server) only ever goes into textContent.
 import {
-  b64, concat, createPasskey, ENROL_PREFIX, forgetDevice, importHsmKey, loadDevice,
-  newDeviceKey, REJECT_PREFIX, saveDevice, sha256hex, signer, verifyChallenge,
+  b64, concat, createPasskey, ENROL_PREFIX, forgetDevice, formatAmount, importHsmKey,
+  loadDevice, newDeviceKey, REJECT_PREFIX, saveDevice, sha256hex, signer, verifyChallenge,
 } from "./crypto.js";
 import { address, el, ownToken, tierWords, timeLeft } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
-//: Decimals of assets the page knows; others are shown in base units.
-const DECIMALS = { BTC: 8, ETH: 18, SOL: 9, USDC: 6, USDT: 6 };
 //: `shown`: the task as the detail shows it - what the confirm restates and what is signed,
 //: even if a refresh brings a newer copy meanwhile.
 const state = { device: null, hsmKey: null, sign: null, tasks: new Map(), open: null,
@@ -162,18 +160,15 @@ async function refresh() {
   }
 }
 
-function amount(value, asset) {
-  const d = DECIMALS[asset];
-  if (d === undefined || !/^\d+$/.test(value)) return `${value} ${asset} (base units)`;
-  const v = value.padStart(d + 1, "0");
-  const whole = v.slice(0, v.length - d);
-  const frac = v.slice(v.length - d).replace(/0+$/, "");
-  return `${whole}${frac ? "." + frac : ""} ${asset}`;
+// Units come from the HSM-signed challenge (body.units, from the key's policy), never
+// from the broker; a version 1 challenge has none: base units with the asset id.
+function amount(value, asset, body) {
+  return formatAmount(value, asset, body && body.units);
 }
 
 function headline(t) {
   const tr = t.body && t.body.intent && t.body.intent.transfers;
-  if (tr && tr.length) return tr.map((x) => amount(x.amount, x.asset)).join(" + ");
+  if (tr && tr.length) return tr.map((x) => amount(x.amount, x.asset, t.body)).join(" + ");
   return t.body ? `${t.body.action} ${t.body.keyLabel}` : "unverified task";
 }
 
@@ -242,20 +237,20 @@ function openTask(id) {
     row(dl, "Chain", `${intent.chain} (${intent.network})`);
     if (intent.kind !== "transfer") row(dl, "Kind", intent.kind);
     for (const x of intent.transfers) {
-      row(dl, "Amount", amount(x.amount, x.asset));
+      row(dl, "Amount", amount(x.amount, x.asset, b));
       row(dl, "Asset", x.asset);
       row(dl, "To", address(x.destination));
     }
     // an allowance is money the spender can take later: shown like a transfer
     for (const g of intent.grants || []) {
-      row(dl, "Allowance", amount(g.amount, g.asset));
+      row(dl, "Allowance", amount(g.amount, g.asset, b));
       row(dl, "Asset", g.asset);
       row(dl, "Spender", address(g.grantee));
     }
-    if (intent.rent && intent.rent !== "0") row(dl, "Rent", amount(intent.rent, intent.feeAsset));
-    row(dl, "Fee (most)", amount(intent.fee, intent.feeAsset || (intent.transfers[0] || {}).asset || ""));
+    if (intent.rent && intent.rent !== "0") row(dl, "Rent", amount(intent.rent, intent.feeAsset, b));
+    row(dl, "Fee (most)", amount(intent.fee, intent.feeAsset, b));
     for (const c of intent.calls || []) row(dl, "Calls", c);
-    if (b.feeCap) row(dl, "Fee cap", b.feeCap);
+    if (b.feeCap) row(dl, "Fee cap", amount(b.feeCap, intent.feeAsset, b));
   } else {
     row(dl, "Payload", `${b.payloadType}, not decoded by the HSM`);
   }

@@ -110,9 +110,11 @@ export async function importHsmKey(spkiB64) {
 }
 
 const HEAD = enc.encode('{"body":');
-const TAIL = /,"format":"ska-challenge","signature":"([A-Za-z0-9+/]{86}==)","version":1}$/;
+// Versions accepted: 2 (the HSM echoes each asset's unit from the key's policy) and 1
+// (requests opened before that: amounts are shown in base units with the asset id).
+const TAIL = /,"format":"ska-challenge","signature":"([A-Za-z0-9+/]{86}==)","version":([12])}$/;
 
-// Verify an approvalToBeSigned against the pinned HSM key; return {bytes, body}.
+// Verify an approvalToBeSigned against the pinned HSM key; return {bytes, body, version}.
 // The envelope is canonical JSON with sorted keys, so the signed body is exactly the
 // bytes between '{"body":' and the tail: we verify those bytes and display their parse,
 // never a re-serialisation. Throws on anything altered, malformed or unexpected.
@@ -122,7 +124,7 @@ export async function verifyChallenge(hsmKey, approvalToBeSigned, requestId) {
   const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   const tail = TAIL.exec(text);
   if (!tail || !HEAD.every((b, i) => bytes[i] === b)) {
-    throw new Error("challenge is not an SKA challenge (v1)");
+    throw new Error("challenge is not an SKA challenge (v1 or v2)");
   }
   const tailBytes = enc.encode(tail[0]).length;
   const bodyBytes = bytes.slice(HEAD.length, bytes.length - tailBytes);
@@ -133,5 +135,32 @@ export async function verifyChallenge(hsmKey, approvalToBeSigned, requestId) {
   if (typeof body !== "object" || body === null || body.requestId !== requestId) {
     throw new Error("challenge belongs to another request");
   }
-  return { bytes, body };
+  const version = Number(tail[2]);
+  if (version >= 2 && (typeof body.units !== "object" || body.units === null
+      || Array.isArray(body.units))) {
+    throw new Error("a version 2 challenge must name its units");
+  }
+  return { bytes, body, version };
+}
+
+// -- amounts, by the rules of hsm_emulator/display.py's format_amount -------------------
+
+const group = (digits) => digits.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+
+// Base units of an asset as a person reads them, in the unit the HSM-signed challenge
+// names (body.units, from the key's policy): "0.00000141 BTC"; without one, the base
+// units and the asset id, never a guessed unit.
+export function formatAmount(value, asset, units) {
+  const text = String(value);
+  if (!/^\d+$/.test(text)) return `${text} ${asset} (not a whole number of base units)`;
+  const unit = units && Object.prototype.hasOwnProperty.call(units, asset) ? units[asset] : null;
+  const d = unit ? unit.decimals : undefined;
+  if (!Number.isInteger(d) || d < 0 || d > 77 || typeof unit.symbol !== "string"
+      || !unit.symbol) {
+    return `${group(text.replace(/^0+(?=\d)/, ""))} base units of ${asset}`;
+  }
+  const v = text.padStart(d + 1, "0");
+  const whole = v.slice(0, v.length - d).replace(/^0+(?=\d)/, "");
+  const frac = v.slice(v.length - d).replace(/0+$/, "");
+  return `${group(whole)}${frac ? "." + frac : ""} ${unit.symbol}`;
 }

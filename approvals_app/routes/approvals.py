@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from fastapi import APIRouter
 
 from approvals_app.deps import BrokerDep
-from approvals_app.responses import Decision, TaskList
+from approvals_app.responses import Decision, GroupMissing, TaskList, TierProgress
 from approvals_app.schemas import ApprovalBody, TaskFilter
 from approvals_app.services.approvals import reject_shown
-from custody.broker import Task
+from custody.broker import Broker, Task
+from custody.db import FINAL, SignRequest
+from hsm_emulator.errors import HsmError
+from hsm_emulator.flow import Approval
 
 router = APIRouter(prefix="/v1", tags=["approvals"])
 
@@ -41,7 +45,31 @@ def tasks(body: TaskFilter, broker: BrokerDep) -> dict[str, Any]:
 def approve(body: ApprovalBody, broker: BrokerDep) -> Decision:
     row = broker.approvers.approve(body.id, body.approverCertificate, body.signature_bytes(),
                          body.approvalDigestAlgorithm, body.approvalToBeSigned)
-    return Decision(id=row.id, status=row.status)
+    return Decision(id=row.id, status=row.status, tiers=tier_progress(broker, row))
+
+
+def tier_progress(broker: Broker, r: SignRequest) -> list[TierProgress]:
+    """Per tier that can still release an open request: what each group lacks, and its
+    hold - so an approver learns what their answer left to do."""
+    if r.status in FINAL:
+        return []
+    records = broker.approvals(r.id)
+    approvals = [Approval(a.credential_type, a.credential, base64.b64decode(a.signature_b64),
+                          a.digest) for a in records if not a.rejected]
+    try:
+        ev = broker.hsm.request_status(r.id, approvals,
+                                       [a.approver for a in records if a.rejected])
+        policy = broker.hsm.get_key(r.key_label).policy
+    except HsmError:
+        return []
+    rule = policy.get({"use": "ruleUse", "block": "ruleBlock", "unblock": "ruleUnblock",
+                       "modify": "ruleModify"}.get(r.action, ""), {}) or {}
+    holds = {t.get("name"): int(t.get("timelock", 0)) for t in rule.get("tokens", [])}
+    return [TierProgress(name=t.name, hold=holds.get(t.name, 0),
+                         holdRemaining=t.hold_remaining,
+                         groups=[GroupMissing(name=g.name, quorum=g.quorum, missing=g.missing)
+                                 for g in t.groups])
+            for t in ev.tokens if t.attainable]
 
 
 @router.post("/rejection")
@@ -49,4 +77,4 @@ def reject(body: ApprovalBody, broker: BrokerDep) -> Decision:
     """Like ``/v1/approval``, the signature over ``ska-reject-v1:`` + the challenge bytes."""
     row = reject_shown(broker, body.id, body.approvalToBeSigned, body.approverCertificate,
                        body.signature_bytes(), body.approvalDigestAlgorithm)
-    return Decision(id=row.id, status=row.status)
+    return Decision(id=row.id, status=row.status, tiers=tier_progress(broker, row))

@@ -19,7 +19,9 @@ chooses the fee. The native asset's daily limit counts total native outflow (tra
 fees and rent) and is carried by every auto tier, token tiers included, so fees of
 auto-signed token transfers draw on it too. Tiers release transfers only: approvals,
 permits and opaque contract calls match no tier. The policy names the wallet's network
-(``networks``): the key signs for no other.
+(``networks``): the key signs for no other, and each asset's symbol and decimals
+(``assets``), which the HSM echoes in its challenges so approvers see amounts in units
+they can trust.
 
 Amounts in the configuration are decimal strings in the asset's units; the tokens carry
 base units, evaluated by the HSM on the transaction it decodes itself. Block needs one
@@ -126,6 +128,9 @@ def treasury_policy(config: dict[str, Any], assets: list[AssetInfo], *,
     }
     if network is not None:
         policy["networks"] = [network]
+    # how approvers see amounts: the HSM echoes these units in its challenges
+    policy["assets"] = [{"asset": a.asset, "symbol": a.symbol, "decimals": a.decimals}
+                        for a in assets]
     return policy
 
 

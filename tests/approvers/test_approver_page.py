@@ -93,7 +93,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     cli_key = load_key(tmp / "cli-trader.pem", CLI_PASSPHRASE).private
     traders = [Approver("cli-trader", cli_key), Approver.new("trader-2", "ED25519")]
     admins = [Approver.new("admin-1"), Approver.new("admin-2")]
-    policy = tiered_policy(traders, [Approver.new("compliance")], admins=admins)
+    policy = {**tiered_policy(traders, [Approver.new("compliance")], admins=admins),
+              "assets": [{"asset": "TST", "symbol": "TST", "decimals": 2}]}  # shown units
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http, \
             sync_api.sync_playwright() as pw:
         r = http.post("/v1/key", json={"label": "treasury", "algorithm": "SECP256K1",
@@ -192,19 +193,19 @@ def test_medium_transfer_released_by_browser_and_cli_approver(world: World,
     request_id = submit(world, 1000)
     task = page.wait_for_selector(f'li.task[data-id="{request_id}"]', timeout=10_000)
     arrival = time.perf_counter() - start
-    assert "1000 TST" in task.text_content() and "to bob" in task.text_content()
+    assert "10 TST" in task.text_content() and "to bob" in task.text_content()
     shot(page, "04-task-arrived")
     task.click()
     page.wait_for_selector("#detail:not([hidden])")
     detail = page.text_content("#detail-body")
     assert "Verified: signed by your HSM" in detail
-    for expected in ("1000 TST", "bob", "medium", "nobody yet", "treasury-app"):
+    for expected in ("10 TST", "0.07 TST", "bob", "medium", "nobody yet", "treasury-app"):
         assert expected in detail, (expected, detail)
     shot(page, "05-task-detail")
     page.click("#approve")
     page.wait_for_selector("#confirm:not([hidden])")
     summary = page.text_content("#confirm")
-    assert "Approve this transfer?" in summary and "1000 TST" in summary and "bob" in summary
+    assert "Approve this transfer?" in summary and "10 TST" in summary and "bob" in summary
     shot(page, "05b-confirm-approve")
     page.click("#confirm-yes")
     page.wait_for_selector("#outcome:not([hidden])")
@@ -229,7 +230,7 @@ def test_reject(world: World, page: Any) -> None:
     page.wait_for_selector("#confirm.reject:not([hidden])")
     assert page.text_content("#confirm-title") == "Reject this transfer?"
     assert page.text_content("#confirm-yes") == "Sign the rejection"
-    assert "2000 TST" in page.text_content("#confirm-body")
+    assert "20 TST" in page.text_content("#confirm-body")
     red = page.evaluate("getComputedStyle(document.getElementById('confirm-yes'))"
                         ".backgroundColor")
     assert red == "rgb(179, 38, 30)", red  # --bad
@@ -294,8 +295,8 @@ def test_phone_shows_a_long_destination_the_own_tier_and_asks_before_signing(
     page.click(item)
     page.wait_for_selector("#detail:not([hidden])")
     address_in_full(page, "#detail-body dt:text-is('To') + dd .addr")
-    assert "1200 TST" in dd(page, "Amount")
-    assert re.fullmatch(r"[0-9][0-9.,]* TST\b.*", dd(page, "Fee (most)")), dd(page, "Fee (most)")
+    assert "12 TST" in dd(page, "Amount")
+    assert dd(page, "Fee (most)") == "0.07 TST", dd(page, "Fee (most)")
     sync_api.expect(page.locator("#tier")).to_have_text("medium: 2 traders, 1 more needed")
     assert dd(page, "Fallback").startswith("large: 2 traders, 1 more needed; 1 compliance")
     assert dd(page, "Approved by") == "trader-2"
@@ -315,7 +316,7 @@ def test_phone_shows_a_long_destination_the_own_tier_and_asks_before_signing(
     page.wait_for_selector("#confirm:not([hidden])")
     assert page.is_hidden("#detail-actions")
     address_in_full(page, "#confirm-body .addr")
-    assert "1200 TST" in dd(page, "Amount", "#confirm-body")
+    assert "12 TST" in dd(page, "Amount", "#confirm-body")
     assert "TST" in dd(page, "Fee (most)", "#confirm-body")
     no_sideways_scroll(page)
     shot(page, "13-confirm-approve")

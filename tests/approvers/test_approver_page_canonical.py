@@ -112,7 +112,7 @@ def _verify_in_page(page: Any, identity: IdentityKey, envelope: bytes,
 @pytest.mark.parametrize("case", sorted(HOSTILE_BODIES))
 def test_page_and_python_show_the_same_body(page: Any, identity: IdentityKey,
                                              case: str) -> None:
-    body = {"requestId": f"req-{case}", **HOSTILE_BODIES[case]}
+    body = {"requestId": f"req-{case}", "units": {}, **HOSTILE_BODIES[case]}
     envelope = seal_challenge(identity, body)
     python = open_challenge(envelope, identity.public_der)
     js = _verify_in_page(page, identity, envelope, body["requestId"])
@@ -124,7 +124,7 @@ def test_page_and_python_show_the_same_body(page: Any, identity: IdentityKey,
 def test_a_jcs_reencoding_is_refused_by_both(page: Any, identity: IdentityKey) -> None:
     """Same document, JCS's key order (UTF-16 units put U+1F602 before U+FB33): the
     signed bytes differ, so the page's signature check and Python's both refuse it."""
-    body = {"requestId": "req-jcs", **HOSTILE_BODIES["astral keys"]}
+    body = {"requestId": "req-jcs", "units": {}, **HOSTILE_BODIES["astral keys"]}
     envelope = seal_challenge(identity, body)
     jcs = rfc8785.dumps(json.loads(envelope))
     assert jcs != envelope and json.loads(jcs) == json.loads(envelope)
@@ -136,7 +136,7 @@ def test_a_jcs_reencoding_is_refused_by_both(page: Any, identity: IdentityKey) -
 
 def test_a_body_altered_by_one_astral_character_is_refused_by_both(
         page: Any, identity: IdentityKey) -> None:
-    body = {"requestId": "req-alt", **HOSTILE_BODIES["astral values"]}
+    body = {"requestId": "req-alt", "units": {}, **HOSTILE_BODIES["astral values"]}
     envelope = seal_challenge(identity, body)
     altered = envelope.replace("\U0001d11e".encode(), "\U0001d11f".encode())
     assert altered != envelope
@@ -144,3 +144,54 @@ def test_a_body_altered_by_one_astral_character_is_refused_by_both(
         open_challenge(altered, identity.public_der)
     js = _verify_in_page(page, identity, altered, "req-alt")
     assert not js["ok"] and "altered" in js["error"], js
+
+
+JS_FORMAT = """async (cases) => {
+  const c = await import("/crypto.js");
+  return cases.map(([units, asset, unit]) => c.formatAmount(units, asset,
+    unit === null ? {} : { [asset]: unit }));
+}"""
+
+
+def test_the_page_formats_amounts_as_python_does(page: Any) -> None:
+    """One set of rules: the page's formatAmount and hsm_emulator.display.format_amount."""
+    from hsm_emulator.display import format_amount
+    from tests.hsm.test_display_units import FORMAT_CASES
+
+    rows = [(str(u), a, unit) for u, a, unit, _ in FORMAT_CASES]
+    js = page.evaluate(JS_FORMAT, rows)
+    assert js == [format_amount(u, a, unit) for u, a, unit in rows]
+    assert js == [shown for *_, shown in FORMAT_CASES]
+    assert "0.00000141 BTC" in js and "141 base units of BTC" in js
+
+
+def _v1(identity: IdentityKey, body: dict[str, Any]) -> bytes:
+    from hsm_emulator.canonical import canonical_json
+    from hsm_emulator.identity import Domain
+
+    signature = identity.sign(Domain.CHALLENGE, canonical_json(body))
+    return canonical_json({"format": "ska-challenge", "version": 1, "body": body,
+                           "signature": base64.b64encode(signature).decode()})
+
+
+def test_version_1_is_accepted_and_version_2_needs_units_in_both(
+        page: Any, identity: IdentityKey) -> None:
+    old = {"requestId": "req-v1", "intent": None}
+    envelope = _v1(identity, old)
+    assert open_challenge(envelope, identity.public_der) == old
+    js = _verify_in_page(page, identity, envelope, "req-v1")
+    assert js["ok"] and json.loads(js["body"]) == old, js
+
+    bare = seal_challenge(identity, {"requestId": "req-v2"})  # no units: refused
+    with pytest.raises(ApprovalRefused, match="units"):
+        open_challenge(bare, identity.public_der)
+    js = _verify_in_page(page, identity, bare, "req-v2")
+    assert not js["ok"] and "units" in js["error"], js
+
+    doc = json.loads(seal_challenge(identity, {"requestId": "req-v3", "units": {}}))
+    from hsm_emulator.canonical import canonical_json
+    v3 = canonical_json({**doc, "version": 3})
+    with pytest.raises(ApprovalRefused, match="version"):
+        open_challenge(v3, identity.public_der)
+    js = _verify_in_page(page, identity, v3, "req-v3")
+    assert not js["ok"] and "SKA challenge" in js["error"], js

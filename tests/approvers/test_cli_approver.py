@@ -32,6 +32,7 @@ from custody.approver_client import ApproverClient
 from custody.cli import app
 from hsm_emulator import Hsm
 from hsm_emulator.decoders import transfer_payload
+from hsm_emulator.decoding import DecoderRegistry
 from hsm_emulator.model import canonical_json
 from tests.api.test_api_tutorial import SECRET, bearer
 from tests.api.test_serve import free_port
@@ -50,8 +51,9 @@ class Live:
     hsm_key: str
 
 
-def _serve(tmp: Path, **ssl: Any) -> Iterator[tuple[str, Hsm]]:
-    hsm = Hsm.open(tmp / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO)
+def _serve(tmp: Path, decoders: DecoderRegistry | None = None,
+           **ssl: Any) -> Iterator[tuple[str, Hsm]]:
+    hsm = Hsm.open(tmp / "hsm.sqlite", TEST_PASSPHRASE, so_passphrase=SO, decoders=decoders)
     api = create_app(Settings(database_url=f"sqlite:///{tmp / 'b.sqlite'}",
                               jwt_secret=SECRET), hsm)
     port = free_port()
@@ -152,13 +154,17 @@ def test_each_key_type_lists_and_approves_a_medium_transfer(
 
     listed = cli("tasks", "--key-file", str(key_file), live=live)
     assert listed.exit_code == 0, listed.output
-    assert request_id in listed.stdout and "carol" in listed.stdout
-    assert "1000" in listed.stdout and "1 open task(s)" in listed.stdout
+    assert request_id[:8] in listed.stdout and "carol" in listed.stdout
+    # the policy names no unit for TST: base units with the asset id, never a guess
+    assert "1,000 base units of TST" in listed.stdout and "1 open task(s)" in listed.stdout
 
-    approved = cli("approve", request_id, "--yes", "--key-file", str(key_file), live=live)
+    approved = cli("approve", request_id[:8], "--yes", "--key-file", str(key_file), live=live)
     assert approved.exit_code == 0, approved.output
     assert f"approved {request_id}: request is now PENDING" in approved.stdout
     assert "destination" in approved.stdout and "carol" in approved.stdout
+    assert "tier medium: 1 more from traders (quorum 2); no hold follows" in approved.stdout
+    assert "tier large: 1 more from traders (quorum 2), 1 more from compliance (quorum 1); " \
+        "then a hold of 24 h 0 min" in approved.stdout
     assert python_approve(live, other, request_id) == "EXECUTED"
     assert len(status(live, request_id)["approvedBy"]) == 2
 
@@ -171,7 +177,7 @@ def test_show_confirm_and_reject(live: Live, tmp_path: Path,
     shown = cli("show", request_id, "--key-file", str(key_file), live=live)
     assert shown.exit_code == 0, shown.output
     assert "verified HSM challenge" in shown.stdout
-    assert "4000 (4,000 TST base units)" in shown.stdout
+    assert "4,000 base units of TST" in shown.stdout and f"ref {request_id[:8]}" in shown.stdout
     declined = cli("approve", request_id, "--key-file", str(key_file), live=live, input="n\n")
     assert declined.exit_code == 1 and "nothing was sent" in declined.output
     assert status(live, request_id)["approvedBy"] == []
@@ -476,10 +482,14 @@ def test_an_approver_sees_every_unit_that_can_leave() -> None:
                     (Transfer("ETH", 0, spender),), 21_000, "ETH",
                     grants=(Grant("ERC20:0xc0", 2**256 - 1, spender),), rent=7,
                     calls=("0xc0",))
-    body = {"keyLabel": "w", "action": "use", "intent": intent.to_json(), "initiator": "desk"}
+    body = {"keyLabel": "w", "action": "use", "intent": intent.to_json(), "initiator": "desk",
+            "units": {"ETH": {"symbol": "ETH", "decimals": 18}, "ERC20:0xc0": None},
+            "feeCap": "42000000000000"}
     lines = dict(VerifiedTask("r1", body, b"", "").intent_lines())
     assert lines["kind"] == "grant" and lines["spender"] == spender
-    assert lines["allowance"].startswith(str(2**256 - 1))
+    assert lines["allowance"] == f"{2**256 - 1:,} base units of ERC20:0xc0"
     assert lines["allowance asset"] == "ERC20:0xc0"
-    assert lines["rent"].startswith("7 (") and lines["fee (most)"] == "21000 (0.000000000000021 ETH)"
+    assert lines["rent"] == "0.000000000000000007 ETH"
+    assert lines["fee (most)"] == "0.000000000000021 ETH"
+    assert lines["fee cap"] == "0.000042 ETH"  # the cap in the fee's unit
     assert lines["calls"] == "0xc0"

@@ -36,7 +36,7 @@ def test_explain_says_what_the_tiers_need(people: dict[str, Approver]) -> None:
 
 def test_explain_units_and_unruled_actions() -> None:
     assert amount("ETH", 1500000000000000000) == "1.5 ETH"
-    assert amount("XYZ", 12345) == "12,345 XYZ base units"
+    assert amount("XYZ", 12345) == "12,345 base units of XYZ"
     assert duration(90) == "90 s" and duration(7200) == "2 h"
     lines = explain({"openActions": ["use"]})
     assert "Signing (use): allowed without approvals (no rule)." in lines
