@@ -4,7 +4,7 @@ import {
   b64, concat, createPasskey, ENROL_PREFIX, forgetDevice, formatAmount, importHsmKey,
   loadDevice, newDeviceKey, REJECT_PREFIX, saveDevice, sha256hex, signer, verifyChallenge,
 } from "./crypto.js";
-import { address, el, ownToken, tierWords, timeLeft } from "./view.js";
+import { address, el, ownToken, policyDiff, tierWords, timeLeft } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 //: `shown`: the task as the detail shows it - what the confirm restates and what is signed,
@@ -253,6 +253,12 @@ function openTask(id) {
     if (b.feeCap) row(dl, "Fee cap", amount(b.feeCap, intent.feeAsset, b));
   } else {
     row(dl, "Payload", `${b.payloadType}, not decoded by the HSM`);
+  }
+  // a modify: the policy change as the HSM signed it, line by line
+  if (b.policyChange) {
+    const changes = policyDiff(b.policyChange.from, b.policyChange.to);
+    if (!changes.length) row(dl, "Policy", "no change");
+    for (const d of changes) row(dl, d.sign === "+" ? "Adds" : "Removes", d.text);
   }
   row(dl, "Key", b.keyLabel);
   row(dl, "Action", b.action);

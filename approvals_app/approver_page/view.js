@@ -56,3 +56,47 @@ export function tierWords(token) {
   const hold = token.holdRemaining > 0 ? `; hold ends in ${duration(token.holdRemaining)}` : "";
   return `${token.name}: ${parts.join("; ")}${hold}`;
 }
+
+// A modify as lines: what the new policy removes (-) and adds (+), from the two policy
+// summaries the HSM signed into the challenge (`policyChange`: groups, quorums, approvers
+// by name and fingerprint, tiers with their holds, amounts, fee caps and limits). Lists of
+// named things are keyed by their name (approvers by fingerprint), so a reordering is no
+// change; every other difference is shown, nothing is summarised away.
+export function policyDiff(from, to) {
+  const a = flatten(from), b = flatten(to);
+  const out = [];
+  for (const k of [...new Set([...a.keys(), ...b.keys()])].sort()) {
+    if (a.get(k) === b.get(k)) continue;
+    if (a.has(k)) out.push({ sign: "-", text: line(k, a.get(k)) });
+    if (b.has(k)) out.push({ sign: "+", text: line(k, b.get(k)) });
+  }
+  return out;
+}
+
+const LISTED = "\u0000listed";
+
+function line(key, value) {
+  return value === LISTED ? key : `${key}: ${value}`;
+}
+
+function flatten(value, path = "", out = new Map()) {
+  if (Array.isArray(value)) {
+    if (!value.length) out.set(path, "none");
+    value.forEach((item, i) => {
+      if (item && typeof item === "object" && item.fingerprint) {
+        out.set(`${path}: ${item.name || "unnamed"} (${String(item.fingerprint).slice(0, 12)})`,
+          LISTED);
+      } else {
+        const key = item && typeof item === "object" ? (item.name ?? item.asset ?? i) : i;
+        flatten(item, `${path}[${key}]`, out);
+      }
+    });
+  } else if (value && typeof value === "object") {
+    const keys = Object.keys(value).sort();
+    if (!keys.length) out.set(path, "none");
+    for (const k of keys) flatten(value[k], path ? `${path}.${k}` : k, out);
+  } else {
+    out.set(path, value === null ? "none" : String(value));
+  }
+  return out;
+}

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from hsm_emulator.display import format_amount
+
 from .policy import AssetInfo
-from .units import to_text
 
 #: ``token 'medium': <part>; <part>`` as :meth:`hsm_emulator.evaluate.TokenStatus.describe_missing`
 #: writes it, one per token, joined by "; " (the broker's error for a closed request).
@@ -62,7 +63,8 @@ def _amounts(text: str, assets: list[AssetInfo]) -> str:
 
     def fmt(asset: str, units: str) -> str:
         info = by_id.get(asset)
-        return f"{units} {asset} base units" if info is None else _amount(int(units), info)
+        unit = None if info is None else {"symbol": info.symbol, "decimals": info.decimals}
+        return format_amount(units, asset, unit)
 
     text = _AMOUNT.sub(lambda m: f"{fmt(m[1], m[2])} is {m[3]} its limit of "
                                  f"{fmt(m[1], m[4])}", text)
@@ -72,11 +74,6 @@ def _amounts(text: str, assets: list[AssetInfo]) -> str:
                               f"{fmt(m[2], m[3])}", text)
     text = _GROUP.sub(lambda m: f"{m[2]} more approval(s) from {m[1]} needed", text)
     return _HOLD.sub(lambda m: f"on hold for {m[1]} s more", text)
-
-
-def _amount(units: int, info: AssetInfo) -> str:
-    """One amount as desks read it (private until the shared formatter lands)."""
-    return f"{to_text(units, info.decimals)} {info.symbol}"
 
 
 def _period(seconds: int) -> str:
