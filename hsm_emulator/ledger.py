@@ -32,10 +32,11 @@ _LAST_ALL = ("SELECT cum_all, at FROM spends WHERE family=? AND asset=? "
              "ORDER BY at DESC, rowid DESC LIMIT 1")
 _BEFORE_ALL = ("SELECT cum_all FROM spends WHERE family=? AND asset=? AND at<? "
                "ORDER BY at DESC, rowid DESC LIMIT 1")
-_LAST_TOKEN = ("SELECT cum_token FROM spends WHERE family=? AND asset=? AND token=? "
-               "ORDER BY at DESC, rowid DESC LIMIT 1")
-_BEFORE_TOKEN = ("SELECT cum_token FROM spends WHERE family=? AND asset=? AND token=? "
-                 "AND at<? ORDER BY at DESC, rowid DESC LIMIT 1")
+#: the same per token (``releasedBy`` limits count only the tokens they name)
+_LAST_SCOPED = ("SELECT cum_token FROM spends WHERE family=? AND asset=? AND token=? "
+                "ORDER BY at DESC, rowid DESC LIMIT 1")
+_BEFORE_SCOPED = ("SELECT cum_token FROM spends WHERE family=? AND asset=? AND token=? "
+                  "AND at<? ORDER BY at DESC, rowid DESC LIMIT 1")
 
 
 class VelocityLedger:
@@ -53,8 +54,8 @@ class VelocityLedger:
             if tokens is None:
                 stored = self._window(_LAST_ALL, _BEFORE_ALL, (family, asset), since)
             else:
-                stored = sum(self._window(_LAST_TOKEN, _BEFORE_TOKEN, (family, asset, t), since)
-                             for t in sorted(tokens))
+                stored = sum(self._window(_LAST_SCOPED, _BEFORE_SCOPED, (family, asset, t),
+                                          since) for t in sorted(tokens))
             pending = self._pending or ()
             return stored + sum(
                 int(p[2]) for p in pending if p[0] == family and p[1] == asset and
@@ -88,7 +89,7 @@ class VelocityLedger:
             if row:
                 cum_all, at = int(row[0][0]), float(row[0][1])
         if not seen_token:
-            row = self._store.execute(_LAST_TOKEN, (family, asset, token))
+            row = self._store.execute(_LAST_SCOPED, (family, asset, token))
             cum_token = int(row[0][0]) if row else 0
         return at, cum_all, cum_token
 
