@@ -30,13 +30,18 @@ _Row = tuple[str, str, str, float, str, str, str]
 
 _LAST_ALL = ("SELECT cum_all, at FROM spends WHERE family=? AND asset=? "
              "ORDER BY at DESC, rowid DESC LIMIT 1")
-_BEFORE_ALL = ("SELECT cum_all FROM spends WHERE family=? AND asset=? AND at<? "
-               "ORDER BY at DESC, rowid DESC LIMIT 1")
+#: the newest total and the total before the window, in one statement
+_WINDOW_ALL = ("SELECT (SELECT cum_all FROM spends WHERE family=?1 AND asset=?2 "
+               "ORDER BY at DESC, rowid DESC LIMIT 1), "
+               "(SELECT cum_all FROM spends WHERE family=?1 AND asset=?2 AND at<?3 "
+               "ORDER BY at DESC, rowid DESC LIMIT 1)")
 #: the same per token (``releasedBy`` limits count only the tokens they name)
 _LAST_SCOPED = ("SELECT cum_token FROM spends WHERE family=? AND asset=? AND token=? "
                 "ORDER BY at DESC, rowid DESC LIMIT 1")
-_BEFORE_SCOPED = ("SELECT cum_token FROM spends WHERE family=? AND asset=? AND token=? "
-                  "AND at<? ORDER BY at DESC, rowid DESC LIMIT 1")
+_WINDOW_SCOPED = ("SELECT (SELECT cum_token FROM spends WHERE family=?1 AND asset=?2 "
+                  "AND token=?3 ORDER BY at DESC, rowid DESC LIMIT 1), "
+                  "(SELECT cum_token FROM spends WHERE family=?1 AND asset=?2 AND token=?3 "
+                  "AND at<?4 ORDER BY at DESC, rowid DESC LIMIT 1)")
 
 
 class VelocityLedger:
@@ -52,25 +57,21 @@ class VelocityLedger:
         """How much ``family`` has released of an asset since a time (by some tokens)."""
         def spent(asset: str, since: float, tokens: frozenset[str] | None = None) -> int:
             if tokens is None:
-                stored = self._window(_LAST_ALL, _BEFORE_ALL, (family, asset), since)
+                stored = self._window(_WINDOW_ALL, (family, asset), since)
             else:
-                stored = sum(self._window(_LAST_SCOPED, _BEFORE_SCOPED, (family, asset, t),
-                                          since) for t in sorted(tokens))
+                stored = sum(self._window(_WINDOW_SCOPED, (family, asset, t), since)
+                             for t in sorted(tokens))
             pending = self._pending or ()
             return stored + sum(
                 int(p[2]) for p in pending if p[0] == family and p[1] == asset and
                 p[3] >= since and (tokens is None or p[4] in tokens))
         return spent
 
-    def _window(self, last_sql: str, before_sql: str, group: tuple[str, ...],
-                since: float) -> int:
+    def _window(self, sql: str, group: tuple[str, ...], since: float) -> int:
         """The stored rows of ``group`` at or after ``since``: newest total minus the
         total before the window."""
-        last = self._store.execute(last_sql, group)
-        if not last:
-            return 0
-        before = self._store.execute(before_sql, (*group, since))
-        return int(last[0][0]) - (int(before[0][0]) if before else 0)
+        last, before = self._store.execute(sql, (*group, since))[0]
+        return 0 if last is None else int(last) - (0 if before is None else int(before))
 
     def _tail(self, family: str, asset: str, token: str) -> tuple[float, int, int]:
         """The newest row's time and both running totals for a new row of this group,

@@ -199,12 +199,18 @@ def bench_growth(
         rounds: int = typer.Option(2, min=1, help="Rounds; the best is kept."),
         approvers: int = typer.Option(100, min=1, max=1024,
                                       help="Approvers in the groups of the held token."),
+        kind: list[str] = typer.Option(["velocity", "allowlist", "approvers", "audit"],
+                                       help="Repeat: velocity, allowlist, approvers, audit."),
 ) -> None:
     """Signing rate as the HSM's state grows, against empty state (headline: worst_ratio)."""
     from ..bench import print_lines
+    from ..bench_growth import KINDS
     from ..bench_growth import bench_growth as run
 
-    print_lines(run(size, iterations, batch, rounds, approvers))
+    unknown = sorted(set(kind) - set(KINDS))
+    if unknown:
+        fail(f"--kind: unknown {', '.join(unknown)} (one of {', '.join(KINDS)})")
+    print_lines(run(size, iterations, batch, rounds, approvers, kind))
 
 
 @bench_app.command("eth-sign")
