@@ -172,7 +172,9 @@ def _token_status(
 
 
 def _group_status(group: Group, approved: frozenset[str], rejected: frozenset[str]) -> GroupStatus:
-    members = [a.fingerprint for a in group.approvers]
+    members = group.members
+    if not approved and not rejected:  # the auto tier's case: nobody has answered
+        return GroupStatus(group.name, group.quorum, (), members, ())
     return GroupStatus(
         name=group.name,
         quorum=group.quorum,

@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .canonical import canonical_json
@@ -96,8 +97,14 @@ class Group:
     quorum: int
     approvers: tuple[Approver, ...]
 
+    @cached_property
+    def members(self) -> tuple[str, ...]:
+        """The approvers' fingerprints, in policy order, hashed once per parsed policy
+        (a fingerprint is a SHA-256 of the key: evaluation reads them on every request)."""
+        return tuple(a.fingerprint for a in self.approvers)
+
     def fingerprints(self) -> frozenset[str]:
-        return frozenset(a.fingerprint for a in self.approvers)
+        return frozenset(self.members)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (kind, id));
 CREATE TABLE IF NOT EXISTS spends (
     family TEXT NOT NULL, asset TEXT NOT NULL, amount TEXT NOT NULL, at REAL NOT NULL,
-    token TEXT NOT NULL DEFAULT '');
+    token TEXT NOT NULL DEFAULT '', cum_all TEXT NOT NULL DEFAULT '0',
+    cum_token TEXT NOT NULL DEFAULT '0');
 CREATE INDEX IF NOT EXISTS spends_by_time ON spends (family, asset, at);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, event TEXT NOT NULL,
@@ -48,7 +49,9 @@ CREATE TABLE IF NOT EXISTS audit_heads (seq INTEGER PRIMARY KEY, body TEXT NOT N
 """
 
 #: The plain tables :meth:`Store.insert_rows` writes to, and its statement for each.
-_PLAIN_INSERTS = {"audit": "INSERT INTO audit VALUES ", "spends": "INSERT INTO spends VALUES "}
+_PLAIN_INSERTS = {"audit": "INSERT INTO audit VALUES ",
+                  "spends": "INSERT INTO spends (family, asset, amount, at, token, cum_all, "
+                            "cum_token) VALUES "}
 #: Rows per multi-row INSERT (SQLite's variable limit may lower it).
 MAX_ROWS_PER_INSERT = 500
 
@@ -87,6 +90,7 @@ class Store:
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.executescript(SCHEMA)
             self._add_spend_tokens()
+            self._add_spend_totals()
             self._max_variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._aead = AESGCM(self._unlock(unlock))
         except sqlite3.Error as exc:
@@ -206,6 +210,28 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(spends)")}
         if "token" not in columns:
             self._db.execute("ALTER TABLE spends ADD COLUMN token TEXT NOT NULL DEFAULT ''")
+
+    def _add_spend_totals(self) -> None:
+        """Stores made before the ledger kept running totals (see :mod:`.ledger`): add
+        the columns, fill them in time order and index rows by token."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(spends)")}
+        if "cum_all" not in columns or "cum_token" not in columns:
+            with self.transaction():
+                for name in ("cum_all", "cum_token"):
+                    if name not in columns:
+                        self._db.execute(
+                            f"ALTER TABLE spends ADD COLUMN {name} TEXT NOT NULL DEFAULT '0'")
+                totals: dict[tuple[str, ...], int] = {}
+                rows = self._db.execute("SELECT rowid, family, asset, amount, token FROM spends "
+                                        "ORDER BY at, rowid").fetchall()
+                for rowid, family, asset, amount, token in rows:
+                    for group in ((family, asset), (family, asset, token)):
+                        totals[group] = totals.get(group, 0) + int(amount)
+                    self._db.execute("UPDATE spends SET cum_all=?, cum_token=? WHERE rowid=?",
+                                     (str(totals[(family, asset)]),
+                                      str(totals[(family, asset, token)]), rowid))
+        self._db.execute("CREATE INDEX IF NOT EXISTS spends_by_token "
+                         "ON spends (family, asset, token, at)")
 
     def insert_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert ``rows`` (all of the table's width) into a plain table, in the caller's

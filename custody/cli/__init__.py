@@ -174,12 +174,43 @@ def token(subject: str, tenant: str = typer.Option("default"),
 def bench_hsm(iterations: int = typer.Option(2000, min=10, help="Signatures per round."),
               rounds: int = typer.Option(3, min=1, help="Rounds; the best of each is kept."),
               batch: int = typer.Option(100, min=1, max=1000, help="Payloads per sign_batch."),
+              remote: bool = typer.Option(False, "--remote",
+                                          help="Also the HSM as its own process over its "
+                                               "socket (headline: remote/in-process ratio)."),
               ) -> None:
     """Raw coincurve signs/s vs. the HSM's policy-checked auto tier (headline: ratio)."""
     from ..bench import bench_hsm as run
     from ..bench import print_lines
 
+    if remote:
+        from ..bench_remote import bench_hsm_remote
+
+        print_lines(bench_hsm_remote(iterations, rounds, batch))
+        return
     print_lines(run(iterations, rounds, batch))
+
+
+@bench_app.command("growth")
+def bench_growth(
+        size: list[int] = typer.Option([1000, 10_000, 100_000, 1_000_000], min=1,
+                                       help="Repeat: state sizes (ledger, audit, allowlist)."),
+        iterations: int = typer.Option(2000, min=10, help="Signatures per measurement."),
+        batch: int = typer.Option(100, min=1, max=1000, help="Payloads per sign_batch."),
+        rounds: int = typer.Option(2, min=1, help="Rounds; the best is kept."),
+        approvers: int = typer.Option(100, min=1, max=1024,
+                                      help="Approvers in the groups of the held token."),
+        kind: list[str] = typer.Option(["velocity", "allowlist", "approvers", "audit"],
+                                       help="Repeat: velocity, allowlist, approvers, audit."),
+) -> None:
+    """Signing rate as the HSM's state grows, against empty state (headline: worst_ratio)."""
+    from ..bench import print_lines
+    from ..bench_growth import KINDS
+    from ..bench_growth import bench_growth as run
+
+    unknown = sorted(set(kind) - set(KINDS))
+    if unknown:
+        fail(f"--kind: unknown {', '.join(unknown)} (one of {', '.join(KINDS)})")
+    print_lines(run(size, iterations, batch, rounds, approvers, kind))
 
 
 @bench_app.command("eth-sign")

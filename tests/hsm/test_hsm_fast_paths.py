@@ -53,12 +53,13 @@ def test_totals_agree_with_total(pairs: list[tuple[str, int]]) -> None:
 
 def test_insert_rows_writes_every_row_in_chunks(hsm: Hsm) -> None:
     store = hsm._store
-    rows = [("fam", "TST", str(i), float(i), "auto")
+    rows = [("fam", "TST", str(i), float(i), "auto", str(i * (i + 1) // 2), str(i * (i + 1) // 2))
             for i in range(2 * MAX_ROWS_PER_INSERT + 3)]
     with store.transaction():
         store.insert_rows("spends", rows)
         store.insert_rows("spends", [])
-    got = store.execute("SELECT family, asset, amount, at, token FROM spends ORDER BY at")
+    got = store.execute("SELECT family, asset, amount, at, token, cum_all, cum_token FROM spends "
+                         "ORDER BY at")
     assert got == rows
 
 

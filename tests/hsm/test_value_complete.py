@@ -252,7 +252,10 @@ def test_a_store_from_before_token_scoped_velocity_opens(tmp_path: Any) -> None:
     path = tmp_path / "old.sqlite"
     Hsm.open(path, TEST_PASSPHRASE, so_passphrase=SO).close()
     db = sqlite3.connect(path)
+    db.execute("DROP INDEX spends_by_token")  # nor the ledger's running totals (issue 16)
     db.execute("ALTER TABLE spends DROP COLUMN token")
+    db.execute("ALTER TABLE spends DROP COLUMN cum_all")
+    db.execute("ALTER TABLE spends DROP COLUMN cum_token")
     db.commit()
     db.close()
     hsm = Hsm.open(path, TEST_PASSPHRASE)
