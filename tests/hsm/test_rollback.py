@@ -286,3 +286,24 @@ def test_kill_between_the_commit_and_the_counter_does_not_brick(store: Path, whe
         _spend(hsm, 1, 9)
     hsm.close()
     _open(store, clock).close()
+
+
+def test_the_hsm_process_reads_its_counter_where_told(store: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m hsm_emulator.remote --nvram`` (or ``SKA_HSM_NVRAM``): an empty counter
+    there is refused for this store, in one line, before anything listens."""
+    from hsm_emulator.remote.__main__ import main
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    secret.chmod(0o600)
+    argv = ["--store", str(store), "--listen", f"unix:{tmp_path}/s.sock", "--secret-file",
+            str(secret), "--scrypt-n", str(TEST_PASSPHRASE.scrypt_n)]
+    for extra, env in (([], str(tmp_path / "none")), (["--nvram", str(tmp_path / "no")], "")):
+        monkeypatch.setenv("SKA_HSM_PASSPHRASE", TEST_PASSPHRASE.value)
+        monkeypatch.setenv("SKA_HSM_NVRAM", env)
+        assert main([*argv, *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hsm-server: [hsm.store_rolled_back]") and "\n" not in err, err
+        assert "holds nothing" in err
