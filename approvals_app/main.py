@@ -56,7 +56,7 @@ def open_hsm(settings: Settings) -> HsmClient:
                                read_secret_file(Path(settings.hsm_secret_file)))
     return local_client(Hsm.open(settings.hsm_store, Passphrase(settings.hsm_passphrase),
                                  so_passphrase=settings.hsm_so_passphrase or None,
-                                 decoders=registry()))
+                                 decoders=registry(), nvram=settings.hsm_nvram or None))
 
 
 def start_workers(broker: Broker, treasury: Treasury,

@@ -33,7 +33,7 @@ STATUS = {
     "hsm.attribute_denied": 403, "hsm.approval_refused": 403,
     "hsm.authentication_failed": 401, "hsm.derivation_error": 400,
     "hsm.store_locked": 503, "hsm.transport_error": 503, "hsm.audit_failure": 503,
-    "hsm.tamper_detected": 500,
+    "hsm.tamper_detected": 500, "hsm.store_rolled_back": 500, "hsm.counter_failure": 503,
     "custody.bad_request": 400, "custody.unauthorized": 401, "custody.forbidden": 403,
     "custody.not_found": 404, "custody.conflict": 409, "custody.rate_limited": 429,
     "custody.unavailable": 503,

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///custody.sqlite"
     #: ``CUSTODY_HSM_STORE``: the in-process HSM's store file.
     hsm_store: Path = Path("hsm.sqlite")
+    #: ``CUSTODY_HSM_NVRAM``: the in-process HSM's monotonic counter file, standing for its
+    #: tamper-resistant memory (anti-rollback); empty: ``<hsm_store>.nvram``.
+    hsm_nvram: str = ""
     #: ``CUSTODY_HSM_PASSPHRASE``: unlocks the in-process HSM's store.
     hsm_passphrase: str = Field(default="", repr=False)
     #: ``CUSTODY_HSM_SO_PASSPHRASE``: the security officer's, at the store's first start.

@@ -10,10 +10,11 @@ from .flow import Approval
 from .hsm import Hsm
 from .initiation import initiation_message
 from .model import Action, Intent, IntentKind, KeyAlgorithm, KeyAttributes, SignScheme, Transfer
+from .nvram import CounterValue, MonotonicCounter, SealedFileCounter
 from .store import KeyFile, Passphrase
 
 __all__ = [
-    "Action", "Approval", "Clock", "Hsm", "HsmError", "Intent", "IntentKind", "KeyAlgorithm",
-    "KeyAttributes", "KeyFile", "ManualClock", "Passphrase", "SignScheme", "SystemClock",
-    "Transfer", "initiation_message",
+    "Action", "Approval", "Clock", "CounterValue", "Hsm", "HsmError", "Intent", "IntentKind",
+    "KeyAlgorithm", "KeyAttributes", "KeyFile", "ManualClock", "MonotonicCounter", "Passphrase",
+    "SealedFileCounter", "SignScheme", "SystemClock", "Transfer", "initiation_message",
 ]

@@ -39,7 +39,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from .canonical import canonical_json, canonical_text
-from .errors import AuditFailure
+from .errors import AuditFailure, TamperDetected
 from .identity import Domain, IdentityKey, verify_identity
 from .store import Store
 
@@ -326,6 +326,32 @@ class AuditLog:
     def checkpoints(self) -> list[SignedHead]:
         rows = self._store.execute("SELECT body FROM audit_heads ORDER BY seq")
         return [SignedHead.from_json(json.loads(r[0])) for r in rows]
+
+    def verify_own(self) -> None:
+        """At start: the whole stored chain and every signed checkpoint, or
+        :class:`TamperDetected` (the HSM will not sign a fresh head over a broken log).
+
+        Entries are hashed from their stored text, which is their canonical JSON; one
+        that is not is re-encoded before it counts as edited.
+        """
+        prev = GENESIS
+        hashes: dict[int, str] = {}
+        rows = self._store.execute("SELECT seq, at, event, prev, hash FROM audit ORDER BY seq")
+        for seq, (n, at, text, stored_prev, digest) in enumerate(rows, start=1):
+            if n != seq or stored_prev != prev:
+                raise TamperDetected(f"the HSM's audit log is broken at entry {seq}: "
+                                     "removed, reordered or rechained")
+            if entry_hash(prev, n, at, text.encode()) != digest and entry_hash(
+                    prev, n, at, json.loads(text)) != digest:
+                raise TamperDetected(f"the HSM's audit entry {n} does not match its hash")
+            prev = hashes[n] = digest
+        public = self._identity.public_der
+        for head in self.checkpoints():
+            if not verify_identity(public, Domain.AUDIT_HEAD, head.body(), head.signature):
+                raise TamperDetected(f"the HSM's audit checkpoint {head.seq}: bad signature")
+            if hashes.get(head.seq) != head.hash:
+                raise TamperDetected(f"the HSM's audit checkpoint {head.seq} does not match "
+                                     "the log: truncated or rewritten")
 
 
 @dataclass(frozen=True)

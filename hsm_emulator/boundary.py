@@ -26,7 +26,7 @@ from .errors import AuthenticationFailed, HsmError, InvalidInput
 from .identity import IdentityKey
 from .ledger import VelocityLedger
 from .records import KeyRecords, RequestRecords
-from .store import Store, Unlock
+from .store import Nvram, Store, Unlock
 
 T = TypeVar("T")
 
@@ -58,10 +58,11 @@ class Boundary:
         allow_export: bool = False,
         clock: Clock | None = None,
         decoders: DecoderRegistry | None = None,
+        nvram: Nvram = None,
     ) -> Boundary:
         """Open (or, on first use, initialise) the HSM store at ``path``: see
         :meth:`hsm_emulator.Hsm.open`."""
-        store = Store(path, unlock)
+        store = Store(path, unlock, nvram)
         clock = clock or SystemClock()
         partition = store.get("partition", "config")
         if partition is None:
@@ -84,6 +85,11 @@ class Boundary:
             raise InvalidInput("allow_export is a partition setting fixed when the HSM is "
                                "initialised; this HSM does not allow export")
         boundary = cls(store, clock, decoders or default_registry(), partition)
+        try:
+            boundary.audit.verify_own()
+        except HsmError:
+            store.close()
+            raise
         if boundary.audit.entries(1, 1) == []:
             boundary.audited({"op": "hsm.init", "hsmId": boundary.hsm_id,
                               "allowExport": partition["allowExport"]}, lambda: None)

@@ -131,6 +131,20 @@ class TamperDetected(HsmError):
     code = "hsm.tamper_detected"
 
 
+class StoreRolledBack(TamperDetected):
+    """The store is older than the HSM's monotonic counter says: a copy put back, or the
+    counter's record of it gone. Refused at open (:mod:`hsm_emulator.nvram`)."""
+
+    code = "hsm.store_rolled_back"
+
+
+class CounterFailure(HsmError):
+    """The HSM's monotonic counter could not be advanced, so no further state change is
+    made until it can be (the store would otherwise run ahead of it)."""
+
+    code = "hsm.counter_failure"
+
+
 class AuditFailure(HsmError):
     """The audit entry could not be written, so the operation was refused (fail closed)."""
 

@@ -37,7 +37,7 @@ from .keyring import Keyring
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
 from .records import KeyState
 from .results import Attestation, Execution, KeyInfo
-from .store import Unlock
+from .store import Nvram, Unlock
 
 __all__ = ["Hsm", "KeyState"]
 
@@ -68,15 +68,21 @@ class Hsm:
         allow_export: bool = False,
         clock: Clock | None = None,
         decoders: DecoderRegistry | None = None,
+        nvram: Nvram = None,
     ) -> Hsm:
         """Open (or, on first use, initialise) the HSM whose store is at ``path``.
 
         Initialising needs the security officer's passphrase; ``allow_export`` is the
         partition setting that, together with a key's ``exportable`` attribute, permits
-        :meth:`export_private_key_unsafe`.
+        :meth:`export_private_key_unsafe`. ``nvram`` is the HSM's monotonic counter, its
+        tamper-resistant memory (:mod:`hsm_emulator.nvram`): a path for the sealed
+        counter file (default ``<path>.nvram``) or a ``MonotonicCounter``. Opening
+        verifies the audit chain and refuses a store behind the counter
+        (``StoreRolledBack``) or not matching its sealed state (``TamperDetected``).
         """
         return cls(Boundary.open(path, unlock, so_passphrase=so_passphrase,
-                                 allow_export=allow_export, clock=clock, decoders=decoders))
+                                 allow_export=allow_export, clock=clock, decoders=decoders,
+                                 nvram=nvram))
 
     def close(self) -> None:
         self._store.close()

@@ -107,7 +107,7 @@ class VelocityLedger:
         if self._pending is not None:
             self._pending.extend(rows)
         else:
-            self._store.insert_rows("spends", rows)
+            self._store.insert_rows("spends", rows)  # bound to the store's state row
 
     @contextmanager
     def buffered(self) -> Iterator[None]:

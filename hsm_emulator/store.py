@@ -11,6 +11,13 @@ Layout of protection:
 
 The store is opened with an exclusive lock: an HSM is one device, and two processes
 sharing one store would defeat replay protection.
+
+Anti-rollback: every commit that changes anything also writes the store's sealed
+``state`` row (:mod:`hsm_emulator.rollback`: the next counter value and digests of every
+record, the velocity ledger and the audit head), commits durably (``synchronous=FULL``),
+and only then advances the HSM's monotonic counter (:mod:`hsm_emulator.nvram`). A power
+cut between the two leaves the store exactly one step ahead of the counter, which the
+next open finishes; a store behind the counter is refused (:class:`StoreRolledBack`).
 """
 
 from __future__ import annotations
@@ -21,16 +28,27 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import HsmError, InvalidInput, StoreLocked, TamperDetected
+from .errors import (
+    CounterFailure,
+    HsmError,
+    InvalidInput,
+    StoreLocked,
+    StoreRolledBack,
+    TamperDetected,
+)
+from .nvram import CounterValue, MonotonicCounter, SealedFileCounter
+from .rollback import StateSeal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -77,28 +95,99 @@ class KeyFile:
 
 
 Unlock = Passphrase | KeyFile
+#: Where the HSM's counter is kept: a path for a :class:`SealedFileCounter`, or any
+#: :class:`MonotonicCounter` (a TPM NV counter, a real HSM's); None: ``<store>.nvram``.
+Nvram = str | Path | MonotonicCounter | None
+
+
+def default_nvram(path: str | Path) -> Path:
+    """Where the counter file of the store at ``path`` is kept unless told otherwise."""
+    return Path(f"{path}.nvram")
 
 
 class Store:
-    def __init__(self, path: str | Path, unlock: Unlock) -> None:
+    def __init__(self, path: str | Path, unlock: Unlock, nvram: Nvram = None) -> None:
         self.path = str(path)
         self._lock = threading.RLock()
+        self._seal: StateSeal | None = None  # set once unlocked: commits before are plain
+        self._value = CounterValue(0, 0)
+        self._unsynced: CounterValue | None = None  # committed, counter not yet advanced
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on disk before the counter moves past it (see above)
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.executescript(SCHEMA)
             self._add_spend_tokens()
             self._add_spend_totals()
             self._max_variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            self._aead = AESGCM(self._unlock(unlock))
+            dek = self._unlock(unlock)
+            self._aead = AESGCM(dek)
+            self._counter = _counter(nvram, path, dek)
+            self._bind(StateSeal(_subkey(dek, b"ska-state-mac-v1")))
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreLocked(f"cannot open HSM store {self.path}: {exc}") from None
         except HsmError:
             self._db.close()
             raise
+
+    # -- anti-rollback ----------------------------------------------------------------
+
+    def _bind(self, seal: StateSeal) -> None:
+        """Check the store against its sealed state and the counter (or, for a new store
+        or one from before the counter, bind it now)."""
+        seal.load(self._db)
+        row, held = self._meta("state"), self._counter.read()
+        if row is None:
+            if held is not None:
+                raise StoreRolledBack(
+                    f"the HSM counter is at {held.count} but this store has no state record: "
+                    "a store from before the counter, or one whose state was removed")
+            self._seal = seal
+            with self.transaction(force=True):  # a new or pre-counter store: bind it
+                pass
+            return
+        seq, digest = self._audit_head()
+        state = seal.check(row, seq, digest)
+        if held is None:
+            raise StoreRolledBack(
+                f"this store is at commit {state.value.count} but the HSM counter "
+                f"({_where(self._counter)}) holds nothing: refused, as it would let any "
+                "older copy of the store be used")
+        if state.value.epoch != held.epoch or state.value.count < held.count:
+            raise StoreRolledBack(
+                f"the HSM store is at commit {state.value.count} (epoch "
+                f"{state.value.epoch}) but the HSM counter is at {held.count} (epoch "
+                f"{held.epoch}): an older copy of the store; refused")
+        if state.value.count > held.count + 1:
+            raise StoreRolledBack(
+                f"the HSM store is at commit {state.value.count}, more than one ahead of "
+                f"the HSM counter ({held.count}): the counter was rewound or replaced")
+        if state.value != held:  # one ahead: the counter's advance was cut; finish it
+            self._counter.advance(state.value)
+        self._seal, self._value = seal, state.value
+
+    def _audit_head(self) -> tuple[int, str]:
+        row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                               ).fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, "")
+
+    def _sync_counter(self) -> None:
+        """Advance the counter to the last commit if an earlier advance failed."""
+        if self._unsynced is None:
+            return
+        try:
+            self._counter.advance(self._unsynced)
+        except (OSError, HsmError) as exc:
+            raise CounterFailure(f"the HSM counter could not be advanced: {exc}") from None
+        self._unsynced = None
+
+    @property
+    def counter_value(self) -> CounterValue:
+        """The counter value of the last commit (the ``state`` row's)."""
+        return self._value
 
     # -- master key -------------------------------------------------------------------
 
@@ -143,19 +232,42 @@ class Store:
     # -- transactions -----------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """All-or-nothing: a state change and its audit entry commit together."""
+    def transaction(self, *, force: bool = False) -> Iterator[None]:
+        """All-or-nothing: a state change and its audit entry commit together. A commit
+        that changed anything (or ``force``) writes the next ``state`` row with it and
+        then advances the counter (the module docstring says why in that order)."""
         with self._lock:
             if self._db.in_transaction:  # nested: the outer transaction decides
                 yield
                 return
+            self._sync_counter()
+            seal, before = self._seal, self._db.total_changes
             self._db.execute("BEGIN IMMEDIATE")
+            if seal is not None:
+                seal.begin()
             try:
                 yield
+                value = None
+                if seal is not None and (force or self._db.total_changes != before):
+                    value = self._value.next()
+                    self._set_meta("state", seal.row(value, *self._audit_head()))
             except BaseException:
                 self._db.execute("ROLLBACK")
+                if seal is not None:
+                    seal.rollback()
                 raise
             self._db.execute("COMMIT")
+            if seal is not None:
+                seal.commit()
+            if value is not None:
+                self._value = self._unsynced = value
+                self._advance_counter()
+
+    def _advance_counter(self) -> None:
+        """Between the commit and the counter: a failure here is retried before the next
+        transaction (:meth:`_sync_counter`), never reported as the committed call's."""
+        with suppress(CounterFailure):
+            self._sync_counter()
 
     @property
     def lock(self) -> threading.RLock:
@@ -167,9 +279,11 @@ class Store:
         nonce = secrets.token_bytes(12)
         body = self._aead.encrypt(nonce, json.dumps(obj, sort_keys=True).encode(),
                                   _aad(kind, ident))
-        with self._lock:
+        with self.transaction():
             self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)",
                              (kind, ident, nonce, body))
+            if self._seal is not None:
+                self._seal.put(kind, ident, nonce, body)
 
     def get(self, kind: str, ident: str) -> dict[str, Any] | None:
         with self._lock:
@@ -186,8 +300,10 @@ class Store:
         return result
 
     def delete(self, kind: str, ident: str) -> None:
-        with self._lock:
+        with self.transaction():
             self._db.execute("DELETE FROM records WHERE kind=? AND id=?", (kind, ident))
+            if self._seal is not None:
+                self._seal.delete(kind, ident)
 
     def ids(self, kind: str) -> list[str]:
         with self._lock:
@@ -246,11 +362,13 @@ class Store:
         width = len(rows[0])
         per = max(1, min(MAX_ROWS_PER_INSERT, self._max_variables // width))
         one = "(" + ",".join("?" * width) + ")"
-        with self._lock:
+        with self.transaction():
             for start in range(0, len(rows), per):
                 chunk = rows[start:start + per]
                 self._db.execute(_PLAIN_INSERTS[table] + ",".join([one] * len(chunk)),
                                  [value for row in chunk for value in row])
+            if table == "spends" and self._seal is not None:
+                self._seal.spends(rows)  # the ledger is bound: see hsm_emulator.rollback
 
     def close(self) -> None:
         with self._lock:
@@ -259,6 +377,23 @@ class Store:
     def unsafe_connection(self) -> sqlite3.Connection:
         """The raw connection, for tamper tests that play an attacker with disk access."""
         return self._db
+
+
+def _subkey(dek: bytes, purpose: bytes) -> bytes:
+    """A key for one purpose (the state row's MAC, the counter file's), from the DEK."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(dek)
+
+
+def _counter(nvram: Nvram, path: str | Path, dek: bytes) -> MonotonicCounter:
+    if nvram is None or isinstance(nvram, str | Path):
+        where = default_nvram(path) if nvram is None else Path(nvram)
+        return SealedFileCounter(where, _subkey(dek, b"ska-nvram-v1"))
+    return nvram
+
+
+def _where(counter: MonotonicCounter) -> str:
+    path = getattr(counter, "path", None)
+    return str(path) if path is not None else type(counter).__name__
 
 
 def _aad(kind: str, ident: str) -> bytes:

@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", required=True, type=Path, metavar="FILE",
                    help="the clients' shared authentication secret (at least 16 bytes, "
                         "surrounding whitespace ignored; must not be group/other-readable)")
+    p.add_argument("--nvram", type=Path, metavar="FILE",
+                   default=os.environ.get("SKA_HSM_NVRAM") or None,
+                   help="the HSM's monotonic counter file, standing for its tamper-resistant "
+                        "memory: a store older than it is refused (default: STORE.nvram; "
+                        "also SKA_HSM_NVRAM)")
     p.add_argument("--allow-export", action="store_true",
                    help="when initialising a new store only: allow exporting keys that are "
                         "marked exportable (needs the security officer)")
@@ -106,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hsm = Hsm.open(args.store, Passphrase(passphrase, scrypt_n=args.scrypt_n),
                        so_passphrase=so_passphrase, allow_export=args.allow_export,
-                       clock=clock, decoders=registry())
+                       clock=clock, decoders=registry(), nvram=args.nvram)
     except (HsmError, OSError) as exc:
         print(f"hsm-server: {exc}", file=sys.stderr)
         return 1

@@ -149,3 +149,25 @@ def test_localnets_and_faucet_errors_are_one_line() -> None:
     code, err = run(["faucet", "ethereum", "0x00", "--amount", "1"],
                     {"CUSTODY_ETHEREUM_RPC": f"http://127.0.0.1:{closed_port()}"})
     assert code == 3 and "cannot reach the ethereum node" in one_line(err)
+
+
+def test_a_rolled_back_store_is_one_line(tmp_path: Path) -> None:
+    """An older copy of the store put back (issue 15): ``serve`` refuses it in one line,
+    naming why; the counter is where ``CUSTODY_HSM_NVRAM`` says."""
+    store, nvram = tmp_path / "hsm.sqlite", tmp_path / "elsewhere" / "counter"
+    nvram.parent.mkdir()
+    settings = Settings(hsm_store=store, hsm_passphrase="right passphrase",
+                        hsm_so_passphrase="officer passphrase", hsm_nvram=str(nvram))
+    open_service_hsm(settings).close()
+    old = store.read_bytes()
+    hsm = open_service_hsm(settings)
+    hsm.create_key("k", "ED25519")
+    hsm.close()
+    assert nvram.exists() and not Path(f"{store}.nvram").exists()
+    store.write_bytes(old)
+    code, err = run(["serve", "--port", str(closed_port())],
+                    serve_env(tmp_path, CUSTODY_HSM_PASSPHRASE="right passphrase",
+                              CUSTODY_HSM_NVRAM=str(nvram)))
+    line = one_line(err)
+    assert code == 2 and "cannot open the HSM store" in line, line
+    assert "older copy of the store" in line, line

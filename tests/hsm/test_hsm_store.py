@@ -87,19 +87,27 @@ def test_tampered_key_record_is_refused(tmp_path: Path, clock: ManualClock) -> N
     db = sqlite3.connect(path)
     body = bytearray(db.execute("SELECT body FROM records WHERE kind='key' AND id='a'").fetchone()[0])
     body[10] ^= 1
+    pristine = db.execute("SELECT nonce, body FROM records WHERE kind='key' AND id='a'"
+                          ).fetchone()
     db.execute("UPDATE records SET body=? WHERE kind='key' AND id='a'", (bytes(body),))
     db.commit()
     db.close()
-    hsm = reopen(path, clock)
-    with pytest.raises(TamperDetected):
-        hsm.sign_now("a", b"m", "UNSPECIFIED", "SHA256_WITH_ECDSA")
-    hsm.close()
+    # the store's sealed state no longer matches: refused at open, before any use
+    with pytest.raises(TamperDetected, match="sealed records do not match"):
+        reopen(path, clock)
     # b's (restrictive) record swapped onto a's id: authenticated data binds the id
     _tamper(path, "UPDATE records SET nonce=(SELECT nonce FROM records WHERE id='b'), "
                   "body=(SELECT body FROM records WHERE id='b') WHERE kind='key' AND id='a'")
+    with pytest.raises(TamperDetected, match="sealed records do not match"):
+        reopen(path, clock)
+    # each record still authenticates itself when read (a live store edited under it)
+    _tamper(path, "UPDATE records SET nonce=?, body=? WHERE kind='key' AND id='a'", *pristine)
     hsm = reopen(path, clock)
+    hsm._store.unsafe_connection().execute(
+        "UPDATE records SET body=? WHERE kind='key' AND id='a'", (bytes(body),))
+    hsm.records.clear()
     with pytest.raises(TamperDetected):
-        hsm.get_key("a")
+        hsm.sign_now("a", b"m", "UNSPECIFIED", "SHA256_WITH_ECDSA")
     hsm.close()
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from hsm_emulator.ledger import VelocityLedger
 from hsm_emulator.model import Intent, IntentKind, Transfer
-from hsm_emulator.store import Passphrase, Store
+from hsm_emulator.store import Passphrase, Store, default_nvram
 
 FAMILIES = ("f1", "f2")
 ASSETS = ("A", "B")
@@ -140,10 +140,14 @@ def test_a_clock_that_steps_back_only_counts_more() -> None:
        st.lists(_query, min_size=1, max_size=6))
 def test_a_store_from_before_the_totals_is_filled_in(
         rows: list[tuple[str, str, int, float, str]], queries: list[tuple[Any, ...]]) -> None:
-    """Old rows, in any time order, without the total columns: opening adds and fills them."""
+    """Old rows, in any time order, without the total columns: opening adds and fills them.
+    (A store from before the totals is also from before the anti-rollback state: no state
+    row, no counter file; it is bound at its first open.)"""
     with tempfile.TemporaryDirectory() as tmp:
         _store(tmp).close()
+        default_nvram(Path(tmp) / "hsm.sqlite").unlink()
         db = sqlite3.connect(Path(tmp) / "hsm.sqlite")
+        db.execute("DELETE FROM meta WHERE name='state'")
         db.execute("DROP INDEX spends_by_token")
         db.execute("ALTER TABLE spends DROP COLUMN cum_all")
         db.execute("ALTER TABLE spends DROP COLUMN cum_token")

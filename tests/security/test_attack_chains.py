@@ -15,6 +15,7 @@ log, and move nothing on the chain. ``tests/artifacts/attacks.json`` records the
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -49,6 +50,8 @@ from hsm_emulator.errors import (
     KeyInvalidated,
     PolicyNotMet,
     RequestClosed,
+    StoreRolledBack,
+    TamperDetected,
 )
 from hsm_emulator.flow import Approval
 from hsm_emulator.model import canonical_json
@@ -625,10 +628,31 @@ def _copy(src: Path, dst: Path) -> None:
         a.backup(b)
 
 
+def _refused_at_start(server: Server, name: str, expect: str, why: str) -> Outcome:
+    """Start the HSM on a store the attacker edited: it must refuse to open, with
+    ``expect``. A store the HSM will not open has no audit log to log into; what records
+    the refusal is the HSM process's one-line exit (``audit_entry`` here: that line names
+    the code)."""
+    try:
+        server.start()
+    except RuntimeError as exc:
+        found = re.findall(r"\[(hsm\.[a-z_]+)\] (.*)", str(exc))  # the log: its last line
+        code, reason = found[-1] if found else (None, str(exc))
+        return Outcome(name, "hsm-store", True, expect, code, reason, bool(found), False,
+                       why=why)
+    server.stop()
+    return Outcome(name, "hsm-store", False, expect, None, "", False, False, why=why)
+
+
+def _assert_held(outcome: Outcome) -> None:
+    OUTCOMES.append(outcome)
+    assert outcome.held, outcome
+
+
 def test_audit_log_tampering_is_detected(server: Server, hsm: HsmClient,
                                          tmp_path: Path) -> None:
-    """The attacker stops the HSM, edits its store file, and starts it again. The auditor
-    holds a signed head fetched earlier; with it ``verify_log`` finds every edit."""
+    """The attacker stops the HSM, edits its store file, and starts it again: the HSM
+    verifies its own chain, checkpoints and sealed head at start and refuses to open."""
     held = hsm.audit_head()  # what an auditor fetched before the attacker struck
     identity = hsm.identity_public_key()
     entries = hsm.audit_entries(1, 100_000)
@@ -643,14 +667,7 @@ def test_audit_log_tampering_is_detected(server: Server, hsm: HsmClient,
                 tamper(db, target)
                 assert db.total_changes, f"{name}: nothing was changed"
                 db.commit()
-            server.start()
-            report = verify_log(hsm.audit_entries(1, 100_000),
-                                [held, *hsm.audit_checkpoints()], identity)
-            server.stop()
-            OUTCOMES.append(Outcome(name, "hsm-store", not report.ok, "audit.tampered",
-                                    "audit.tampered" if not report.ok else None,
-                                    "; ".join(report.problems), not report.ok, False))
-            assert not report.ok, f"tampering not detected: {name}"
+            _assert_held(_refused_at_start(server, name, TamperDetected.code, "audit"))
     finally:
         _copy(pristine, server.store)
         server.start()
@@ -658,29 +675,84 @@ def test_audit_log_tampering_is_detected(server: Server, hsm: HsmClient,
     assert report.ok, report.problems  # the restored log verifies again
 
 
-@pytest.mark.xfail(strict=True, reason="known hole, not fixed here: the HSM's velocity "
-                   "ledger (the store's plain `spends` table) has no integrity protection")
 def test_velocity_ledger_cleared_in_the_store_file(server: Server, hsm: HsmClient,
-                                                    sol: SolWorld, hsm_time: TimeControl,
-                                                    shadow: str,
-                                                    people: dict[str, Approver]) -> None:
-    """Outside the broker's reach (it needs write access to the HSM's own store while the
-    HSM is down), recorded so the report shows it: structuring to the velocity limit,
-    then the ledger rows deleted from the store file, then one more auto transfer."""
+                                                   sol: SolWorld, hsm_time: TimeControl,
+                                                   shadow: str, tmp_path: Path,
+                                                   people: dict[str, Approver]) -> None:
+    """Structuring to the velocity limit, then the ledger rows deleted from the store
+    file while the HSM is down: it refuses to open that store. Put back as it was, the
+    ledger still counts and the next auto transfer is refused."""
     c = Ctx(sol, hsm, people, hsm_time, shadow)
-    _fill_velocity(c)
-    server.stop()
-    with closing(sqlite3.connect(server.store)) as db:
-        db.execute("DELETE FROM spends")
-        db.commit()
-    server.start()
-    payload = sol.build(c.amount("small") - 100)  # not a copy of an earlier transfer
     try:
-        outcome = attempt("velocity ledger deleted from the HSM store file", sol, hsm,
-                          PolicyNotMet, lambda: sol.send(payload, hsm.sign_now(
-                              sol.label, payload, sol.payload_type).signatures))
+        _fill_velocity(c)
+        server.stop()
+        _copy(server.store, tmp_path / "current.sqlite")
+        with closing(sqlite3.connect(server.store)) as db:
+            db.execute("DELETE FROM spends")
+            db.commit()
+        outcome = _refused_at_start(server, "velocity ledger deleted from the HSM store file",
+                                    TamperDetected.code, "velocity ledger")
+        _copy(tmp_path / "current.sqlite", server.store)
+        server.start()
+        payload = sol.build(c.amount("small") - 100)  # not a copy of an earlier transfer
+        after = attempt("structuring after the ledger was put back", sol, hsm, PolicyNotMet,
+                        lambda: sol.send(payload, hsm.sign_now(
+                            sol.label, payload, sol.payload_type).signatures))
     finally:
         for undo in c.cleanup:
             undo()
-    OUTCOMES.append(outcome)
-    assert outcome.held, outcome
+    _assert_held(outcome)
+    assert after.held, after
+
+
+def _one_approval_executed(c: Ctx, server: Server, snapshot: Path) -> tuple[str, list[Approval]]:
+    """A medium SOL transfer approved by two traders, with the store copied aside while
+    the request was open; then executed and confirmed. What the attacker has after."""
+    ch = c.begin("medium")
+    approvals = c.approve(ch, "t1", "t2")
+    server.stop()
+    _copy(server.store, snapshot)
+    server.start()
+    payload = c.payload("medium")
+    c.w.send(payload, c.hsm.execute(ch.request_id, approvals, payload=payload).signatures)
+    return ch.request_id, approvals
+
+
+@pytest.mark.parametrize("rewind", ["whole store", "one sealed record"])
+def test_a_rewound_store_cannot_execute_one_approval_twice(
+        rewind: str, server: Server, hsm: HsmClient, sol: SolWorld, hsm_time: TimeControl,
+        shadow: str, tmp_path: Path, people: dict[str, Approver]) -> None:
+    """Issue 15's finding: with the store copied back (or only the request's sealed
+    record), the executed request was open again and its two traders' approvals signed a
+    second transfer rebuilt with a fresh blockhash. Now the rewound store does not open;
+    the one it was rewound from executes nothing twice."""
+    c = Ctx(sol, hsm, people, hsm_time, shadow)
+    request_id, approvals = _one_approval_executed(c, server, tmp_path / "open.sqlite")
+    server.stop()
+    _copy(server.store, tmp_path / "current.sqlite")
+    try:
+        if rewind == "whole store":
+            _copy(tmp_path / "open.sqlite", server.store)
+            expect, why = StoreRolledBack.code, "older copy of the store"
+        else:
+            with closing(sqlite3.connect(tmp_path / "open.sqlite")) as old, \
+                    closing(sqlite3.connect(server.store)) as db:
+                row = old.execute("SELECT nonce, body FROM records WHERE kind='request' "
+                                  "AND id=?", (request_id,)).fetchone()
+                assert row is not None
+                db.execute("UPDATE records SET nonce=?, body=? WHERE kind='request' AND id=?",
+                           (*row, request_id))
+                assert db.total_changes == 1
+                db.commit()
+            expect, why = TamperDetected.code, "record was rewound"
+        outcome = _refused_at_start(server, f"{rewind} rewound: one approval executed twice",
+                                    expect, why)
+    finally:
+        _copy(tmp_path / "current.sqlite", server.store)
+        server.start()
+    _assert_held(outcome)
+    rebuilt = c.payload("medium", to=1)  # a fresh blockhash, another destination
+    again = attempt("executed request, approvals presented again", sol, hsm, RequestClosed,
+                    lambda: sol.send(rebuilt, hsm.execute(request_id, approvals,
+                                                          payload=rebuilt).signatures))
+    assert again.refused and again.code == RequestClosed.code and not again.funds_moved
