@@ -23,8 +23,6 @@ one JSON line per (kind, size), then the headline: the worst ratio to empty stat
 from __future__ import annotations
 
 import base64
-import contextlib
-import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +36,7 @@ from hsm_emulator import Hsm, Passphrase
 from hsm_emulator.audit import AuditEntry, entry_hash, event_text, verify_log
 from hsm_emulator.decoders import test_registry, transfer_payload
 from hsm_emulator.policy import MAX_LIST
+from hsm_emulator.store import Store
 
 _PASS = Passphrase("bench-passphrase", scrypt_n=2**10)
 _SO = "bench-so-passphrase"
@@ -78,30 +77,38 @@ def policy_for(kind: str, n: int) -> dict[str, Any]:
     return {"ruleUse": {"tokens": [_auto({"velocity": velocity} if kind == "velocity" else {})]}}
 
 
-def _fill_velocity(db: sqlite3.Connection, n: int) -> None:
-    """Replace the key's ledger by ``n`` spends of 1 in the last hour, with totals."""
-    family = db.execute("SELECT family FROM spends LIMIT 1").fetchone()[0]
-    db.execute("DELETE FROM spends")
-    start = time.time() - 3600
-    db.executemany(
-        "INSERT INTO spends (family, asset, amount, at, token, cum_all, cum_token) "
-        "VALUES (?, 'TST', '1', ?, 'auto', ?, ?)",
-        ((family, start + i * 3000 / max(n, 1), str(i + 1), str(i + 1)) for i in range(n)))
+#: Rows per fill transaction (each commit advances the anti-rollback counter once).
+_FILL_CHUNK = 50_000
 
 
-def _fill_audit(db: sqlite3.Connection, n: int) -> None:
-    """Append ``n`` hash-chained entries after the log's head."""
-    seq, head = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+def _fill_velocity(store: Store, n: int) -> None:
+    """Append ``n`` spends of 1 after the key's one real spend, with their running
+    totals, through the store (so the anti-rollback seal binds them like any spend)."""
+    family, token, at, cum_all, cum_token = store.execute(
+        "SELECT family, token, at, cum_all, cum_token FROM spends "
+        "ORDER BY at DESC, rowid DESC LIMIT 1")[0]
+    rows = [(family, "TST", "1", float(at) + (i + 1) * 1e-6, token,
+             str(int(cum_all) + i + 1), str(int(cum_token) + i + 1)) for i in range(n)]
+    _insert(store, "spends", rows)
+
+
+def _fill_audit(store: Store, n: int) -> None:
+    """Append ``n`` hash-chained entries after the log's head, through the store."""
+    seq, head = store.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")[0]
     at = time.time() - 3600
+    rows: list[tuple[Any, ...]] = []
+    for i in range(seq + 1, seq + n + 1):
+        text = event_text({"op": "bench_fill", "i": i})
+        digest = entry_hash(head, i, at, text.encode())
+        rows.append((i, at, text, head, digest))
+        head = digest
+    _insert(store, "audit", rows)
 
-    def rows() -> Iterator[tuple[Any, ...]]:
-        nonlocal head
-        for i in range(seq + 1, seq + n + 1):
-            text = event_text({"op": "bench_fill", "i": i})
-            digest = entry_hash(head, i, at, text.encode())
-            yield (i, at, text, head, digest)
-            head = digest
-    db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", rows())
+
+def _insert(store: Store, table: str, rows: list[tuple[Any, ...]]) -> None:
+    for start in range(0, len(rows), _FILL_CHUNK):
+        with store.transaction():
+            store.insert_rows(table, rows[start:start + _FILL_CHUNK])
 
 
 def _rate(hsm: Hsm, iterations: int, batch: int, nonce: int) -> float:
@@ -124,14 +131,13 @@ def measure(kind: str, n: int, iterations: int, batch: int, rounds: int = 2,
         hsm.create_key("bench", "SECP256K1", policy=policy)
         rec: dict[str, Any] = {"create_key_s": round(time.perf_counter() - start, 4)}
         hsm.sign_now("bench", transfer_payload("TST", 1, _DEST, 1, nonce=10**9), "TEST_TRANSFER")
-        hsm.close()
-        fill: Callable[[sqlite3.Connection, int], None] | None = {
+        fill: Callable[[Store, int], None] | None = {
             "velocity": _fill_velocity, "audit": _fill_audit}.get(kind)
         if fill is not None:
             start = time.perf_counter()
-            with contextlib.closing(sqlite3.connect(path)) as db, db:
-                fill(db, n)
+            fill(hsm.boundary.store, n)
             rec["fill_s"] = round(time.perf_counter() - start, 3)
+        hsm.close()
         start = time.perf_counter()
         hsm = Hsm.open(path, _PASS, decoders=test_registry())
         rec["open_s"] = round(time.perf_counter() - start, 4)
