@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +20,7 @@ import pytest
 from hsm_emulator.challenge import open_challenge, seal_challenge
 from hsm_emulator.errors import ApprovalRefused
 from hsm_emulator.identity import IdentityKey
-
-CHROMIUM = Path("/usr/bin/chromium")
-CRYPTO_JS = Path(__file__).parents[2] / "approvals_app" / "approver_page" / "crypto.js"
+from tests.approvers.page_kit import CHROMIUM, blank_page
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
@@ -33,7 +28,7 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 rfc8785 = pytest.importorskip("rfc8785")
 
 #: Bodies no HSM writes today but any HSM string may carry: the page must agree anyway.
@@ -59,41 +54,10 @@ JS_VERIFY = """async ([keyB64, challenge, requestId]) => {
 }"""
 
 
-class _Pages(BaseHTTPRequestHandler):
-    """An empty page and the approver page's crypto module, nothing else."""
-
-    def do_GET(self) -> None:
-        if self.path == "/crypto.js":
-            body, kind = CRYPTO_JS.read_bytes(), "text/javascript"
-        else:
-            body, kind = b"<!doctype html><title>canonical</title>", "text/html"
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def page() -> Iterator[Any]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                         args=["--no-sandbox"])
-            p = browser.new_page()
-            p.goto(f"http://localhost:{server.server_address[1]}/")  # a secure context
-            yield p
-            browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with blank_page("crypto.js") as p:
+        yield p
 
 
 @pytest.fixture(scope="module")

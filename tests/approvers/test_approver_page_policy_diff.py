@@ -5,20 +5,15 @@ modify challenge (``hsm_emulator.display.policy_summary``)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hsm_emulator.display import policy_summary
 from hsm_emulator.policy import parse_policy
+from tests.approvers.page_kit import CHROMIUM, blank_page
 from tests.helpers import Approver, tiered_policy
-
-CHROMIUM = Path("/usr/bin/chromium")
-VIEW_JS = Path(__file__).parents[2] / "approvals_app" / "approver_page" / "view.js"
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
@@ -26,37 +21,13 @@ pytestmark = [
     pytest.mark.slow,
 ]
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-class _Pages(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path == "/view.js":
-            body, kind = VIEW_JS.read_bytes(), "text/javascript"
-        else:
-            body, kind = b"<!doctype html><title>diff</title>", "text/html"
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
 def page() -> Iterator[Any]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox"])
-        p = browser.new_page()
-        p.goto(f"http://127.0.0.1:{server.server_port}/")
+    with blank_page("view.js") as p:
         yield p
-        browser.close()
-    server.shutdown()
 
 
 def diff(page: Any, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
