@@ -3,8 +3,8 @@
 :class:`Settings` is the server side (``custody serve``, ``custody worker``, the API);
 :class:`ClientSettings` the command-line clients' secrets (``custody audit-verify``,
 ``custody key ...``, ``custody approver ...``). Each field reads ``CUSTODY_<FIELD>``
-(pydantic-settings); its comment is the variable's documentation, and the README's table
-lists them. Command-line options with an environment fallback (``--database-url``,
+(pydantic-settings); its comment is the variable's documentation (the README points
+here). Command-line options with an environment fallback (``--database-url``,
 ``--url``, ``--key-file``, ``--server``, ``--ca-file``) are typer's and say so in
 ``--help``. The HSM process's own variables (``hsm_emulator.remote``) are not here: the
 HSM imports nothing from the broker.

@@ -44,27 +44,12 @@ def people() -> dict[str, Approver]:
     }
 
 
-#: What a test needs beyond Python, by module: a local chain node (anvil, the Bitcoin
-#: regtest node on Core's consensus code, the Solana dev node or LiteSVM), headless
-#: Chromium, or a PostgreSQL server (also any test whose parameter id names it). CI has all
-#: three; ``-m "not node and not browser and not postgres"`` runs the rest (1,826 tests).
-NEEDS: dict[str, frozenset[str]] = {
-    "node": frozenset({
-        "test_sol_devnode", "test_sol_runtime", "test_sol_decoder", "test_btc_rpc",
-        "test_btc_node", "test_btc_integration", "test_btc_prev_tx", "test_eth_anvil",
-        "test_chain_specs", "test_treasury_e2e", "test_treasury_resume",
-        "test_attack_chains", "test_attack_template", "test_invariant_outflow",
-        "test_node_outage", "test_crash_and_soak", "test_notebooks"}),
-    "browser": frozenset({"test_approver_page", "test_approver_page_canonical"}),
-    "postgres": frozenset({"test_replicas", "test_nonce_allocation_race"}),
-}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test parametrised over databases (ids ``sqlite``, ``postgresql``, ...) needs
+    PostgreSQL in its ``postgresql`` cases only. What else a test needs beyond Python
+    (``node``: a local chain node; ``browser``: headless Chromium; ``postgres``) its
+    module declares in ``pytestmark``. CI has all three; ``-m "not node and not browser
+    and not postgres"`` runs the rest."""
     for item in items:
-        module = item.path.stem
-        for marker, modules in NEEDS.items():
-            if module in modules:
-                item.add_marker(marker)
-        if "postgres" in item.name:  # parametrised over databases: sqlite, postgresql, ...
+        if "postgres" in item.name:
             item.add_marker("postgres")

@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 
 from custody.localnets import find_anvil
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.node]
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 #: Printed by a cell the test appends: proves which interpreter ran the notebook.
 PROBE = "import sys; print('kernel-python:', sys.executable)"

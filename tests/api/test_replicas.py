@@ -26,6 +26,8 @@ import pytest
 from custody.pgserver import PostgresServer, free_port
 from tests.helpers import Approver, group, token
 
+pytestmark = pytest.mark.postgres
+
 SECRET = "replica-test-secret-0123456789abcdef-01234"
 ROOT = Path(__file__).resolve().parents[2]
 

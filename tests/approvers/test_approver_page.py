@@ -44,6 +44,7 @@ ADMIN = bearer("key_admin", sub="alice-admin")
 CLI_PASSPHRASE = "the cli approver's test passphrase"
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
                        "/usr/bin/chromium (apt-get install chromium); CI installs it"),
     pytest.mark.slow,

@@ -23,6 +23,7 @@ from hsm_emulator.identity import IdentityKey
 from tests.approvers.page_kit import CHROMIUM, blank_page
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
                        "/usr/bin/chromium (apt-get install chromium); CI installs it"),
     pytest.mark.slow,

@@ -16,6 +16,7 @@ from tests.approvers.page_kit import CHROMIUM, blank_page
 from tests.helpers import Approver, tiered_policy
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
                        "/usr/bin/chromium (apt-get install chromium); CI installs it"),
     pytest.mark.slow,

@@ -30,6 +30,8 @@ from custody.treasury.models import NonceSlot, Wallet
 from custody.treasury.reservations import SqlLedger
 from tests.pg import PostgresServer
 
+pytestmark = pytest.mark.postgres
+
 ADDRESS = "0x" + "ab" * 20
 
 

@@ -35,7 +35,7 @@ from tests.api.test_api_tutorial import SECRET, bearer
 from tests.helpers import Approver
 from tests.treasury_kit import ADMIN, DESK, answer, create_wallet, get, policy_config, transfer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.node]
 WEI = 10**18
 OTHER_DESK = bearer("business", tenant="desk-2")
 

@@ -34,7 +34,7 @@ from tests.treasury_kit import (
     wait_state,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.node]
 BTC = 100_000_000
 
 

@@ -32,7 +32,7 @@ from tests.api.test_api_tutorial import SECRET
 from tests.helpers import Approver
 from tests.treasury_kit import DESK, answer, create_wallet, get, policy_config, transfer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.node]
 WEI = 10**18
 
 

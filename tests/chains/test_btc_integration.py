@@ -27,6 +27,8 @@ from hsm_emulator.errors import PolicyNotMet
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, tiered_policy
 
+pytestmark = pytest.mark.node
+
 BTC = 100_000_000
 BURN = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"  # BIP173's example program, regtest
 MAX_FEE = 50_000  #: sat, every tier: room for the 25 sat/vB fee bump below

@@ -46,6 +46,8 @@ from chains.bitcoin.rpc import BitcoinRpc, RpcBroadcastRejected, RpcCallError, b
 from chains.errors import BroadcastRejected
 from chains.errors import InvalidAddress as AddressError
 
+pytestmark = pytest.mark.node
+
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = Path(__file__).parents[1] / "vectors"
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141

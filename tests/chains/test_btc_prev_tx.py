@@ -48,6 +48,8 @@ from tests.chains.test_btc_support import core_accepts, prev_tx, spent_outputs
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver
 
+pytestmark = pytest.mark.node
+
 NET, PT = "regtest", "BITCOIN_PSBT:regtest"
 BTC = 100_000_000
 BURN = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"  # BIP173's example program, regtest

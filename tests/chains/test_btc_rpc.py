@@ -23,6 +23,8 @@ from chains.bitcoin.node import RegtestNode, RpcServer
 from chains.bitcoin.rpc import BitcoinRpc, RpcBroadcastRejected, RpcCallError, btc_to_sats
 from chains.errors import BroadcastRejected, ChainError, NodeUnavailable
 
+pytestmark = pytest.mark.node
+
 
 class Script:
     """What the fake node answers next, and what it was sent."""

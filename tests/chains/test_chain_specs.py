@@ -30,6 +30,8 @@ from custody.treasury.policy import FEE_CAPS, AssetInfo
 from custody.treasury.wallets import NATIVE, token_assets
 from hsm_emulator.decoding import KeyAlgorithm
 
+pytestmark = pytest.mark.node
+
 SECP = coincurve.PrivateKey(bytes(31) + b"\x05")
 ED = Keypair.from_seed(bytes(31) + b"\x05")
 

@@ -38,6 +38,8 @@ from hsm_emulator.model import Intent, IntentKind, Transfer
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, group, token
 
+pytestmark = pytest.mark.node
+
 CHAIN = 31337
 WEI = 10**18
 #: anvil's (and hardhat's) dev account 0 - public knowledge, used only as the funder.

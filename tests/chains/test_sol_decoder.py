@@ -43,6 +43,8 @@ from hsm_emulator.model import Action, IntentKind, KeyAlgorithm, Transfer
 from hsm_emulator.policy import parse_policy
 from tests.helpers import Approver, tiered_policy
 
+pytestmark = pytest.mark.node
+
 WALLET = Keypair.from_seed(bytes(range(32)))
 ME = WALLET.pubkey()
 BOB = Keypair.from_seed(bytes([7] * 32)).pubkey()

@@ -32,6 +32,8 @@ from tests.chains.test_sol_runtime import create_mint, mint_to
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, tiered_policy
 
+pytestmark = pytest.mark.node
+
 SOL = 10**9
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -40,6 +40,8 @@ from hsm_emulator.model import IntentKind, KeyAlgorithm
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, tiered_policy
 
+pytestmark = pytest.mark.node
+
 PT = "SOLANA_TX:localnet"
 SOL = 10**9
 DECIMALS = 6

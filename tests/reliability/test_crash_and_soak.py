@@ -12,7 +12,7 @@ import pytest
 
 from . import killloop, soak
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.node]
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgres"])

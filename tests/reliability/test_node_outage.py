@@ -55,7 +55,7 @@ from tests.treasury_kit import (
     wait_state,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.node]
 WEI = 10**18
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -74,6 +74,8 @@ from tests.chains.test_eth_anvil import CHAIN, FUNDER_KEY, TOKEN_INITCODE, anvil
 from tests.helpers import Approver, tiered_policy, token
 from tests.remote_kit import SO, HsmProcess, TimeControl
 
+pytestmark = pytest.mark.node
+
 CHAINS = ("btc", "eth", "sol")
 OUTCOMES: list[Outcome] = []
 

@@ -120,6 +120,8 @@ from tests.helpers import Approver, token
 from tests.remote_kit import TimeControl
 from tests.webauthn_soft import SoftPasskey
 
+pytestmark = pytest.mark.node
+
 CLASSES = {
     1: "1 derived keys", 2: "2 fees as value", 3: "3 no-transfer intents",
     4: "4 segwit v0 amounts", 5: "5 passkey listed twice", 6: "6 Solana rent",

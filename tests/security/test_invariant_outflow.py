@@ -120,7 +120,7 @@ ETH_SMALL, TKN_SMALL = 10**18, 100 * 10**6  #: the shipped template's auto tiers
 SOL_SMALL, USDC_SMALL = SOL, 100 * 10**6
 BTC_SMALL = BTC
 #: Whatever happens, a long run must not hit pytest-timeout's 300 s per test.
-pytestmark = pytest.mark.timeout(max(300, EXAMPLES * 12 + 300))
+pytestmark = [pytest.mark.timeout(max(300, EXAMPLES * 12 + 300)), pytest.mark.node]
 
 # -- policies ------------------------------------------------------------------------------
 
