@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsm_emulator.display import format_amount
+from hsm_emulator.display import format_amount, format_period
 
 
 def policy_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -82,7 +82,7 @@ def _tier(t: dict[str, Any], units: dict[str, Any]) -> str:
     groups = ", ".join(f"{g.get('quorum')} of {_names(g)}" for g in t.get("groups") or [])
     parts = [f"'{t.get('name')}'", groups or "no approvals"]
     if t.get("timelock"):
-        parts.append(f"hold {_seconds(t['timelock'])}")
+        parts.append(f"hold {format_period(t['timelock'])}")
     parts += [f"amount {_band(b, units)}" for b in t.get("amounts") or []]
     return " ".join(parts)
 
@@ -106,15 +106,7 @@ def _limit(v: dict[str, Any], units: dict[str, Any]) -> str:
     asset = str(v.get("asset"))
     most = format_amount(str(v.get("max")), asset, units.get(asset))
     window = v.get("windowSeconds")
-    return f"{most} per {_seconds(window)}" if window else most
-
-
-def _seconds(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-            if value >= size and value % size == 0:
-                return f"{value // size} {unit}"
-    return f"{value} s"
+    return f"{most} per {format_period(window)}" if window else most
 
 
 def _tier_changes(old: dict[str, Any], new: dict[str, Any],
@@ -122,7 +114,7 @@ def _tier_changes(old: dict[str, Any], new: dict[str, Any],
     out = []
     for field, word in (("timelock", "hold"), ("timeout", "timeout")):
         if old.get(field) != new.get(field):
-            out.append(f"{word} {_seconds(old.get(field))} -> {_seconds(new.get(field))}")
+            out.append(f"{word} {format_period(old.get(field))} -> {format_period(new.get(field))}")
     for field, word, show in (("amounts", "amount", _band), ("maxFee", "fee cap", _limit),
                               ("velocity", "rolling limit", _limit)):
         if old.get(field) != new.get(field):

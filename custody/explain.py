@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chains.specs import SPECS
-from hsm_emulator.display import format_amount
+from hsm_emulator.display import format_amount, format_period
 from hsm_emulator.model import Action
 from hsm_emulator.policy import DEFAULT_KINDS, Conditions, Policy, Token, parse_policy
 
@@ -27,13 +27,6 @@ def amount(asset: str, units: int, known: Mapping[str, int] | None = None) -> st
     decimals = (known or {}).get(asset, DECIMALS.get(asset))
     unit = None if decimals is None else {"symbol": asset, "decimals": decimals}
     return format_amount(units, asset, unit)
-
-
-def duration(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size} {unit}"
-    return f"{seconds} s"
 
 
 def explain(document: dict[str, Any], decimals: Mapping[str, int] | None = None) -> list[str]:
@@ -79,9 +72,9 @@ def _token(token: Token, known: Mapping[str, dict[str, Any]]) -> str:
         names = ", ".join(a.name or a.fingerprint[:12] for a in g.approvers)
         parts.append(f"{g.quorum} of {len(g.approvers)} from '{g.name}' ({names})")
     if token.timelock:
-        parts.append(f"then a hold of {duration(token.timelock)}")
+        parts.append(f"then a hold of {format_period(token.timelock)}")
     if token.timeout:
-        parts.append(f"all within {duration(token.timeout)} of the request")
+        parts.append(f"all within {format_period(token.timeout)} of the request")
     return "; ".join(parts) + "."
 
 
@@ -103,7 +96,7 @@ def _conditions(c: Conditions, known: Mapping[str, dict[str, Any]]) -> str:
         words.append(f"every destination is one of {len(c.destinations)} allowed address(es)")
     for v in c.velocity:
         words.append(f"at most {show(v.asset, v.max)} leaves (fees included) in any "
-                     f"{duration(v.window_seconds)}")
+                     f"{format_period(v.window_seconds)}")
     for f in c.max_fee:
         words.append(f"fee plus rent is at most {show(f.asset, f.max)}")
     if not c.empty and not c.max_fee:

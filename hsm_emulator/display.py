@@ -44,6 +44,16 @@ def format_amount(units: int | str, asset: str, unit: Mapping[str, Any] | None) 
     return f"{_group(whole)}{'.' + frac if frac else ''} {symbol}"
 
 
+def format_period(seconds: Any) -> str:
+    """A hold, timeout or window as people read it: the largest whole unit (``1 d``,
+    ``2 h``, ``90 s``); anything but a whole number of seconds as it is, with ``s``."""
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+            if seconds >= size and seconds % size == 0:
+                return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def _group(digits: str) -> str:
     return f"{int(digits):,}"
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from custody.explain import amount, duration, explain
+from custody.explain import amount, explain
+from hsm_emulator.display import format_period
 from tests.api.test_serve import SECRET, free_port
 from tests.helpers import Approver, tiered_policy
 
@@ -37,7 +38,7 @@ def test_explain_says_what_the_tiers_need(people: dict[str, Approver]) -> None:
 def test_explain_units_and_unruled_actions() -> None:
     assert amount("ETH", 1500000000000000000) == "1.5 ETH"
     assert amount("XYZ", 12345) == "12,345 base units of XYZ"
-    assert duration(90) == "90 s" and duration(7200) == "2 h"
+    assert format_period(90) == "90 s" and format_period(7200) == "2 h"
     lines = explain({"openActions": ["use"]})
     assert "Signing (use): allowed without approvals (no rule)." in lines
     assert "Blocking the key: never allowed (no rule)." in lines
