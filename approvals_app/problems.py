@@ -27,8 +27,8 @@ from hsm_emulator.errors import HsmError, PolicyInvalid, PolicyNotMet
 STATUS = {
     "hsm.invalid_input": 400, "hsm.policy_invalid": 400, "hsm.credential_invalid": 400,
     "hsm.decode_error": 422, "hsm.key_not_found": 404, "hsm.request_not_found": 404,
-    "hsm.key_exists": 409, "hsm.request_closed": 409, "hsm.key_blocked": 409,
-    "hsm.policy_not_met": 409, "hsm.intent_mismatch": 409,
+    "hsm.key_exists": 409, "hsm.request_exists": 409, "hsm.request_closed": 409,
+    "hsm.key_blocked": 409, "hsm.policy_not_met": 409, "hsm.intent_mismatch": 409,
     "hsm.network_not_allowed": 422, "hsm.key_invalidated": 410,
     "hsm.attribute_denied": 403, "hsm.approval_refused": 403,
     "hsm.authentication_failed": 401, "hsm.derivation_error": 400,
@@ -39,7 +39,8 @@ STATUS = {
     "custody.unavailable": 503,
     "chain.node_unavailable": 503, "chain.invalid_address": 400,
     "chain.insufficient_funds": 400, "chain.build_error": 400, "chain.decode_error": 422,
-    "chain.broadcast_rejected": 409,
+    "chain.broadcast_rejected": 409, "chain.nonce_error": 409,
+    "chain.rpc_error": 502,  # the node answered, with an error of its own
 }
 #: A chain error without its own status: the node answered, but not as it should.
 CHAIN_DEFAULT = 502
