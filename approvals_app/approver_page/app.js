@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 //: `shown`: the task as the detail shows it - what the confirm restates and what is signed,
 //: even if a refresh brings a newer copy meanwhile.
 const state = { device: null, hsmKey: null, sign: null, tasks: new Map(), open: null,
-  shown: null, events: null, refreshing: false, again: false };
+  shown: null, events: null, refreshing: false, again: false, answering: false };
 
 function show(...ids) {
   for (const s of ["enrol", "waiting", "tasks", "detail"]) $(s).hidden = !ids.includes(s);
@@ -193,8 +193,11 @@ function renderList() {
     }
     list.append(li);
   }
+  // A task that left the list closes - unless this device is answering it: a refresh
+  // that lands while the answer is in flight (the approval executed the request) must
+  // not hide the detail the outcome is about to be shown in.
   if (state.open && !state.tasks.has(state.open) && !$("detail").hidden
-      && $("outcome").hidden) {
+      && $("outcome").hidden && !state.answering) {
     closeTask();
   }
   const open = state.tasks.get(state.open);
@@ -328,6 +331,7 @@ async function answer(reject) {
   $("confirm").hidden = true;
   $("approve").disabled = $("reject").disabled = true;
   fail("");
+  state.answering = true;
   try {
     const message = reject ? concat(REJECT_PREFIX, t.bytes) : t.bytes;
     const signature = b64(await state.sign(message));
@@ -344,6 +348,8 @@ async function answer(reject) {
     fail(`Not sent: ${e.message}`);
     $("approve").disabled = $("reject").disabled = false;
     $("detail-actions").hidden = false;
+  } finally {
+    state.answering = false;
   }
 }
 

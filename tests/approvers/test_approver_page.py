@@ -337,6 +337,42 @@ def test_phone_shows_a_long_destination_the_own_tier_and_asks_before_signing(
     page.click("#back")
 
 
+def test_the_outcome_stays_when_the_list_refreshes_while_the_answer_is_in_flight(
+        world: World, page: Any) -> None:
+    """The approval that completes a quorum executes the request, and the broker's event
+    makes the page refresh its list - possibly before the approval's own answer arrives
+    (a loaded phone or network). That refresh no longer holds the task; it must not close
+    the detail the outcome is about to be shown in (it did: the approver saw the list and
+    no outcome). The answer is held back here until the refresh has happened."""
+    request_id = submit(world, 1200)
+    assert python_answer(world, world.traders[1], request_id) == "PENDING"
+    page.reload()
+    item = f'li.task[data-id="{request_id}"]'
+    page.wait_for_selector(item, timeout=10_000)
+    page.click(item)
+    page.wait_for_selector("#detail:not([hidden])")
+
+    def late(route: Any) -> None:
+        answer = route.fetch()  # the server executes the request and emits its event
+        deadline = time.monotonic() + 10
+        while (request_status(world, request_id)["status"] != "EXECUTED"
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        time.sleep(1.5)  # the page's event-driven refresh lands meanwhile
+        route.fulfill(response=answer)
+
+    page.route("**/v1/approval", late)
+    try:
+        page.click("#approve")
+        page.click("#confirm-yes")
+        page.wait_for_selector("#outcome:not([hidden])", state="visible", timeout=15_000)
+        assert page.text_content("#outcome") == "Approved: request is EXECUTED"
+        assert page.is_visible("#detail")
+    finally:
+        page.unroute("**/v1/approval")
+    page.click("#back")
+
+
 def test_a_challenge_altered_by_the_broker_is_refused(world: World, page: Any) -> None:
     def tamper(route: Any) -> None:
         response = route.fetch()
