@@ -343,6 +343,8 @@ class ApprovalFlow:
             if not ev.released:
                 raise PolicyNotMet("the policy is not met: " + " | ".join(ev.missing()),
                                    ev.missing())
+            if act is Action.USE and (ev.open_action or not ev.tokens[-1].groups):
+                b.check_auto_tier()  # released with no approver: frozen after a restore
             signatures = self._perform(state, act, req, final, intent, ev.released_by or "")
             now = b.clock.now()
             result = Execution(request_id, state.label, act, signatures, ev.released_by,

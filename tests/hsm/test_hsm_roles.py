@@ -19,7 +19,8 @@ def test_every_call_is_in_exactly_one_role() -> None:
     by_role = [name for role in Role for name in role_calls(role)]
     assert len(by_role) == len(set(by_role)) == len(CALLS)
     assert set(by_role) == set(CALLS) == set(TABLE)
-    assert {"invalidate_key", "restore_key", "destroy_key",
+    assert {"officer_set", "officer_begin", "officer_challenge", "officer_execute",
+            "restore_backup", "invalidate_key", "restore_key", "destroy_key",
             "export_private_key_unsafe"} == set(role_calls(Role.OFFICER))
     assert set(role_calls(Role.AUDIT)) == {"audit_entries", "audit_head", "audit_checkpoints"}
     for protocol in ROLES.values():
