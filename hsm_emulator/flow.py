@@ -29,7 +29,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -249,10 +249,11 @@ class ApprovalFlow:
             if len(envelope) > MAX_CHALLENGE:  # no approver client would open it
                 raise InvalidInput("the challenge would be too large for approvers to review "
                                    f"({len(envelope)} bytes; at most {MAX_CHALLENGE})")
-            self._requests.put(new_request(
+            self._requests.put(replace(new_request(
                 rid, state, act, payload_type, body_payload, sch, intent,
                 status=RequestStatus.OPEN, created_at=now, fee_cap=fee_cap,
-                initiator=initiator, challenge=envelope, proven=proven))
+                initiator=initiator, challenge=envelope, proven=proven),
+                epoch=b.store.counter_value.epoch))
             event.update(requestId=rid, payloadDigest=body["payloadDigest"])
             return Challenge(rid, envelope)
 
@@ -332,6 +333,9 @@ class ApprovalFlow:
                 event.update(initiator=req.initiator, initiatorName=req.initiator_name)
             if not req.is_open:
                 raise RequestClosed(f"request {request_id} is already {req.status.value}")
+            if req.epoch != b.store.counter_value.epoch:
+                raise RequestClosed(f"request {request_id} was made in epoch {req.epoch}, "
+                                    "before a restore from backup: void, ask again")
             state = self._keys.usable(req.label)
             _current(req, state)
             act = req.action
