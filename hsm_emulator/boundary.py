@@ -14,6 +14,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +26,9 @@ from .decoders import DecoderRegistry, default_registry
 from .errors import AuthenticationFailed, HsmError, InvalidInput, PolicyNotMet
 from .identity import IdentityKey
 from .ledger import VelocityLedger
+from .model import Action
 from .officers import OfficerSet, demo_officers, officer_policy
+from .policy import Policy, Rule
 from .records import KeyRecords, RequestRecords
 from .store import Nvram, Store, Unlock
 
@@ -119,17 +122,31 @@ class Boundary:
         """Until when the auto tier is frozen after a restore (0: it is not)."""
         return float(self.partition.get("autoFrozenUntil", 0.0))
 
+    def policy_now(self, policy: Policy, action: Action) -> Policy:
+        """The policy a request is evaluated under now: while the auto tier is frozen,
+        ``use`` releases only through tokens with approver groups (a small transfer is
+        then released by the approvers of a higher tier)."""
+        if action is not Action.USE or self.clock.now() >= self.auto_frozen_until():
+            return policy
+        return needing_approvers(policy)
+
+    def frozen_note(self, action: Action) -> tuple[str, ...]:
+        """Why a release may be missing now: the freeze, while it lasts."""
+        until = self.auto_frozen_until()
+        now = self.clock.now()
+        if action is not Action.USE or now >= until:
+            return ()
+        return (f"the auto tier is frozen for {until - now:.0f}s more after a restore from "
+                "backup (officers may lift it): approvals are needed",)
+
     def check_auto_tier(self) -> None:
         """Refuse a release by a token without approver groups while the auto tier is
         frozen after a restore (the restored HSM does not know what was signed after the
         backup, so its velocity windows undercount: README, "Backup, restore and
         officers"). A :class:`PolicyNotMet`, so the broker asks for approvals instead."""
-        until = self.auto_frozen_until()
-        now = self.clock.now()
-        if now < until:
-            why = (f"the auto tier is frozen for {until - now:.0f}s more after a restore "
-                   "from backup (officers may lift it): approvals are needed")
-            raise PolicyNotMet(why, (why,))
+        note = self.frozen_note(Action.USE)
+        if note:
+            raise PolicyNotMet(note[0], note)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -168,6 +185,14 @@ class Boundary:
             return False
         got = so_hash(passphrase, bytes.fromhex(self.partition["soSalt"]))
         return hmac.compare_digest(bytes.fromhex(expected), got)
+
+
+def needing_approvers(policy: Policy) -> Policy:
+    """``policy`` without what releases ``use`` with no approver: its tokens without
+    groups, and ``use`` as an open action."""
+    rules = tuple((a, Rule(tuple(t for t in r.tokens if t.groups)) if a is Action.USE else r)
+                  for a, r in policy.rules)
+    return replace(policy, rules=rules, open_actions=policy.open_actions - {Action.USE})
 
 
 def _new_partition(so_passphrase: str | None, officers: Sequence[dict[str, str]] | None,

@@ -342,13 +342,11 @@ class ApprovalFlow:
             creds = self._verified_set(req, state, approvals)
             event["approvers"] = sorted(creds)
             final, intent = self._final_payload(req, state, payload)
-            ev = evaluate(state.policy, act, intent, frozenset(creds), req.created_at,
-                          b.clock.now(), spent=b.ledger.spent(state.family))
+            ev = evaluate(b.policy_now(state.policy, act), act, intent, frozenset(creds),
+                          req.created_at, b.clock.now(), spent=b.ledger.spent(state.family))
             if not ev.released:
-                raise PolicyNotMet("the policy is not met: " + " | ".join(ev.missing()),
-                                   ev.missing())
-            if act is Action.USE and (ev.open_action or not ev.tokens[-1].groups):
-                b.check_auto_tier()  # released with no approver: frozen after a restore
+                missing = ev.missing() + b.frozen_note(act)
+                raise PolicyNotMet("the policy is not met: " + " | ".join(missing), missing)
             signatures = self._perform(state, act, req, final, intent, ev.released_by or "")
             now = b.clock.now()
             result = Execution(request_id, state.label, act, signatures, ev.released_by,
@@ -416,7 +414,8 @@ class ApprovalFlow:
                 act is Action.USE) else None
             check_network(state, intent)
             now = b.clock.now()
-            return evaluate(state.policy, act, intent, fingerprints(approvers),
+            return evaluate(b.policy_now(state.policy, act), act, intent,
+                            fingerprints(approvers),
                             now - elapsed, now, spent=b.ledger.spent(state.family))
 
     def request_status(self, request_id: str, approvals: Sequence[Approval] = (),
@@ -429,7 +428,8 @@ class ApprovalFlow:
             if req.is_open:
                 _current(req, state)
             creds = self._verified_set(req, state, approvals)
-            return evaluate(state.policy, req.action, req.intent, frozenset(creds),
+            return evaluate(b.policy_now(state.policy, req.action), req.action, req.intent,
+                            frozenset(creds),
                             req.created_at, b.clock.now(),
                             rejected=fingerprints(rejected), spent=b.ledger.spent(state.family))
 

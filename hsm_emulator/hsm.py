@@ -47,7 +47,53 @@ from .store import Nvram, Unlock
 __all__ = ["Hsm", "KeyState"]
 
 
-class Hsm:
+class OfficerCalls:
+    """The officer role (:class:`~hsm_emulator.client.HsmOfficer`) of :class:`Hsm`,
+    delegated to its :class:`~hsm_emulator.officer_desk.OfficerDesk`: the HSM's class is
+    composed per role, as its interface is."""
+
+    officers: OfficerDesk
+
+    def officer_set(self) -> OfficerSet:
+        return self.officers.officer_set()
+
+    def officer_begin(self, action: OfficerAction | str,
+                      arguments: dict[str, Any] | None = None) -> Challenge:
+        return self.officers.officer_begin(action, arguments)
+
+    def officer_challenge(self, request_id: str) -> Challenge:
+        return self.officers.officer_challenge(request_id)
+
+    def officer_execute(self, request_id: str,
+                        approvals: Sequence[Approval] = ()) -> OfficerOutcome:
+        return self.officers.officer_execute(request_id, approvals)
+
+    def restore_backup(self, request_id: str, approvals: Sequence[Approval], backup: bytes,
+                       shares: Sequence[str]) -> OfficerOutcome:
+        return self.officers.restore_backup(request_id, approvals, backup, shares)
+
+    # single-officer demo mode: the SO passphrase stands for the one officer's signature
+
+    def invalidate_key(self, label: str, so_passphrase: str) -> KeyInfo:
+        return self._demo(so_passphrase, OfficerAction.INVALIDATE_KEY, label)
+
+    def restore_key(self, label: str, so_passphrase: str) -> KeyInfo:
+        return self._demo(so_passphrase, OfficerAction.RESTORE_KEY, label)
+
+    def destroy_key(self, label: str, so_passphrase: str) -> KeyInfo:
+        return self._demo(so_passphrase, OfficerAction.DESTROY_KEY, label)
+
+    def export_private_key_unsafe(self, label: str, so_passphrase: str) -> bytes:
+        outcome = self.officers.as_demo_officer(so_passphrase, OfficerAction.EXPORT_KEY,
+                                                {"label": label})
+        return bytes.fromhex(outcome.secret["privateKey"])
+
+    def _demo(self, so_passphrase: str, action: OfficerAction, label: str) -> KeyInfo:
+        outcome = self.officers.as_demo_officer(so_passphrase, action, {"label": label})
+        return KeyInfo.from_json(outcome.summary["key"])
+
+
+class Hsm(OfficerCalls):
     """The HSM. Open one with :meth:`Hsm.open`; reach it through an ``HsmClient``."""
 
     def __init__(self, boundary: Boundary) -> None:
@@ -147,46 +193,6 @@ class Hsm:
 
     def identity_public_key(self) -> bytes:
         return self.keyring.identity_public_key()
-
-    # -- the security officers (OfficerDesk) ------------------------------------------
-
-    def officer_set(self) -> OfficerSet:
-        return self.officers.officer_set()
-
-    def officer_begin(self, action: OfficerAction | str,
-                      arguments: dict[str, Any] | None = None) -> Challenge:
-        return self.officers.officer_begin(action, arguments)
-
-    def officer_challenge(self, request_id: str) -> Challenge:
-        return self.officers.officer_challenge(request_id)
-
-    def officer_execute(self, request_id: str,
-                        approvals: Sequence[Approval] = ()) -> OfficerOutcome:
-        return self.officers.officer_execute(request_id, approvals)
-
-    def restore_backup(self, request_id: str, approvals: Sequence[Approval], backup: bytes,
-                       shares: Sequence[str]) -> OfficerOutcome:
-        return self.officers.restore_backup(request_id, approvals, backup, shares)
-
-    # single-officer demo mode: the SO passphrase stands for the one officer's signature
-
-    def invalidate_key(self, label: str, so_passphrase: str) -> KeyInfo:
-        return self._demo(so_passphrase, OfficerAction.INVALIDATE_KEY, label)
-
-    def restore_key(self, label: str, so_passphrase: str) -> KeyInfo:
-        return self._demo(so_passphrase, OfficerAction.RESTORE_KEY, label)
-
-    def destroy_key(self, label: str, so_passphrase: str) -> KeyInfo:
-        return self._demo(so_passphrase, OfficerAction.DESTROY_KEY, label)
-
-    def export_private_key_unsafe(self, label: str, so_passphrase: str) -> bytes:
-        outcome = self.officers.as_demo_officer(so_passphrase, OfficerAction.EXPORT_KEY,
-                                                {"label": label})
-        return bytes.fromhex(outcome.secret["privateKey"])
-
-    def _demo(self, so_passphrase: str, action: OfficerAction, label: str) -> KeyInfo:
-        outcome = self.officers.as_demo_officer(so_passphrase, action, {"label": label})
-        return KeyInfo.from_json(outcome.summary["key"])
 
     # -- signing and approvals (ApprovalFlow, AutoTier) -------------------------------
 

@@ -77,7 +77,8 @@ def test_the_same_approvals_never_sign_twice_across_a_restore(rewound: tuple) ->
     assert entries[-1]["result"] == "refused" and entries[-1]["code"] == "hsm.approval_refused"
 
 
-def test_the_auto_tier_is_frozen_after_a_restore(rewound: tuple) -> None:
+def test_the_auto_tier_is_frozen_after_a_restore(rewound: tuple,
+                                                 people: dict[str, Approver]) -> None:
     hsm, clock, _ = rewound
     with pytest.raises(PolicyNotMet, match="frozen"):
         hsm.sign_now("treasury", SMALL, TT)
@@ -86,6 +87,10 @@ def test_the_auto_tier_is_frozen_after_a_restore(rewound: tuple) -> None:
     ch = hsm.begin("treasury", Action.USE, SMALL, TT)
     with pytest.raises(PolicyNotMet, match="frozen"):  # nor through begin/execute
         hsm.execute(ch.request_id)
+    assert not hsm.request_status(ch.request_id).released  # what the broker sees
+    t1, t2 = people["t1"], people["t2"]
+    assert hsm.execute(ch.request_id, [t1.approve(ch.envelope), t2.approve(ch.envelope)]
+                       ).token == "medium"  # the traders release it meanwhile
     clock.advance(DEFAULT_FREEZE + 1)  # the freeze ends by itself (24 h here)
     assert hsm.sign_now("treasury", SMALL, TT).token == "small"
 
