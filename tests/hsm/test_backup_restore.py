@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hsm_emulator import Action, Hsm, ManualClock
+from hsm_emulator import Action, CounterValue, Hsm, ManualClock
 from hsm_emulator.attestation import verify_attestation
 from hsm_emulator.audit import verify_log
 from hsm_emulator.backup import MAGIC, read_header
@@ -198,3 +198,36 @@ def test_requests_open_in_the_backup_are_void(scene: Scene) -> None:
     with pytest.raises(RequestClosed, match="restored since; ask again"):
         b.request_result(scene.open_request)
     b.close()
+
+
+class CutCounter:
+    """A counter whose next advance into a new epoch is lost, as if the power were cut
+    between the restore's commit and the counter."""
+
+    def __init__(self) -> None:
+        self.value: CounterValue | None = None
+        self.cut = True
+
+    def read(self) -> CounterValue | None:
+        return self.value
+
+    def advance(self, value: CounterValue) -> None:
+        if self.cut and self.value is not None and value.epoch > self.value.epoch:
+            self.cut = False
+            raise OSError("power cut")
+        self.value = value
+
+
+def test_a_power_cut_after_the_restore_commit_is_finished_at_open(scene: Scene) -> None:
+    counter = CutCounter()
+    (scene.tmp / "b").mkdir()
+    store = scene.tmp / "b" / "hsm.sqlite"
+    creds = [o.credential for o in CREW]
+    b = Hsm.open(store, TEST_PASSPHRASE, clock=scene.clock, officers=creds,
+                 officer_threshold=3, nvram=counter)
+    restore(b, scene.backup, scene.shares[:3])
+    assert counter.value is not None and counter.value.epoch == 0  # the advance was cut
+    b.close()
+    again = Hsm.open(store, TEST_PASSPHRASE, clock=scene.clock, nvram=counter)
+    assert counter.value.epoch == 1 and again.list_keys() == sorted(scene.before)
+    again.close()
