@@ -28,6 +28,7 @@ from hsm_emulator.officers import OfficerOutcome
 from tests.conftest import TEST_PASSPHRASE
 from tests.helpers import Approver, group, tiered_policy, token
 from tests.officer_kit import Officer, ceremony, officers
+from tests.remote_kit import HsmProcess, short_dir
 
 TT = "TEST_TRANSFER"
 CREW = officers(5)
@@ -231,3 +232,37 @@ def test_a_power_cut_after_the_restore_commit_is_finished_at_open(scene: Scene) 
     again = Hsm.open(store, TEST_PASSPHRASE, clock=scene.clock, nvram=counter)
     assert counter.value.epoch == 1 and again.list_keys() == sorted(scene.before)
     again.close()
+
+
+def test_backup_and_restore_through_the_hsm_process(tmp_path: Path) -> None:
+    """The ceremony over the socket: the backup and its shares come back in the reply,
+    and a new HSM process restores them with the same identity."""
+    creds = [o.credential for o in CREW]
+    first, sockdir = tmp_path / "first", short_dir()
+    first.mkdir()
+    server = HsmProcess.start(first, sockdir, officers=creds, officer_threshold=3)
+    try:
+        client = server.connect()
+        client.create_key("kept", "SECP256K1", policy={"openActions": ["use"]})
+        identity = client.identity_public_key()
+        made = ceremony(client, CREW[:3], "backup", {"shares": 5, "threshold": 3})
+        client.close()
+    finally:
+        server.stop()
+    second = tmp_path / "second"
+    second.mkdir()
+    server = HsmProcess.start(second, sockdir, officers=creds, officer_threshold=3)
+    try:
+        client = server.connect()
+        data = bytes.fromhex(made.secret["backup"])
+        ch = client.officer_begin("restore",
+                                  {"backupDigest": hashlib.sha256(data).hexdigest()})
+        signed = [o.sign(ch, client.identity_public_key()) for o in CREW[1:4]]
+        with pytest.raises(BackupInvalid):
+            client.restore_backup(ch.request_id, signed, data, made.secret["mnemonics"][:2])
+        client.restore_backup(ch.request_id, signed, data, made.secret["mnemonics"][2:])
+        assert client.list_keys() == ["kept"] and client.identity_public_key() == identity
+        client.close()
+    finally:
+        server.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
