@@ -34,6 +34,8 @@ STATUS = {
     "hsm.authentication_failed": 401, "hsm.derivation_error": 400,
     "hsm.store_locked": 503, "hsm.transport_error": 503, "hsm.audit_failure": 503,
     "hsm.tamper_detected": 500, "hsm.store_rolled_back": 500, "hsm.counter_failure": 503,
+    "hsm.request_expired": 409, "hsm.duplicate_approver": 403, "hsm.backup_invalid": 400,
+    "hsm.restore_refused": 409,
     "custody.bad_request": 400, "custody.unauthorized": 401, "custody.forbidden": 403,
     "custody.not_found": 404, "custody.conflict": 409, "custody.rate_limited": 429,
     "custody.unavailable": 503,

@@ -134,6 +134,7 @@ class AutoTier:
         refuse unless a token releases it. Records the spend in the velocity ledger (in
         the caller's transaction), so the next payload's velocity check counts it."""
         b = self._b
+        b.check_auto_tier()  # frozen for a while after a restore from backup
         state = b.keys.usable(label)
         final, intent, items = prepare(b.registry, state, _USE, payload, payload_type,
                                        scheme, None)

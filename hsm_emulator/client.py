@@ -24,6 +24,7 @@ from .evaluate import Evaluation
 from .flow import Approval
 from .hsm import Hsm
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
+from .officers import OfficerAction, OfficerOutcome, OfficerSet
 from .results import Attestation, Execution, KeyInfo
 
 
@@ -104,10 +105,27 @@ class HsmAudit(Protocol):
 
 @runtime_checkable
 class HsmOfficer(Protocol):
-    """The security officer's calls: take a key out of service, bring it back, destroy
-    it, or (where the partition and the key allow it) export it."""
+    """The security officers' calls. Officer requests by quorum (:mod:`.officer_desk`):
+    begin one, have M officers sign its challenge, execute it - invalidate, restore,
+    destroy or export a key, partition settings, the officer set, backup, restore, lift
+    the auto tier's freeze. And the single-officer demo mode's passphrase calls: take a
+    key out of service, bring it back, destroy it, or (where the partition and the key
+    allow it) export it."""
 
-    def invalidate_key(self, label: str) -> KeyInfo: ...
+    def officer_set(self) -> OfficerSet: ...
+
+    def officer_begin(self, action: OfficerAction | str,
+                      arguments: dict[str, Any] | None = None) -> Challenge: ...
+
+    def officer_challenge(self, request_id: str) -> Challenge: ...
+
+    def officer_execute(self, request_id: str,
+                        approvals: Sequence[Approval] = ()) -> OfficerOutcome: ...
+
+    def restore_backup(self, request_id: str, approvals: Sequence[Approval], backup: bytes,
+                       shares: Sequence[str]) -> OfficerOutcome: ...
+
+    def invalidate_key(self, label: str, so_passphrase: str) -> KeyInfo: ...
 
     def restore_key(self, label: str, so_passphrase: str) -> KeyInfo: ...
 

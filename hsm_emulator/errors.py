@@ -75,10 +75,23 @@ class RequestClosed(HsmError):
     code = "hsm.request_closed"
 
 
+class RequestExpired(RequestClosed):
+    """The request's challenge expired before it was executed: sign a fresh one."""
+
+    code = "hsm.request_expired"
+
+
 class ApprovalRefused(HsmError):
     """An approval failed verification (signature, group, challenge, time, replay)."""
 
     code = "hsm.approval_refused"
+
+
+class DuplicateApprover(ApprovalRefused):
+    """One approver (one key, whatever its encoding) signed twice in one set: a quorum
+    counts people, so the set is refused rather than silently counted once."""
+
+    code = "hsm.duplicate_approver"
 
 
 class PolicyNotMet(HsmError):
@@ -161,3 +174,16 @@ class TransportError(HsmError):
     """The remote HSM could not be reached or answered out of protocol."""
 
     code = "hsm.transport_error"
+
+
+class BackupInvalid(HsmError):
+    """A backup could not be opened: not a backup, altered (any byte), or the shares
+    given are too few, malformed, or not this backup's."""
+
+    code = "hsm.backup_invalid"
+
+
+class RestoreRefused(HsmError):
+    """A restore was refused: the HSM is not empty (a restore never merges state)."""
+
+    code = "hsm.restore_refused"

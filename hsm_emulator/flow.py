@@ -29,7 +29,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -249,10 +249,11 @@ class ApprovalFlow:
             if len(envelope) > MAX_CHALLENGE:  # no approver client would open it
                 raise InvalidInput("the challenge would be too large for approvers to review "
                                    f"({len(envelope)} bytes; at most {MAX_CHALLENGE})")
-            self._requests.put(new_request(
+            self._requests.put(replace(new_request(
                 rid, state, act, payload_type, body_payload, sch, intent,
                 status=RequestStatus.OPEN, created_at=now, fee_cap=fee_cap,
-                initiator=initiator, challenge=envelope, proven=proven))
+                initiator=initiator, challenge=envelope, proven=proven),
+                epoch=b.store.counter_value.epoch))
             event.update(requestId=rid, payloadDigest=body["payloadDigest"])
             return Challenge(rid, envelope)
 
@@ -332,17 +333,20 @@ class ApprovalFlow:
                 event.update(initiator=req.initiator, initiatorName=req.initiator_name)
             if not req.is_open:
                 raise RequestClosed(f"request {request_id} is already {req.status.value}")
+            if req.epoch != b.store.counter_value.epoch:
+                raise RequestClosed(f"request {request_id} was made in epoch {req.epoch}, "
+                                    "before a restore from backup: void, ask again")
             state = self._keys.usable(req.label)
             _current(req, state)
             act = req.action
             creds = self._verified_set(req, state, approvals)
             event["approvers"] = sorted(creds)
             final, intent = self._final_payload(req, state, payload)
-            ev = evaluate(state.policy, act, intent, frozenset(creds), req.created_at,
-                          b.clock.now(), spent=b.ledger.spent(state.family))
+            ev = evaluate(b.policy_now(state.policy, act), act, intent, frozenset(creds),
+                          req.created_at, b.clock.now(), spent=b.ledger.spent(state.family))
             if not ev.released:
-                raise PolicyNotMet("the policy is not met: " + " | ".join(ev.missing()),
-                                   ev.missing())
+                missing = ev.missing() + b.frozen_note(act)
+                raise PolicyNotMet("the policy is not met: " + " | ".join(missing), missing)
             signatures = self._perform(state, act, req, final, intent, ev.released_by or "")
             now = b.clock.now()
             result = Execution(request_id, state.label, act, signatures, ev.released_by,
@@ -410,7 +414,8 @@ class ApprovalFlow:
                 act is Action.USE) else None
             check_network(state, intent)
             now = b.clock.now()
-            return evaluate(state.policy, act, intent, fingerprints(approvers),
+            return evaluate(b.policy_now(state.policy, act), act, intent,
+                            fingerprints(approvers),
                             now - elapsed, now, spent=b.ledger.spent(state.family))
 
     def request_status(self, request_id: str, approvals: Sequence[Approval] = (),
@@ -423,7 +428,8 @@ class ApprovalFlow:
             if req.is_open:
                 _current(req, state)
             creds = self._verified_set(req, state, approvals)
-            return evaluate(state.policy, req.action, req.intent, frozenset(creds),
+            return evaluate(b.policy_now(state.policy, req.action), req.action, req.intent,
+                            frozenset(creds),
                             req.created_at, b.clock.now(),
                             rejected=fingerprints(rejected), spent=b.ledger.spent(state.family))
 

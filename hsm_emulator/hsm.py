@@ -5,8 +5,10 @@
 that every operation runs under the store's lock and in one transaction with its audit
 entry):
 
-- :class:`~hsm_emulator.keyring.Keyring`: create, derive, read, attest keys; the
-  security officer's calls (invalidate, restore, destroy, export);
+- :class:`~hsm_emulator.keyring.Keyring`: create, derive, read, attest keys;
+- :class:`~hsm_emulator.officer_desk.OfficerDesk`: the security officers' requests by
+  quorum (invalidate, restore, destroy, export keys; partition settings, officers,
+  backup, restore);
 - :class:`~hsm_emulator.flow.ApprovalFlow`: begin, challenge, approvals, execute, and
   reading requests;
 - :class:`~hsm_emulator.autotier.AutoTier`: signing at once (``sign_now``, ``sign_batch``);
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .addresses import AddressKind, Network
-from .audit import AuditEntry, SignedHead
+from .audit import AuditEntry, AuditLog, SignedHead
 from .auditing import AuditTrail
 from .autotier import AutoTier
 from .boundary import Boundary
@@ -33,8 +35,11 @@ from .clock import Clock
 from .decoders import UNSPECIFIED, DecoderRegistry
 from .evaluate import Evaluation
 from .flow import Approval, ApprovalFlow
+from .identity import IdentityKey
 from .keyring import Keyring
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
+from .officer_desk import OfficerDesk
+from .officers import OfficerAction, OfficerOutcome, OfficerSet
 from .records import KeyState
 from .results import Attestation, Execution, KeyInfo
 from .store import Nvram, Unlock
@@ -42,7 +47,53 @@ from .store import Nvram, Unlock
 __all__ = ["Hsm", "KeyState"]
 
 
-class Hsm:
+class OfficerCalls:
+    """The officer role (:class:`~hsm_emulator.client.HsmOfficer`) of :class:`Hsm`,
+    delegated to its :class:`~hsm_emulator.officer_desk.OfficerDesk`: the HSM's class is
+    composed per role, as its interface is."""
+
+    officers: OfficerDesk
+
+    def officer_set(self) -> OfficerSet:
+        return self.officers.officer_set()
+
+    def officer_begin(self, action: OfficerAction | str,
+                      arguments: dict[str, Any] | None = None) -> Challenge:
+        return self.officers.officer_begin(action, arguments)
+
+    def officer_challenge(self, request_id: str) -> Challenge:
+        return self.officers.officer_challenge(request_id)
+
+    def officer_execute(self, request_id: str,
+                        approvals: Sequence[Approval] = ()) -> OfficerOutcome:
+        return self.officers.officer_execute(request_id, approvals)
+
+    def restore_backup(self, request_id: str, approvals: Sequence[Approval], backup: bytes,
+                       shares: Sequence[str]) -> OfficerOutcome:
+        return self.officers.restore_backup(request_id, approvals, backup, shares)
+
+    # single-officer demo mode: the SO passphrase stands for the one officer's signature
+
+    def invalidate_key(self, label: str, so_passphrase: str) -> KeyInfo:
+        return self._demo(so_passphrase, OfficerAction.INVALIDATE_KEY, label)
+
+    def restore_key(self, label: str, so_passphrase: str) -> KeyInfo:
+        return self._demo(so_passphrase, OfficerAction.RESTORE_KEY, label)
+
+    def destroy_key(self, label: str, so_passphrase: str) -> KeyInfo:
+        return self._demo(so_passphrase, OfficerAction.DESTROY_KEY, label)
+
+    def export_private_key_unsafe(self, label: str, so_passphrase: str) -> bytes:
+        outcome = self.officers.as_demo_officer(so_passphrase, OfficerAction.EXPORT_KEY,
+                                                {"label": label})
+        return bytes.fromhex(outcome.secret["privateKey"])
+
+    def _demo(self, so_passphrase: str, action: OfficerAction, label: str) -> KeyInfo:
+        outcome = self.officers.as_demo_officer(so_passphrase, action, {"label": label})
+        return KeyInfo.from_json(outcome.summary["key"])
+
+
+class Hsm(OfficerCalls):
     """The HSM. Open one with :meth:`Hsm.open`; reach it through an ``HsmClient``."""
 
     def __init__(self, boundary: Boundary) -> None:
@@ -52,11 +103,23 @@ class Hsm:
         self.approvals = ApprovalFlow(boundary)
         self.auto = AutoTier(boundary)
         self.trail = AuditTrail(boundary)
+        self.officers = OfficerDesk(boundary, self.keyring)
         self.clock = boundary.clock
-        self.identity = boundary.identity
-        self.hsm_id = boundary.hsm_id
-        self.audit = boundary.audit
         self._store = boundary.store
+
+    # A restore replaces the identity and the audit log: always the boundary's current ones.
+
+    @property
+    def identity(self) -> IdentityKey:
+        return self.boundary.identity
+
+    @property
+    def hsm_id(self) -> str:
+        return self.boundary.hsm_id
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.boundary.audit
 
     @classmethod
     def open(
@@ -65,6 +128,8 @@ class Hsm:
         unlock: Unlock,
         *,
         so_passphrase: str | None = None,
+        officers: Sequence[dict[str, str]] | None = None,
+        officer_threshold: int | None = None,
         allow_export: bool = False,
         clock: Clock | None = None,
         decoders: DecoderRegistry | None = None,
@@ -72,7 +137,11 @@ class Hsm:
     ) -> Hsm:
         """Open (or, on first use, initialise) the HSM whose store is at ``path``.
 
-        Initialising needs the security officer's passphrase; ``allow_export`` is the
+        Initialising registers the first security officers: ``officers`` (credentials as
+        in a policy's ``approvals``: ``{"type", "value", "name"}``) acting by
+        ``officer_threshold`` of them, or - single-officer demo mode - the one officer
+        derived from ``so_passphrase`` (:mod:`hsm_emulator.officers`); later opens ignore
+        both (the officers change by their own quorum). ``allow_export`` is the
         partition setting that, together with a key's ``exportable`` attribute, permits
         :meth:`export_private_key_unsafe`. ``nvram`` is the HSM's monotonic counter, its
         tamper-resistant memory (:mod:`hsm_emulator.nvram`): a path for the sealed
@@ -81,6 +150,7 @@ class Hsm:
         (``StoreRolledBack``) or not matching its sealed state (``TamperDetected``).
         """
         return cls(Boundary.open(path, unlock, so_passphrase=so_passphrase,
+                                 officers=officers, officer_threshold=officer_threshold,
                                  allow_export=allow_export, clock=clock, decoders=decoders,
                                  nvram=nvram))
 
@@ -123,20 +193,6 @@ class Hsm:
 
     def identity_public_key(self) -> bytes:
         return self.keyring.identity_public_key()
-
-    # -- the security officer (Keyring) -----------------------------------------------
-
-    def invalidate_key(self, label: str) -> KeyInfo:
-        return self.keyring.invalidate_key(label)
-
-    def restore_key(self, label: str, so_passphrase: str) -> KeyInfo:
-        return self.keyring.restore_key(label, so_passphrase)
-
-    def destroy_key(self, label: str, so_passphrase: str) -> KeyInfo:
-        return self.keyring.destroy_key(label, so_passphrase)
-
-    def export_private_key_unsafe(self, label: str, so_passphrase: str) -> bytes:
-        return self.keyring.export_private_key_unsafe(label, so_passphrase)
 
     # -- signing and approvals (ApprovalFlow, AutoTier) -------------------------------
 

@@ -1,9 +1,10 @@
 """Key management inside the HSM: create and derive keys, read them, compute addresses,
-attest them, and the security officer's calls (invalidate, restore, destroy, export).
+attest them, and what the security officers' requests do (invalidate, restore, destroy,
+export; authorised by :mod:`.officer_desk`).
 
 Keys never leave: callers get public keys, addresses and signed attestations. The one
 exception, :meth:`Keyring.export_private_key_unsafe`, needs the key's ``exportable``
-attribute, the partition's export setting and the security officer.
+attribute, the partition's export setting and the officers' quorum.
 """
 
 from __future__ import annotations
@@ -155,64 +156,45 @@ class Keyring:
         """The HSM identity's SPKI DER: the root for attestations, challenges, audit heads."""
         return self._b.identity.public_der
 
-    # -- the security officer's calls -------------------------------------------------
+    # -- what officers do (authorised by :mod:`.officer_desk`, in its transaction) ------
 
-    def invalidate_key(self, label: str) -> KeyInfo:
-        """Delete a key the recoverable way: it signs nothing until an SO restores it."""
-        def invalidate() -> KeyInfo:
-            rec = dict(self._keys.state(label).record)
-            rec["invalidated"] = True
-            self._keys.put(rec)
-            return self._keys.info(self._keys.state(label))
+    def invalidate(self, label: str) -> KeyInfo:
+        """Delete a key the recoverable way: it signs nothing until officers restore it."""
+        rec = dict(self._keys.state(label).record)
+        rec["invalidated"] = True
+        self._keys.put(rec)
+        return self._keys.info(self._keys.state(label))
 
-        with self._b.locked():
-            return self._b.audited({"op": "key.invalidate", "label": label}, invalidate)
+    def restore(self, label: str) -> KeyInfo:
+        rec = dict(self._keys.state(label).record)
+        if rec["material"] is None:
+            raise KeyInvalidated(f"key {label!r} was destroyed and cannot be restored")
+        rec["invalidated"] = False
+        self._keys.put(rec)
+        return self._keys.info(self._keys.state(label))
 
-    def restore_key(self, label: str, so_passphrase: str) -> KeyInfo:
-        def restore() -> KeyInfo:
-            self._b.check_so(so_passphrase)
-            rec = dict(self._keys.state(label).record)
-            if rec["material"] is None:
-                raise KeyInvalidated(f"key {label!r} was destroyed and cannot be restored")
-            rec["invalidated"] = False
-            self._keys.put(rec)
-            return self._keys.info(self._keys.state(label))
-
-        with self._b.locked():
-            return self._b.audited({"op": "key.restore", "label": label}, restore)
-
-    def destroy_key(self, label: str, so_passphrase: str) -> KeyInfo:
+    def destroy(self, label: str) -> KeyInfo:
         """Finally destroy an invalidated key's material; its label stays reserved."""
-        def destroy() -> KeyInfo:
-            self._b.check_so(so_passphrase)
-            state = self._keys.state(label)
-            if not state.attributes.destroyable:
-                raise AttributeDenied(f"key {label!r} is not destroyable")
-            if not state.record["invalidated"]:
-                raise InvalidInput(f"key {label!r} must be invalidated before it is destroyed")
-            rec = dict(state.record)
-            rec["material"] = None
-            self._keys.put(rec)
-            return self._keys.info(self._keys.state(label))
+        state = self._keys.state(label)
+        if not state.attributes.destroyable:
+            raise AttributeDenied(f"key {label!r} is not destroyable")
+        if not state.record["invalidated"]:
+            raise InvalidInput(f"key {label!r} must be invalidated before it is destroyed")
+        rec = dict(state.record)
+        rec["material"] = None
+        self._keys.put(rec)
+        return self._keys.info(self._keys.state(label))
 
-        with self._b.locked():
-            return self._b.audited({"op": "key.destroy", "label": label}, destroy)
-
-    def export_private_key_unsafe(self, label: str, so_passphrase: str) -> bytes:
-        """DANGEROUS: hand out private key bytes. Needs the key's ``exportable`` attribute,
-        the partition's export setting, and the security officer (seed 001)."""
-        def export() -> bytes:
-            self._b.check_so(so_passphrase)
-            state = self._keys.usable(label)
-            if not state.attributes.exportable:
-                raise AttributeDenied(f"key {label!r} is not exportable")
-            if not self._b.partition["allowExport"]:
-                raise AttributeDenied("this HSM partition does not allow key export")
-            assert state.material is not None
-            return state.material.secret
-
-        with self._b.locked():
-            return self._b.audited({"op": "key.export", "label": label}, export)
+    def export_secret_unsafe(self, label: str) -> bytes:
+        """DANGEROUS: a key's private bytes. Needs the key's ``exportable`` attribute and
+        the partition's export setting (seed 001), besides the officers."""
+        state = self._keys.usable(label)
+        if not state.attributes.exportable:
+            raise AttributeDenied(f"key {label!r} is not exportable")
+        if not self._b.partition["allowExport"]:
+            raise AttributeDenied("this HSM partition does not allow key export")
+        assert state.material is not None
+        return state.material.secret
 
 
 def _check_label(label: str) -> None:

@@ -44,6 +44,9 @@ class HsmRequest:
     executed_at: float | None = None
     result: Execution | None = None
     reason: str = ""  #: why it was cancelled, as the caller of ``cancel`` gave it
+    #: the counter's epoch when asked: a request of an earlier epoch (before a restore from
+    #: backup) is void (0: before any restore, and every request stored before epochs)
+    epoch: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -70,6 +73,8 @@ class HsmRequest:
             doc.update(initiatorProven=True, initiatorName=self.initiator_name)
         if self.reason:
             doc["reason"] = self.reason
+        if self.epoch:
+            doc["epoch"] = self.epoch
         if self.result is not None:
             doc.update(executedAt=self.executed_at, result=self.result.to_json())
         return doc
@@ -89,4 +94,5 @@ class HsmRequest:
             initiator_proven=bool(d.get("initiatorProven", False)),
             initiator_name=d.get("initiatorName") or "",
             executed_at=d.get("executedAt"), reason=d.get("reason") or "",
+            epoch=int(d.get("epoch", 0)),
             result=None if result is None else Execution.from_json(result))

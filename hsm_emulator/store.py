@@ -112,6 +112,7 @@ class Store:
         self._seal: StateSeal | None = None  # set once unlocked: commits before are plain
         self._value = CounterValue(0, 0)
         self._unsynced: CounterValue | None = None  # committed, counter not yet advanced
+        self._next_epoch: int | None = None  # set by start_epoch for the next commit
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -156,7 +157,8 @@ class Store:
                 f"this store is at commit {state.value.count} but the HSM counter "
                 f"({_where(self._counter)}) holds nothing: refused, as it would let any "
                 "older copy of the store be used")
-        if state.value.epoch != held.epoch or state.value.count < held.count:
+        if state.value.count < held.count or state.value.epoch < held.epoch or (
+                state.value.epoch > held.epoch and state.value.count != held.count + 1):
             raise StoreRolledBack(
                 f"the HSM store is at commit {state.value.count} (epoch "
                 f"{state.value.epoch}) but the HSM counter is at {held.count} (epoch "
@@ -165,7 +167,8 @@ class Store:
             raise StoreRolledBack(
                 f"the HSM store is at commit {state.value.count}, more than one ahead of "
                 f"the HSM counter ({held.count}): the counter was rewound or replaced")
-        if state.value != held:  # one ahead: the counter's advance was cut; finish it
+        if state.value != held:  # one ahead (maybe into a new epoch: a restore): the
+            # counter's advance was cut; finish it
             self._counter.advance(state.value)
         self._seal, self._value = seal, state.value
 
@@ -183,6 +186,14 @@ class Store:
         except (OSError, HsmError) as exc:
             raise CounterFailure(f"the HSM counter could not be advanced: {exc}") from None
         self._unsynced = None
+
+    def start_epoch(self, epoch: int) -> None:
+        """Make the next commit start ``epoch`` (a restore from backup does): its value is
+        ``(epoch, count + 1)``, so the count stays monotonic and every value from before
+        compares as earlier. The epoch only moves forward."""
+        if epoch <= self._value.epoch:
+            raise InvalidInput(f"epoch {epoch} is not after the current {self._value.epoch}")
+        self._next_epoch = epoch
 
     @property
     def counter_value(self) -> CounterValue:
@@ -249,9 +260,11 @@ class Store:
                 yield
                 value = None
                 if seal is not None and (force or self._db.total_changes != before):
-                    value = self._value.next()
+                    value = self._value.next() if self._next_epoch is None else (
+                        CounterValue(self._next_epoch, self._value.count + 1))
                     self._set_meta("state", seal.row(value, *self._audit_head()))
             except BaseException:
+                self._next_epoch = None
                 self._db.execute("ROLLBACK")
                 if seal is not None:
                     seal.rollback()
@@ -260,6 +273,7 @@ class Store:
             if seal is not None:
                 seal.commit()
             if value is not None:
+                self._next_epoch = None
                 self._value = self._unsynced = value
                 self._advance_counter()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -97,11 +98,14 @@ class HsmProcess:
 
     @classmethod
     def start(cls, workdir: Path, sockdir: Path, time_control: TimeControl | None = None, *,
-              allow_export: bool = True, production: bool = False) -> HsmProcess:
+              allow_export: bool = True, production: bool = False,
+              officers: list[dict[str, str]] | None = None,
+              officer_threshold: int = 1) -> HsmProcess:
         """A server for the store in ``workdir`` (a restart on it reopens the same store
         with the same secret): on ``time_control``'s clock file if given (else the system
         clock), with the partition's export setting; ``production``: as production starts
-        it, without the test decoder and with the default networks."""
+        it, without the test decoder and with the default networks; ``officers``: a new
+        store's officer keys (``officer_threshold`` of them), else the SO passphrase."""
         secret_file = workdir / "client.secret"
         if not secret_file.exists():  # a restart on the same store keeps its secret
             secret_file.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
@@ -111,6 +115,10 @@ class HsmProcess:
                 "--secret-file", str(secret_file), "--scrypt-n", str(2**10)]
         if allow_export:
             args.append("--allow-export")
+        if officers is not None:
+            (workdir / "officers.json").write_text(json.dumps(officers))
+            args += ["--officers", str(workdir / "officers.json"),
+                     "--officer-threshold", str(officer_threshold)]
         if time_control is not None:
             time_control.attach(workdir / "clock")
             args += ["--clock-file", str(workdir / "clock")]

@@ -12,6 +12,7 @@ from ..approver_cli import approver_app
 from ..console import console, fail
 from ..settings import MIN_SECRET, ClientSettings, Settings
 from . import localnets_cmd, webhook_listen
+from .hsm_cmd import hsm_app
 
 app = typer.Typer(help="SKA custody wallet: HSM-enforced policies for treasury transfers.",
                   no_args_is_help=True)
@@ -22,6 +23,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(request_app, name="request")
 app.add_typer(policy_app, name="policy")
 app.add_typer(approver_app, name="approver")
+app.add_typer(hsm_app, name="hsm")
 
 @app.command()
 def demo(data_dir: Path = typer.Option(Path(".custody-demo"),

@@ -7,6 +7,7 @@ the clock, and serves it (:func:`hsm_emulator.remote.server.serve`) until SIGTER
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -68,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the emulated HSM as its own process, serving HsmClient calls. The "
                     "store passphrase comes from SKA_HSM_PASSPHRASE; the security officer "
                     "passphrase from SKA_HSM_SO_PASSPHRASE, needed only to initialise a new "
-                    "store. Both are removed from the environment once read.")
+                    "store in single-officer demo mode (else --officers). Both are removed "
+                    "from the environment once read.")
     p.add_argument("--store", required=True, type=Path, help="the HSM's SQLite store")
     p.add_argument("--listen", required=True, metavar="ADDRESS",
                    help="unix:/path/to/sock (created mode 0600) or tcp:127.0.0.1:PORT "
@@ -81,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="the HSM's monotonic counter file, standing for its tamper-resistant "
                         "memory: a store older than it is refused (default: STORE.nvram; "
                         "also SKA_HSM_NVRAM)")
+    p.add_argument("--officers", type=Path, metavar="FILE",
+                   help="when initialising a new store only: a JSON list of the first "
+                        "security officers' credentials ({type, value, name}, as a "
+                        "policy's approvals), with --officer-threshold; without it, "
+                        "SKA_HSM_SO_PASSPHRASE initialises single-officer demo mode")
+    p.add_argument("--officer-threshold", type=int, metavar="M",
+                   help="how many of the --officers must sign an officer request")
     p.add_argument("--allow-export", action="store_true",
                    help="when initialising a new store only: allow exporting keys that are "
                         "marked exportable (needs the security officer)")
@@ -92,6 +101,17 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"TEST ONLY: scrypt cost for a new store's passphrase (default "
                            f"{SCRYPT_N}); a cheap value makes a stolen store easy to open")
     return p
+
+
+def read_officers(path: Path) -> list[dict[str, str]]:
+    """The officers file: a JSON list of credentials (checked by ``Hsm.open``)."""
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InvalidInput(f"{path}: not JSON ({exc})") from None
+    if not isinstance(doc, list):
+        raise InvalidInput(f"{path}: a JSON list of officer credentials")
+    return doc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,8 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # every payload it signs itself.
         from chains.registry import registry
 
+        officers = None if args.officers is None else read_officers(args.officers)
         hsm = Hsm.open(args.store, Passphrase(passphrase, scrypt_n=args.scrypt_n),
-                       so_passphrase=so_passphrase, allow_export=args.allow_export,
+                       so_passphrase=so_passphrase if officers is None else None,
+                       officers=officers, officer_threshold=args.officer_threshold,
+                       allow_export=args.allow_export,
                        clock=clock, decoders=registry(), nvram=args.nvram)
     except (HsmError, OSError) as exc:
         print(f"hsm-server: {exc}", file=sys.stderr)

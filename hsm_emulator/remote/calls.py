@@ -31,6 +31,7 @@ from ..client import ROLES, HsmClient, Role, role_calls
 from ..errors import AuditFailure, InvalidInput, TransportError
 from ..flow import Approval
 from ..model import KeyAttributes
+from ..officers import OfficerOutcome, OfficerSet
 from ..results import Attestation, Execution, KeyInfo, evaluation_from_json, evaluation_to_json
 from .wire import _INT64, _REPLY_ENVELOPE, MAX_FRAME, _b64, _encode, _unb64
 
@@ -305,6 +306,8 @@ CHALLENGE = _of_json(Challenge.from_json)
 ATTESTATION = _of_json(Attestation.from_json)
 SIGNED_HEAD = _of_json(SignedHead.from_json)
 SIGNED_HEADS = _list_of(SignedHead.from_json)
+OFFICER_SET = _of_json(OfficerSet.from_json)
+OFFICER_OUTCOME = _of_json(OfficerOutcome.from_json)
 EVALUATION = Result(evaluation_to_json, lambda c, doc: _decoded(lambda: evaluation_from_json(doc)))
 RAW_BYTES = Result(_b64, lambda c, doc: _decoded(lambda: base64.b64decode(doc, validate=True)))
 STRING = Result(lambda r: r, _text)
@@ -400,7 +403,13 @@ TABLE: dict[str, Call] = {c.name: c for c in (
     _call("audit_entries", AUDIT, AUDIT_ENTRIES, read_only=True, start=INT64, limit=INT64),
     _call("audit_head", AUDIT, SIGNED_HEAD, read_only=True),
     _call("audit_checkpoints", AUDIT, SIGNED_HEADS, read_only=True),
-    _call("invalidate_key", OFFICER, KEY_INFO, label=TEXT),
+    _call("officer_set", OFFICER, OFFICER_SET, read_only=True),
+    _call("officer_begin", OFFICER, CHALLENGE, action=ENUM, arguments=OBJECT),
+    _call("officer_challenge", OFFICER, CHALLENGE, read_only=True, request_id=TEXT),
+    _call("officer_execute", OFFICER, OFFICER_OUTCOME, request_id=TEXT, approvals=APPROVALS),
+    _call("restore_backup", OFFICER, OFFICER_OUTCOME, request_id=TEXT, approvals=APPROVALS,
+          backup=BYTES, shares=TEXTS),
+    _call("invalidate_key", OFFICER, KEY_INFO, label=TEXT, so_passphrase=TEXT),
     _call("restore_key", OFFICER, KEY_INFO, label=TEXT, so_passphrase=TEXT),
     _call("destroy_key", OFFICER, KEY_INFO, label=TEXT, so_passphrase=TEXT),
     _call("export_private_key_unsafe", OFFICER, RAW_BYTES, label=TEXT, so_passphrase=TEXT),

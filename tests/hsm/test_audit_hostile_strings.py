@@ -52,7 +52,7 @@ from hsm_emulator.errors import HsmError, InvalidInput
 from hsm_emulator.flow import Approval
 from hsm_emulator.model import canonical_json
 from hsm_emulator.remote import MAX_FRAME, RemoteHsmClient
-from tests.remote_kit import HsmProcess, hsm_process
+from tests.remote_kit import SO, HsmProcess, hsm_process
 
 BIG = "A" * 2_000_000
 JWT_SECRET = "test-jwt-secret-with-enough-entropy-0123456789"
@@ -199,7 +199,7 @@ def _refuse_with_2mb_strings(client: RemoteHsmClient) -> int:
         lambda: client.execute(BIG),
         lambda: client.check_approval(BIG, Approval("P256", "cred", b"sig")),
         lambda: client.check_approval("request-1", Approval(BIG, "cred", b"sig")),
-        lambda: client.invalidate_key(BIG),
+        lambda: client.invalidate_key(BIG, SO),
     ]  # one 2 MB string per call: a request frame holds at most 4 MiB
     for call in calls:
         with pytest.raises(HsmError):

@@ -444,18 +444,18 @@ def test_dry_run(client: HsmClient, treasury: str, people: dict[str, Approver]) 
 def test_invalidate_restore_destroy(client: HsmClient) -> None:
     client.create_key("old", "ED25519", policy=OPEN_USE)
     refused(InvalidInput, client.destroy_key, "old", SO)  # invalidate first
-    assert client.invalidate_key("old").invalidated
+    assert client.invalidate_key("old", SO).invalidated
     refused(KeyInvalidated, client.sign_now, "old", b"m", "UNSPECIFIED", "EDDSA")
     refused(AuthenticationFailed, client.restore_key, "old", "wrong passphrase")
     assert not client.restore_key("old", SO).invalidated
     assert client.sign_now("old", b"m", "UNSPECIFIED", "EDDSA").signatures
-    client.invalidate_key("old")
+    client.invalidate_key("old", SO)
     refused(AuthenticationFailed, client.destroy_key, "old", "wrong passphrase")
     assert client.destroy_key("old", SO).invalidated
     refused(KeyInvalidated, client.restore_key, "old", SO)
     refused(KeyExists, client.create_key, "old", "ED25519")  # labels are never reused
     client.create_key("kept", "P256", attributes={"destroyable": False})
-    client.invalidate_key("kept")
+    client.invalidate_key("kept", SO)
     refused(AttributeDenied, client.destroy_key, "kept", SO)
 
 

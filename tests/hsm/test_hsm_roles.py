@@ -19,7 +19,8 @@ def test_every_call_is_in_exactly_one_role() -> None:
     by_role = [name for role in Role for name in role_calls(role)]
     assert len(by_role) == len(set(by_role)) == len(CALLS)
     assert set(by_role) == set(CALLS) == set(TABLE)
-    assert {"invalidate_key", "restore_key", "destroy_key",
+    assert {"officer_set", "officer_begin", "officer_challenge", "officer_execute",
+            "restore_backup", "invalidate_key", "restore_key", "destroy_key",
             "export_private_key_unsafe"} == set(role_calls(Role.OFFICER))
     assert set(role_calls(Role.AUDIT)) == {"audit_entries", "audit_head", "audit_checkpoints"}
     for protocol in ROLES.values():
@@ -41,8 +42,10 @@ def test_both_implementations_serve_every_role() -> None:
 
 
 def test_hsm_is_a_facade_over_its_calls() -> None:
-    """``Hsm``'s own public methods are the calls (same signatures) plus its lifecycle."""
-    public = {n for n in vars(Hsm) if not n.startswith("_") and callable(getattr(Hsm, n))}
+    """``Hsm``'s own public methods (its own and its role mixins', e.g. ``OfficerCalls``)
+    are the calls (same signatures) plus its lifecycle."""
+    public = {n for cls in Hsm.__mro__ if cls is not object for n in vars(cls)
+              if not n.startswith("_") and callable(getattr(Hsm, n))}
     assert public == set(CALLS) | {"close", "open", "locked"}
     for name in CALLS:
         assert inspect.signature(getattr(Hsm, name)).parameters.keys() == (

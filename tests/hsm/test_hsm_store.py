@@ -249,7 +249,7 @@ def test_export_needs_attribute_partition_and_officer(tmp_path: Path, clock: Man
 def test_invalidate_restore_destroy(hsm: Hsm) -> None:
     hsm.create_key("k", "ED25519", policy={"openActions": ["use"]})
     hsm.derive_key("k", "0'/1'", "k-child")
-    hsm.invalidate_key("k")
+    hsm.invalidate_key("k", SO)
     for label in ("k", "k-child"):  # the child is invalidated with its parent
         with pytest.raises(KeyInvalidated):
             hsm.sign_now(label, b"m", "UNSPECIFIED", "EDDSA")
@@ -259,7 +259,7 @@ def test_invalidate_restore_destroy(hsm: Hsm) -> None:
     assert hsm.sign_now("k-child", b"m", "UNSPECIFIED", "EDDSA").signatures
     with pytest.raises(InvalidInput):
         hsm.destroy_key("k", SO)  # must be invalidated first
-    hsm.invalidate_key("k")
+    hsm.invalidate_key("k", SO)
     hsm.destroy_key("k", SO)
     with pytest.raises(KeyInvalidated):
         hsm.restore_key("k", SO)

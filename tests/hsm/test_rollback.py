@@ -104,7 +104,7 @@ def test_one_sealed_record_rewound_is_refused(store: Path, clock: ManualClock) -
                          ).fetchone()
     db.close()
     hsm = _open(store, clock)
-    hsm.invalidate_key("k")
+    hsm.invalidate_key("k", SO)
     hsm.close()
     _sql(store, "UPDATE records SET nonce=?, body=? WHERE kind='key' AND id='k'", *old)
     with pytest.raises(TamperDetected, match="record was rewound"):

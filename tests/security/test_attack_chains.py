@@ -360,7 +360,7 @@ def sign_while_blocked(c: Ctx) -> Malicious:
 
 
 def _invalidate(c: Ctx) -> None:
-    c.hsm.invalidate_key(c.label)  # the operator retires the key...
+    c.hsm.invalidate_key(c.label, SO)  # the operator retires the key...
     c.cleanup.append(lambda: c.hsm.restore_key(c.label, SO))
 
 
