@@ -235,3 +235,24 @@ def bench_api(requests: int = typer.Option(2000, min=10, help="Auto-signed reque
     from .bench_api import bench_api as run
 
     print_lines(run(requests, approved, concurrency, tuple(database)))
+
+
+@bench_app.command("transfers")
+def bench_transfers(chain: str = typer.Option("all", help="eth, sol, btc or all."),
+                    count: int = typer.Option(200, min=1, help="Transfers per chain (and as "
+                                              "many pre-signed transactions for the node)."),
+                    db: str = typer.Option("sqlite", help="sqlite or postgres."),
+                    concurrency: int = typer.Option(8, min=1, max=64, help="Client threads."),
+                    ) -> None:
+    """Auto-tier transfers from POST /v1/transfers to broadcast and confirmed, against the
+    node's own ingest rate (headline: ratio per chain)."""
+    from ..bench import print_lines
+    from .bench_transfers import bench_transfers as run
+
+    chains = {"eth": ("ethereum",), "sol": ("solana",), "btc": ("bitcoin",),
+              "all": ("ethereum", "solana", "bitcoin")}
+    if chain not in chains:
+        fail(f"--chain {chain!r}: one of {', '.join(chains)}")
+    if db not in ("sqlite", "postgres"):
+        fail(f"--db {db!r}: sqlite or postgres")
+    print_lines(run(chains[chain], count, db, concurrency))

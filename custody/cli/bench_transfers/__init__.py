@@ -1,0 +1,148 @@
+"""``custody bench transfers``: auto-tier transfers end to end, against the node's own
+ingest rate of as many transactions, in the same run.
+
+The local nodes (``custody localnets``'s: anvil, the Solana dev node on LiteSVM, the
+Bitcoin regtest node), the HSM as its own process and ``custody serve`` pointed at both
+(:mod:`.service`). Per chain, in this order:
+
+* ``node_ingest_tps``: ``count`` transactions signed beforehand with a plain key of the
+  same kind (``eth_account``, ``solders``, the project's Bitcoin builder and
+  ``coincurve``), sent from ``concurrency`` threads through the JSON-RPC client the
+  broker's adapter broadcasts with (:mod:`.kits`);
+* ``service_tps``: ``count`` transfers of the wallet's small (auto) tier posted to
+  ``POST /v1/transfers`` from ``concurrency`` threads, counted from the first POST to
+  the last transfer the service broadcast (its history's ``broadcast`` time);
+  ``submit_broadcast_p50_ms`` / ``p99`` per transfer from its POST to its broadcast;
+  ``confirm_*`` to its ``confirmed`` state (depth 1; Bitcoin mines a block a second,
+  as ``custody localnets`` does; the worker looks at confirmations once a second);
+* ``landed``: destinations whose balance on the node moved by exactly one transfer.
+
+One JSON object per line, a chain per line; the last holds the headline (``ratio``:
+service over node ingest, target 0.5 on Ethereum and Solana, Bitcoin reported).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from chains.base import Chain
+
+from ...localnets import LocalNets
+from ...pgserver import PostgresServer
+from ..localnets_cmd import node_env
+from . import desk
+from .kits import KITS, Kit
+from .service import api_server, hsm_process
+
+CHAINS = ("ethereum", "solana", "bitcoin")
+#: Targets per chain: service over node ingest (Bitcoin is reported, not targeted).
+TARGETS = {"ethereum": 0.5, "solana": 0.5}
+#: Seconds allowed for the last transfer to reach broadcast, then confirmed.
+TIMEOUT = 300.0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def node_ingest(kit: Kit, count: int, concurrency: int) -> float:
+    """Transactions per second the node accepts through the adapter's client call."""
+    presigned = kit.presigned(count)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(presigned.send, presigned.raws))
+    return count / (time.perf_counter() - start)
+
+
+def _mining(nets: LocalNets, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        nets.mine(1)
+
+
+def run_chain(url: str, nets: LocalNets, chain: str, count: int,
+              concurrency: int) -> tuple[dict[str, Any], list[str]]:
+    """One chain's record, and the destinations its transfers paid (for a caller that
+    wants to look at the node itself)."""
+    kit: Kit = KITS[chain](nets)
+    wallet = desk.create_wallet(url, chain, kit.network, kit.symbol, count, kit.amount)
+    kit.fund(wallet, count, lambda wallet_id: desk.new_address(url, wallet_id))
+    ingest = node_ingest(kit, count, concurrency)
+    destinations = kit.destinations(count)
+    stop = threading.Event()
+    miner = threading.Thread(target=_mining, args=(nets, stop), daemon=True)
+    if chain == "bitcoin":
+        miner.start()
+    try:
+        posted = desk.post_transfers(url, wallet, kit.symbol, kit.amount, destinations,
+                                     concurrency)
+        desk.wait_until(url, wallet["id"], count, frozenset({"broadcast", "confirmed"}),
+                        TIMEOUT)
+        final = desk.wait_until(url, wallet["id"], count, frozenset({"confirmed"}), TIMEOUT)
+    finally:
+        stop.set()
+    record = _figures(chain, count, concurrency, posted, final, ingest)
+    record["landed"] = kit.landed(destinations)
+    return record, destinations
+
+
+def _ms(seconds: list[float], q: float) -> float | None:
+    return round(_percentile(seconds, q) * 1000, 1) if seconds else None
+
+
+def _figures(chain: str, count: int, concurrency: int, posted: list[desk.Posted],
+             final: dict[str, dict[str, Any]], ingest: float) -> dict[str, Any]:
+    first = min(p.started for p in posted)
+    states = [final[p.id]["state"] if p.id in final else "missing" for p in posted]
+    broadcast = {p.id: desk.reached(final.get(p.id, {}), "broadcast") for p in posted}
+    confirmed = {p.id: desk.reached(final.get(p.id, {}), "confirmed") for p in posted}
+    to_broadcast = [b - p.started for p in posted if (b := broadcast[p.id]) is not None]
+    to_confirmed = [c - p.started for p in posted if (c := confirmed[p.id]) is not None]
+    last = max((b for b in broadcast.values() if b is not None), default=None)
+    service = len(to_broadcast) / (last - first) if last is not None else 0.0
+    done = [c for c in confirmed.values() if c is not None]
+    return {"bench": "transfers", "chain": chain, "count": count, "concurrency": concurrency,
+            "service_tps": round(service, 1), "node_ingest_tps": round(ingest, 1),
+            "ratio": round(service / ingest, 3),
+            "submit_broadcast_p50_ms": _ms(to_broadcast, 0.5),
+            "submit_broadcast_p99_ms": _ms(to_broadcast, 0.99),
+            "confirm_p50_ms": _ms(to_confirmed, 0.5),
+            "confirm_all_s": round(max(done) - first, 2) if len(done) == count else None,
+            "post_p50_ms": round(statistics.median(p.post_seconds for p in posted) * 1000, 1),
+            "confirmed": states.count("confirmed"),
+            "states": {s: states.count(s) for s in sorted(set(states))}}
+
+
+def bench_transfers(chains: tuple[str, ...] = CHAINS, count: int = 200, db: str = "sqlite",
+                    concurrency: int = 8) -> Iterator[dict[str, Any]]:
+    """Yield one record per chain, then the headline."""
+    headline: dict[str, Any] = {"bench": "transfers", "headline": True, "count": count,
+                                "db": db, "concurrency": concurrency, "target_ratio": TARGETS}
+    with tempfile.TemporaryDirectory(prefix="ska-bench-transfers-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        nets = stack.enter_context(LocalNets(work, chains=tuple(
+            Chain(c) for c in chains)))
+        database = f"sqlite:///{work / 'broker.sqlite'}"
+        if db == "postgres":
+            pg = PostgresServer()
+            stack.callback(pg.stop)
+            database = pg.create_database()
+        hsm = stack.enter_context(hsm_process(work))
+        url = stack.enter_context(api_server(work, database, hsm, node_env(nets, 1)))
+        for chain in chains:
+            record, _ = run_chain(url, nets, chain, count, concurrency)
+            headline[chain] = {k: record[k] for k in (
+                "service_tps", "node_ingest_tps", "ratio", "submit_broadcast_p99_ms",
+                "confirm_all_s", "landed")}
+            yield record
+    headline["met"] = all(headline[c]["ratio"] >= t for c, t in TARGETS.items()
+                          if c in headline)
+    yield headline
