@@ -82,7 +82,7 @@ def api_server(workdir: Path, database_url: str, hsm: tuple[str, Path],
     with (workdir / "server.log").open("wb") as log:
         proc = subprocess.Popen(  # noqa: S603 - our own CLI
             [sys.executable, "-m", "custody.cli", "serve", "--port", str(port)],
-            env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
             _wait_for_server(proc, url, workdir)
             yield url
