@@ -247,6 +247,8 @@ def bench_transfers(chain: str = typer.Option("all", help="eth, sol, btc or all.
     """Auto-tier transfers from POST /v1/transfers to broadcast and confirmed, against the
     node's own ingest rate (headline: ratio per chain)."""
     from ..bench import print_lines
+    from ..console import LOCAL
+    from ..errors import CustodyError
     from .bench_transfers import bench_transfers as run
 
     chains = {"eth": ("ethereum",), "sol": ("solana",), "btc": ("bitcoin",),
@@ -255,4 +257,7 @@ def bench_transfers(chain: str = typer.Option("all", help="eth, sol, btc or all.
         fail(f"--chain {chain!r}: one of {', '.join(chains)}")
     if db not in ("sqlite", "postgres"):
         fail(f"--db {db!r}: sqlite or postgres")
-    print_lines(run(chains[chain], count, db, concurrency))
+    try:
+        print_lines(run(chains[chain], count, db, concurrency))
+    except CustodyError as exc:  # a node that cannot start (anvil not installed)
+        fail(exc.reason, LOCAL)
