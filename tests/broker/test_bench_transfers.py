@@ -37,8 +37,8 @@ def ran() -> Iterator[tuple[LocalNets, dict[str, tuple[dict[str, Any], list[str]
         if os.environ.get("CI"):
             pytest.fail(hint)
         pytest.skip(hint)
-    with session(CHAINS, "sqlite") as (nets, url):
-        yield nets, {c: run_chain(url, nets, c, COUNT, 2) for c in CHAINS}
+    with session(CHAINS, "sqlite") as service:
+        yield service.nets, {c: run_chain(service, c, COUNT, 2) for c in CHAINS}
 
 
 def _balance(nets: LocalNets, chain: str, destination: str) -> int:
@@ -74,6 +74,7 @@ def test_the_record_describes_count_confirmed_transfers(ran: Any, chain: str) ->
     assert 0 < record["submit_broadcast_p50_ms"] <= record["submit_broadcast_p99_ms"]
     assert record["submit_broadcast_p50_ms"] <= record["confirm_p50_ms"]
     assert record["confirm_all_s"] > 0
+    assert set(record["cpu_ms_per_transfer"]) == {"server", "hsm", "bench"}
 
 
 def test_the_headline_carries_every_chain(ran: Any) -> None:

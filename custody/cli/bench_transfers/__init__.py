@@ -15,7 +15,10 @@ Bitcoin regtest node), the HSM as its own process and ``custody serve`` pointed 
   ``submit_broadcast_p50_ms`` / ``p99`` per transfer from its POST to its broadcast;
   ``confirm_*`` to its ``confirmed`` state (depth 1; Bitcoin mines a block a second,
   as ``custody localnets`` does; the worker looks at confirmations once a second);
-* ``landed``: destinations whose balance on the node moved by exactly one transfer.
+* ``landed``: destinations whose balance on the node moved by exactly one transfer;
+* ``cpu_ms_per_transfer``: CPU time the server, the HSM process and this process (the
+  client threads and the in-thread Bitcoin and Solana nodes) spent per transfer while
+  the transfers ran - where the cores went, beside the wall-clock rate.
 
 One JSON object per line, a chain per line; the last holds the headline (``ratio``:
 service over node ingest, target 0.5 on Ethereum and Solana, Bitcoin reported).
@@ -24,6 +27,7 @@ service over node ingest, target 0.5 on Ethereum and Solana, Bitcoin reported).
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import tempfile
 import threading
@@ -31,6 +35,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,7 @@ from ...pgserver import PostgresServer
 from ..localnets_cmd import node_env
 from . import desk
 from .kits import KITS, Kit
-from .service import api_server, hsm_process
+from .service import api_server, cpu_seconds, hsm_process
 
 CHAINS = ("ethereum", "solana", "bitcoin")
 #: Targets per chain: service over node ingest (Bitcoin is reported, not targeted).
@@ -69,10 +74,30 @@ def _mining(nets: LocalNets, stop: threading.Event) -> None:
         nets.mine(1)
 
 
-def run_chain(url: str, nets: LocalNets, chain: str, count: int,
+@dataclass(frozen=True)
+class Service:
+    """What :func:`session` started: the nodes, the API's URL, the processes' pids."""
+
+    nets: LocalNets
+    url: str
+    pids: dict[str, int]
+
+    def cpu(self) -> dict[str, float | None]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+
+def _cpu_ms(before: dict[str, float | None], after: dict[str, float | None],
+            count: int) -> dict[str, float | None]:
+    """CPU milliseconds per transfer each process spent between the two readings."""
+    return {name: None if (b := before[name]) is None or (a := after[name]) is None
+            else round((a - b) * 1000 / count, 2) for name in before}
+
+
+def run_chain(service: Service, chain: str, count: int,
               concurrency: int) -> tuple[dict[str, Any], list[str]]:
     """One chain's record, and the destinations its transfers paid (for a caller that
     wants to look at the node itself)."""
+    url, nets = service.url, service.nets
     kit: Kit = KITS[chain](nets)
     wallet = desk.create_wallet(url, chain, kit.network, kit.symbol, count, kit.amount)
     kit.fund(wallet, count, lambda wallet_id: desk.new_address(url, wallet_id))
@@ -82,6 +107,7 @@ def run_chain(url: str, nets: LocalNets, chain: str, count: int,
     miner = threading.Thread(target=_mining, args=(nets, stop), daemon=True)
     if chain == "bitcoin":
         miner.start()
+    cpu = service.cpu()
     try:
         posted = desk.post_transfers(url, wallet, kit.symbol, kit.amount, destinations,
                                      concurrency)
@@ -91,6 +117,7 @@ def run_chain(url: str, nets: LocalNets, chain: str, count: int,
     finally:
         stop.set()
     record = _figures(chain, count, concurrency, posted, final, ingest)
+    record["cpu_ms_per_transfer"] = _cpu_ms(cpu, service.cpu(), count)
     record["landed"] = kit.landed(destinations)
     return record, destinations
 
@@ -123,9 +150,9 @@ def _figures(chain: str, count: int, concurrency: int, posted: list[desk.Posted]
 
 
 @contextlib.contextmanager
-def session(chains: tuple[str, ...], db: str) -> Iterator[tuple[LocalNets, str]]:
+def session(chains: tuple[str, ...], db: str) -> Iterator[Service]:
     """The local nodes of ``chains``, the HSM process and ``custody serve`` over ``db``
-    (a SQLite file, or a throwaway PostgreSQL): yields the nodes and the API's URL."""
+    (a SQLite file, or a throwaway PostgreSQL)."""
     with tempfile.TemporaryDirectory(prefix="ska-bench-transfers-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         nets = stack.enter_context(LocalNets(work, chains=tuple(Chain(c) for c in chains)))
@@ -135,7 +162,10 @@ def session(chains: tuple[str, ...], db: str) -> Iterator[tuple[LocalNets, str]]
             stack.callback(pg.stop)
             database = pg.create_database()
         hsm = stack.enter_context(hsm_process(work))
-        yield nets, stack.enter_context(api_server(work, database, hsm, node_env(nets, 1)))
+        url, server = stack.enter_context(api_server(work, database, hsm, node_env(nets, 1)))
+        # "bench": this process - the desk's client threads, and the Bitcoin and Solana
+        # nodes, which run in its threads (anvil is a process of its own)
+        yield Service(nets, url, {"server": server, "hsm": hsm[2], "bench": os.getpid()})
 
 
 def headline(records: list[dict[str, Any]], count: int, db: str,
@@ -158,9 +188,9 @@ def bench_transfers(chains: tuple[str, ...] = CHAINS, count: int = 200, db: str 
                     concurrency: int = 8) -> Iterator[dict[str, Any]]:
     """Yield one record per chain, then the headline."""
     records = []
-    with session(chains, db) as (nets, url):
+    with session(chains, db) as service:
         for chain in chains:
-            record, _ = run_chain(url, nets, chain, count, concurrency)
+            record, _ = run_chain(service, chain, count, concurrency)
             records.append(record)
             yield record
     yield headline(records, count, db, concurrency)

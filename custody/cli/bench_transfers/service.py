@@ -38,8 +38,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def hsm_process(workdir: Path) -> Iterator[tuple[str, Path]]:
-    """The HSM process, accepting connections: yields its address and secret file."""
+def hsm_process(workdir: Path) -> Iterator[tuple[str, Path, int]]:
+    """The HSM process, accepting connections: yields its address, secret file and pid."""
     secret = workdir / "hsm.secret"
     secret.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
     secret.chmod(0o600)
@@ -52,7 +52,7 @@ def hsm_process(workdir: Path) -> Iterator[tuple[str, Path]]:
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
             _wait_for_hsm(proc, address, secret.read_bytes().strip(), workdir)
-            yield address, secret
+            yield address, secret, proc.pid
         finally:
             _stop(proc)
 
@@ -71,9 +71,9 @@ def _wait_for_hsm(proc: subprocess.Popen[bytes], address: str, secret: bytes,
 
 
 @contextlib.contextmanager
-def api_server(workdir: Path, database_url: str, hsm: tuple[str, Path],
-               node_env: dict[str, str]) -> Iterator[str]:
-    """``custody serve`` on a free loopback port, ready: yields its base URL."""
+def api_server(workdir: Path, database_url: str, hsm: tuple[str, Path, int],
+               node_env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """``custody serve`` on a free loopback port, ready: yields its base URL and pid."""
     port = free_port()
     env = {**os.environ, **node_env, "CUSTODY_DATABASE_URL": database_url,
            "CUSTODY_HSM_URL": hsm[0], "CUSTODY_HSM_SECRET_FILE": str(hsm[1]),
@@ -85,9 +85,19 @@ def api_server(workdir: Path, database_url: str, hsm: tuple[str, Path],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
             _wait_for_server(proc, url, workdir)
-            yield url
+            yield url, proc.pid
         finally:
             _stop(proc)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) process ``pid`` has used, from ``/proc`` (None elsewhere):
+    what each process of the service spends per transfer, beside the wall-clock rate."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_for_server(proc: subprocess.Popen[bytes], url: str, workdir: Path) -> None:
