@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -245,7 +247,8 @@ def bench_transfers(chain: str = typer.Option("all", help="eth, sol, btc or all.
                     concurrency: int = typer.Option(8, min=1, max=64, help="Client threads."),
                     ) -> None:
     """Auto-tier transfers from POST /v1/transfers to broadcast and confirmed, against the
-    node's own ingest rate (headline: ratio per chain)."""
+    node's own ingest rate (headline: ratio per chain). Exits 1 if any transfer did not
+    land on its node."""
     from ..bench import print_lines
     from ..console import LOCAL
     from ..errors import CustodyError
@@ -257,7 +260,17 @@ def bench_transfers(chain: str = typer.Option("all", help="eth, sol, btc or all.
         fail(f"--chain {chain!r}: one of {', '.join(chains)}")
     if db not in ("sqlite", "postgres"):
         fail(f"--db {db!r}: sqlite or postgres")
+    last: dict[str, object] = {}
+
+    def kept(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in records:
+            last.clear()
+            last.update(record)
+            yield record
+
     try:
-        print_lines(run(chains[chain], count, db, concurrency))
+        print_lines(kept(run(chains[chain], count, db, concurrency)))
     except CustodyError as exc:  # a node that cannot start (anvil not installed)
         fail(exc.reason, LOCAL)
+    if not last.get("all_landed"):  # as the demo: a transfer that did not land fails
+        raise typer.Exit(1)

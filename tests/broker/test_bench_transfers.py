@@ -9,6 +9,7 @@ its two rates' quotient, and that the headline carries each chain's figures.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -90,3 +91,14 @@ def test_the_headline_carries_every_chain(ran: Any) -> None:
 def test_the_command_refuses_an_unknown_chain_or_database(args: list[str], said: str) -> None:
     result = CliRunner().invoke(app, ["bench", "transfers", *args])
     assert result.exit_code == 2 and said in result.output
+
+
+def test_the_command_prints_a_line_per_chain_then_the_headline() -> None:
+    result = CliRunner().invoke(app, ["bench", "transfers", "--chain", "sol", "--count", "1",
+                                      "--concurrency", "1"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [r.get("chain", "headline") for r in records] == [
+        "solana", "headline"]
+    assert records[0]["landed"] == 1 and records[-1]["all_landed"] is True
+    assert set(records[-1]) >= {"solana", "met", "target_ratio", "count", "db"}
