@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,7 +163,8 @@ def _figures(chain: str, count: int, concurrency: int, posted: list[desk.Posted]
 def session(chains: tuple[str, ...], db: str) -> Iterator[Service]:
     """The local nodes of ``chains``, the HSM process and ``custody serve`` over ``db``
     (a SQLite file, or a throwaway PostgreSQL)."""
-    with tempfile.TemporaryDirectory(prefix="ska-bench-transfers-") as tmp, ExitStack() as stack:
+    with (tempfile.TemporaryDirectory(prefix="ska-bench-transfers-") as tmp,
+          contextlib.ExitStack() as stack):
         work = Path(tmp)
         nets = stack.enter_context(LocalNets(work, chains=tuple(Chain(c) for c in chains)))
         database = f"sqlite:///{work / 'broker.sqlite'}"
