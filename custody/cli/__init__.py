@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -237,3 +239,40 @@ def bench_api(requests: int = typer.Option(2000, min=10, help="Auto-signed reque
     from .bench_api import bench_api as run
 
     print_lines(run(requests, approved, concurrency, tuple(database)))
+
+
+@bench_app.command("transfers")
+def bench_transfers(chain: str = typer.Option("all", help="eth, sol, btc or all."),
+                    count: int = typer.Option(200, min=1, help="Transfers per chain (and as "
+                                              "many pre-signed transactions for the node)."),
+                    db: str = typer.Option("sqlite", help="sqlite or postgres."),
+                    concurrency: int = typer.Option(8, min=1, max=64, help="Client threads."),
+                    ) -> None:
+    """Auto-tier transfers from POST /v1/transfers to broadcast and confirmed, against the
+    node's own ingest rate (headline: ratio per chain). Exits 1 if any transfer did not
+    land on its node."""
+    from ..bench import print_lines
+    from ..console import LOCAL
+    from ..errors import CustodyError
+    from .bench_transfers import bench_transfers as run
+
+    chains = {"eth": ("ethereum",), "sol": ("solana",), "btc": ("bitcoin",),
+              "all": ("ethereum", "solana", "bitcoin")}
+    if chain not in chains:
+        fail(f"--chain {chain!r}: one of {', '.join(chains)}")
+    if db not in ("sqlite", "postgres"):
+        fail(f"--db {db!r}: sqlite or postgres")
+    last: dict[str, object] = {}
+
+    def kept(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in records:
+            last.clear()
+            last.update(record)
+            yield record
+
+    try:
+        print_lines(kept(run(chains[chain], count, db, concurrency)))
+    except CustodyError as exc:  # a node that cannot start (anvil not installed)
+        fail(exc.reason, LOCAL)
+    if not last.get("all_landed"):  # as the demo: a transfer that did not land fails
+        raise typer.Exit(1)

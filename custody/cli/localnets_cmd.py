@@ -36,18 +36,22 @@ if TYPE_CHECKING:
 CHAINS = [c.value for c in Chain]
 
 
-def export_lines(nets: LocalNets, depth: int) -> list[str]:
-    """``export NAME=value`` per variable, shell-quoted, for the chains that run."""
+def node_env(nets: LocalNets, depth: int) -> dict[str, str]:
+    """The ``CUSTODY_*`` variables that point ``serve`` at the chains that run."""
     endpoints = nets.endpoints()
-    out = []
+    env = {}
     for chain, spec in SPECS.items():
         if endpoints.rpc.get(chain):
-            out.append(f"export {spec.rpc_variable}={shlex.quote(endpoints.rpc[chain])}")
-            out.append(f"export {spec.network_variable}="
-                       f"{shlex.quote(str(endpoints.networks[chain]))}")
-    depths = ",".join(f"{c}={depth}" for c in SPECS if endpoints.rpc.get(c))
-    out.append(f"export CUSTODY_CONFIRMATIONS={depths}")
-    return out
+            env[spec.rpc_variable] = endpoints.rpc[chain]
+            env[spec.network_variable] = str(endpoints.networks[chain])
+    env["CUSTODY_CONFIRMATIONS"] = ",".join(
+        f"{c}={depth}" for c in SPECS if endpoints.rpc.get(c))
+    return env
+
+
+def export_lines(nets: LocalNets, depth: int) -> list[str]:
+    """``export NAME=value`` per variable, shell-quoted, for the chains that run."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in node_env(nets, depth).items()]
 
 
 def _write_atomically(path: Path, text: str) -> None:

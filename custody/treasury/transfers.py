@@ -50,7 +50,7 @@ class Treasury:
         self.broker = broker
         self.networks = networks
         self.sessions: sessionmaker[Session] = broker.sessions
-        self._wake = threading.Condition()
+        self._wake = threading.Event()
         self.ledger = TransferLedger(self.sessions, clock=clock, on_event=on_event)
         self.signing = TransferSigning(self.ledger, networks, self.nudge)
         self.intake = TransferIntake(broker, networks, self.ledger, self.signing, self.nudge)
@@ -94,9 +94,9 @@ class Treasury:
         return self.worker.step()
 
     def nudge(self) -> None:
-        """Wake the worker now (a transfer was created or its sign request moved)."""
-        with self._wake:
-            self._wake.notify_all()
+        """Wake the worker now (a transfer was created or its sign request moved); a
+        nudge while it is busy makes it go round again at once instead of sleeping."""
+        self._wake.set()
 
     def run(self, stop: threading.Event, dispatcher: webhooks.Dispatcher | None = None,
             interval: float = POLL_SECONDS) -> None:

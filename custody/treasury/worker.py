@@ -32,13 +32,13 @@ POLL_SECONDS = 1.0
 class TransferWorker:
     def __init__(self, broker: Broker, networks: Networks, ledger: TransferLedger,
                  intake: TransferIntake, signing: TransferSigning,
-                 wake: threading.Condition) -> None:
+                 wake: threading.Event) -> None:
         self.broker = broker
         self.networks = networks
         self.ledger = ledger
         self.intake = intake
         self.signing = signing
-        #: the worker sleeps on it between passes; notified when a transfer can move
+        #: the worker sleeps on it between passes; set when a transfer can move
         self.wake = wake
 
     def step(self) -> int:
@@ -128,11 +128,11 @@ class TransferWorker:
     def run(self, stop: threading.Event, dispatcher: webhooks.Dispatcher | None = None,
             interval: float = POLL_SECONDS) -> None:
         while not stop.is_set():
+            self.wake.clear()  # before the pass: a nudge during it is kept, not lost
             try:
                 self.step()
                 if dispatcher is not None:
                     dispatcher.deliver_due()
             except Exception:  # the loop must outlive any one failure; it is logged
                 log.exception("treasury worker step failed")
-            with self.wake:
-                self.wake.wait(timeout=interval)
+            self.wake.wait(timeout=interval)
