@@ -8,8 +8,11 @@ counter's advance must never brick the HSM (a process killed there, then reopene
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from hsm_emulator import CounterValue, Hsm, ManualClock, decoders
+from hsm_emulator import CounterValue, Hsm, ManualClock, SealedFileCounter, decoders, nvram
 from hsm_emulator.decoders import transfer_payload
 from hsm_emulator.errors import CounterFailure, StoreRolledBack, TamperDetected
 from hsm_emulator.store import default_nvram
@@ -49,6 +52,22 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
+def _counter(store: Path, clock: ManualClock) -> SealedFileCounter:
+    """The store's counter file as the HSM reads it (with its key: the HSM is opened
+    and closed once to learn it; an open that changes nothing does not advance it)."""
+    hsm = _open(store, clock)
+    counter = hsm._store._counter
+    hsm.close()
+    assert isinstance(counter, SealedFileCounter)
+    return counter
+
+
+def _held(counter: SealedFileCounter) -> int:
+    value = counter.read()
+    assert value is not None
+    return value.count
+
+
 def _sql(path: Path, sql: str, *args: object) -> None:
     with sqlite3.connect(path) as db:
         db.execute(sql, args)
@@ -75,8 +94,9 @@ def test_each_commit_advances_the_counter_and_reads_do_not(store: Path,
     _spend(hsm, 1, 1)
     after = hsm._store.counter_value
     assert after > before and after.epoch == 0
+    counter = hsm._store._counter
     hsm.close()
-    assert json.loads(default_nvram(store).read_text())["count"] == after.count
+    assert isinstance(counter, SealedFileCounter) and _held(counter) == after.count
 
 
 def test_an_older_copy_of_the_whole_store_is_refused(store: Path, tmp_path: Path,
@@ -166,9 +186,12 @@ def test_the_counter_file_removed_edited_or_foreign_is_refused(store: Path, tmp_
     nvram.unlink()
     with pytest.raises(StoreRolledBack, match="holds nothing"):
         _open(store, clock)
-    doc = json.loads(saved)
-    nvram.write_text(json.dumps({**doc, "count": doc["count"] + 5}))
+    nvram.write_text(re.sub(r"(ska-nvram-v2 \d{20} )(\d{20})",  # both slots raised by 5
+                            lambda m: f"{m[1]}{int(m[2]) + 5:020d}", saved.decode()))
     with pytest.raises(TamperDetected, match="failed authentication"):
+        _open(store, clock)
+    nvram.write_bytes(saved[:512])
+    with pytest.raises(TamperDetected, match="wrong size"):
         _open(store, clock)
     _open(tmp_path / "other.sqlite", clock).close()  # another HSM's counter file
     shutil.copyfile(default_nvram(tmp_path / "other.sqlite"), nvram)
@@ -176,6 +199,107 @@ def test_the_counter_file_removed_edited_or_foreign_is_refused(store: Path, tmp_
         _open(store, clock)
     nvram.write_bytes(saved)
     _open(store, clock).close()
+
+
+def test_an_advance_overwrites_the_older_slot_in_place_and_syncs_once(
+        store: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the file's creation an advance is one in-place write and one data sync: no
+    rename, no directory sync; the two slots take turns, so the newer value is never
+    the one being overwritten."""
+    syncs: list[int] = []
+
+    def datasync(fd: int) -> None:  # counted, and done
+        syncs.append(fd)
+        os.fdatasync(fd)
+
+    monkeypatch.setattr(nvram, "_datasync", datasync)
+    monkeypatch.setattr(nvram, "_fsync_dir", _never)
+    monkeypatch.setattr(nvram.os, "replace", _never)
+    path, inode = default_nvram(store), default_nvram(store).stat().st_ino
+    hsm = _open(store, clock)
+    counter = hsm._store._counter
+    assert isinstance(counter, SealedFileCounter)
+    for nonce in (1, 2, 3):
+        newer = path.read_bytes()
+        newer_slot = newer.index(counter._slot(hsm._store.counter_value))
+        _spend(hsm, 1, nonce)
+        after = path.read_bytes()
+        assert after[newer_slot:newer_slot + nvram.SLOT_SIZE] == \
+            newer[newer_slot:newer_slot + nvram.SLOT_SIZE]  # the newer slot untouched
+        assert counter._slot(hsm._store.counter_value) in after
+    assert len(syncs) == 3 and path.stat().st_ino == inode and path.stat().st_size == 1024
+    hsm.close()
+
+
+def _never(*args: object) -> None:
+    raise AssertionError("the counter file was replaced or its directory synced")
+
+
+def test_one_spoilt_slot_is_a_torn_write_both_are_tampering(store: Path, tmp_path: Path,
+                                                           clock: ManualClock) -> None:
+    """A power cut can spoil only the slot being written (the older): the value read is
+    then the newer one, unchanged. Spoiling the newer slot too takes writing the counter
+    file (outside the model): even then the counter goes back one step at most, so a
+    store two commits old is still refused; both slots spoilt is tampering."""
+    nvram_path = default_nvram(store)
+    _copy(store, tmp_path / "two-behind.sqlite")
+    hsm = _open(store, clock)
+    _spend(hsm, 1, 1)
+    _spend(hsm, 1, 2)
+    now = hsm._store.counter_value
+    counter = hsm._store._counter
+    hsm.close()
+    assert isinstance(counter, SealedFileCounter)
+    saved = nvram_path.read_bytes()
+    older, newer = (saved.index(counter._slot(CounterValue(0, now.count - step)))
+                    for step in (1, 0))
+
+    def spoil(*offsets: int) -> None:
+        raw = bytearray(saved)
+        for offset in offsets:
+            raw[offset + 60:offset + 70] = b"0123456789"  # inside the MAC
+        nvram_path.write_bytes(bytes(raw))
+
+    spoil(older)
+    assert counter.read() == now
+    _open(store, clock).close()
+    spoil(newer)
+    assert counter.read() == CounterValue(0, now.count - 1)
+    shutil.copyfile(tmp_path / "two-behind.sqlite", tmp_path / "old.sqlite")
+    with pytest.raises(StoreRolledBack, match="older copy"):
+        _open(tmp_path / "old.sqlite", clock, nvram=nvram_path)
+    spoil(older, newer)
+    with pytest.raises(TamperDetected, match="failed authentication"):
+        _open(store, clock)
+    spoil(newer)
+    hsm = _open(store, clock)  # the store one ahead: the open writes the spoilt slot again
+    assert counter.read() == now == hsm._store.counter_value
+    hsm.close()
+
+
+def test_a_counter_file_from_before_the_slots_opens_and_is_rewritten_once(
+        store: Path, tmp_path: Path, clock: ManualClock) -> None:
+    """The single-value file the HSM wrote before the two slots is read as it is, still
+    binds the store (an older copy is refused), and becomes two slots at the next
+    advance."""
+    _copy(store, tmp_path / "old.sqlite")
+    hsm = _open(store, clock)
+    _spend(hsm, 1, 1)
+    now = hsm._store.counter_value
+    hsm.close()
+    _to_single_value_file(store, clock)
+    assert default_nvram(store).read_text().startswith("{")
+    shutil.copyfile(tmp_path / "old.sqlite", tmp_path / "elsewhere.sqlite")
+    with pytest.raises(StoreRolledBack, match="older copy"):
+        _open(tmp_path / "elsewhere.sqlite", clock, nvram=default_nvram(store))
+    hsm = _open(store, clock)
+    assert hsm._store.counter_value == now
+    _spend(hsm, 1, 2)
+    counter = hsm._store._counter
+    hsm.close()
+    assert isinstance(counter, SealedFileCounter)
+    assert counter.read() == now.next()
+    assert default_nvram(store).read_bytes() == counter._slot(now.next()) * 2
 
 
 def test_the_state_record_removed_is_refused(store: Path, clock: ManualClock) -> None:
@@ -260,28 +384,56 @@ from tests.conftest import SO, TEST_PASSPHRASE
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
+def torn(fd, data, offset):  # half the slot reaches the disk, then the power goes
+    os.pwrite(fd, data[:100], offset)  # the new count, half of its new MAC
+    os.fsync(fd)
+    die()
+
 hsm = Hsm.open(sys.argv[1], TEST_PASSPHRASE, so_passphrase=SO, clock=ManualClock(),
                decoders=test_registry())
 if sys.argv[2] == "before-advance":  # the store committed, the counter not touched
     nvram.SealedFileCounter.advance = die
-else:  # the counter's new file written, not yet renamed over the old one
+elif sys.argv[2] == "torn-slot":  # the slot being written is left half old, half new
+    nvram.os = type("os", (), {**vars(os), "pwrite": staticmethod(torn)})
+else:  # migrating a counter file from before the slots: written, not renamed over it
     nvram.os.replace = die
 hsm.sign_now("k", transfer_payload("TST", 2, "d", 0, nonce=7), "TEST_TRANSFER")
 """
 
 
-@pytest.mark.parametrize("where", ["before-advance", "mid-advance"])
+def _to_single_value_file(store: Path, clock: ManualClock) -> None:
+    """Write the store's counter as the counter file this emulator kept before the
+    two slots (one JSON value, its MAC under the ``ska-nvram-v1`` domain; the format of
+    ``hsm_emulator/nvram.py`` at b628360); returns its count."""
+    hsm = _open(store, clock)
+    key, value = hsm._store._counter._key, hsm._store.counter_value  # type: ignore[attr-defined]
+    hsm.close()
+    mac = hmac.new(key, b"ska-nvram-v1\0" + f"{value.epoch}\0{value.count}".encode(),
+                   hashlib.sha256).hexdigest()
+    default_nvram(store).write_text(json.dumps({"epoch": value.epoch, "count": value.count,
+                                                "mac": mac}))
+
+
+@pytest.mark.parametrize("where", ["before-advance", "torn-slot", "mid-migration"])
 def test_kill_between_the_commit_and_the_counter_does_not_brick(store: Path, where: str,
                                                                 clock: ManualClock) -> None:
-    before = json.loads(default_nvram(store).read_text())["count"]
+    counter = _counter(store, clock)
+    before = _held(counter)
+    if where == "mid-migration":
+        _to_single_value_file(store, clock)
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_KILLED), str(store), where],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert json.loads(default_nvram(store).read_text())["count"] == before  # not moved
+    assert _held(counter) == before  # not moved: a torn slot does not authenticate
+    raw = default_nvram(store).read_bytes()
+    if where == "torn-slot":  # one slot torn; the other, untouched, holds the value before
+        assert raw.count(counter._slot(CounterValue(0, before))) == 1
+        assert counter._slot(CounterValue(0, before + 1)) not in raw
     hsm = _open(store, clock)  # one step ahead: the open finishes the advance
     assert hsm._store.counter_value.count == before + 1
-    assert json.loads(default_nvram(store).read_text())["count"] == before + 1
+    assert _held(counter) == before + 1
+    assert default_nvram(store).stat().st_size == 2 * nvram.SLOT_SIZE  # slots, migrated
     spent = [e.event for e in hsm.audit_entries(1, 1000) if e.event.get("op") == "sign.now"]
     assert len(spent) == 2  # the killed call's signature was committed, and counts
     _spend(hsm, 2, 8)  # and it signs: 6 + 2 + 2 of the 10 TST window
