@@ -169,6 +169,7 @@ async function refresh() {
       }
       for (const [id, why] of Object.entries(seen.refused)) {
         next.set(id, { ...next.get(id), bytes: null, body: null, error: why, void: true });
+        if (state.open === id) closeTask();  // void now: its detail cannot be answered
       }
       if (seen.notes.length) notice(seen.notes.join(" "));
       if (state.refused) { fail(""); state.refused = false; }
