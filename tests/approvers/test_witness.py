@@ -211,3 +211,18 @@ def test_a_head_checkpoint_from_before_witnesses_still_verifies(hsm: Hsm) -> Non
     assert not dressed.verify(hsm.identity_public_key())
     with pytest.raises(ValueError):
         SignedHead.from_json({**old.to_json(), "epoch": True})
+
+
+def test_older_challenges_count_as_epoch_0() -> None:
+    """Versions 1 and 2 carry no epoch: issued before any restore could exist, they are
+    epoch 0 - accepted until a witness has seen a restore, void after it."""
+    from hsm_emulator.challenge import challenge_epoch
+
+    assert challenge_epoch({"requestId": "v1"}) == 0
+    assert challenge_epoch({"requestId": "v2", "units": {}}) == 0
+    assert challenge_epoch({"requestId": "v3", "units": {}, "epoch": 2, "seq": 9}) == 2
+    assert challenge_epoch({"epoch": True}) == 0 and challenge_epoch({"epoch": -1}) == 0
+    after_restore = Memory(1, HeadMark(1, 3, "d" * 64))
+    with pytest.raises(WitnessRefused, match="it is void"):
+        check_challenge(after_restore, "v2", challenge_epoch({"units": {}}))
+    check_challenge(Memory(0, HeadMark(0, 3, "d" * 64)), "v2", 0)
