@@ -102,8 +102,25 @@ class TaskPublic(Public):
     initiator: str | None = None
 
 
+class SignedHeadPublic(Public):
+    """The HSM's signed audit head (``hsm_emulator.audit.SignedHead``): the last entry's
+    ``seq`` and ``hash``, when, and the HSM's counter (``epoch``, ``counter``), signed with
+    its identity key (hex P1363) over their canonical JSON. Served with every task list so
+    approvers' clients can refuse an HSM whose state went back."""
+
+    seq: int
+    hash: str
+    at: float
+    epoch: int | None = None
+    counter: int | None = None
+    signature: str
+
+
 class TaskList(Public):
+    """Tasks, and the HSM's latest signed audit head for the approver's witness."""
+
     tasks: list[TaskPublic]
+    auditHead: SignedHeadPublic
 
 
 class GroupMissing(Public):
@@ -168,7 +185,10 @@ class PageTask(Public):
 
 
 class PageTaskList(Public):
+    """Tasks, and the HSM's latest signed audit head for the page's witness."""
+
     tasks: list[PageTask]
+    auditHead: SignedHeadPublic
 
 
 # -- enrolment --------------------------------------------------------------------------

@@ -25,7 +25,11 @@ it is never a command-line value.
 
 ``pin-hsm`` records the HSM identity key in ``KEY.hsm-pin.json``. Every challenge is
 then checked against that pinned key before anything is shown or signed: what you see
-is what the HSM issued, whatever the server says. Exit status: 0 done, 1 refused or not
+is what the HSM issued, whatever the server says. Every listing also carries the HSM's
+signed audit head: the commands remember the highest epoch and head seen per HSM
+(``CUSTODY_WITNESS_FILE``, default ``~/.custody/witness.json``; :mod:`custody.witness`)
+and refuse a head that goes back - a rewound HSM - and a challenge from before a
+restore, before anything is shown or signed. Exit status: 0 done, 1 refused or not
 verified, 2 local problem (key file, passphrase, arguments), 3 server unreachable / TLS.
 """
 
@@ -43,11 +47,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from hsm_emulator.challenge import challenge_epoch
+
 from . import approver_keys as keys
 from .approver_client import ApproverClient
 from .approver_keys import ApproverError, ApproverKey, KeyType
 from .approver_verify import VerifiedTask, verify_task
 from .settings import ClientSettings
+from .witness import WitnessRefused
+from .witness_file import WitnessFileError, observe
 
 approver_app = typer.Typer(help="Approve or reject sign requests with your approval key.",
                            no_args_is_help=True)
@@ -112,6 +120,31 @@ def _pinned(key_file: Path) -> bytes:
         raise ApproverError(f"no HSM key pinned for {key_file}; run `custody approver "
                             "pin-hsm` first (and compare its fingerprint out of band)", 2)
     return der
+
+
+def _witness(client: ApproverClient, pin: bytes, tasks: list[VerifiedTask]) -> dict[str, str]:
+    """Check the audit heads the server sent with the listing, and the tasks' epochs,
+    against this user's witness: a head that goes back ends the command (nothing is
+    shown or signed); a challenge from before a restore is refused on its own. Returns
+    the refused tasks (request id -> why); says so when the HSM was restored."""
+    epochs = {t.request_id: challenge_epoch(t.body) for t in tasks}
+    try:
+        seen = observe(ClientSettings().witness_file, pin, client.heads, epochs)
+    except WitnessRefused as exc:
+        raise ApproverError(f"refused: {exc.reason}") from None
+    except WitnessFileError as exc:
+        raise ApproverError(exc.reason, 2) from None
+    for note in seen.notes:
+        err.print(Text("note: ", style="bold yellow") + _safe(note))
+    return seen.refused
+
+
+def _witnessed(client: ApproverClient, pin: bytes, task: VerifiedTask) -> VerifiedTask:
+    """One task, verified and witnessed, or :class:`ApproverError`."""
+    refused = _witness(client, pin, [task])
+    if task.request_id in refused:
+        raise ApproverError(refused[task.request_id])
+    return task
 
 
 def _confirm(question: str) -> bool:
@@ -267,6 +300,9 @@ def tasks(key_file: Path = KEY_FILE, server: str = SERVER, ca_file: Path = CA_FI
                 verified.append(verify_task(raw, pin))
             except ApproverError as exc:
                 refused.append(exc.reason)
+        void = _witness(client, pin, verified)
+        refused += [void[t.request_id] for t in verified if t.request_id in void]
+        verified = [t for t in verified if t.request_id not in void]
         if as_json:
             print(json.dumps({"tasks": [task_summary(t) for t in verified],
                               "notVerified": refused}, indent=2))
@@ -306,7 +342,9 @@ def task_summary(task: VerifiedTask) -> dict[str, Any]:
         "fee": task.amount(fee_asset, intent["fee"]) if "fee" in intent else "-",
         "feeCap": None if b.get("feeCap") is None else task.amount(fee_asset, b["feeCap"]),
         "hsmTimestamp": b.get("hsmTimestamp"), "intent": intent or None,
-        "units": b.get("units"), "challengeVersion": 2 if "units" in b else 1,
+        "units": b.get("units"),
+        "challengeVersion": 3 if "epoch" in b else 2 if "units" in b else 1,
+        "epoch": challenge_epoch(b),
     }
 
 
@@ -318,7 +356,7 @@ def show(ref: str, key_file: Path = KEY_FILE, server: str = SERVER,
         pin = _pinned(key_file)
         key = _key(key_file, passphrase_file)
         with ApproverClient(server, ca_file) as client:
-            _show(verify_task(client.find_task(key, ref), pin))
+            _show(_witnessed(client, pin, verify_task(client.find_task(key, ref), pin)))
 
 
 def _answer(ref: str, key_file: Path, server: str, ca_file: Path | None,
@@ -329,7 +367,7 @@ def _answer(ref: str, key_file: Path, server: str, ca_file: Path | None,
         pin = _pinned(key_file)
         key = _key(key_file, passphrase_file)
         with ApproverClient(server, ca_file) as client:
-            task = verify_task(client.find_task(key, ref), pin)
+            task = _witnessed(client, pin, verify_task(client.find_task(key, ref), pin))
             _show(task)
             if not yes and not _confirm(f"{verb.capitalize()} request {task.request_id}?"):
                 err.print(f"not {done}; nothing was sent")

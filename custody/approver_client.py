@@ -1,9 +1,11 @@
 """The approver's side of the /v1 approver API (seed 003), over httpx.
 
-Listing tasks proves key possession with a fresh signed timestamp; approving signs the
-challenge bytes, rejecting signs ``REJECT_PREFIX`` + the challenge bytes. TLS is
-verified (system roots, or ``ca_file`` for a private CA); transport failures and
-server refusals become :class:`ApproverError` messages a person can act on.
+Listing tasks proves key possession with a fresh signed timestamp (the server answers
+with the HSM's latest signed audit head beside them, kept in :attr:`ApproverClient.heads`
+for the caller's witness); approving signs the challenge bytes, rejecting signs
+``REJECT_PREFIX`` + the challenge bytes. TLS is verified (system roots, or ``ca_file``
+for a private CA); transport failures and server refusals become :class:`ApproverError`
+messages a person can act on.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class ApproverClient:
         self.server = server.rstrip("/")
         self._http = httpx.Client(base_url=self.server, timeout=timeout,
                                   verify=_tls_context(ca_file), follow_redirects=False)
+        #: Every signed audit head the server sent with a page of tasks, in order: the
+        #: caller's witness checks them (:func:`custody.witness_file.observe`).
+        self.heads: list[Any] = []
 
     def __enter__(self) -> ApproverClient:
         return self
@@ -99,6 +104,8 @@ class ApproverClient:
         found = doc.get("tasks")
         if not isinstance(found, list):
             raise ApproverError("the server sent a malformed task list")
+        if "auditHead" in doc:
+            self.heads.append(doc["auditHead"])
         return found
 
     def all_tasks(self, key: ApproverKey) -> list[Any]:

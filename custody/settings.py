@@ -139,3 +139,8 @@ class ClientSettings(BaseSettings):
     #: ``CUSTODY_APPROVER_PASSPHRASE``: the approver key file's passphrase, when no
     #: ``--passphrase-file`` is given (else a hidden prompt).
     approver_passphrase: str = Field(default="", repr=False)
+    #: ``CUSTODY_WITNESS_FILE``: where the command-line approver and ``custody
+    #: audit-verify`` remember the highest epoch and signed audit head seen per HSM
+    #: (:mod:`custody.witness_file`); default ``~/.custody/witness.json``.
+    witness_file: Path = Field(default_factory=lambda: Path.home() / ".custody" /
+                               "witness.json")

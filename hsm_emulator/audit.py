@@ -2,9 +2,11 @@
 
 Each entry's hash covers the previous hash, its sequence number, time and event, so an
 edited, removed or reordered entry breaks the chain. The HSM signs the head (sequence
-number and hash) on request and at every :data:`CHECKPOINT_EVERY` entries; a verifier
-holding a signed head detects truncation too. Verification needs only the entries, a
-signed head and the HSM's public identity key: it can run offline.
+number and hash, with its counter's epoch and count) on request and at every
+:data:`CHECKPOINT_EVERY` entries; a verifier holding a signed head detects truncation
+too, and one that remembers the highest head it saw detects a rewound HSM. Verification
+needs only the entries, a signed head and the HSM's public identity key: it can run
+offline.
 
 Caller strings are bounded before they are logged (:func:`bounded`, applied to every
 appended event), so no caller can make an entry too large to page out of the HSM or to
@@ -80,21 +82,57 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class SignedHead:
+    """The log's head as the HSM signed it: sequence number and hash of the last entry,
+    when, and - so approvers and auditors can witness that the HSM's state never goes
+    back - the HSM's counter value at signing (:class:`~hsm_emulator.nvram.CounterValue`:
+    ``epoch``, which a restore from backup moves on, and ``counter``, its count). Heads
+    signed before witnesses existed (checkpoints in older stores) carry neither, and
+    their signed body has neither: they still verify."""
+
     seq: int
     hash: str
     at: float
     signature: bytes
+    epoch: int | None = None
+    counter: int | None = None
 
     def body(self) -> bytes:
-        return canonical_json({"seq": self.seq, "hash": self.hash, "at": self.at})
+        """The bytes signed: canonical JSON of ``seq``, ``hash``, ``at`` and, when set,
+        ``epoch`` and ``counter``."""
+        doc: dict[str, Any] = {"seq": self.seq, "hash": self.hash, "at": self.at}
+        if self.epoch is not None:
+            doc["epoch"] = self.epoch
+        if self.counter is not None:
+            doc["counter"] = self.counter
+        return canonical_json(doc)
+
+    def verify(self, identity_public_der: bytes) -> bool:
+        """Whether the HSM with this identity key signed this head."""
+        return verify_identity(identity_public_der, Domain.AUDIT_HEAD, self.body(),
+                               self.signature)
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "hash": self.hash, "at": self.at,
-                "signature": self.signature.hex()}
+        out: dict[str, Any] = {"seq": self.seq, "hash": self.hash, "at": self.at,
+                               "signature": self.signature.hex()}
+        if self.epoch is not None:
+            out["epoch"] = self.epoch
+        if self.counter is not None:
+            out["counter"] = self.counter
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SignedHead:
-        return cls(int(d["seq"]), str(d["hash"]), float(d["at"]), bytes.fromhex(d["signature"]))
+        return cls(int(d["seq"]), str(d["hash"]), float(d["at"]), bytes.fromhex(d["signature"]),
+                   _optional_int(d.get("epoch")), _optional_int(d.get("counter")))
+
+
+def _optional_int(value: Any) -> int | None:
+    """A whole number or None; a bool or a float is not a counter value."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"not a whole number: {value!r}")
+    return value
 
 
 def entry_hash(prev: str, seq: int, at: float, event: dict[str, Any] | bytes) -> str:
@@ -312,8 +350,13 @@ class AuditLog:
         return self._sign(self._seq, self._head, at)
 
     def _sign(self, seq: int, digest: str, at: float) -> SignedHead:
-        unsigned = SignedHead(seq, digest, at, b"")
-        return SignedHead(seq, digest, at, self._identity.sign(Domain.AUDIT_HEAD, unsigned.body()))
+        """Sign the head with the counter value of the store's last commit, so a witness
+        that remembers it can tell a rewound HSM (a lower epoch or sequence) from a live
+        one."""
+        value, at = self._store.counter_value, float(at)  # a float, as from_json reads it
+        unsigned = SignedHead(seq, digest, at, b"", value.epoch, value.count)
+        signature = self._identity.sign(Domain.AUDIT_HEAD, unsigned.body())
+        return SignedHead(seq, digest, at, signature, value.epoch, value.count)
 
     def entries(self, start: int = 1, limit: int = 1000) -> list[AuditEntry]:
         rows = self._store.execute(
@@ -347,7 +390,7 @@ class AuditLog:
             prev = hashes[n] = digest
         public = self._identity.public_der
         for head in self.checkpoints():
-            if not verify_identity(public, Domain.AUDIT_HEAD, head.body(), head.signature):
+            if not head.verify(public):
                 raise TamperDetected(f"the HSM's audit checkpoint {head.seq}: bad signature")
             if hashes.get(head.seq) != head.hash:
                 raise TamperDetected(f"the HSM's audit checkpoint {head.seq} does not match "
@@ -388,7 +431,7 @@ def verify_log(
     if not heads:
         problems.append("no signed head to anchor the log")
     for h in heads:
-        if not verify_identity(identity_public_der, Domain.AUDIT_HEAD, h.body(), h.signature):
+        if not h.verify(identity_public_der):
             problems.append(f"head {h.seq}: signature invalid")
         elif h.seq > len(entries):
             problems.append(f"head {h.seq}: log truncated (only {len(entries)} entries)")

@@ -1,13 +1,14 @@
 """The approval challenge (``approvalToBeSigned``): what an approver sees and signs.
 
-Encoding, version 2 - canonical JSON (:mod:`.canonical`: sorted keys, no spaces, UTF-8;
+Encoding, version 3 - canonical JSON (:mod:`.canonical`: sorted keys, no spaces, UTF-8;
 RFC 8785 on everything but an integral ``hsmTime``, see there), base64 on the wire::
 
-    {"format": "ska-challenge", "version": 2,
+    {"format": "ska-challenge", "version": 3,
      "body": {"requestId", "keyLabel", "action", "payloadType", "payloadDigest",
               "intent" | null, "feeCap" | null, "hsmTime", "hsmTimestamp",
               "policyDigest", "newPolicyDigest" | null, "initiator", "hsmId",
               "units": {asset id: {"symbol", "decimals"} | null},
+              "epoch", "seq",
               for a modify also "policyChange": {"from", "to"},
               and for a key whose policy names initiators also
               "initiatorProven": true, "initiatorName"},
@@ -20,11 +21,21 @@ broker's (:func:`hsm_emulator.display.format_amount`) - and, for a ``modify``,
 ``policyChange``: the current and the new policy as :func:`~hsm_emulator.display.
 policy_summary` gives them, for a readable diff. A version 2 body must carry ``units``.
 
-Version 1 challenges (requests opened before the upgrade) are still **accepted**: the
-HSM verifies an approval over the stored challenge bytes, whatever their version, and
-clients show their amounts in base units with the asset id. A broker that relabels a
-version 2 envelope as 1 gains nothing: the signature covers the body, ``units`` stays in
-it, and clients use ``units`` wherever it is present.
+Version 3 added ``epoch`` and ``seq``: the HSM's counter value (:mod:`.nvram`) when it
+issued the challenge, whole numbers both. They are for approvers' witnesses
+(``custody.witness``, the web page's ``witness.js``): a client remembers the highest
+epoch it has seen from this HSM and refuses a challenge from an earlier one - issued
+before a restore from backup, so void. ``seq`` is informative only: an older open task
+legitimately has a lower one; what must never go back is the signed audit head, which
+the broker serves with each task list. A version 3 body must carry both.
+
+Version 1 and 2 challenges (requests opened before an upgrade) are still **accepted**:
+the HSM verifies an approval over the stored challenge bytes, whatever their version;
+clients show version 1 amounts in base units with the asset id, and count a version 1 or
+2 challenge as epoch 0 - it was issued before any restore could exist, so once a client
+has seen a restore it refuses them. A broker that relabels an envelope's version gains
+nothing: the signature covers the body, ``units``, ``epoch`` and ``seq`` stay in it,
+and clients use them wherever they are present.
 
 ``initiator`` is the broker's word, unless ``initiatorProven`` is true: then the HSM
 verified the initiator's own signature (:mod:`hsm_emulator.initiation`) and names it by
@@ -50,9 +61,9 @@ from .errors import ApprovalRefused
 from .identity import Domain, IdentityKey, verify_identity
 
 FORMAT = "ska-challenge"
-VERSION = 2
-#: Versions an approver client accepts (see the module docstring for version 1).
-SUPPORTED_VERSIONS = (1, 2)
+VERSION = 3
+#: Versions an approver client accepts (see the module docstring for versions 1 and 2).
+SUPPORTED_VERSIONS = (1, 2, 3)
 MAX_CHALLENGE = 256 * 1024
 
 
@@ -115,8 +126,22 @@ def open_challenge(envelope: bytes | str, hsm_public_der: bytes) -> dict[str, An
         raise ApprovalRefused("challenge body must be an object")
     if version >= 2 and not isinstance(body.get("units"), dict):
         raise ApprovalRefused("a version 2 challenge must name its units")
+    if version >= 3 and not (_count(body.get("epoch")) and _count(body.get("seq"))):
+        raise ApprovalRefused("a version 3 challenge must carry the HSM's epoch and seq")
     if canonical_json(doc) != envelope:
         raise ApprovalRefused("challenge is not in canonical form")
     if not verify_identity(hsm_public_der, Domain.CHALLENGE, canonical_json(body), signature):
         raise ApprovalRefused("challenge was not issued by this HSM or was altered")
     return body
+
+
+def _count(value: Any) -> bool:
+    """A counter value: a whole number, not negative (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def challenge_epoch(body: dict[str, Any]) -> int:
+    """The epoch a challenge was issued in: its ``epoch``, or 0 for a version 1 or 2
+    challenge (issued before witnesses, when no restore could exist yet)."""
+    epoch = body.get("epoch")
+    return epoch if isinstance(epoch, int) and _count(epoch) else 0

@@ -239,6 +239,8 @@ class ApprovalFlow:
                 hashlib.sha256(body_payload).hexdigest(),
                 "initiator": named, "hsmId": b.hsm_id,
                 "units": units_for(state.policy, intent),
+                # the counter at issue, for approvers' witnesses (see .challenge)
+                "epoch": b.store.counter_value.epoch, "seq": b.store.counter_value.count,
             }
             if new_policy is not None:  # approvers diff authenticated summaries
                 body["policyChange"] = {"from": policy_summary(state.policy),

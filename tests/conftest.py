@@ -19,6 +19,20 @@ TEST_PASSPHRASE = Passphrase("correct horse battery staple", scrypt_n=2**10)
 SO = "security-officer-passphrase"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _witness_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The command-line witnesses (``custody approver``, ``custody audit-verify``) remember
+    HSM heads in a file of this session's, never the user's ``~/.custody/witness.json``
+    (servers and commands the tests start inherit it; witness tests set their own)."""
+    before = os.environ.get("CUSTODY_WITNESS_FILE")
+    os.environ["CUSTODY_WITNESS_FILE"] = str(tmp_path_factory.mktemp("witness") / "w.json")
+    yield
+    if before is None:
+        del os.environ["CUSTODY_WITNESS_FILE"]
+    else:
+        os.environ["CUSTODY_WITNESS_FILE"] = before
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()

@@ -3,14 +3,17 @@
 import {
   b64, concat, createPasskey, ENROL_PREFIX, forgetDevice, formatAmount, importHsmKey,
   loadDevice, newDeviceKey, REJECT_PREFIX, saveDevice, sha256hex, signer, verifyChallenge,
+  verifyHead,
 } from "./crypto.js";
 import { address, el, ownToken, policyDiff, tierWords, timeLeft } from "./view.js";
+import { observe } from "./witness.js";
 
 const $ = (id) => document.getElementById(id);
 //: `shown`: the task as the detail shows it - what the confirm restates and what is signed,
 //: even if a refresh brings a newer copy meanwhile.
 const state = { device: null, hsmKey: null, sign: null, tasks: new Map(), open: null,
-  shown: null, events: null, refreshing: false, again: false, answering: false };
+  shown: null, events: null, refreshing: false, again: false, answering: false,
+  refused: false };
 
 function show(...ids) {
   for (const s of ["enrol", "waiting", "tasks", "detail"]) $(s).hidden = !ids.includes(s);
@@ -18,6 +21,10 @@ function show(...ids) {
 function fail(message) {
   $("error").textContent = message;
   $("error").hidden = !message;
+}
+function notice(message) {
+  $("notice").textContent = message;
+  $("notice").hidden = !message;
 }
 async function api(path, body) {
   const r = await fetch(path, body === undefined ? {} : {
@@ -140,16 +147,33 @@ async function refresh() {
   try {
     do {
       state.again = false;
-      const { tasks } = await api("/approver/api/tasks", await proof());
+      const { tasks, auditHead } = await api("/approver/api/tasks", await proof());
       const next = new Map();
+      const epochs = {};
       for (const t of tasks) {
         try {
-          const { bytes, body } = await verifyChallenge(state.hsmKey, t.approvalToBeSigned, t.id);
+          const { bytes, body, epoch } = await verifyChallenge(state.hsmKey,
+            t.approvalToBeSigned, t.id);
           next.set(t.id, { ...t, bytes, body, error: null });
+          epochs[t.id] = epoch;
         } catch (e) {
           next.set(t.id, { ...t, bytes: null, body: null, error: e.message });
         }
       }
+      let seen;
+      try {  // the witness: the HSM's signed head (and epoch) must never go back
+        seen = observe(state.device.hsmFingerprint, await verifyHead(state.hsmKey, auditHead),
+          epochs);
+      } catch (e) {
+        refuseAll(e.message);
+        return;
+      }
+      for (const [id, why] of Object.entries(seen.refused)) {
+        next.set(id, { ...next.get(id), bytes: null, body: null, error: why, void: true });
+        if (state.open === id) closeTask();  // void now: its detail cannot be answered
+      }
+      if (seen.notes.length) notice(seen.notes.join(" "));
+      if (state.refused) { fail(""); state.refused = false; }
       state.tasks = next;
       renderList();
     } while (state.again);
@@ -158,6 +182,16 @@ async function refresh() {
   } finally {
     state.refreshing = false;
   }
+}
+
+// The HSM's state went back (or its head cannot be checked): no task of this listing or
+// any earlier one may be answered, and the page says why.
+function refuseAll(message) {
+  state.tasks = new Map();
+  if (state.open) closeTask();
+  renderList();
+  state.refused = true;
+  fail(`Refused: ${message}`);
 }
 
 // Units come from the HSM-signed challenge (body.units, from the key's policy), never
@@ -181,7 +215,8 @@ function renderList() {
     const li = el("li", undefined, t.error ? "task bad" : "task");
     li.dataset.id = t.id;
     if (t.error) {
-      li.append(el("div", "Refused: this challenge was not signed by your HSM", "amount"),
+      li.append(el("div", t.void ? "Refused: this challenge is from before the HSM's restore"
+        : "Refused: this challenge was not signed by your HSM", "amount"),
         el("div", t.error), el("div", `request ${t.id}`, "hint"));
     } else {
       const tr = (t.body.intent && t.body.intent.transfers) || [];

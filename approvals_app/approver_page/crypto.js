@@ -13,6 +13,7 @@ const enc = new TextEncoder();
 export const REJECT_PREFIX = enc.encode("ska-reject-v1:");
 export const ENROL_PREFIX = "ska-enrol-v1:";
 const CHALLENGE_DOMAIN = enc.encode("SKA-CHALLENGE-v1:");
+const HEAD_DOMAIN = enc.encode("SKA-AUDIT-HEAD-v1:");
 const ECDSA = { name: "ECDSA", namedCurve: "P-256" };
 const SHA256 = { name: "ECDSA", hash: "SHA-256" };
 
@@ -110,11 +111,14 @@ export async function importHsmKey(spkiB64) {
 }
 
 const HEAD = enc.encode('{"body":');
-// Versions accepted: 2 (the HSM echoes each asset's unit from the key's policy) and 1
-// (requests opened before that: amounts are shown in base units with the asset id).
-const TAIL = /,"format":"ska-challenge","signature":"([A-Za-z0-9+/]{86}==)","version":([12])}$/;
+// Versions accepted: 3 (the HSM's epoch and seq, for the witness), 2 (the HSM echoes
+// each asset's unit from the key's policy) and 1 (requests opened before that: amounts
+// are shown in base units with the asset id). Versions 1 and 2 count as epoch 0.
+const TAIL = /,"format":"ska-challenge","signature":"([A-Za-z0-9+/]{86}==)","version":([123])}$/;
+const isCount = (n) => Number.isSafeInteger(n) && n >= 0;
 
-// Verify an approvalToBeSigned against the pinned HSM key; return {bytes, body, version}.
+// Verify an approvalToBeSigned against the pinned HSM key; return {bytes, body, version,
+// epoch}.
 // The envelope is canonical JSON with sorted keys, so the signed body is exactly the
 // bytes between '{"body":' and the tail: we verify those bytes and display their parse,
 // never a re-serialisation. Throws on anything altered, malformed or unexpected.
@@ -124,7 +128,7 @@ export async function verifyChallenge(hsmKey, approvalToBeSigned, requestId) {
   const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   const tail = TAIL.exec(text);
   if (!tail || !HEAD.every((b, i) => bytes[i] === b)) {
-    throw new Error("challenge is not an SKA challenge (v1 or v2)");
+    throw new Error("challenge is not an SKA challenge (v1 to v3)");
   }
   const tailBytes = enc.encode(tail[0]).length;
   const bodyBytes = bytes.slice(HEAD.length, bytes.length - tailBytes);
@@ -140,7 +144,45 @@ export async function verifyChallenge(hsmKey, approvalToBeSigned, requestId) {
       || Array.isArray(body.units))) {
     throw new Error("a version 2 challenge must name its units");
   }
-  return { bytes, body, version };
+  if (version >= 3 && !(isCount(body.epoch) && isCount(body.seq))) {
+    throw new Error("a version 3 challenge must carry the HSM's epoch and seq");
+  }
+  return { bytes, body, version, epoch: version >= 3 ? body.epoch : 0 };
+}
+
+// -- the HSM's signed audit head (hsm_emulator.audit.SignedHead) ------------------------
+
+// A float as Python's repr writes it, which is how the HSM's canonical JSON writes `at`:
+// the same shortest round-trip digits as JavaScript, with ".0" on a whole number. The
+// two differ in exponent notation only (at 1e16 and above, below 1e-4): no clock time.
+function pyFloat(x) {
+  if (typeof x !== "number" || !(x >= 1e-4 && x < 1e16)) {
+    throw new Error("the audit head's time is not a clock time");
+  }
+  return Number.isInteger(x) ? `${x}.0` : String(x);
+}
+
+// Verify the audit head the broker serves with the task list against the pinned HSM key;
+// return {epoch, seq, hash}. The signed body is rebuilt from the fields (canonical JSON:
+// sorted keys, no spaces), so a field the broker changed fails the signature.
+export async function verifyHead(hsmKey, head) {
+  if (typeof head !== "object" || head === null) {
+    throw new Error("the server sent no signed audit head");
+  }
+  const { seq, hash, at, epoch, counter, signature } = head;
+  if (!isCount(epoch) || !isCount(counter)) {
+    throw new Error(`the HSM's audit head (seq ${seq}) carries no epoch: an old head?`);
+  }
+  if (!isCount(seq) || !/^[0-9a-f]{64}$/.test(hash) || !/^[0-9a-f]{128}$/.test(signature)) {
+    throw new Error("the server sent a malformed audit head");
+  }
+  const body = `{"at":${pyFloat(at)},"counter":${counter},"epoch":${epoch},`
+    + `"hash":"${hash}","seq":${seq}}`;
+  const sig = Uint8Array.from(signature.match(/../g), (h) => parseInt(h, 16));
+  const ok = await crypto.subtle.verify(SHA256, hsmKey, sig, concat(HEAD_DOMAIN,
+    enc.encode(body)));
+  if (!ok) throw new Error(`the audit head (seq ${seq}) was not signed by your HSM`);
+  return { epoch, seq, hash };
 }
 
 // -- amounts, by the rules of hsm_emulator/display.py's format_amount -------------------

@@ -38,7 +38,9 @@ def tasks(body: TaskFilter, broker: BrokerDep) -> dict[str, Any]:
                                         body.timestampSignature, body.timestampDigestAlgorithm)
     found = broker.approvers.tasks(cred, body.paging.pageNumber, body.paging.pageSize,
                          body.paging.sortOrder == "CREATION_DATE_DESC")
-    return {"tasks": [task_json(t, body.detailLevel) for t in found]}
+    # the HSM's head after the listing: approvers' witnesses refuse one that goes back
+    return {"tasks": [task_json(t, body.detailLevel) for t in found],
+            "auditHead": broker.hsm.audit_head().to_json()}
 
 
 @router.post("/approval")

@@ -35,7 +35,13 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import Field
 
 from approvals_app.deps import BrokerDep, EventsDep
-from approvals_app.responses import GroupProgress, PageTask, PageTaskList, TokenProgress
+from approvals_app.responses import (
+    GroupProgress,
+    PageTask,
+    PageTaskList,
+    SignedHeadPublic,
+    TokenProgress,
+)
 from approvals_app.schemas import CRED_MAX, Strict
 from approvals_app.sse import documented, sse, stream_response
 from custody.broker import Broker, Task
@@ -54,6 +60,7 @@ FILES = {"index.html": ("index.html", "text/html; charset=utf-8"),
          "app.js": ("app.js", "text/javascript; charset=utf-8"),
          "crypto.js": ("crypto.js", "text/javascript; charset=utf-8"),
          "view.js": ("view.js", "text/javascript; charset=utf-8"),
+         "witness.js": ("witness.js", "text/javascript; charset=utf-8"),
          "style.css": ("style.css", "text/css; charset=utf-8")}
 #: The page runs only its own script: no inline code, no third-party origins, no frames.
 SECURITY_HEADERS = {
@@ -103,7 +110,8 @@ def page_tasks(body: SignedTimestamp, broker: BrokerDep) -> PageTaskList:
     cred = _approver(broker, body.timestamp, body.timestampSignature,
                      body.approverCertificate)
     tasks = broker.approvers.tasks(cred, 0, 50, True)
-    return PageTaskList(tasks=[task_view(broker, t) for t in tasks])
+    return PageTaskList(tasks=[task_view(broker, t) for t in tasks],
+                        auditHead=SignedHeadPublic(**broker.hsm.audit_head().to_json()))
 
 
 @router.get("/approver/api/events", response_class=StreamingResponse, responses=documented(

@@ -1,8 +1,15 @@
 """``custody audit-verify``: fetch the audit log over HTTP, verify it offline.
 
+A log that verifies may still be an old one: an HSM whose store was rewound signs a
+fresh head over its rewound log. So the command also witnesses the current head
+(:mod:`custody.witness`, the file of ``CUSTODY_WITNESS_FILE``, shared with the
+command-line approver): it refuses a head whose epoch or sequence number is lower than
+one it saw before, or a different head at the same sequence number, and says when a
+restore from backup started a new epoch.
+
 The operator's mistakes are told apart in one line each: a key that is not a public key
-(2), a token the server refuses (2), a server that does not answer (3); a log that does
-not verify is 1.
+(2), a token the server refuses (2), a damaged witness file (2), a server that does not
+answer (3); a log that does not verify, or went back, is 1.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from hsm_emulator.audit import AuditEntry, SignedHead, verify_log
 
 from ..console import LOCAL, REFUSED, UNREACHABLE, ProgressLines, console, fail
+from ..settings import ClientSettings
+from ..witness import WitnessRefused
+from ..witness_file import WitnessFileError, observe
 
 PAGE = 5000
 
@@ -66,8 +76,23 @@ def fetch_and_verify(url: str, token: str, hsm_key: str) -> None:
         console().print(f"[red]audit log NOT verified[/]: {report.problems}")
         fail(f"the audit log does not verify against that key: {report.problems[:1]}",
              REFUSED)
+    witness(key, heads[0])
     console().print(f"[green]audit log verified[/]: {report.entries} entries, "
                     f"{len(heads)} signed heads")
+
+
+def witness(key: bytes, head: SignedHead) -> None:
+    """Check the current head against what this user saw of the HSM before, and
+    remember it; exit 1 if it went back."""
+    try:
+        seen = observe(ClientSettings().witness_file, key, [head.to_json()], {})
+    except WitnessRefused as exc:
+        console().print(f"[red]audit log REFUSED[/]: {exc.reason}")
+        fail(f"refused: {exc.reason}", REFUSED)
+    except WitnessFileError as exc:
+        fail(exc.reason, LOCAL)
+    for note in seen.notes:
+        console().print(f"[yellow]note[/]: {note}")
 
 
 def _detail(r: httpx.Response) -> str:

@@ -196,7 +196,7 @@ def test_medium_transfer_released_by_browser_and_cli_approver(world: World,
     arrival = time.perf_counter() - start
     assert "10 TST" in task.text_content() and "to bob" in task.text_content()
     shot(page, "04-task-arrived")
-    task.click()
+    page.click(f'li.task[data-id="{request_id}"]')  # the list re-renders each second
     page.wait_for_selector("#detail:not([hidden])")
     detail = page.text_content("#detail-body")
     assert "Verified: signed by your HSM" in detail
@@ -389,7 +389,7 @@ def test_a_challenge_altered_by_the_broker_is_refused(world: World, page: Any) -
         bad = page.wait_for_selector(f'li.task.bad[data-id="{request_id}"]', timeout=10_000)
         assert "not signed by your HSM" in bad.text_content()
         assert "altered" in bad.text_content()
-        bad.click()  # refused tasks cannot be opened, so nothing can be signed
+        page.click(f'li.task.bad[data-id="{request_id}"]')  # cannot be opened: nothing signed
         assert page.is_hidden("#detail")
         shot(page, "09-tampered-refused")
         assert request_status(world, request_id)["approvedBy"] == []
@@ -441,3 +441,54 @@ def test_an_enrolment_link_pins_the_hsm_key(world: World) -> None:
         assert "phished" not in [e["name"] for e in pending]
     finally:
         context.close()
+
+
+def test_a_head_replayed_by_the_broker_is_refused(world: World, page: Any) -> None:
+    """The page remembers the highest audit head it verified (localStorage, per HSM key):
+    a broker that replays an earlier head the HSM signed - captured from its own task
+    list - gets every task withdrawn and the reason shown; nothing can be signed. The
+    live head again, and the tasks are back."""
+    heads: list[dict[str, Any]] = []
+    broker = {"replay": None}  # the head the broker serves instead of the HSM's, if any
+
+    def compromised(route: Any) -> None:  # one handler throughout: none left hanging
+        response = route.fetch()
+        body = response.json()
+        heads.append(body["auditHead"])
+        if broker["replay"] is not None:
+            body["auditHead"] = broker["replay"]
+        route.fulfill(response=response, json=body)
+
+    page.route("**/approver/api/tasks", compromised)
+    try:
+        early = submit(world, 1100, "carol")
+        page.wait_for_selector(f'li.task[data-id="{early}"]', timeout=10_000)
+        captured = heads[-1]
+        later = submit(world, 1200, "dave")  # the HSM's log moves on; the page sees that
+        page.wait_for_selector(f'li.task[data-id="{later}"]', timeout=10_000)
+        seen = page.evaluate("JSON.parse(localStorage.getItem('ska-witness-v1'))")
+        highest = seen[world.hsm_fp]["head"]["seq"]
+        assert highest > captured["seq"]
+
+        broker["replay"] = captured
+        attack = submit(world, 1300, "mallory")  # its SSE event makes the page list again
+        page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+        error = page.text_content("#error")
+        assert error == (f"Refused: the HSM's audit head went back from seq {highest} to "
+                         f"{captured['seq']}: the HSM's state may have been rewound; do not "
+                         "approve"), error
+        assert page.query_selector_all("li.task") == []  # withdrawn: nothing to open
+        shot(page, "15-rewound-head-refused")
+        assert request_status(world, attack)["approvedBy"] == []
+        kept = page.evaluate("JSON.parse(localStorage.getItem('ska-witness-v1'))")
+        assert kept[world.hsm_fp]["head"]["seq"] >= highest  # the replay was not remembered
+
+        broker["replay"] = None  # the live head again
+        fresh = submit(world, 1400, "erin")  # an event: the page lists again
+        page.wait_for_selector(f'li.task[data-id="{attack}"]', timeout=10_000)
+        page.wait_for_selector(f'li.task[data-id="{fresh}"]', timeout=10_000)
+        assert page.is_hidden("#error")
+        for request_id in (early, later, attack, fresh):  # leave no open task behind
+            python_answer(world, world.traders[1], request_id, reject=True)
+    finally:
+        page.unroute("**/approver/api/tasks")

@@ -43,6 +43,9 @@ HOSTILE_BODIES: dict[str, dict[str, Any]] = {
         {"\U0001f600": ["\U0001f602", None, True, 7, 1.5]}]},
 }
 
+#: What every version 3 body carries beside the strings under test.
+V3 = {"units": {}, "epoch": 0, "seq": 1}
+
 JS_VERIFY = """async ([keyB64, challenge, requestId]) => {
   const c = await import("/crypto.js");
   try {
@@ -77,7 +80,7 @@ def _verify_in_page(page: Any, identity: IdentityKey, envelope: bytes,
 @pytest.mark.parametrize("case", sorted(HOSTILE_BODIES))
 def test_page_and_python_show_the_same_body(page: Any, identity: IdentityKey,
                                              case: str) -> None:
-    body = {"requestId": f"req-{case}", "units": {}, **HOSTILE_BODIES[case]}
+    body = {"requestId": f"req-{case}", **V3, **HOSTILE_BODIES[case]}
     envelope = seal_challenge(identity, body)
     python = open_challenge(envelope, identity.public_der)
     js = _verify_in_page(page, identity, envelope, body["requestId"])
@@ -89,7 +92,7 @@ def test_page_and_python_show_the_same_body(page: Any, identity: IdentityKey,
 def test_a_jcs_reencoding_is_refused_by_both(page: Any, identity: IdentityKey) -> None:
     """Same document, JCS's key order (UTF-16 units put U+1F602 before U+FB33): the
     signed bytes differ, so the page's signature check and Python's both refuse it."""
-    body = {"requestId": "req-jcs", "units": {}, **HOSTILE_BODIES["astral keys"]}
+    body = {"requestId": "req-jcs", **V3, **HOSTILE_BODIES["astral keys"]}
     envelope = seal_challenge(identity, body)
     jcs = rfc8785.dumps(json.loads(envelope))
     assert jcs != envelope and json.loads(jcs) == json.loads(envelope)
@@ -101,7 +104,7 @@ def test_a_jcs_reencoding_is_refused_by_both(page: Any, identity: IdentityKey) -
 
 def test_a_body_altered_by_one_astral_character_is_refused_by_both(
         page: Any, identity: IdentityKey) -> None:
-    body = {"requestId": "req-alt", "units": {}, **HOSTILE_BODIES["astral values"]}
+    body = {"requestId": "req-alt", **V3, **HOSTILE_BODIES["astral values"]}
     envelope = seal_challenge(identity, body)
     altered = envelope.replace("\U0001d11e".encode(), "\U0001d11f".encode())
     assert altered != envelope
@@ -130,33 +133,39 @@ def test_the_page_formats_amounts_as_python_does(page: Any) -> None:
     assert "0.00000141 BTC" in js and "141 base units of BTC" in js
 
 
-def _v1(identity: IdentityKey, body: dict[str, Any]) -> bytes:
+def _sealed(identity: IdentityKey, body: dict[str, Any], version: int) -> bytes:
+    """A challenge as an HSM of ``version`` sealed it."""
     from hsm_emulator.canonical import canonical_json
     from hsm_emulator.identity import Domain
 
     signature = identity.sign(Domain.CHALLENGE, canonical_json(body))
-    return canonical_json({"format": "ska-challenge", "version": 1, "body": body,
+    return canonical_json({"format": "ska-challenge", "version": version, "body": body,
                            "signature": base64.b64encode(signature).decode()})
 
 
-def test_version_1_is_accepted_and_version_2_needs_units_in_both(
+def test_older_versions_are_accepted_and_each_needs_its_fields_in_both(
         page: Any, identity: IdentityKey) -> None:
+    """Versions 1 and 2 (open requests from before an upgrade) still open; version 2
+    must name its units and version 3 must carry the HSM's epoch and seq; 4 is unknown."""
     old = {"requestId": "req-v1", "intent": None}
-    envelope = _v1(identity, old)
-    assert open_challenge(envelope, identity.public_der) == old
-    js = _verify_in_page(page, identity, envelope, "req-v1")
-    assert js["ok"] and json.loads(js["body"]) == old, js
+    for version, body in ((1, old), (2, {**old, "requestId": "req-v2", "units": {}})):
+        envelope = _sealed(identity, body, version)
+        assert open_challenge(envelope, identity.public_der) == body
+        js = _verify_in_page(page, identity, envelope, body["requestId"])
+        assert js["ok"] and json.loads(js["body"]) == body, js
 
-    bare = seal_challenge(identity, {"requestId": "req-v2"})  # no units: refused
-    with pytest.raises(ApprovalRefused, match="units"):
-        open_challenge(bare, identity.public_der)
-    js = _verify_in_page(page, identity, bare, "req-v2")
-    assert not js["ok"] and "units" in js["error"], js
+    for missing, body in (("units", {"requestId": "req-v2"}),
+                          ("epoch and seq", {"requestId": "req-v3", "units": {}}),
+                          ("epoch and seq", {"requestId": "req-v3", **V3, "epoch": -1}),
+                          ("epoch and seq", {"requestId": "req-v3", **V3, "seq": True})):
+        bare = _sealed(identity, body, 2 if missing == "units" else 3)
+        with pytest.raises(ApprovalRefused, match=missing):
+            open_challenge(bare, identity.public_der)
+        js = _verify_in_page(page, identity, bare, body["requestId"])
+        assert not js["ok"] and missing in js["error"], js
 
-    doc = json.loads(seal_challenge(identity, {"requestId": "req-v3", "units": {}}))
-    from hsm_emulator.canonical import canonical_json
-    v3 = canonical_json({**doc, "version": 3})
+    v4 = _sealed(identity, {"requestId": "req-v4", **V3}, 4)
     with pytest.raises(ApprovalRefused, match="version"):
-        open_challenge(v3, identity.public_der)
-    js = _verify_in_page(page, identity, v3, "req-v3")
+        open_challenge(v4, identity.public_der)
+    js = _verify_in_page(page, identity, v4, "req-v4")
     assert not js["ok"] and "SKA challenge" in js["error"], js

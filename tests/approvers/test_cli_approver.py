@@ -345,6 +345,17 @@ def test_hostile_server_is_caught_client_side(
     assert status(live, target)["approvedBy"] == []  # nothing was signed or sent
 
 
+def replaying(monkeypatch: pytest.MonkeyPatch, task: dict[str, Any]) -> None:
+    """The server lists ``task`` alone (beside its current signed audit head)."""
+    real = ApproverClient.tasks
+
+    def listing(self: ApproverClient, key: Any, page: int = 0) -> list[Any]:
+        real(self, key, page)
+        return [task]
+
+    monkeypatch.setattr(ApproverClient, "tasks", listing)
+
+
 def test_replayed_and_late_approvals_are_refused(
         live: Live, tmp_path: Path, people: dict[str, Approver],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -358,7 +369,7 @@ def test_replayed_and_late_approvals_are_refused(
     gone = cli("approve", request_id, "--yes", "--key-file", str(key_file), live=live)
     assert gone.exit_code == 1 and "not among your open tasks" in gone.output
     # a server replaying the old listing: the HSM/broker refuse the second answer
-    monkeypatch.setattr(ApproverClient, "find_task", lambda *_a: stale)
+    replaying(monkeypatch, stale)
     replay = cli("approve", request_id, "--yes", "--key-file", str(key_file), live=live)
     assert replay.exit_code == 1 and "already answered" in replay.output, replay.output
     assert len(status(live, request_id)["approvedBy"]) == 1
@@ -395,7 +406,7 @@ def test_challenge_for_another_approver(live: Live, tmp_path: Path,
         "timestamp": ts, "timestampSignature": base64.b64encode(t1.sign(ts.encode())).decode(),
         "approverCertificate": t1.spki_b64, "detailLevel": "level3"}).json()["tasks"]
         if t["id"] == request_id)
-    monkeypatch.setattr(ApproverClient, "find_task", lambda *_a: theirs)
+    replaying(monkeypatch, theirs)
     refused = cli("approve", request_id, "--yes", "--key-file", str(key_file), live=live)
     assert refused.exit_code == 1 and "may not answer this task" in refused.output
     assert status(live, request_id)["approvedBy"] == []

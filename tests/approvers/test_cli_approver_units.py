@@ -125,7 +125,8 @@ def test_amount_and_fee_are_shown_in_the_policys_units(
     assert task["id"] == request_id and task["ref"] == request_id[:8]
     assert (task["amount"], task["fee"], task["destination"]) == (shown, fee_shown,
                                                                   destination)
-    assert task["challengeVersion"] == 2 and task["units"][asset]["decimals"] == (
+    assert task["challengeVersion"] == 3 and task["epoch"] == 0
+    assert task["units"][asset]["decimals"] == (
         _assets(assets)[-1].decimals)
 
     approved = cli("approve", request_id[:8], "--yes", "--key-file", str(key_file), live=live)

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from hsm_emulator import Action, Hsm, KeyAttributes, ManualClock, Passphrase
 from hsm_emulator.addresses import AddressKind, Network
 from hsm_emulator.attestation import verify_attestation
-from hsm_emulator.audit import verify_log
+from hsm_emulator.audit import SignedHead, verify_log
 from hsm_emulator.challenge import Challenge, open_challenge
 from hsm_emulator.client import CALLS, HsmClient, local_client
 from hsm_emulator.decoders import transfer_payload
@@ -495,6 +495,24 @@ def test_identity_and_challenge_open_offline(client: HsmClient, treasury: str) -
     doc["body"]["intent"]["transfers"][0]["destination"] = "mallory"
     with pytest.raises(ApprovalRefused):
         open_challenge(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), identity)
+
+
+def test_heads_and_challenges_carry_the_counter(client: HsmClient, treasury: str) -> None:
+    """Witnesses' inputs (issue 15): every head and challenge names the HSM's epoch and
+    count, signed, and they only move forward while the HSM lives."""
+    identity = client.identity_public_key()
+    before = client.audit_head()
+    assert before.epoch == 0 and isinstance(before.counter, int) and before.verify(identity)
+    ch = client.begin(treasury, Action.USE, pay(300), TT)
+    body = open_challenge(ch.approval_to_be_signed, identity)
+    assert json.loads(ch.envelope)["version"] == 3
+    assert body["epoch"] == 0 and body["seq"] >= before.counter
+    after = client.audit_head()
+    assert after.verify(identity) and after.seq > before.seq
+    assert (after.epoch, after.counter) > (before.epoch, before.counter) and \
+        after.counter > body["seq"]
+    forged = SignedHead(after.seq, after.hash, after.at, after.signature, 0, before.counter)
+    assert not forged.verify(identity)  # the counter is signed, not decoration
 
 
 def test_sign_batch(client: HsmClient, people: dict[str, Approver]) -> None:

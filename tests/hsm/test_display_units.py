@@ -106,13 +106,13 @@ def hsm(tmp_path: Path) -> Any:
     h.close()
 
 
-def test_challenge_v2_echoes_the_policys_units(hsm: Hsm) -> None:
+def test_the_challenge_echoes_the_policys_units(hsm: Hsm) -> None:
     traders = [Approver.new(f"t{i}", "P256") for i in range(2)]
     compliance = [Approver.new("c", "P256")]
     policy = {**tiered_policy(traders, compliance), "assets": [TST]}
     hsm.create_key("k", "SECP256K1", policy=policy)
     ch = hsm.begin("k", Action.USE, transfer_payload("TST", 1000, "bob", 3), "TEST_TRANSFER")
-    assert json.loads(ch.envelope)["version"] == VERSION == 2
+    assert json.loads(ch.envelope)["version"] == VERSION == 3  # 3: with epoch and seq
     body = open_challenge(ch.approval_to_be_signed, hsm.identity_public_key())
     assert body["units"] == {"TST": {"symbol": "TST", "decimals": 2}}
     assert "policyChange" not in body
