@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from custody.witness import HeadMark, WitnessRefused, check_challenge, witness_head
 from hsm_emulator import Action, Hsm, ManualClock
+from hsm_emulator.challenge import challenge_epoch
 from hsm_emulator.decoders import transfer_payload
 from hsm_emulator.errors import (
     ApprovalRefused,
@@ -119,3 +121,44 @@ def test_an_officer_request_open_in_the_backup_is_void(tmp_path: Path) -> None:
         b.officer_execute(pending.request_id, signed)
     assert not b.get_key("k").invalidated
     b.close()
+
+
+def test_an_approver_s_witness_follows_a_real_restore(tmp_path: Path,
+                                                      people: dict[str, Approver]) -> None:
+    """The witnesses against the real ceremony: an approver who saw the HSM before the
+    backup and after it accepts the restored HSM's head (a new epoch, with a lower audit
+    sequence) and says so; afterwards it refuses a challenge issued before the restore
+    and any head from the epoch before - which is what a broker replaying the old HSM's
+    state would serve."""
+    clock = ManualClock(1_800_000_000.0)
+    hsm = _open(tmp_path / "hsm", clock)
+    identity = hsm.identity_public_key()
+    traders = [people["t1"], people["t2"], people["t3"]]
+    hsm.create_key("treasury", "SECP256K1", policy=tiered_policy(traders, [people["c1"]]))
+    made = ceremony(hsm, CREW[1:], "backup", {"shares": 3, "threshold": 2})
+    old = hsm.begin("treasury", Action.USE, MEDIUM, TT)  # open across the restore
+    for _ in range(5):
+        hsm.begin("treasury", Action.USE, MEDIUM, TT)
+    before = hsm.audit_head()
+    assert before.verify(identity)
+    seen = witness_head(None, HeadMark.of(before))
+    assert challenge_epoch(old.body) == 0
+    hsm.close()
+    shutil.rmtree(tmp_path / "hsm")
+
+    restored = _open(tmp_path / "hsm", clock)
+    _restore(restored, bytes.fromhex(made.secret["backup"]), made.secret["mnemonics"][:2])
+    assert restored.identity_public_key() == identity  # the same HSM, by its key
+    after = restored.audit_head()
+    assert after.verify(identity)
+    assert after.epoch == 1 and after.seq < before.seq  # the log came back shorter
+    now = witness_head(seen.memory, HeadMark.of(after))
+    assert any("restore" in note for note in now.notes)
+    with pytest.raises(WitnessRefused, match="before the HSM's restore"):
+        check_challenge(now.memory, old.request_id, challenge_epoch(old.body))
+    with pytest.raises(WitnessRefused, match="epoch went back"):
+        witness_head(now.memory, HeadMark.of(before))
+    fresh = restored.begin("treasury", Action.USE, MEDIUM, TT)
+    assert challenge_epoch(fresh.body) == 1
+    check_challenge(now.memory, fresh.request_id, challenge_epoch(fresh.body))
+    restored.close()
