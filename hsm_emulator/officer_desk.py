@@ -118,7 +118,7 @@ class OfficerDesk:
             rid = str(uuid.uuid4())
             now = b.clock.now()
             digest = arguments_digest(act, args)
-            epoch = b.store.counter_value.epoch
+            epoch, seq = b.store.counter_value.epoch, b.store.counter_value.count
             body = {
                 "requestId": rid, "keyLabel": args.get("label", ""),
                 "action": "officer." + act.value, "officerAction": act.value,
@@ -126,7 +126,7 @@ class OfficerDesk:
                 "payloadType": "OFFICER", "payloadDigest": digest, "intent": None,
                 "feeCap": None, "hsmTime": now,
                 "hsmTimestamp": datetime.fromtimestamp(now, UTC).isoformat(),
-                "expiresAt": now + OFFICER_TTL, "epoch": epoch,
+                "expiresAt": now + OFFICER_TTL, "epoch": epoch, "seq": seq,
                 "policyDigest": officers.policy.digest, "newPolicyDigest": None,
                 "initiator": "", "hsmId": b.hsm_id, "units": {},
                 "nonce": secrets.token_hex(16),
