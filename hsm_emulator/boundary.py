@@ -25,6 +25,7 @@ from .decoders import DecoderRegistry, default_registry
 from .errors import AuthenticationFailed, HsmError, InvalidInput
 from .identity import IdentityKey
 from .ledger import VelocityLedger
+from .list_store import AddressListStore
 from .records import KeyRecords, RequestRecords
 from .store import Nvram, Store, Unlock
 
@@ -44,7 +45,8 @@ class Boundary:
         self.identity = IdentityKey.from_der(bytes.fromhex(partition["identity"]))
         self.hsm_id = hashlib.sha256(self.identity.public_der).hexdigest()[:16]
         self.audit = AuditLog(store, self.identity)
-        self.keys = KeyRecords(store)
+        self.lists = AddressListStore(store)
+        self.keys = KeyRecords(store, self.lists)
         self.requests = RequestRecords(store)
         self.ledger = VelocityLedger(store, clock)
 

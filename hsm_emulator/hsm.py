@@ -10,7 +10,8 @@ entry):
 - :class:`~hsm_emulator.flow.ApprovalFlow`: begin, challenge, approvals, execute, and
   reading requests;
 - :class:`~hsm_emulator.autotier.AutoTier`: signing at once (``sign_now``, ``sign_batch``);
-- :class:`~hsm_emulator.auditing.AuditTrail`: the audit log's pages, head, checkpoints.
+- :class:`~hsm_emulator.auditing.AuditTrail`: the audit log's pages, head, checkpoints;
+- :class:`~hsm_emulator.list_uploads.AddressListCalls`: address lists uploaded in chunks.
 
 ``Hsm`` itself only opens, closes and delegates: its methods are the
 :class:`~hsm_emulator.client.HsmClient` calls, with the same signatures.
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .address_lists import AddressListInfo
 from .addresses import AddressKind, Network
 from .audit import AuditEntry, SignedHead
 from .auditing import AuditTrail
@@ -34,6 +36,7 @@ from .decoders import UNSPECIFIED, DecoderRegistry
 from .evaluate import Evaluation
 from .flow import Approval, ApprovalFlow
 from .keyring import Keyring
+from .list_uploads import AddressListCalls
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
 from .records import KeyState
 from .results import Attestation, Execution, KeyInfo
@@ -52,6 +55,7 @@ class Hsm:
         self.approvals = ApprovalFlow(boundary)
         self.auto = AutoTier(boundary)
         self.trail = AuditTrail(boundary)
+        self.lists = AddressListCalls(boundary)
         self.clock = boundary.clock
         self.identity = boundary.identity
         self.hsm_id = boundary.hsm_id
@@ -197,3 +201,21 @@ class Hsm:
 
     def audit_checkpoints(self) -> list[SignedHead]:
         return self.trail.audit_checkpoints()
+
+    # -- address lists (AddressListCalls) ---------------------------------------------
+
+    def address_list_begin(self) -> AddressListInfo:
+        return self.lists.address_list_begin()
+
+    def address_list_add(self, upload_id: str, index: int,
+                         addresses: Sequence[str]) -> AddressListInfo:
+        return self.lists.address_list_add(upload_id, index, addresses)
+
+    def address_list_finish(self, upload_id: str) -> AddressListInfo:
+        return self.lists.address_list_finish(upload_id)
+
+    def address_list_discard(self, upload_id: str) -> None:
+        self.lists.address_list_discard(upload_id)
+
+    def address_list_info(self, list_id: str) -> AddressListInfo:
+        return self.lists.address_list_info(list_id)
