@@ -5,7 +5,6 @@ through the HSM process is in ``test_address_lists_remote.py``."""
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -99,7 +98,7 @@ def test_a_list_not_held_completely_is_refused_in_a_policy(tmp_path: Path,
     hsm.address_list_add(upload, 0, addrs[:5])  # unfinished: half of it
     with pytest.raises(PolicyInvalid, match="holds no finished address list"):
         hsm.create_key("k", "SECP256K1", policy=_policy({"list": list_digest(addrs)}))
-    with pytest.raises(PolicyInvalid, match="destinations.list"):
+    with pytest.raises(PolicyInvalid, match=r"destinations\.list"):
         hsm.create_key("k", "SECP256K1", policy=_policy({"list": "AB" * 32}))
     with pytest.raises(PolicyInvalid, match="unknown field"):
         hsm.create_key("k", "SECP256K1", policy=_policy({"list": "ab" * 32, "size": 3}))
