@@ -223,8 +223,10 @@ def bench_growth(
         rounds: int = typer.Option(2, min=1, help="Rounds; the best is kept."),
         approvers: int = typer.Option(100, min=1, max=1024,
                                       help="Approvers in the groups of the held token."),
-        kind: list[str] = typer.Option(["velocity", "allowlist", "approvers", "audit"],
-                                       help="Repeat: velocity, allowlist, approvers, audit."),
+        kind: list[str] = typer.Option(["velocity", "allowlist", "address_list", "approvers",
+                                        "audit"],
+                                       help="Repeat: velocity, allowlist, address_list, "
+                                       "approvers, audit."),
 ) -> None:
     """Signing rate as the HSM's state grows, against empty state (headline: worst_ratio)."""
     from ..bench import print_lines
