@@ -14,7 +14,8 @@ entry):
 - :class:`~hsm_emulator.list_uploads.AddressListCalls`: address lists uploaded in chunks.
 
 ``Hsm`` itself only opens, closes and delegates: its methods are the
-:class:`~hsm_emulator.client.HsmClient` calls, with the same signatures.
+:class:`~hsm_emulator.client.HsmClient` calls, with the same signatures (the address list
+role's delegates come from :class:`~hsm_emulator.list_uploads.AddressListRole`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .address_lists import AddressListInfo
 from .addresses import AddressKind, Network
 from .audit import AuditEntry, SignedHead
 from .auditing import AuditTrail
@@ -36,7 +36,7 @@ from .decoders import UNSPECIFIED, DecoderRegistry
 from .evaluate import Evaluation
 from .flow import Approval, ApprovalFlow
 from .keyring import Keyring
-from .list_uploads import AddressListCalls
+from .list_uploads import AddressListCalls, AddressListRole
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
 from .records import KeyState
 from .results import Attestation, Execution, KeyInfo
@@ -45,7 +45,7 @@ from .store import Nvram, Unlock
 __all__ = ["Hsm", "KeyState"]
 
 
-class Hsm:
+class Hsm(AddressListRole):
     """The HSM. Open one with :meth:`Hsm.open`; reach it through an ``HsmClient``."""
 
     def __init__(self, boundary: Boundary) -> None:
@@ -201,21 +201,3 @@ class Hsm:
 
     def audit_checkpoints(self) -> list[SignedHead]:
         return self.trail.audit_checkpoints()
-
-    # -- address lists (AddressListCalls) ---------------------------------------------
-
-    def address_list_begin(self) -> AddressListInfo:
-        return self.lists.address_list_begin()
-
-    def address_list_add(self, upload_id: str, index: int,
-                         addresses: Sequence[str]) -> AddressListInfo:
-        return self.lists.address_list_add(upload_id, index, addresses)
-
-    def address_list_finish(self, upload_id: str) -> AddressListInfo:
-        return self.lists.address_list_finish(upload_id)
-
-    def address_list_discard(self, upload_id: str) -> None:
-        self.lists.address_list_discard(upload_id)
-
-    def address_list_info(self, list_id: str) -> AddressListInfo:
-        return self.lists.address_list_info(list_id)

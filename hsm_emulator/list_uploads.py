@@ -58,3 +58,26 @@ class AddressListCalls:
     def address_list_info(self, list_id: str) -> AddressListInfo:
         with self._b.locked():
             return self._lists.info(list_id)
+
+
+class AddressListRole:
+    """The address list calls as :class:`hsm_emulator.Hsm` methods, delegated to its
+    :class:`AddressListCalls` (``lists``): one role's delegates kept beside the role."""
+
+    lists: AddressListCalls
+
+    def address_list_begin(self) -> AddressListInfo:
+        return self.lists.address_list_begin()
+
+    def address_list_add(self, upload_id: str, index: int,
+                         addresses: Sequence[str]) -> AddressListInfo:
+        return self.lists.address_list_add(upload_id, index, addresses)
+
+    def address_list_finish(self, upload_id: str) -> AddressListInfo:
+        return self.lists.address_list_finish(upload_id)
+
+    def address_list_discard(self, upload_id: str) -> None:
+        self.lists.address_list_discard(upload_id)
+
+    def address_list_info(self, list_id: str) -> AddressListInfo:
+        return self.lists.address_list_info(list_id)

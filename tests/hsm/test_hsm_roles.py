@@ -41,8 +41,10 @@ def test_both_implementations_serve_every_role() -> None:
 
 
 def test_hsm_is_a_facade_over_its_calls() -> None:
-    """``Hsm``'s own public methods are the calls (same signatures) plus its lifecycle."""
-    public = {n for n in vars(Hsm) if not n.startswith("_") and callable(getattr(Hsm, n))}
+    """``Hsm``'s public methods (its own and its role delegates', e.g. the address list
+    role's) are the calls (same signatures) plus its lifecycle."""
+    public = {n for cls in Hsm.__mro__ if cls is not object for n in vars(cls)
+              if not n.startswith("_") and callable(getattr(Hsm, n))}
     assert public == set(CALLS) | {"close", "open", "locked"}
     for name in CALLS:
         assert inspect.signature(getattr(Hsm, name)).parameters.keys() == (
