@@ -43,17 +43,37 @@ def read_addresses(path: Path) -> list[str]:
     return sorted(out)
 
 
+#: JSON bytes per chunk: half the API's 1 MiB body limit, whatever the addresses' length
+#: (5,000 of 256 characters would be 1.3 MB).
+CHUNK_BYTES = 512 * 1024
+
+
+def chunks(addresses: list[str], most: int = MAX_CHUNK) -> list[list[str]]:
+    """``addresses`` cut into chunks of at most ``most`` entries and :data:`CHUNK_BYTES`."""
+    out: list[list[str]] = [[]]
+    size = 0
+    for a in addresses:
+        cost = len(a) + 4  # quotes, comma, space
+        if len(out[-1]) >= most or (out[-1] and size + cost > CHUNK_BYTES):
+            out.append([])
+            size = 0
+        out[-1].append(a)
+        size += cost
+    return out
+
+
 def upload(url: str, token: str, addresses: list[str], chunk: int = MAX_CHUNK
            ) -> dict[str, Any]:
     """Begin, put every chunk, finish; the HSM's answer for the finished list."""
     with httpx.Client(base_url=url, timeout=60,
                       headers={"Authorization": f"Bearer {token}"}) as client:
         upload_id = _send(client, "POST", "/v1/address-lists")["uploadId"]
-        for i in range(0, len(addresses), chunk):
-            _send(client, "PUT", f"/v1/address-lists/{upload_id}/chunks/{i // chunk}",
-                  {"addresses": addresses[i:i + chunk]})
-            typer.echo(f"uploaded {min(i + chunk, len(addresses))} of {len(addresses)}",
-                       err=True)
+        sent = 0
+        for index, part in enumerate(chunks(addresses, chunk)):
+            _send(client, "PUT", f"/v1/address-lists/{upload_id}/chunks/{index}",
+                  {"addresses": part})
+            sent += len(part)
+            typer.echo(f"uploaded {sent} of {len(addresses)}", err=True)
         return _send(client, "POST", f"/v1/address-lists/{upload_id}/finish")
 
 

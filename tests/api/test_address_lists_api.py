@@ -3,6 +3,7 @@ chunks through the API and a policy or tier configuration names it by digest."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,11 @@ def test_cli_upload_checks_the_hsms_digest_against_the_file(
     with pytest.raises(typer.Exit) as exit_:
         list_upload.upload_file("http://testserver", token, file, 5000)
     assert exit_.value.exit_code == 2
+
+
+def test_cli_chunks_stay_under_the_body_limit_whatever_the_address_length() -> None:
+    long = [f"{i:0256d}" for i in range(5000)]
+    parts = list_upload.chunks(long)
+    assert [a for p in parts for a in p] == long and len(parts) > 1
+    assert all(len(json.dumps({"addresses": p})) < 1024 * 1024 for p in parts)
+    assert [len(p) for p in list_upload.chunks(ADDRESSES)] == [5000, 5000, 2000]

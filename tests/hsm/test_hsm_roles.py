@@ -1,4 +1,4 @@
-"""The HSM's interface by role: ``HsmClient`` is the composition of four role protocols,
+"""The HSM's interface by role: ``HsmClient`` is the composition of five role protocols,
 every call is in exactly one, and the remote call table says which (checked at import:
 these tests plant violations and see the check refuse them)."""
 
