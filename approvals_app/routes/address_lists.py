@@ -12,6 +12,8 @@ lists, not the broker: this route only relays, and the HSM bounds what an upload
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Path, Response
 
 from approvals_app.deps import AnyRole, HsmDep, KeyAdmin
@@ -21,7 +23,9 @@ from hsm_emulator.address_lists import AddressListInfo
 
 router = APIRouter(prefix="/v1", tags=["address lists"])
 
-UploadId = Path(pattern=r"^[0-9a-f]{32}$", description="the upload's id")
+#: An upload's id (FastAPI copies an ``Annotated`` parameter per route; a shared
+#: ``Path()`` default would carry the first route's name to the others).
+UploadId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the upload's id")]
 
 
 def _public(info: AddressListInfo) -> AddressListPublic:
@@ -37,31 +41,32 @@ def begin_upload(hsm: HsmDep, _who: KeyAdmin) -> AddressListPublic:
 
 @router.put("/address-lists/{upload_id}/chunks/{index}")
 def put_chunk(body: AddressChunk, hsm: HsmDep, _who: KeyAdmin,
-              upload_id: str = UploadId,
-              index: int = Path(ge=0, le=1_000_000)) -> AddressListPublic:
+              upload_id: UploadId,
+              index: Annotated[int, Path(ge=0, le=1_000_000)]) -> AddressListPublic:
     """Chunk ``index`` (0, 1, ...: the next one, or one already put with the same set)."""
     return _public(hsm.address_list_add(upload_id, index, body.addresses))
 
 
 @router.post("/address-lists/{upload_id}/finish")
-def finish_upload(hsm: HsmDep, _who: KeyAdmin, upload_id: str = UploadId
+def finish_upload(hsm: HsmDep, _who: KeyAdmin, upload_id: UploadId
                   ) -> AddressListPublic:
     """Close the upload: its set becomes the list of its digest (finishing again answers
     the same list)."""
     return _public(hsm.address_list_finish(upload_id))
 
 
-@router.delete("/address-lists/{upload_id}", status_code=204)
-def discard_upload(hsm: HsmDep, _who: KeyAdmin, upload_id: str = UploadId) -> Response:
-    """Drop an unfinished upload and its chunks (a finished list is never removed here)."""
-    hsm.address_list_discard(upload_id)
+@router.delete("/address-lists/{list_id}", status_code=204)
+def discard_upload(hsm: HsmDep, _who: KeyAdmin, list_id: UploadId) -> Response:
+    """Drop an unfinished upload (``list_id``: its upload id) and its chunks; a finished
+    list is never removed here. (One path parameter name with ``GET``: one resource.)"""
+    hsm.address_list_discard(list_id)
     return Response(status_code=204)
 
 
 @router.get("/address-lists/{list_id}")
 def read_list(hsm: HsmDep, _who: AnyRole,
-              list_id: str = Path(pattern=r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$",
-                                  description="a list's digest or an upload's id")
+              list_id: Annotated[str, Path(pattern=r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$",
+                                           description="a list's digest or an upload's id")],
               ) -> AddressListPublic:
     """A finished list by digest (its size), or an upload's progress by id."""
     return _public(hsm.address_list_info(list_id))

@@ -86,7 +86,7 @@ MATRIX: dict[str, str | frozenset[str]] = {
     "POST /v1/address-lists": frozenset({"key_admin"}),
     "PUT /v1/address-lists/{upload_id}/chunks/{index}": frozenset({"key_admin"}),
     "POST /v1/address-lists/{upload_id}/finish": frozenset({"key_admin"}),
-    "DELETE /v1/address-lists/{upload_id}": frozenset({"key_admin"}),
+    "DELETE /v1/address-lists/{list_id}": frozenset({"key_admin"}),
     "GET /v1/address-lists/{list_id}": frozenset(ROLES),
 }
 
