@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from custody.approver_diff import policy_diff
 from hsm_emulator import Action, Hsm, ManualClock, decoders
 from hsm_emulator.address_lists import MAX_CHUNK, MAX_OPEN_UPLOADS, list_digest
 from hsm_emulator.decoders import transfer_payload
@@ -218,6 +219,9 @@ def test_a_modify_to_another_list_shows_digest_size_and_what_changes(
     assert to == {"digest": new, "size": 120, "added": 30, "removed": 10}
     was = body["policyChange"]["from"]["rules"]["use"][0]["destinationsList"]
     assert was == {"digest": old, "size": 100}
+    lines = policy_diff(body["policyChange"]["from"], body["policyChange"]["to"])
+    assert any(f"address list {old[:16]}... (100 addresses) -> {new[:16]}... "
+               "(120 addresses; +30 -10)" in line for line in lines), lines
     hsm.execute(challenge.request_id)  # openActions: modify (the test's shortcut)
     _pay(hsm, "addr-129", 1)
     with pytest.raises(PolicyNotMet):
