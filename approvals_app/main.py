@@ -33,6 +33,7 @@ from .events import EventHub
 from .metrics import Metrics
 from .observe import Observe
 from .routes import (
+    address_lists,
     approvals,
     approver_page,
     audit,
@@ -125,7 +126,7 @@ def create_app(settings: Settings, hsm: HsmClient | None = None, *,
     app.state.metrics = metrics
     problems.install(app)
     modules = (keys, sign, approvals, requests, events, audit, health, treasury_routes,
-               enrolment, approver_page)
+               enrolment, approver_page, address_lists)
     for module in modules:
         # every refusal is problem+json (problems.install): the spec says so, per route
         app.include_router(module.router, responses=None if module is health

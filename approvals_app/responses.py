@@ -339,3 +339,14 @@ class DeliveryPublic(Public):
     lastStatusCode: int | None
     lastError: str | None
     deliveredAt: str | None
+
+
+# -- address lists ----------------------------------------------------------------------
+
+
+class AddressListPublic(Public):
+    uploadId: str
+    size: int  #: distinct addresses once finished; addresses received while uploading
+    chunks: int
+    digest: str | None  #: set once finished: what a policy names
+    finished: bool

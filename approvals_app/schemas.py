@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -124,3 +124,10 @@ class KeyActionBody(Strict):
     label: str = Field(min_length=1, max_length=128)
     policy: dict[str, Any] | None = None  #: the new policy, for modify only
     initiation: InitiationBody | None = None  #: for keys whose policy names initiators
+
+
+class AddressChunk(Strict):
+    """One chunk of an address list upload (the HSM validates each address)."""
+
+    addresses: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=5_000)

@@ -109,6 +109,17 @@ def _limit(v: dict[str, Any], units: dict[str, Any]) -> str:
     return f"{most} per {format_period(window)}" if window else most
 
 
+def _address_list(listed: Any) -> str:
+    """An allowlist named by digest, as the HSM summarised it: digest, size and, against
+    the same tier's current allowlist, how many addresses it adds and removes."""
+    if not isinstance(listed, dict):
+        return "none"
+    text = f"{str(listed.get('digest'))[:16]}... ({listed.get('size')} addresses"
+    if "added" in listed:
+        text += f"; +{listed.get('added')} -{listed.get('removed')}"
+    return text + ")"
+
+
 def _tier_changes(old: dict[str, Any], new: dict[str, Any],
                   units: dict[str, Any]) -> list[str]:
     out = []
@@ -124,6 +135,9 @@ def _tier_changes(old: dict[str, Any], new: dict[str, Any],
     if old.get("destinations") != new.get("destinations"):
         out.append(f"allowed destinations {old.get('destinations') or 'any'} -> "
                    f"{new.get('destinations') or 'any'}")
+    if old.get("destinationsList") != new.get("destinationsList"):
+        out.append(f"address list {_address_list(old.get('destinationsList'))} -> "
+                   f"{_address_list(new.get('destinationsList'))}")
     before = {g.get("name"): g for g in old.get("groups") or []}
     after = {g.get("name"): g for g in new.get("groups") or []}
     for name, g in after.items():

@@ -94,6 +94,9 @@ def _conditions(c: Conditions, known: Mapping[str, dict[str, Any]]) -> str:
             words.append(f"{b.asset} amount is at most {show(b.asset, b.max)}")
     if c.destinations is not None:
         words.append(f"every destination is one of {len(c.destinations)} allowed address(es)")
+    elif c.destinations_list is not None:
+        words.append(f"every destination is on address list {c.destinations_list[:16]}... "
+                     "(held by the HSM)")
     for v in c.velocity:
         words.append(f"at most {show(v.asset, v.max)} leaves (fees included) in any "
                      f"{format_period(v.window_seconds)}")

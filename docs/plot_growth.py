@@ -1,6 +1,9 @@
 """Plot ``custody bench growth`` output (JSON lines on stdin) as ``docs/growth.png``.
 
-Run: ``custody bench growth > growth.jsonl; python docs/plot_growth.py < growth.jsonl``.
+Run: ``custody bench growth > growth.jsonl; python docs/plot_growth.py < growth.jsonl``;
+a file name as the argument writes that figure in ``docs/`` instead (one kind's run:
+``custody bench growth --kind address_list | python docs/plot_growth.py
+growth-address-list.png``).
 Needs matplotlib (not a project dependency: only this figure uses it).
 """
 
@@ -34,7 +37,8 @@ def main() -> None:
     ax.legend()
     ax.set_title("custody bench growth: auto-tier sign_batch, 2 cores")
     fig.tight_layout()
-    fig.savefig(Path(__file__).with_name("growth.png"), dpi=100)
+    name = sys.argv[1] if len(sys.argv) > 1 else "growth.png"
+    fig.savefig(Path(__file__).with_name(Path(name).name), dpi=100)
 
 
 if __name__ == "__main__":

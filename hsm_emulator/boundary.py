@@ -29,6 +29,7 @@ from .ledger import VelocityLedger
 from .model import Action
 from .officers import OfficerSet, demo_officers, officer_policy
 from .policy import Policy, Rule
+from .list_store import AddressListStore
 from .records import KeyRecords, RequestRecords
 from .store import Nvram, Store, Unlock
 
@@ -48,7 +49,8 @@ class Boundary:
         self.identity = IdentityKey.from_der(bytes.fromhex(partition["identity"]))
         self.hsm_id = hashlib.sha256(self.identity.public_der).hexdigest()[:16]
         self.audit = AuditLog(store, self.identity)
-        self.keys = KeyRecords(store)
+        self.lists = AddressListStore(store)
+        self.keys = KeyRecords(store, self.lists)
         self.requests = RequestRecords(store)
         self.ledger = VelocityLedger(store, clock)
 

@@ -5,9 +5,10 @@ Two implementations: :class:`LocalHsmClient` (in-process, the embedded default) 
 the broker, the CLI - see public keys, challenges and signatures, never key bytes
 (except through the deliberately named ``export_private_key_unsafe``).
 
-``HsmClient`` is the composition of four role protocols - :class:`HsmKeys`,
-:class:`HsmSigning`, :class:`HsmAudit`, :class:`HsmOfficer` - so a caller that needs one
-role can say so in its annotation, and anything typed ``HsmClient`` serves every role.
+``HsmClient`` is the composition of five role protocols - :class:`HsmKeys`,
+:class:`HsmSigning`, :class:`HsmAudit`, :class:`HsmOfficer`, :class:`HsmAddressLists` -
+so a caller that needs one role can say so in its annotation, and anything typed
+``HsmClient`` serves every role.
 Each call belongs to exactly one role (:data:`ROLES`; the remote call table names it).
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
+from .address_lists import AddressListInfo
 from .addresses import AddressKind, Network
 from .audit import AuditEntry, SignedHead
 from .challenge import Challenge
@@ -135,7 +137,24 @@ class HsmOfficer(Protocol):
 
 
 @runtime_checkable
-class HsmClient(HsmKeys, HsmSigning, HsmAudit, HsmOfficer, Protocol):
+class HsmAddressLists(Protocol):
+    """Upload address lists too large for a policy document, in chunks, and read them:
+    a policy then names one by digest (:mod:`hsm_emulator.address_lists`)."""
+
+    def address_list_begin(self) -> AddressListInfo: ...
+
+    def address_list_add(self, upload_id: str, index: int,
+                         addresses: Sequence[str]) -> AddressListInfo: ...
+
+    def address_list_finish(self, upload_id: str) -> AddressListInfo: ...
+
+    def address_list_discard(self, upload_id: str) -> None: ...
+
+    def address_list_info(self, list_id: str) -> AddressListInfo: ...
+
+
+@runtime_checkable
+class HsmClient(HsmKeys, HsmSigning, HsmAudit, HsmOfficer, HsmAddressLists, Protocol):
     """Every role: the whole HSM. A caller that needs one role may ask for just it."""
 
     def close(self) -> None: ...
@@ -148,11 +167,13 @@ class Role(Enum):
     SIGNING = "signing"
     AUDIT = "audit"
     OFFICER = "officer"
+    LISTS = "lists"
 
 
 #: The protocol of each role.
 ROLES: dict[Role, type] = {Role.KEYS: HsmKeys, Role.SIGNING: HsmSigning,
-                           Role.AUDIT: HsmAudit, Role.OFFICER: HsmOfficer}
+                           Role.AUDIT: HsmAudit, Role.OFFICER: HsmOfficer,
+                           Role.LISTS: HsmAddressLists}
 
 
 def role_calls(role: Role) -> tuple[str, ...]:

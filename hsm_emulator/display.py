@@ -13,7 +13,8 @@ messages format an amount by the same rules (the approver page's script,
 :func:`units_for` is what the HSM puts in a challenge (``units``: every asset the intent
 moves or pays its fee in, ``null`` where the policy names no decimals);
 :func:`policy_summary` is what it puts there for a ``modify`` (the current and the new
-policy as groups, quorums, approvers by name and fingerprint, and tiers), so the
+policy as groups, quorums, approvers by name and fingerprint, and tiers; an address list
+by digest and size, and :func:`policy_change` adds what it adds and removes), so the
 approver's diff is of authenticated data.
 """
 
@@ -91,9 +92,30 @@ def policy_summary(policy: Policy) -> dict[str, Any]:
     }
 
 
+def policy_change(old: Policy, new: Policy) -> dict[str, Any]:
+    """A modify's ``policyChange``: both summaries, and for each tier of the new policy
+    that names an address list, how many addresses it adds and removes against the
+    allowlist of the current policy's tier of the same action and name (when that tier
+    has one), so approvers see the size of a change they cannot read address by
+    address."""
+    before = {(a, t.name): t.conditions.destinations for a, r in old.rules for t in r.tokens}
+    to = policy_summary(new)
+    for action, rule in new.rules:
+        for token, shown in zip(rule.tokens, to["rules"][action.value], strict=True):
+            listed, was = token.conditions.destinations, before.get((action, token.name))
+            if token.conditions.destinations_list is not None and listed is not None and (
+                    was is not None):
+                shown["destinationsList"].update(added=len(listed - was),
+                                                 removed=len(was - listed))
+    return {"from": policy_summary(old), "to": to}
+
+
 def _token(token: Token) -> dict[str, Any]:
     c = token.conditions
-    return {
+    listed = {} if c.destinations_list is None else {"destinationsList": {
+        "digest": c.destinations_list,
+        "size": None if c.destinations is None else len(c.destinations)}}
+    return {**listed,
         "name": token.name, "timelock": token.timelock, "timeout": token.timeout,
         "groups": [{"name": g.name, "quorum": g.quorum,
                     "approvers": [{"name": a.name, "fingerprint": a.fingerprint}

@@ -15,7 +15,9 @@ Conditions are value-complete (``ARCHITECTURE.md``): a token with **any** condit
   the payload can cost beyond what it moves): a token without one refuses (fail closed);
 * bounds, with ``amounts``, what is transferred or granted per asset; an asset moved
   without a bound in the token refuses;
-* applies its ``destinations`` allowlist to every recipient, grantee and called contract;
+* applies its ``destinations`` allowlist to every recipient, grantee and called contract
+  (an address list named by digest is resolved by the HSM into the same set: one
+  membership test per recipient; unresolved, it refuses);
 * counts, with ``velocity``, the total outflow per asset - transfers, grants, and for
   the fee asset the fee and rent - against what the key family released in the window
   (or, with ``releasedBy``, what the named tokens released).
@@ -204,6 +206,8 @@ def condition_failures(
         for r in intent.recipients():
             if normalize_destination(r) not in cond.destinations:
                 failures.append(f"destination {r} not on the allowlist")
+    elif cond.destinations_list is not None:  # parsed outside the HSM: never "no list"
+        failures.append(f"address list {cond.destinations_list} is not loaded here")
     if cond.velocity:
         outflow = intent.outflow()
         for v in cond.velocity:

@@ -37,7 +37,7 @@ from .boundary import Boundary
 from .challenge import MAX_CHALLENGE, Challenge, seal_challenge
 from .credentials import Credential, parse_credential, verify
 from .decoders import UNSPECIFIED
-from .display import policy_summary, units_for
+from .display import policy_change, units_for
 from .errors import (
     ApprovalRefused,
     CredentialInvalid,
@@ -50,7 +50,7 @@ from .evaluate import Evaluation, evaluate
 from .initiation import initiation_message
 from .model import Action, Intent, IntentKind, SignScheme
 from .payloads import check_network, parse_action, parse_scheme, prepare, sign, sign_items
-from .policy import Approver, parse_policy
+from .policy import Approver
 from .records import KeyRecords, KeyState
 from .request import HsmRequest, RequestStatus
 from .results import Execution
@@ -243,8 +243,8 @@ class ApprovalFlow:
                 "epoch": b.store.counter_value.epoch, "seq": b.store.counter_value.count,
             }
             if new_policy is not None:  # approvers diff authenticated summaries
-                body["policyChange"] = {"from": policy_summary(state.policy),
-                                        "to": policy_summary(parse_policy(new_policy))}
+                body["policyChange"] = policy_change(state.policy,
+                                                     b.lists.parse_policy(new_policy))
             if proven is not None:  # who asked, proven by their signature: approvers see it
                 body.update(initiatorProven=True, initiatorName=proven.name)
             envelope = seal_challenge(b.identity, body)

@@ -12,10 +12,12 @@ entry):
 - :class:`~hsm_emulator.flow.ApprovalFlow`: begin, challenge, approvals, execute, and
   reading requests;
 - :class:`~hsm_emulator.autotier.AutoTier`: signing at once (``sign_now``, ``sign_batch``);
-- :class:`~hsm_emulator.auditing.AuditTrail`: the audit log's pages, head, checkpoints.
+- :class:`~hsm_emulator.auditing.AuditTrail`: the audit log's pages, head, checkpoints;
+- :class:`~hsm_emulator.list_uploads.AddressListCalls`: address lists uploaded in chunks.
 
 ``Hsm`` itself only opens, closes and delegates: its methods are the
-:class:`~hsm_emulator.client.HsmClient` calls, with the same signatures.
+:class:`~hsm_emulator.client.HsmClient` calls, with the same signatures (the address list
+role's delegates come from :class:`~hsm_emulator.list_uploads.AddressListRole`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .evaluate import Evaluation
 from .flow import Approval, ApprovalFlow
 from .identity import IdentityKey
 from .keyring import Keyring
+from .list_uploads import AddressListCalls, AddressListRole
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
 from .officer_desk import OfficerDesk
 from .officers import OfficerAction, OfficerOutcome, OfficerSet
@@ -93,7 +96,7 @@ class OfficerCalls:
         return KeyInfo.from_json(outcome.summary["key"])
 
 
-class Hsm(OfficerCalls):
+class Hsm(OfficerCalls, AddressListRole):
     """The HSM. Open one with :meth:`Hsm.open`; reach it through an ``HsmClient``."""
 
     def __init__(self, boundary: Boundary) -> None:
@@ -104,6 +107,7 @@ class Hsm(OfficerCalls):
         self.auto = AutoTier(boundary)
         self.trail = AuditTrail(boundary)
         self.officers = OfficerDesk(boundary, self.keyring)
+        self.lists = AddressListCalls(boundary)
         self.clock = boundary.clock
         self._store = boundary.store
 

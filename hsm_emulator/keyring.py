@@ -19,7 +19,7 @@ from .errors import AttributeDenied, InvalidInput, KeyExists, KeyInvalidated
 from .identity import Domain
 from .keys import KeyMaterial
 from .model import KeyAlgorithm, KeyAttributes, canonical_json
-from .policy import Policy, parse_policy
+from .policy import Policy
 from .records import LABEL_RE
 from .results import Attestation, KeyInfo
 
@@ -49,7 +49,7 @@ class Keyring:
             algo = _algorithm(algorithm)
             attrs = attributes if isinstance(attributes, KeyAttributes) else (
                 KeyAttributes.from_json(attributes))
-            parsed = parse_policy(policy)
+            parsed = self._b.lists.parse_policy(policy)
             if self._keys.exists(label):
                 raise KeyExists(f"a key labelled {label!r} exists (labels are never reused)")
             if key_size is not None and algo is not KeyAlgorithm.RSA:

@@ -12,7 +12,10 @@ This project adds, all optional:
 * ``token.conditions`` - evaluated by the HSM on the intent it decoded from the payload
   (value-complete: see :mod:`hsm_emulator.evaluate` for the exact semantics):
   ``amounts`` (per asset ``min``/``max`` in base units, on what is transferred or
-  granted), ``destinations`` (allowlist of every recipient, grantee and called contract),
+  granted), ``destinations`` (allowlist of every recipient, grantee and called contract:
+  an array of up to :data:`MAX_LIST` addresses, or ``{"list": "<sha256 hex>"}`` naming an
+  address list uploaded to the HSM, :mod:`hsm_emulator.address_lists`; parsed here as a
+  reference, which the HSM resolves - a policy naming a list it does not hold is invalid),
   ``velocity`` (per asset rolling window over the total outflow, fees and rent included:
   at most ``max`` in ``windowSeconds``; ``releasedBy`` names the tokens whose releases
   count, default every release of the key family), ``maxFee`` (per fee asset, on fee plus rent:
@@ -140,11 +143,15 @@ class Conditions:
     velocity: tuple[VelocityLimit, ...] = ()
     max_fee: tuple[FeeLimit, ...] = ()
     kinds: frozenset[IntentKind] | None = None  #: None: not given (DEFAULT_KINDS applies)
+    #: ``destinations: {"list": digest}``: the address list named; ``destinations`` is
+    #: None until the HSM resolves it (and evaluation then refuses: fail closed)
+    destinations_list: str | None = None
 
     @property
     def empty(self) -> bool:
         return not (self.amounts or self.destinations is not None or self.velocity or
-                    self.max_fee or self.kinds is not None)
+                    self.max_fee or self.kinds is not None or
+                    self.destinations_list is not None)
 
     @property
     def allowed_kinds(self) -> frozenset[IntentKind]:
@@ -417,8 +424,10 @@ def _conditions(data: Any, path: str) -> Conditions:
         amounts.append(AmountBound(_asset(a.get("asset"), f"{p}.asset"), lo, hi))
     if len({a.asset for a in amounts}) != len(amounts):
         raise PolicyInvalid(f"{path}.amounts", "one bound per asset")
-    destinations = None
-    if data.get("destinations") is not None:
+    destinations, destinations_list = None, None
+    if isinstance(data.get("destinations"), dict):
+        destinations_list = _list_ref(data["destinations"], f"{path}.destinations")
+    elif data.get("destinations") is not None:
         dests = _list(data["destinations"], f"{path}.destinations", MAX_LIST)
         for i, d in enumerate(dests):
             if not isinstance(d, str) or not d or len(d) > 256:
@@ -443,7 +452,22 @@ def _conditions(data: Any, path: str) -> Conditions:
     if len({f.asset for f in fees}) != len(fees):
         raise PolicyInvalid(f"{path}.maxFee", "one cap per fee asset")
     kinds = None if data.get("kinds") is None else _kinds(data["kinds"], f"{path}.kinds")
-    return Conditions(tuple(amounts), destinations, tuple(velocity), tuple(fees), kinds)
+    return Conditions(tuple(amounts), destinations, tuple(velocity), tuple(fees), kinds,
+                      destinations_list)
+
+
+def _list_ref(value: dict[str, Any], path: str) -> str:
+    """``{"list": "<sha256 hex>"}``: an address list by its digest (lower-case hex, so one
+    list has one spelling and the policy's digest binds it)."""
+    _obj(value, path, {"list"})
+    digest = value.get("list")
+    if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
+        raise PolicyInvalid(f"{path}.list", "must be an address list's SHA-256 digest "
+                            "(64 lower-case hex digits)")
+    return digest
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def _released_by(value: Any, path: str) -> frozenset[str] | None:

@@ -15,8 +15,9 @@ from typing import Any
 
 from .errors import InvalidInput, KeyInvalidated, KeyNotFound, RequestExists, RequestNotFound
 from .keys import KeyMaterial, MaterialView
+from .list_store import AddressListStore
 from .model import KeyAlgorithm, KeyAttributes, canonical_json
-from .policy import Policy, parse_policy
+from .policy import Policy
 from .request import HsmRequest
 from .results import KeyInfo
 from .store import Store
@@ -46,8 +47,10 @@ class KeyState:
 class KeyRecords:
     """Key records with their resolved state, cached until any key is written."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, lists: AddressListStore | None = None) -> None:
         self._store = store
+        #: resolves the address lists policies name (:mod:`.address_lists`)
+        self._lists = lists or AddressListStore(store)
         self._keys: dict[str, KeyState] = {}
         self._policies: dict[str, Policy] = {}
 
@@ -65,7 +68,7 @@ class KeyRecords:
         source = canonical_json(doc).decode()
         cached = self._policies.get(source)
         if cached is None:
-            cached = parse_policy(doc)
+            cached = self._lists.parse_policy(doc)
             self._policies[source] = cached
         return cached
 

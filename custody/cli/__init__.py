@@ -156,6 +156,30 @@ def audit_verify(url: str = typer.Option("http://127.0.0.1:8000", help="The API 
     fetch_and_verify(url, token, hsm_key)
 
 
+list_app = typer.Typer(help="Address lists: allowlists too large for a policy document.",
+                       no_args_is_help=True)
+app.add_typer(list_app, name="list")
+
+
+@list_app.command("upload")
+def upload_address_list(file: Path = typer.Argument(..., help="One address per line."),
+                url: str = typer.Option("http://127.0.0.1:8000", envvar="CUSTODY_URL",
+                                        help="The API server."),
+                chunk: int = typer.Option(5000, min=1, max=5000,
+                                          help="Addresses per request.")) -> None:
+    """Upload an address list to the HSM in chunks and print its digest (what a policy's
+    destinations {"list": ...} or a tier configuration's "allowlist" names).
+
+    Set CUSTODY_TOKEN to a key_admin's bearer token."""
+    from .list_upload import upload_file
+
+    token = ClientSettings().token
+    if not token:
+        fail("CUSTODY_TOKEN is not set: a key_admin's bearer token (`custody token ... "
+             "--role key_admin` in development)")
+    typer.echo(upload_file(url, token, file, chunk))
+
+
 @app.command()
 def token(subject: str, tenant: str = typer.Option("default"),
           role: list[str] = typer.Option(["business"], help="Repeat for several roles."),
@@ -203,8 +227,10 @@ def bench_growth(
         rounds: int = typer.Option(2, min=1, help="Rounds; the best is kept."),
         approvers: int = typer.Option(100, min=1, max=1024,
                                       help="Approvers in the groups of the held token."),
-        kind: list[str] = typer.Option(["velocity", "allowlist", "approvers", "audit"],
-                                       help="Repeat: velocity, allowlist, approvers, audit."),
+        kind: list[str] = typer.Option(["velocity", "allowlist", "address_list", "approvers",
+                                        "audit"],
+                                       help="Repeat: velocity, allowlist, address_list, "
+                                       "approvers, audit."),
 ) -> None:
     """Signing rate as the HSM's state grows, against empty state (headline: worst_ratio)."""
     from ..bench import print_lines

@@ -25,8 +25,10 @@ they can trust.
 
 Amounts in the configuration are decimal strings in the asset's units; the tokens carry
 base units, evaluated by the HSM on the transaction it decodes itself. Block needs one
-trader; unblock and modify need the large tier's approvers. ``custody policy explain``
-shows the result in plain words.
+trader; unblock and modify need the large tier's approvers. ``allowlist`` (an address
+list's digest, uploaded to the HSM in chunks) limits the tiers in ``allowlistTiers``
+(default all) to its addresses. ``custody policy explain`` shows the result in plain
+words.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from .units import to_base_units
 
 DEFAULTS: dict[str, Any] = {"hold": 86400, "mediumTimeout": 3600, "largeTimeout": 3 * 86400,
                             "tradersQuorum": 2, "complianceQuorum": 1}
-_KNOWN = {"traders", "compliance", "tiers", "maxFee", *DEFAULTS}
+_KNOWN = {"traders", "compliance", "tiers", "maxFee", "allowlist", "allowlistTiers", *DEFAULTS}
+#: The tiers an ``allowlist`` binds unless ``allowlistTiers`` names fewer.
+TIER_NAMES = ("small", "medium", "large")
 #: Default cap on fee plus rent per transaction, by native asset, in its units: about 50x
 #: a busy day's fee for an ordinary transfer. Each chain's spec gives its own and why.
 FEE_CAPS = {spec.native.symbol: spec.fee_cap for spec in SPECS.values()}
@@ -113,6 +117,7 @@ def treasury_policy(config: dict[str, Any], assets: list[AssetInfo], *,
     for symbol in sorted(tiers):
         tokens += _asset_tokens(symbol, tiers[symbol], by_symbol[symbol], traders, compliance,
                                 hold, medium_timeout, large_timeout, common)
+    _bind_allowlist(config, tokens)
     auto = [t["name"] for t in tokens if not t["groups"]]
     for t in tokens:  # daily totals count what the auto tiers signed, not approved requests
         for v in t["conditions"].get("velocity", []):
@@ -132,6 +137,28 @@ def treasury_policy(config: dict[str, Any], assets: list[AssetInfo], *,
     policy["assets"] = [{"asset": a.asset, "symbol": a.symbol, "decimals": a.decimals}
                         for a in assets]
     return policy
+
+
+def _bind_allowlist(config: dict[str, Any], tokens: list[dict[str, Any]]) -> None:
+    """``allowlist``: the digest of an address list uploaded to the HSM
+    (``/v1/address-lists``, ``custody list upload``); the tiers in ``allowlistTiers``
+    (default: all three) then send only to its addresses. The HSM refuses the policy if it
+    does not hold that list completely."""
+    digest = config.get("allowlist")
+    if digest is None:
+        if "allowlistTiers" in config:
+            raise BadRequest("policy.allowlistTiers needs policy.allowlist")
+        return
+    if not isinstance(digest, str) or len(digest) != 64 or set(digest) - set(
+            "0123456789abcdef"):
+        raise BadRequest("policy.allowlist: an address list's digest (64 lower-case hex "
+                         "digits, as /v1/address-lists answers)")
+    tiers = config.get("allowlistTiers", list(TIER_NAMES))
+    if not isinstance(tiers, list) or not tiers or set(tiers) - set(TIER_NAMES):
+        raise BadRequest(f"policy.allowlistTiers: some of {list(TIER_NAMES)}")
+    for t in tokens:
+        if t["name"].split("-", 1)[0] in tiers:
+            t["conditions"]["destinations"] = {"list": digest}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The remote calls, declared once: :data:`TABLE`.
 
 Each entry names an :class:`~hsm_emulator.client.HsmClient` call and its role (which
-role protocol declares it: keys, signing, audit, officer), gives each of its
+role protocol declares it: keys, signing, audit, officer, lists), gives each of its
 parameters a :class:`Kind` - how the value travels: its strict server-side check (the
 error message a bad value gets), its client-side encoding, and a conversion applied once
 every argument is read - and a :class:`Result`: how the HSM's answer is encoded by the
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ..address_lists import AddressListInfo
 from ..addresses import AddressKind, Network
 from ..audit import AuditEntry, SignedHead
 from ..challenge import Challenge
@@ -368,6 +369,16 @@ def _call(name: str, role: Role, result: Result, *, read_only: bool = False,
 
 
 KEYS, SIGNING, AUDIT, OFFICER = Role.KEYS, Role.SIGNING, Role.AUDIT, Role.OFFICER
+ADDRESS_LIST = _of_json(AddressListInfo.from_json)
+#: The address list role's calls (a chunk of 5,000 addresses is about 0.4 MB of a frame).
+LIST_CALLS = (
+    _call("address_list_begin", Role.LISTS, ADDRESS_LIST),
+    _call("address_list_add", Role.LISTS, ADDRESS_LIST, upload_id=TEXT, index=INT64,
+          addresses=TEXTS),
+    _call("address_list_finish", Role.LISTS, ADDRESS_LIST, upload_id=TEXT),
+    _call("address_list_discard", Role.LISTS, NOTHING, upload_id=TEXT),
+    _call("address_list_info", Role.LISTS, ADDRESS_LIST, read_only=True, list_id=TEXT),
+)
 
 #: Every HsmClient call but ``close`` (a client closes its connection, never the HSM),
 #: by role.
@@ -413,6 +424,7 @@ TABLE: dict[str, Call] = {c.name: c for c in (
     _call("restore_key", OFFICER, KEY_INFO, label=TEXT, so_passphrase=TEXT),
     _call("destroy_key", OFFICER, KEY_INFO, label=TEXT, so_passphrase=TEXT),
     _call("export_private_key_unsafe", OFFICER, RAW_BYTES, label=TEXT, so_passphrase=TEXT),
+    *LIST_CALLS,
 )}
 
 

@@ -309,6 +309,11 @@ class RemoteHsmClient:
     request_challenge = _stub(HsmClient.request_challenge)
     audit_head = _stub(HsmClient.audit_head)
     audit_checkpoints = _stub(HsmClient.audit_checkpoints)
+    address_list_begin = _stub(HsmClient.address_list_begin)
+    address_list_add = _stub(HsmClient.address_list_add)
+    address_list_finish = _stub(HsmClient.address_list_finish)
+    address_list_discard = _stub(HsmClient.address_list_discard)
+    address_list_info = _stub(HsmClient.address_list_info)
 
     def audit_entries(self, start: int = 1, limit: int = 1000) -> list[AuditEntry]:
         """Fetched in pages of up to :data:`AUDIT_PAGE`; the log is append-only, so the

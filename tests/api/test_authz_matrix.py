@@ -83,6 +83,11 @@ MATRIX: dict[str, str | frozenset[str]] = {
     "POST /v1/enrolment/{enrolment_id}/join": frozenset({"key_admin"}),
     "GET /approver": PUBLIC, "GET /approver/": PUBLIC, "GET /approver/{name}": PUBLIC,
     "POST /approver/api/tasks": APPROVER, "GET /approver/api/events": APPROVER,
+    "POST /v1/address-lists": frozenset({"key_admin"}),
+    "PUT /v1/address-lists/{upload_id}/chunks/{index}": frozenset({"key_admin"}),
+    "POST /v1/address-lists/{upload_id}/finish": frozenset({"key_admin"}),
+    "DELETE /v1/address-lists/{list_id}": frozenset({"key_admin"}),
+    "GET /v1/address-lists/{list_id}": frozenset(ROLES),
 }
 
 GARBAGE_PROOF = {"timestamp": "2020-01-01T00:00:00+00:00", "timestampSignature": "AA==",

@@ -43,10 +43,14 @@ def test_bench_growth_prints_the_curve_then_the_headline() -> None:
     curve = [(r["kind"], r["size"]) for r in records[:-1]]
     assert curve == [("velocity", 0), ("velocity", 10), ("velocity", 2000),
                      ("allowlist", 0), ("allowlist", 10), ("allowlist", 1024),
+                     ("address_list", 0), ("address_list", 10), ("address_list", 2000),
                      ("approvers", 0), ("approvers", 3),
                      ("audit", 0), ("audit", 10), ("audit", 2000)]
     audit = {r["size"]: r for r in records if r.get("kind") == "audit"}
     assert audit[2000]["audit_entries"] == audit[0]["audit_entries"] + 2000
+    listed = {r["size"]: r for r in records if r.get("kind") == "address_list"}
+    assert "upload_s" in listed[2000] and "upload_s" not in listed[0]
+    assert listed[2000]["first_sign_s"] > 0
     head = records[-1]
     assert head["allowlist_not_measured"] == [2000]
     assert head["worst_ratio"] == min(r["ratio"] for r in records[:-1] if r["size"])

@@ -1,4 +1,4 @@
-"""The HSM's interface by role: ``HsmClient`` is the composition of four role protocols,
+"""The HSM's interface by role: ``HsmClient`` is the composition of five role protocols,
 every call is in exactly one, and the remote call table says which (checked at import:
 these tests plant violations and see the check refuse them)."""
 
@@ -42,8 +42,9 @@ def test_both_implementations_serve_every_role() -> None:
 
 
 def test_hsm_is_a_facade_over_its_calls() -> None:
-    """``Hsm``'s own public methods (its own and its role mixins', e.g. ``OfficerCalls``)
-    are the calls (same signatures) plus its lifecycle."""
+    """``Hsm``'s public methods (its own and its role mixins' and delegates', e.g.
+    ``OfficerCalls`` and the address list role's) are the calls (same signatures) plus its
+    lifecycle."""
     public = {n for cls in Hsm.__mro__ if cls is not object for n in vars(cls)
               if not n.startswith("_") and callable(getattr(Hsm, n))}
     assert public == set(CALLS) | {"close", "open", "locked"}
