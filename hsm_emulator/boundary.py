@@ -26,10 +26,10 @@ from .decoders import DecoderRegistry, default_registry
 from .errors import AuthenticationFailed, HsmError, InvalidInput, PolicyNotMet
 from .identity import IdentityKey
 from .ledger import VelocityLedger
+from .list_store import AddressListStore
 from .model import Action
 from .officers import OfficerSet, demo_officers, officer_policy
 from .policy import Policy, Rule
-from .list_store import AddressListStore
 from .records import KeyRecords, RequestRecords
 from .store import Nvram, Store, Unlock
 
