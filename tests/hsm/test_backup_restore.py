@@ -266,3 +266,32 @@ def test_backup_and_restore_through_the_hsm_process(tmp_path: Path) -> None:
     finally:
         server.stop()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_a_policy_naming_an_address_list_comes_back_with_its_list(tmp_path: Path) -> None:
+    """Address lists are sealed records like keys: a backup carries them, and a restored
+    key whose allowlist names a list by digest resolves it again (a restore without the
+    list would leave the key unable to sign, or - worse - reading no allowlist)."""
+    clock = ManualClock(1_800_000_000.0)
+    hsm = open_hsm(tmp_path / "a", clock)
+    listed = [f"0x{i:040x}" for i in range(1, 2_001)]
+    upload = hsm.address_list_begin().upload_id
+    hsm.address_list_add(upload, 0, listed[:1_000])
+    hsm.address_list_add(upload, 1, listed[1_000:])
+    digest = hsm.address_list_finish(upload).digest
+    auto = {"name": "auto", "timelock": 0, "timeout": 0, "groups": [], "conditions": {
+        "amounts": [{"asset": "TST", "max": 100}], "maxFee": [{"asset": "TST", "max": 10}],
+        "destinations": {"list": digest}}}
+    hsm.create_key("k", "SECP256K1", policy={"ruleUse": {"tokens": [auto]}})
+    made = ceremony(hsm, CREW[:3], "backup", {"shares": 3, "threshold": 2})
+    hsm.close()
+    shutil.rmtree(tmp_path / "a")
+
+    b = open_hsm(tmp_path / "b", clock)
+    restore(b, bytes.fromhex(made.secret["backup"]), made.secret["mnemonics"][:2])
+    ceremony(b, CREW[:3], "lift_freeze")
+    assert b.address_list_info(digest).size == 2_000
+    assert b.sign_now("k", pay(5, listed[1_999]), "TEST_TRANSFER").token == "auto"
+    with pytest.raises(PolicyNotMet, match="allowlist"):
+        b.sign_now("k", pay(5, "0x" + "ee" * 20), "TEST_TRANSFER")
+    b.close()
