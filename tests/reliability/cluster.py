@@ -58,8 +58,12 @@ class Cluster:
     def start(self, name: str) -> None:
         """Start one part: ``hsm``, ``worker`` or ``api<i>``; waits until it serves."""
         if name == "hsm":
+            # the traffic's transfers are TEST_TRANSFER payloads: the HSM decodes them
+            # only with the test decoder, which pytest's conftest turns on but a
+            # command-line run (the soak, the kill loop) would not
             env = os.environ | {"SKA_HSM_PASSPHRASE": "reliability hsm passphrase",
-                                "SKA_HSM_SO_PASSPHRASE": "reliability officer passphrase"}
+                                "SKA_HSM_SO_PASSPHRASE": "reliability officer passphrase",
+                                "CUSTODY_TEST_DECODER": "1"}
             cmd = ["-m", "hsm_emulator.remote", "--store", str(self.work / "hsm.sqlite"),
                    "--listen", self.hsm_url, "--secret-file", str(self.secret_file),
                    "--scrypt-n", "1024"]
