@@ -350,3 +350,4 @@ class AddressListPublic(Public):
     chunks: int
     digest: str | None  #: set once finished: what a policy names
     finished: bool
+    discarded: bool = False  #: the answer to DELETE: this upload (as it was) is gone

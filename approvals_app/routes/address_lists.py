@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path
 
 from approvals_app.deps import AnyRole, HsmDep, KeyAdmin
 from approvals_app.responses import AddressListPublic
@@ -55,12 +55,15 @@ def finish_upload(hsm: HsmDep, _who: KeyAdmin, upload_id: UploadId
     return _public(hsm.address_list_finish(upload_id))
 
 
-@router.delete("/address-lists/{list_id}", status_code=204)
-def discard_upload(hsm: HsmDep, _who: KeyAdmin, list_id: UploadId) -> Response:
+@router.delete("/address-lists/{list_id}")
+def discard_upload(hsm: HsmDep, _who: KeyAdmin, list_id: UploadId) -> AddressListPublic:
     """Drop an unfinished upload (``list_id``: its upload id) and its chunks; a finished
-    list is never removed here. (One path parameter name with ``GET``: one resource.)"""
+    list is never removed here. Answers the upload as it was, marked ``discarded`` (as
+    the other DELETE routes answer their resource). (One path parameter name with
+    ``GET``: one resource.)"""
+    was = hsm.address_list_info(list_id)
     hsm.address_list_discard(list_id)
-    return Response(status_code=204)
+    return _public(was).model_copy(update={"discarded": True})
 
 
 @router.get("/address-lists/{list_id}")

@@ -92,7 +92,9 @@ def test_hostile_chunks_are_refused(api: TestClient) -> None:
                    json={"addresses": ["a"]}).status_code == 400
     assert api.put(f"{base}/0", headers=AUDITOR, json={"addresses": ["a"]}).status_code == 403
     assert api.get(f"/v1/address-lists/{upload}", headers=ADMIN).json()["size"] == 0
-    assert api.delete(f"/v1/address-lists/{upload}", headers=ADMIN).status_code == 204
+    gone = api.delete(f"/v1/address-lists/{upload}", headers=ADMIN)
+    assert gone.status_code == 200 and gone.json()["discarded"] is True
+    assert gone.json()["uploadId"] == upload and gone.json()["finished"] is False
     assert api.get(f"/v1/address-lists/{upload}", headers=ADMIN).status_code == 400
 
 
