@@ -1,0 +1,49 @@
+"""The local chains' own pace during a kill loop: the Bitcoin regtest node gets a block a
+second (as ``custody localnets`` mines; transfers confirm at depth 1), and the Solana dev
+node moves to a new blockhash every few seconds, so transactions signed over an older
+one are refused and transfers in flight must be rebuilt (a real cluster's blockhash
+lives about a minute; a loop iteration about 16 s)."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from custody.localnets import LocalNets
+
+BLOCK_SECONDS = 1.0
+#: Mean seconds between Solana blockhash moves (exponentially distributed, seeded).
+BLOCKHASH_SECONDS = 5.0
+
+
+class ChainBeat:
+    def __init__(self, nets: LocalNets, seed: int) -> None:
+        self.nets = nets
+        self.rng = random.Random(seed)
+        self.stop_event = threading.Event()
+        self.blocks = 0
+        self.blockhashes = 0
+        self._threads = [threading.Thread(target=f, daemon=True, name=f.__name__)
+                         for f, on in ((self._mine, nets.btc_rpc is not None),
+                                       (self._expire, nets.sol is not None)) if on]
+
+    def start(self) -> ChainBeat:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join()
+
+    def _mine(self) -> None:
+        while not self.stop_event.wait(BLOCK_SECONDS):
+            self.nets.mine(1)
+            self.blocks += 1
+
+    def _expire(self) -> None:
+        while not self.stop_event.wait(self.rng.expovariate(1 / BLOCKHASH_SECONDS)):
+            assert self.nets.sol is not None
+            self.nets.sol.expire_blockhash()
+            self.blockhashes += 1
