@@ -35,7 +35,7 @@ from .cluster import Cluster
 from .invariants import Hook, check, observe, orphans
 from .lanes import CHOICES
 from .rig import Rig
-from .runs import record
+from .runs import LOG, commit, record
 from .traffic import Desk, GaveUp, Ledger, Scenario, run_traffic
 from .transfers import TransferDesk, run_transfer_traffic
 
@@ -188,13 +188,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="transfers on this chain's lane, or on every lane")
     p.add_argument("--transfers", action="store_true", help="the same as --chain eth")
     p.add_argument("--no-record", action="store_true",
-                   help="do not append the run to tests/reliability/runs.jsonl")
+                   help="do not append the run to the log of runs")
+    p.add_argument("--log", type=Path, default=LOG, help=f"the log of runs (default {LOG})")
     args = p.parse_args(argv)
-    started = time.time()
+    started, at_commit = time.time(), commit()
     summary = run(args.db, args.iterations, args.seed, transfers=args.transfers,
                   chain=args.chain)
     if not args.no_record:
-        record(summary, argv if argv is not None else sys.argv[1:], started)
+        record(summary, argv if argv is not None else sys.argv[1:], started, at_commit,
+               args.log)
     return 1 if summary["violations"] else 0
 
 

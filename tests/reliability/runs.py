@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,7 +25,12 @@ BEGIN = "<!-- runs: begin (python -m tests.reliability.runs) -->"
 END = "<!-- runs: end -->"
 
 
-def _commit() -> str:
+def commit() -> str:
+    """The commit the code under test is at: ``RELIABILITY_COMMIT`` when a run works
+    from an exported snapshot (``git archive``, so edits in the checkout cannot reach a
+    long run), else the checkout's HEAD."""
+    if os.environ.get("RELIABILITY_COMMIT"):
+        return os.environ["RELIABILITY_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, check=False,
                               capture_output=True, text=True, timeout=10).stdout.strip()
@@ -32,12 +38,12 @@ def _commit() -> str:
         return ""
 
 
-def record(summary: dict[str, Any], argv: list[str], started: float,
+def record(summary: dict[str, Any], argv: list[str], started: float, at_commit: str,
            log: Path = LOG) -> dict[str, Any]:
     """Append one finished run (its summary line) to the log."""
     entry = {"command": "python -m tests.reliability.killloop " + " ".join(argv),
              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-             "minutes": round((time.time() - started) / 60, 1), "commit": _commit(),
+             "minutes": round((time.time() - started) / 60, 1), "commit": at_commit,
              "db": summary["db"], "chain": summary.get("chain") or "none",
              "seed": summary["seed"], "iterations": summary["iterations"],
              "violations": summary["violations"], "kill_rounds": summary["kill_rounds"],
