@@ -192,12 +192,13 @@ def _faucet(anvil: Anvil | None = None, bitcoind: BitcoinNode | None = None) -> 
 
 
 @contextmanager
-def _service(tmp: Path, *, ethereum: str = "", bitcoin: str = "",
+def _service(tmp: Path, *, ethereum: str = "", bitcoin: str = "", solana: str = "",
              workers: bool = True) -> Iterator[TestClient]:
     settings = Settings(database_url=f"sqlite:///{tmp / 'broker.sqlite'}",
                         hsm_store=tmp / "hsm.sqlite", hsm_passphrase="node outage test",
                         hsm_so_passphrase="node outage so", jwt_secret=SECRET)
-    chains = ChainEndpoints({Chain.BITCOIN: bitcoin, Chain.ETHEREUM: ethereum},
+    chains = ChainEndpoints({Chain.BITCOIN: bitcoin, Chain.ETHEREUM: ethereum,
+                             Chain.SOLANA: solana},
                             {Chain.BITCOIN: "regtest", Chain.ETHEREUM: str(ETH_CHAIN_ID),
                              Chain.SOLANA: "localnet"},
                             {"bitcoin": 1, "ethereum": 1, "solana": 1})
