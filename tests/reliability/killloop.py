@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +145,8 @@ def run(db: str, iterations: int, seed: int, hooks: list[Hook] | None = None,
     hooks = list(hooks or [])
     total: dict[str, Any] = {"summary": True, "db": db, "iterations": iterations, "seed": seed,
                              "chain": chain or None, "kill_rounds": 0, "kills": {},
-                             "requests": 0, "violations": 0, "orphans": 0, "seconds": []}
+                             "requests": 0, "violations": 0, "orphans": 0, "seconds": [],
+                             "distinct": set()}
     with Rig(db, work, chain, seed) as rig:
         desk = Desk(rig.cluster.urls, ledger, deadline=30.0)
         desk.setup()
@@ -161,6 +164,9 @@ def run(db: str, iterations: int, seed: int, hooks: list[Hook] | None = None,
         total["client_errors"] = dict(sorted(ledger.errors.items()))
         total["calls"] = ledger.calls
         desk.close()
+    distinct = sorted(total.pop("distinct"))
+    total["distinct_violations"] = len(distinct)
+    total["violation_kinds"] = dict(Counter(_kind(v) for v in distinct).most_common())
     secs = sorted(total.pop("seconds"))
     total["median_seconds"] = secs[len(secs) // 2] if secs else None
     print(json.dumps(total), file=out, flush=True)
@@ -173,9 +179,15 @@ def _add(total: dict[str, Any], line: dict[str, Any]) -> None:
         for name in chosen:
             total["kills"][name] = total["kills"].get(name, 0) + 1
     total["requests"] += line["requests"]
-    total["violations"] += len(line["violations"])
+    total["violations"] += len(line["violations"])  # each re-check counts again
+    total["distinct"].update(line["violations"])
     total["orphans"] = line["orphans"]
     total["seconds"].append(line["seconds"])
+
+
+def _kind(violation: str) -> str:
+    """A violation without its ids and numbers: what kind of thing went wrong."""
+    return re.sub(r"\d+", "N", re.sub(r"\b(?=\w*\d)[0-9a-fA-Fx]{8,}\b", "<id>", violation))
 
 
 def main(argv: list[str] | None = None) -> int:
