@@ -85,7 +85,8 @@ def section(runs: list[dict[str, Any]]) -> str:
              f"{sum(_distinct(r) for r in runs)} distinct violations (the issue's goal: "
              "1,000 iterations across sessions).",
              "", "| database | chain | chunks | iterations | kill rounds | transfers "
-             "(broadcast) | large | distinct violations |", "|---|---|---|---|---|---|---|---|"]
+             "(broadcast) | large | Solana blockhash expired | distinct violations |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (db, chain), rs in sorted(groups.items()):
         lanes = [lane for r in rs for lane in r["lanes"].values()]
         lines.append(f"| {db} | {chain} | {len(rs)} | {sum(r['iterations'] for r in rs)} | "
@@ -93,6 +94,7 @@ def section(runs: list[dict[str, Any]]) -> str:
                      f"{sum(x['transfers'] for x in lanes)} "
                      f"({sum(x['broadcasts'] for x in lanes)}) | "
                      f"{sum(x.get('large', 0) for x in lanes)} | "
+                     f"{sum(x.get('blockhash_expired', 0) for x in lanes)} | "
                      f"{sum(_distinct(r) for r in rs)} |")
     lines += ["", "| started (UTC) | commit | command | iterations | s/iteration (median) "
               "| distinct violations |", "|---|---|---|---|---|---|"]
