@@ -246,9 +246,10 @@ def _refused(r: httpx.Response) -> None:
 
 def _post_transfer(api: TestClient, wallet: str, asset: str, amount: str, destination: str,
                    key: str) -> httpx.Response:
-    return api.post("/v1/transfers", json={"wallet": wallet, "asset": asset, "amount": amount,
-                                           "destination": destination},
-                    headers={**DESK, "Idempotency-Key": key})
+    r: httpx.Response = api.post("/v1/transfers", json={
+        "wallet": wallet, "asset": asset, "amount": amount, "destination": destination},
+        headers={**DESK, "Idempotency-Key": key})
+    return r
 
 
 def _created(r: httpx.Response) -> dict[str, Any]:
