@@ -5,10 +5,11 @@ approvals or hold is rebuilt over a newer blockhash than the one it was drafted 
 transaction signed over an older one is refused.
 
 A real cluster's blockhash lives about a minute (150 slots); 20 s puts a few moves in
-each loop iteration. At 5 s (the first chunks in runs.jsonl) a fifth of the Solana
-transfers failed on a loaded machine: signed, then broadcast by the worker process a
-second or more later, after their blockhash had gone - a measure of the signing-to-
-broadcast latency rather than of crashes (see REPORT.md)."""
+each loop iteration. At 5 s (the first chunks in runs.jsonl) up to a fifth of the
+Solana transfers failed on a loaded machine (load 9 on 2 cores): signed, then broadcast
+by a worker thread (of the API or of the worker process) seconds later, after their
+blockhash had gone - a measure of the signing-to-broadcast latency as much as of the
+crashes (see REPORT.md)."""
 
 from __future__ import annotations
 
