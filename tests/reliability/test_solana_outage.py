@@ -186,3 +186,22 @@ def test_solana_node_down_after_signing(tmp_path: Path, sol: SolanaNode,
             assert spent == 5 * SOL + LAMPORTS_PER_SIGNATURE
         print(f"\nsigned, then the node went down (blockhash moved: {blockhash_moved}): "
               f"{done['state']} ({done['error']})")
+
+
+def test_solana_node_frozen_answers_503_within_the_client_timeout(
+        tmp_path: Path, sol: SolanaNode, people: dict[str, Approver]) -> None:
+    """The node accepts connections and never answers (its ledger lock held, like a
+    SIGSTOPped validator): a create waits the RPC client's timeout (10 s) once, then 503,
+    and stores nothing; created normally once the node answers again."""
+    with _service(tmp_path, solana=sol.url, workers=False) as api:
+        w = _sol_wallet(api, people, sol)
+        dest = str(Keypair().pubkey())
+        with sol.last.lock:
+            begin = time.monotonic()
+            r = _post_transfer(api, w["id"], "SOL", "0.5", dest, "sol-frozen")
+            took = time.monotonic() - begin
+        _refused(r)
+        assert took < 15, took
+        assert _footprint(api)["transfers"] == 0
+        _created(_post_transfer(api, w["id"], "SOL", "0.5", dest, "sol-frozen"))
+        print(f"\nSolana node frozen: refused with 503 after {took:.1f} s")
