@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -72,6 +73,11 @@ def _distinct(r: dict[str, Any]) -> int:
                else r["distinct_violations"])
 
 
+def _short(command: str) -> str:
+    """The command as anyone would type it: without where this session kept its log."""
+    return re.sub(r" --log \S+", "", command)
+
+
 def section(runs: list[dict[str, Any]]) -> str:
     """The report's table: per database and chain, then every chunk with its command,
     then the kinds of violation found."""
@@ -98,11 +104,11 @@ def section(runs: list[dict[str, Any]]) -> str:
                      f"{sum(_distinct(r) for r in rs)} |")
     lines += ["", "| started (UTC) | commit | command | iterations | s/iteration (median) "
               "| distinct violations |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['started']} | {r['commit']} | `{r['command']}` | {r['iterations']} | "
+    lines += [f"| {r['started']} | {r['commit']} | `{_short(r['command'])}` | {r['iterations']} | "
               f"{r['median_seconds']} | {_distinct(r)} |" for r in runs]
     if kinds:
-        lines += ["", "Kinds of violation (ids and numbers elided), with how many runs' "
-                  "distinct violations were of that kind:", ""]
+        lines += ["", "Distinct violations by kind (ids and numbers elided), summed over "
+                  "the chunks:", ""]
         lines += [f"* {n} x `{k}`" for k, n in kinds.most_common()]
     return "\n".join([*lines, "", END])
 
