@@ -91,7 +91,7 @@ def section(runs: list[dict[str, Any]]) -> str:
              f"{sum(_distinct(r) for r in runs)} distinct violations (the issue's goal: "
              "1,000 iterations across sessions).",
              "", "| database | chain | chunks | iterations | kill rounds | transfers "
-             "(broadcast) | large | Solana blockhash expired | distinct violations |",
+             "(broadcast) | large, held 24 h | Solana blockhash expired | distinct violations |",
              "|---|---|---|---|---|---|---|---|---|"]
     for (db, chain), rs in sorted(groups.items()):
         lanes = [lane for r in rs for lane in r["lanes"].values()]
