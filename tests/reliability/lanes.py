@@ -86,6 +86,7 @@ LANES: dict[str, Lane] = {
 #: What ``--chain`` accepts: a lane, or every lane.
 CHOICES = (*LANES, "all")
 NETWORK = {"ethereum": str(ETH_CHAIN_ID), "bitcoin": "regtest", "solana": "localnet"}
+NATIVE = {"ethereum": "eth", "bitcoin": "btc", "solana": "sol"}  #: the lane of each native asset
 
 
 def lanes_for(choice: str) -> list[Lane]:
@@ -108,7 +109,8 @@ class Funding:
 def wallet_request(chain: str, lanes: list[Lane], people: dict[str, Any],
                    token: str = "") -> dict[str, Any]:
     """The ``POST /v1/wallets`` body for ``chain``'s wallet, tiers for its lanes."""
-    mine = [lane for lane in lanes if lane.chain == chain]
+    mine = [lane for lane in LANES.values() if lane.chain == chain and (
+        lane in lanes or lane.name == NATIVE[chain])]  # a wallet's tiers cover its native asset
     body: dict[str, Any] = {
         "name": f"{chain}-killloop", "chain": chain, "network": NETWORK[chain],
         "policy": {"traders": [people[n].entry() for n in ("t1", "t2", "t3")],

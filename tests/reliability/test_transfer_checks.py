@@ -16,7 +16,7 @@ from tests.helpers import Approver
 from .chain_btc import BlockView, BtcChecks
 from .chain_eth import paid
 from .chain_sol import SolChecks
-from .lanes import HOLD_SECONDS, LANES, Funding
+from .lanes import HOLD_SECONDS, LANES, Funding, wallet_request
 from .transfer_checks import Snapshot, TransferChecks
 from .transfers import Transfer
 
@@ -172,3 +172,13 @@ def test_erc20_calls_are_read_as_payments() -> None:
     assert paid({"to": token, "data": data, "value": 0}, token) == ("TUSD", dest, 1234)
     assert paid({"to": dest, "data": b"", "value": 7}, token) == ("ETH", dest, 7)
     assert paid({"to": dest, "data": b"\x01", "value": 7}, token)[2] == -1  # not a payment
+
+
+def test_a_wallet_has_tiers_for_every_asset_it_holds(people: dict[str, Approver]) -> None:
+    """An ERC-20 lane alone still makes an Ethereum wallet, which holds Ether too (the
+    first --chain erc20 runs were refused: "policy.tiers must cover exactly the wallet's
+    assets")."""
+    body = wallet_request("ethereum", [LANES["erc20"]], people, "0x" + "ab" * 20)
+    assert set(body["policy"]["tiers"]) == {"ETH", "TUSD"}
+    assert body["tokens"][0]["asset"] == "ERC20:0x" + "ab" * 20
+    assert set(wallet_request("bitcoin", [LANES["btc"]], people)["policy"]["tiers"]) == {"BTC"}
