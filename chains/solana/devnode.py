@@ -101,6 +101,13 @@ class DevNode:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def restarted(self) -> DevNode:
+        """This node's ledger served anew on its port, after :meth:`stop` - a validator
+        started again on its ledger (tests of node outages). Not started."""
+        node = DevNode(self.svm, port=int(self._server.server_address[1]))
+        node.genesis_hash, node._landed = self.genesis_hash, self._landed
+        return node
+
     def expire_blockhash(self) -> None:
         """Move to a new blockhash: transactions signed over the old one are refused."""
         with self.lock:

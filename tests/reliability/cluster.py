@@ -32,9 +32,11 @@ class Cluster:
     """One HSM process, ``replicas`` API servers and one worker on one database."""
 
     def __init__(self, db: str, replicas: int = 1, workdir: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        """``env``: more settings for the API and the worker (e.g. a chain node's RPC)."""
+                 env: dict[str, str] | None = None, clock_file: Path | None = None) -> None:
+        """``env``: more settings for the API and the worker (e.g. a chain node's RPC);
+        ``clock_file``: the HSM reads its time there (TEST ONLY ``--clock-file``)."""
         self.work = workdir or Path(tempfile.mkdtemp(prefix="custody-rel-"))
+        self.clock_file = clock_file
         self.pg: PostgresServer | None = PostgresServer() if db == "postgres" else None
         self.db_url = (self.pg.create_database() if self.pg is not None
                        else f"sqlite:///{self.work / 'broker.sqlite'}")
@@ -67,6 +69,8 @@ class Cluster:
             cmd = ["-m", "hsm_emulator.remote", "--store", str(self.work / "hsm.sqlite"),
                    "--listen", self.hsm_url, "--secret-file", str(self.secret_file),
                    "--scrypt-n", "1024"]
+            if self.clock_file is not None:
+                cmd += ["--clock-file", str(self.clock_file)]
         elif name == "worker":
             env, cmd = self.env, ["-m", "custody.cli", "worker"]
         else:

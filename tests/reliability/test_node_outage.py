@@ -192,12 +192,13 @@ def _faucet(anvil: Anvil | None = None, bitcoind: BitcoinNode | None = None) -> 
 
 
 @contextmanager
-def _service(tmp: Path, *, ethereum: str = "", bitcoin: str = "",
+def _service(tmp: Path, *, ethereum: str = "", bitcoin: str = "", solana: str = "",
              workers: bool = True) -> Iterator[TestClient]:
     settings = Settings(database_url=f"sqlite:///{tmp / 'broker.sqlite'}",
                         hsm_store=tmp / "hsm.sqlite", hsm_passphrase="node outage test",
                         hsm_so_passphrase="node outage so", jwt_secret=SECRET)
-    chains = ChainEndpoints({Chain.BITCOIN: bitcoin, Chain.ETHEREUM: ethereum},
+    chains = ChainEndpoints({Chain.BITCOIN: bitcoin, Chain.ETHEREUM: ethereum,
+                             Chain.SOLANA: solana},
                             {Chain.BITCOIN: "regtest", Chain.ETHEREUM: str(ETH_CHAIN_ID),
                              Chain.SOLANA: "localnet"},
                             {"bitcoin": 1, "ethereum": 1, "solana": 1})
@@ -245,9 +246,10 @@ def _refused(r: httpx.Response) -> None:
 
 def _post_transfer(api: TestClient, wallet: str, asset: str, amount: str, destination: str,
                    key: str) -> httpx.Response:
-    return api.post("/v1/transfers", json={"wallet": wallet, "asset": asset, "amount": amount,
-                                           "destination": destination},
-                    headers={**DESK, "Idempotency-Key": key})
+    r: httpx.Response = api.post("/v1/transfers", json={
+        "wallet": wallet, "asset": asset, "amount": amount, "destination": destination},
+        headers={**DESK, "Idempotency-Key": key})
+    return r
 
 
 def _created(r: httpx.Response) -> dict[str, Any]:
