@@ -14,7 +14,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CHROMIUM = Path("/usr/bin/chromium")
+
+#: What every module that drives Chromium declares as its ``pytestmark``.
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
+                       "/usr/bin/chromium (apt-get install chromium); CI installs it"),
+    pytest.mark.slow,
+]
 PAGE_DIR = Path(__file__).resolve().parents[2] / "approvals_app" / "approver_page"
 
 

@@ -35,20 +35,15 @@ from hsm_emulator import Hsm
 from hsm_emulator.decoders import transfer_payload
 from tests.api.test_api_tutorial import SECRET, bearer
 from tests.api.test_serve import free_port
+from tests.approvers.page_kit import BROWSER_MARKS, CHROMIUM
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, tiered_policy
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parents[1] / "artifacts" / "approver_page"
 ADMIN = bearer("key_admin", sub="alice-admin")
 CLI_PASSPHRASE = "the cli approver's test passphrase"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
-                       "/usr/bin/chromium (apt-get install chromium); CI installs it"),
-    pytest.mark.slow,
-]
+pytestmark = BROWSER_MARKS
 
 sync_api = pytest.importorskip("playwright.sync_api")
 

@@ -20,14 +20,9 @@ import pytest
 from hsm_emulator.challenge import open_challenge, seal_challenge
 from hsm_emulator.errors import ApprovalRefused
 from hsm_emulator.identity import IdentityKey
-from tests.approvers.page_kit import CHROMIUM, blank_page
+from tests.approvers.page_kit import BROWSER_MARKS, blank_page
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
-                       "/usr/bin/chromium (apt-get install chromium); CI installs it"),
-    pytest.mark.slow,
-]
+pytestmark = BROWSER_MARKS
 
 pytest.importorskip("playwright.sync_api")
 rfc8785 = pytest.importorskip("rfc8785")

@@ -12,15 +12,10 @@ import pytest
 
 from hsm_emulator.display import policy_summary
 from hsm_emulator.policy import parse_policy
-from tests.approvers.page_kit import CHROMIUM, blank_page
+from tests.approvers.page_kit import BROWSER_MARKS, blank_page
 from tests.helpers import Approver, tiered_policy
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
-                       "/usr/bin/chromium (apt-get install chromium); CI installs it"),
-    pytest.mark.slow,
-]
+pytestmark = BROWSER_MARKS
 
 pytest.importorskip("playwright.sync_api")
 

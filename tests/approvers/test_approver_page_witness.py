@@ -19,15 +19,10 @@ import pytest
 
 from custody.witness import HeadMark, Memory, WitnessRefused, witness_epochs, witness_head
 from hsm_emulator import Hsm, ManualClock
-from tests.approvers.page_kit import CHROMIUM, blank_page
+from tests.approvers.page_kit import BROWSER_MARKS, blank_page
 from tests.conftest import SO, TEST_PASSPHRASE
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
-                       "/usr/bin/chromium (apt-get install chromium); CI installs it"),
-    pytest.mark.slow,
-]
+pytestmark = BROWSER_MARKS
 
 pytest.importorskip("playwright.sync_api")
 
