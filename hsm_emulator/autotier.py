@@ -153,7 +153,8 @@ class AutoTier:
         self._b.requests.put(new_request(
             result.request_id, checked.state, _USE, payload_type, checked.payload,
             parse_scheme(scheme), checked.intent, status=RequestStatus.OPEN,
-            created_at=checked.at, proven=proven).executed(result))
+            created_at=checked.at, proven=proven,
+            epoch=self._b.store.counter_value.epoch).executed(result))
 
 
 def _release(label: str, checked: _AutoItem, signatures: tuple[bytes, ...],

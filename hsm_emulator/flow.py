@@ -29,7 +29,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,16 +80,19 @@ class Approval:
 def new_request(rid: str, state: KeyState, act: Action, payload_type: str, payload: bytes,
                 scheme: SignScheme | None, intent: Intent | None, *, status: RequestStatus,
                 created_at: float, fee_cap: int | None = None, initiator: str = "",
-                challenge: bytes = b"", proven: Approver | None = None) -> HsmRequest:
+                challenge: bytes = b"", proven: Approver | None = None,
+                epoch: int = 0) -> HsmRequest:
     """A new request record. ``proven``: the initiator whose initiation the HSM verified
     (its policy entry); the record then names it by key (``initiator``) and by its
-    policy name."""
+    policy name. ``epoch``: the counter's epoch it was made in (a request from before a
+    restore is void)."""
     return HsmRequest(
         id=rid, label=state.label, action=act, payload_type=payload_type, payload=payload,
         scheme=scheme, intent=intent, fee_cap=fee_cap, created_at=created_at, status=status,
         initiator=initiator if proven is None else proven_initiator(proven),
         policy_digest=state.policy.digest, challenge=challenge,
-        initiator_proven=proven is not None, initiator_name="" if proven is None else proven.name)
+        initiator_proven=proven is not None, initiator_name="" if proven is None else proven.name,
+        epoch=epoch)
 
 
 def proven_initiator(initiator: Approver) -> str:
@@ -251,10 +254,10 @@ class ApprovalFlow:
             if len(envelope) > MAX_CHALLENGE:  # no approver client would open it
                 raise InvalidInput("the challenge would be too large for approvers to review "
                                    f"({len(envelope)} bytes; at most {MAX_CHALLENGE})")
-            self._requests.put(replace(new_request(
+            self._requests.put(new_request(
                 rid, state, act, payload_type, body_payload, sch, intent,
                 status=RequestStatus.OPEN, created_at=now, fee_cap=fee_cap,
-                initiator=initiator, challenge=envelope, proven=proven),
+                initiator=initiator, challenge=envelope, proven=proven,
                 epoch=b.store.counter_value.epoch))
             event.update(requestId=rid, payloadDigest=body["payloadDigest"])
             return Challenge(rid, envelope)
