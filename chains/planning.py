@@ -116,6 +116,11 @@ class Balance:
 
 
 class Planner(Protocol):
+    #: Whether one wallet's drafts must be built one at a time: a draft that picks coins
+    #: (Bitcoin) must not pick the ones another draft is picking; an account draft
+    #: (Ethereum, Solana) takes nothing another needs, so drafts run side by side.
+    serial_drafts: bool
+
     @property
     def adapter(self) -> object:
         """The chain's :class:`~chains.base.ChainAdapter`."""

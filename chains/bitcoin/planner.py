@@ -22,6 +22,8 @@ from .rpc import BitcoinRpc
 
 
 class BitcoinPlanner:
+    serial_drafts = True  #: coins are picked: one draft of a wallet at a time
+
     def __init__(self, adapter: BitcoinAdapter, ledger: Ledger) -> None:
         self.adapter = adapter
         self.ledger = ledger

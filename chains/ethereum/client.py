@@ -20,13 +20,13 @@ from web3 import Web3
 from web3.exceptions import (
     ProviderConnectionError,
     TimeExhausted,
-    TransactionNotFound,
     Web3Exception,
     Web3RPCError,
 )
 
 from chains.base import Confirmation
 from chains.errors import BroadcastRejected, BuildError, ChainError, NodeUnavailable
+from chains.jsonrpc import HttpJsonRpc, RpcFault
 
 from .encoding import address_bytes, checksum
 from .erc20 import encode_balance_of
@@ -70,6 +70,20 @@ def _account(address: str) -> ChecksumAddress:
     return ChecksumAddress(HexAddress(HexStr(checksum(address_bytes(address)))))
 
 
+def _quantity(value: Any) -> int:
+    """A JSON-RPC quantity (``0x``-prefixed hex); anything else is a ValueError."""
+    if not isinstance(value, str) or not value.startswith("0x") or len(value) > 66:
+        raise ValueError(f"not a quantity: {value!r}")
+    return int(value, 16)
+
+
+def _hash(value: Any) -> str:
+    """A 32-byte hash as ``0x`` + 64 lower-case hex digits."""
+    if not isinstance(value, str) or len(value) != 66 or not value.startswith("0x"):
+        raise ValueError(f"not a 32-byte hash: {value!r}")
+    return "0x" + bytes.fromhex(value[2:]).hex()
+
+
 def _rpc_message(exc: Web3RPCError) -> str:
     response: Any = getattr(exc, "rpc_response", None)
     if isinstance(response, dict) and isinstance(response.get("error"), dict):
@@ -88,11 +102,20 @@ class EthClient:
         provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout},
                                      exception_retry_configuration=None)
         self.w3 = Web3(provider)
+        #: the calls made for every transfer go straight to JSON-RPC (:mod:`chains.jsonrpc`)
+        self._rpc = HttpJsonRpc(url, timeout=timeout)
         self.expected_chain_id = expected_chain_id
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         with translated(what):
             return fn()
+
+    def _node(self, method: str, params: list[Any]) -> Any:
+        """A call every transfer makes, without web3: the node's ``result``."""
+        try:
+            return self._rpc.call(method, params)
+        except RpcFault as exc:
+            raise ChainError(f"{method}: node error: {exc.reason}") from None
 
     def chain_id(self) -> int:
         cid = int(self._call("eth_chainId", lambda: self.w3.eth.chain_id))
@@ -101,7 +124,8 @@ class EthClient:
         return cid
 
     def block_number(self) -> int:
-        return int(self._call("eth_blockNumber", lambda: self.w3.eth.block_number))
+        with translated("eth_blockNumber"):
+            return _quantity(self._node("eth_blockNumber", []))
 
     def balance(self, address: str) -> int:
         acct = _account(address)
@@ -117,16 +141,16 @@ class EthClient:
 
     def pending_nonce(self, address: str) -> int:
         acct = _account(address)
-        return int(self._call("eth_getTransactionCount",
-                              lambda: self.w3.eth.get_transaction_count(acct, "pending")))
+        with translated("eth_getTransactionCount"):
+            return _quantity(self._node("eth_getTransactionCount", [acct, "pending"]))
 
     def fee_quote(self, *, blocks: int = 5, max_fee_cap: int | None = None,
                   max_priority_cap: int | None = None) -> FeeQuote:
         """``eth_feeHistory``: the next block's base fee and recent median tips."""
-        hist = self._call("eth_feeHistory",
-                          lambda: self.w3.eth.fee_history(blocks, "latest", [TIP_PERCENTILE]))
-        next_base = int(hist["baseFeePerGas"][-1])
-        tips = [int(r[0]) for r in hist.get("reward", []) if r]
+        with translated("eth_feeHistory"):
+            hist = self._node("eth_feeHistory", [hex(blocks), "latest", [TIP_PERCENTILE]])
+            next_base = _quantity(hist["baseFeePerGas"][-1])
+            tips = [_quantity(r[0]) for r in hist.get("reward") or [] if r]
         return quote(next_base, tips, max_fee_cap=max_fee_cap,
                      max_priority_cap=max_priority_cap)
 
@@ -144,40 +168,30 @@ class EthClient:
         """Broadcast; the id. Sending the same bytes again answers the same id."""
         txid = tx_hash(raw)
         try:
-            with translated("eth_sendRawTransaction"):
-                sent = self.w3.eth.send_raw_transaction(raw)
+            sent = self._node("eth_sendRawTransaction", ["0x" + raw.hex()])
         except ChainError as exc:
             if isinstance(exc, NodeUnavailable):
                 raise
             if "already known" in exc.reason or self.known(txid):
                 return txid  # sent before (pending or mined): same bytes, same id
             raise BroadcastRejected(exc.reason) from None
-        if "0x" + bytes(sent).hex() != txid:
-            raise ChainError(f"node answered id {bytes(sent).hex()}, expected {txid}")
+        if not isinstance(sent, str) or sent.lower() != txid:
+            raise ChainError(f"node answered id {sent!r}, expected {txid}")
         return txid
 
     def known(self, txid: str) -> bool:
         """Whether the node has this transaction, pending or mined."""
-        def get() -> bool:
-            try:
-                self.w3.eth.get_transaction(txid)  # type: ignore[arg-type]  # hex str is accepted
-            except TransactionNotFound:
-                return False
-            return True
-        return self._call("eth_getTransactionByHash", get)
+        return self._node("eth_getTransactionByHash", [txid]) is not None
 
     def receipt(self, txid: str) -> Receipt | None:
         """The receipt, or None while the transaction is not in a block."""
-        def get() -> Any:
-            try:
-                return self.w3.eth.get_transaction_receipt(txid)  # type: ignore[arg-type]  # hex str is accepted
-            except TransactionNotFound:
+        with translated("eth_getTransactionReceipt"):
+            r = self._node("eth_getTransactionReceipt", [txid])
+            if r is None or r.get("blockNumber") is None:  # not in a block yet
                 return None
-        r = self._call("eth_getTransactionReceipt", get)
-        if r is None:
-            return None
-        return Receipt(txid, int(r["blockNumber"]), "0x" + bytes(r["blockHash"]).hex(),
-                       int(r["status"]), int(r["gasUsed"]), int(r.get("effectiveGasPrice", 0)))
+            return Receipt(txid, _quantity(r["blockNumber"]), _hash(r["blockHash"]),
+                           _quantity(r["status"]), _quantity(r["gasUsed"]),
+                           _quantity(r.get("effectiveGasPrice") or "0x0"))
 
     def confirmation(self, txid: str) -> Confirmation:
         """Depth of ``txid``: 1 once in a block, +1 per block on top; 0 if not mined."""

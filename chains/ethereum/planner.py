@@ -23,6 +23,8 @@ from .nonces import SqliteNonceStore
 
 
 class EthereumPlanner:
+    serial_drafts = False  #: a draft takes no slot (the nonce is taken at release)
+
     def __init__(self, adapter: EthereumAdapter, ledger: Ledger) -> None:
         self.adapter = adapter
         self.ledger = ledger

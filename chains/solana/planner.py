@@ -18,6 +18,8 @@ from .client import SolanaRpcClient
 
 
 class SolanaPlanner:
+    serial_drafts = False  #: a draft takes nothing another draft needs
+
     def __init__(self, adapter: SolanaAdapter) -> None:
         self.adapter = adapter
 

@@ -70,7 +70,7 @@ class Intake:
                payload_type: str, algorithm: str | None, meta: dict[str, Any] | None,
                new_policy: dict[str, Any] | None = None, *, fee_cap: int | None = None,
                auto: bool = True, request_id: str | None = None,
-               initiation: Approval | None = None) -> SignRequest:
+               initiation: Approval | None = None, released: bool = False) -> SignRequest:
         """Record a request in the HSM, then here; try to release it at once. ``fee_cap``:
         the most a rebuilt transaction may pay (approvals bind to intent and cap).
 
@@ -81,7 +81,13 @@ class Intake:
 
         ``initiation``: the desk's signature that proves who asked, for keys whose policy
         names ``initiators`` (:mod:`hsm_emulator.initiation`); needs ``request_id``. The
-        HSM verifies it; here it is only passed on."""
+        HSM verifies it; here it is only passed on.
+
+        ``released``: the caller's own dry run of this payload just released it (the
+        treasury's intake asks first, to finalize the payload before the HSM signs), so
+        the auto tier goes straight to ``sign_now`` without asking again - the HSM checks
+        everything when it signs, and a policy changed in between takes the approval
+        flow, as after any dry run."""
         self.check_key(label, principal.tenant)
         call = Call(principal, label, action, payload, payload_type, algorithm, meta)
         if initiation is not None and request_id is None:
@@ -97,7 +103,7 @@ class Intake:
             ids["initiation"] = initiation
         try:
             if action is Action.USE and auto:
-                executed = self._auto_sign(call, ids)
+                executed = self._auto_sign(call, ids, released=released)
                 if executed is not None:
                     return executed
             challenge = self.hsm.begin(label, action, payload, payload_type, algorithm,
@@ -123,10 +129,12 @@ class Intake:
         self.store.on_change(row)
         return self.release.advance(row.id)
 
-    def _auto_sign(self, call: Call, ids: dict[str, Any]) -> SignRequest | None:
+    def _auto_sign(self, call: Call, ids: dict[str, Any], *,
+                   released: bool = False) -> SignRequest | None:
         """The auto tier in one HSM round: if a token needs no approvals and no hold, sign
         now (the HSM re-checks everything); otherwise None and the approval flow runs."""
-        if not self.hsm.dry_run(call.label, call.payload, call.payload_type).released:
+        if not released and not self.hsm.dry_run(call.label, call.payload,
+                                                  call.payload_type).released:
             self._signs_at_once.discard(call.label)
             return None
         try:

@@ -53,11 +53,12 @@ class Broker:
                payload_type: str, algorithm: str | None, meta: dict[str, Any] | None,
                new_policy: dict[str, Any] | None = None, *, fee_cap: int | None = None,
                auto: bool = True, request_id: str | None = None,
-               initiation: Approval | None = None) -> SignRequest:
+               initiation: Approval | None = None, released: bool = False) -> SignRequest:
         """:meth:`Intake.submit`."""
         return self.intake.submit(principal, label, action, payload, payload_type, algorithm,
                                   meta, new_policy, fee_cap=fee_cap, auto=auto,
-                                  request_id=request_id, initiation=initiation)
+                                  request_id=request_id, initiation=initiation,
+                                  released=released)
 
     def get(self, request_id: str, tenant: str | None = None) -> SignRequest:
         return self.store.get(request_id, tenant)

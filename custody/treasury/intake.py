@@ -6,6 +6,7 @@ submission repeated after a crash adopts the sign request already made for it.""
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
 import uuid
@@ -19,7 +20,7 @@ from chains.base import TransferRequest
 from chains.errors import ChainError, InsufficientFunds, InvalidAddress, NodeUnavailable
 from chains.planning import Planner
 from custody.broker import Broker, Principal
-from custody.db import SignRequest
+from custody.db import SignRequest, Status
 from custody.errors import BadRequest
 from hsm_emulator.errors import HsmError, TransportError
 from hsm_emulator.model import Action
@@ -112,11 +113,14 @@ class TransferIntake:
                memo: str, transfer_id: str) -> TransferRecord:
         source = self.networks.source(wallet)
         request = TransferRequest(asset, base, destination, None, memo)
-        lock = self._wallet_locks.setdefault(wallet.id, threading.Lock())
+        serial = planner.serial_drafts
+        lock: Any = self._wallet_locks.setdefault(wallet.id, threading.Lock()) if serial else (
+            contextlib.nullcontext())
         with lock, self.ledger.sessions.begin() as s:
-            # one builder per wallet at a time (row lock across replicas on PostgreSQL), so
-            # two transfers never pick the same coins
-            s.execute(select(Wallet.id).where(Wallet.id == wallet.id).with_for_update())
+            if serial:
+                # one builder per wallet at a time (row lock across replicas on
+                # PostgreSQL), so two transfers never pick the same coins
+                s.execute(select(Wallet.id).where(Wallet.id == wallet.id).with_for_update())
             try:
                 unsigned, columns = planner.draft(s, wallet, source, request)
             except InsufficientFunds:
@@ -161,13 +165,10 @@ class TransferIntake:
         try:
             ev = self.networks.hsm.dry_run(wallet.key_label, payload, t.payload_type)
             if ev.released:
-                with ledger.sessions.begin() as s:
-                    s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
-                        tier=ev.released_by))
-                final = self.signing.finalize_transfer(t.id)
+                final = self.signing.finalize_transfer(t.id, tier=ev.released_by)
                 row = self.broker.submit(who, wallet.key_label, Action.USE, final,
                                          t.payload_type, None, meta, fee_cap=int(t.fee_cap),
-                                         request_id=hsm_request_id(t.id))
+                                         request_id=hsm_request_id(t.id), released=True)
             else:
                 row = self.broker.submit(who, wallet.key_label, Action.USE, payload,
                                          t.payload_type, None, meta, fee_cap=int(t.fee_cap),
@@ -185,6 +186,9 @@ class TransferIntake:
         except (ChainError, OSError) as exc:
             log.warning("transfer %s: submit deferred: %s", t.id, exc)
             ledger.retry(t.id, exc)
+            return
+        if row.status == Status.EXECUTED:  # signed at once: recorded with its SIGNED move
+            self.signing.follow(t, row, sign_request_id=row.id)
             return
         with ledger.sessions.begin() as s:  # the worker follows it from now on
             s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(

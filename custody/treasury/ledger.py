@@ -37,6 +37,7 @@ class TransferLedger:
         #: every part reads time here (tests move it forward)
         self.clock = clock
         self.on_event = on_event or (lambda _e: None)
+        self._wallets: dict[str, Wallet] = {}
 
     # -- reading ------------------------------------------------------------------------
 
@@ -48,10 +49,15 @@ class TransferLedger:
             return t
 
     def wallet(self, t: TransferRecord) -> Wallet:
-        with self.sessions() as s:
-            w = s.get(Wallet, t.wallet_id)
-            assert w is not None
-            return w
+        """The transfer's wallet. Its row is written once, when the wallet is made, and
+        never changed, so each process reads it once."""
+        w = self._wallets.get(t.wallet_id)
+        if w is None:
+            with self.sessions() as s:
+                w = s.get(Wallet, t.wallet_id)
+                assert w is not None
+            self._wallets[t.wallet_id] = w
+        return w
 
     def get(self, who: Principal, transfer_id: str) -> TransferRecord:
         t = self.load(transfer_id) if isinstance(transfer_id, str) else None
@@ -78,26 +84,36 @@ class TransferLedger:
         """Until when a submission just taken (by its creator or a worker) is its own."""
         return self.clock() + SUBMIT_LEASE_SECONDS
 
-    def move(self, transfer_id: str, state: State, **values: Any) -> bool:
+    def move(self, transfer_id: str, state: State, *, current: TransferRecord | None = None,
+             also: Callable[[Session], None] | None = None, **values: Any) -> bool:
         """One transition, its history entry and its webhook rows, in one transaction;
-        never out of a terminal state."""
-        for _ in range(10):
-            t = self.load(transfer_id)
+        never out of a terminal state.
+
+        ``current``: the row as the caller just read it (saves reading it again; a stale
+        one loses the compare-and-set and the row is read afresh). On success it holds
+        the moved row's values. ``also``: more writes that belong to this step (a nonce
+        slot spent on chain), made in the same transaction only if the move wins."""
+        for attempt in range(10):
+            t = current if current is not None and attempt == 0 else self.load(transfer_id)
             if t.state in TERMINAL or t.state == state.value:
                 return False
             now = datetime.now(UTC)
-            history = [*t.history, {"state": state.value, "at": now.isoformat()}]
             values.setdefault("error", None)  # a step succeeded: no longer waiting
+            moved = {**values, "state": state, "updated_at": now, "version": t.version + 1,
+                     "history": [*t.history, {"state": state.value, "at": now.isoformat()}]}
             with self.sessions.begin() as s:
-                won = s.execute(update(TransferRecord).where(
+                won = changed(s.execute(update(TransferRecord).where(
                     TransferRecord.id == t.id, TransferRecord.version == t.version).values(
-                        state=state, history=history, updated_at=now,
-                        version=t.version + 1, **values))
-                if changed(won) == 1:
-                    t = s.get(TransferRecord, transfer_id)  # type: ignore[assignment]
-                    webhooks.enqueue(s, t.tenant, t.id, event(t), self.clock())
-            if changed(won) == 1:
-                self.on_event(event(self.load(transfer_id)))
+                        **moved))) == 1
+                if won:
+                    for name, value in moved.items():
+                        setattr(t, name, value)
+                    body = event(t)
+                    webhooks.enqueue(s, t.tenant, t.id, body, self.clock())
+                    if also is not None:
+                        also(s)
+            if won:
+                self.on_event(body)
                 return True
         raise Conflict(f"transfer {transfer_id} is contended; retry")
 

@@ -11,6 +11,7 @@ A chain without an endpoint has no wallets: asking for one is a clear error.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,27 @@ class ChainEndpoints:
         return [c.value for c in SPECS if self.rpc.get(c)]
 
 
+class PublicKeys:
+    """The HSM's public keys by label and path, each asked once per process (a transfer
+    asked for its wallet's key twice, and a Bitcoin draft for every scanned path). A
+    key's public half at a path does not change while the key lives; if a label were made
+    again for another key, what was built with the stale one would name the wrong sender
+    or change script, which the HSM's decoders refuse - it could not be signed."""
+
+    #: (label, path) pairs kept; a Bitcoin wallet scans its issued paths plus gaps.
+    SIZE = 100_000
+
+    def __init__(self, hsm: HsmClient) -> None:
+        self.hsm = hsm
+        self._asked = functools.lru_cache(maxsize=self.SIZE)(hsm.public_key)
+
+    def public_key(self, label: str, path: str = "") -> bytes:
+        return self._asked(label, path)
+
+    def address(self, label: str, kind: str, network: str, path: str = "") -> str:
+        return self.hsm.address(label, kind, network, path)
+
+
 class Networks:
     """Planners (and their adapters) per chain, built once from the endpoints."""
 
@@ -67,6 +89,7 @@ class Networks:
         self.endpoints = endpoints
         self.issued = issued or (lambda _label: 0)
         self.hsm = hsm
+        self.keys = PublicKeys(hsm)
         self._scratch = scratch
         self._ledger = SqlLedger()
         self._planners: dict[str, Planner] = {}
@@ -96,7 +119,7 @@ class Networks:
             spec = spec_of(chain)
             self._planners[chain] = connect(spec, Connection(
                 self.endpoints.rpc[chain], self.endpoints.network_of(chain),
-                self.depth(chain), self.hsm, self._ledger,
+                self.depth(chain), self.keys, self._ledger,
                 self._issued, self._scratch))
         return self._planners[chain]
 
@@ -105,5 +128,5 @@ class Networks:
         return self.issued(label)
 
     def source(self, wallet: Wallet) -> Source:
-        return Source(wallet.key_label, self.hsm.public_key(wallet.key_label), "",
+        return Source(wallet.key_label, self.keys.public_key(wallet.key_label), "",
                       wallet.address)

@@ -36,8 +36,15 @@ class SqlLedger:
         with it. One transaction per attempt, opened by writing the wallet's row (a row
         lock on PostgreSQL, the write lock on SQLite): two finalizers of one transfer
         (an API releasing it, a worker advancing it) never both find it without a slot,
-        so it never holds two; the unique constraint settles anything else."""
+        so it never holds two; the unique constraint settles anything else.
+
+        The node is asked for its next nonce before the transaction, not inside it: the
+        write lock it opens is the database's (all of SQLite's), and a node call under it
+        made every writer of the service wait for the node. A count read a moment early
+        is as good a floor: what a moment adds to it is this broker's own transactions,
+        whose slots this ledger holds already (``highest + 1`` is above them)."""
         for _ in range(20):
+            floor = pending()
             try:
                 with sessions.begin() as s:
                     s.execute(update(Wallet).where(Wallet.id == wallet_id).values(
@@ -53,7 +60,7 @@ class SqlLedger:
                         free.state, free.transfer_id = "reserved", transfer_id
                         return int(free.nonce)
                     highest = self._highest(s, network_id, account)
-                    nonce = max(highest + 1, pending())
+                    nonce = max(highest + 1, floor)
                     s.add(NonceSlot(chain_id=network_id, address=account, nonce=nonce,
                                     state="reserved", transfer_id=transfer_id))
                     return nonce

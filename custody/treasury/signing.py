@@ -55,11 +55,16 @@ class TransferSigning:
             self.ledger.note(transfer_id, exc)
             raise
 
-    def finalize_transfer(self, transfer_id: str) -> bytes:
+    def finalize_transfer(self, transfer_id: str, *, tier: str | None = None) -> bytes:
         """The payload the HSM will sign, rebuilt once (nonce, fees, blockhash) and
-        stored before it is signed; later calls return the stored one."""
+        stored before it is signed; later calls return the stored one. ``tier``: the
+        token the HSM's dry run released it under, stored with it."""
         t = self.ledger.load(transfer_id)
         if t.details.get("final"):
+            if tier is not None and t.tier != tier:
+                with self.ledger.sessions.begin() as s:
+                    s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
+                        tier=tier))
             return base64.b64decode(t.payload_b64)
         wallet = self.ledger.wallet(t)
         planner = self.networks.planner(wallet.chain)
@@ -70,12 +75,12 @@ class TransferSigning:
             "payload_b64": base64.b64encode(final.payload).decode(),
             "details": {**t.details, **final.details, "final": True,
                         "intent": final.intent.to_json()},
-            "version": t.version + 1, **columns}
+            "version": t.version + 1, **columns, **({} if tier is None else {"tier": tier})}
         with self.ledger.sessions.begin() as s:
             won = s.execute(update(TransferRecord).where(
                 TransferRecord.id == t.id, TransferRecord.version == t.version).values(**values))
         if changed(won) != 1:  # another worker finalized first: use what it stored
-            return self.finalize_transfer(transfer_id)
+            return self.finalize_transfer(transfer_id, tier=tier)
         return final.payload
 
     def _unsigned(self, t: TransferRecord, wallet: Wallet) -> UnsignedTx:
@@ -101,8 +106,10 @@ class TransferSigning:
             log.warning("transfer %s: %s (the worker retries)", transfer_id, exc)
         self.nudge()
 
-    def follow(self, t: TransferRecord, row: SignRequest) -> None:
-        """Mirror the sign request; on EXECUTED assemble the signed transaction."""
+    def follow(self, t: TransferRecord, row: SignRequest, **values: Any) -> None:
+        """Mirror the sign request; on EXECUTED assemble the signed transaction (its row
+        read afresh: the release may have finalized the payload meanwhile). ``values``:
+        more columns for the SIGNED move (the request's id, when it was signed at once)."""
         if row.status == Status.EXECUTED:
             wallet = self.ledger.wallet(t)
             planner = self.networks.planner(wallet.chain)
@@ -111,8 +118,9 @@ class TransferSigning:
             raw = planner.assemble(self._unsigned(t, wallet), signatures)
             txid = planner.txid(raw)
             tier = t.tier or self._tier(row)
-            self.ledger.move(t.id, State.SIGNED, raw_b64=base64.b64encode(raw).decode(),
-                             txid=txid, tier=tier, next_check=None)
+            self.ledger.move(t.id, State.SIGNED, current=t,
+                             raw_b64=base64.b64encode(raw).decode(), txid=txid, tier=tier,
+                             next_check=None, **values)
             return
         state = _BY_REQUEST.get(Status(row.status))
         if state is None or state.value == t.state:

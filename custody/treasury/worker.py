@@ -50,13 +50,18 @@ class TransferWorker:
                 (TransferRecord.next_check.is_(None)) | (TransferRecord.next_check <= now))))
         for transfer_id in ids:
             try:
-                self.advance(transfer_id)
+                self._advance(transfer_id)
             except (CustodyError, HsmError, ChainError, OSError) as exc:
                 log.warning("transfer %s: %s", transfer_id, exc)
                 self.ledger.retry(transfer_id, exc)
         return len(ids)
 
     def advance(self, transfer_id: str) -> TransferRecord:
+        """One transfer as far as it can go now; the row as it then is."""
+        self._advance(transfer_id)
+        return self.ledger.load(transfer_id)
+
+    def _advance(self, transfer_id: str) -> None:
         ledger = self.ledger
         t = ledger.load(transfer_id)
         if t.state in WAITING:
@@ -65,13 +70,12 @@ class TransferWorker:
                     self.intake.submit(t.id)
             else:
                 self.signing.follow(t, self.broker.advance(t.sign_request_id))
-        t = ledger.load(transfer_id)
+            t = ledger.load(transfer_id)
+        # each step below leaves ``t`` as the row it wrote (or as read, if it lost)
         if t.state == State.SIGNED:
             self._broadcast(t)
-        t = ledger.load(transfer_id)
         if t.state == State.BROADCAST:
             self._confirm(t)
-        return ledger.load(transfer_id)
 
     def _broadcast(self, t: TransferRecord) -> None:
         wallet = self.ledger.wallet(t)
@@ -83,16 +87,15 @@ class TransferWorker:
         try:
             txid = planner.broadcast(raw)
         except BroadcastRejected as exc:
-            with self.ledger.sessions.begin() as s:
-                planner.after_failure(s, t)
-            self.ledger.move(t.id, State.FAILED,
+            self.ledger.move(t.id, State.FAILED, current=t,
+                             also=lambda s: planner.after_failure(s, t),
                              error=f"the node rejected the transaction: {exc}")
             return
         if txid.lower().removeprefix("0x") != (t.txid or "").lower().removeprefix("0x"):
             log.warning("transfer %s: node reports %s for %s", t.id, txid, t.txid)
-        with self.ledger.sessions.begin() as s:
-            planner.after_broadcast(s, t)
-        self.ledger.move(t.id, State.BROADCAST, next_check=self.ledger.clock() + POLL_SECONDS)
+        self.ledger.move(t.id, State.BROADCAST, current=t,
+                         also=lambda s: planner.after_broadcast(s, t),
+                         next_check=self.ledger.clock() + POLL_SECONDS)
 
     def _confirm(self, t: TransferRecord) -> None:
         wallet = self.ledger.wallet(t)
@@ -100,11 +103,11 @@ class TransferWorker:
         try:
             c = planner.confirmation(t.txid or "")
         except BroadcastRejected as exc:  # landed but failed (Solana): fee spent, no transfer
-            self.ledger.move(t.id, State.FAILED, error=str(exc))
+            self.ledger.move(t.id, State.FAILED, current=t, error=str(exc))
             return
         depth = self.networks.depth(wallet.chain)
         if c.confirmations >= depth:
-            self.ledger.move(t.id, State.CONFIRMED, confirmations=c.confirmations,
+            self.ledger.move(t.id, State.CONFIRMED, current=t, confirmations=c.confirmations,
                              block=c.block_hash, next_check=None)
         else:
             lost = c.confirmations == 0 and not planner.known(t.txid or "")
