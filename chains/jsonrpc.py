@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ChainError, NodeUnavailable
 
-#: The largest answer read (a receipt or a fee history is a few KiB).
+#: The largest answer read by default (a receipt or a fee history is a few KiB).
 MAX_RESPONSE = 8 * 1024 * 1024
 #: What a kept connection the node has closed meanwhile raises on its next use: the call
 #: is made once more on a new connection (any JSON-RPC call the broker makes may be:
@@ -40,12 +40,14 @@ class RpcFault(ChainError):
 
 
 class HttpJsonRpc:
-    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 10.0,
+                 max_response: int = MAX_RESPONSE) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ChainError(f"RPC URL must be http:// or https://, not {url!r}")
         self.url = url
         self.timeout = timeout
+        self.max_response = max_response
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port
@@ -94,7 +96,7 @@ class HttpJsonRpc:
             try:
                 conn.request("POST", self._path, body, self._headers)
                 response = conn.getresponse()
-                raw = response.read(MAX_RESPONSE + 1)
+                raw = response.read(self.max_response + 1)
             except (http.client.HTTPException, OSError) as exc:
                 conn.close()
                 self._local.conn = None
@@ -104,7 +106,7 @@ class HttpJsonRpc:
             if response.will_close:
                 conn.close()
                 self._local.conn = None
-            if len(raw) > MAX_RESPONSE:  # the rest is unread: the connection is spent
+            if len(raw) > self.max_response:  # the rest is unread: the connection is spent
                 conn.close()
                 self._local.conn = None
                 raise ChainError(f"{method}: answer too large")

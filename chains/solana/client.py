@@ -1,7 +1,8 @@
 """A Solana JSON-RPC client for the handful of methods the adapter uses. I/O.
 
-Standard library only (``urllib``); works against ``solana-test-validator``, a public
-cluster endpoint, or :mod:`chains.solana.devnode`. Every failure leaves as a
+Standard library only (``http.client`` on kept-alive connections, :mod:`chains.jsonrpc`);
+works against ``solana-test-validator``, a public cluster endpoint, or
+:mod:`chains.solana.devnode`. Every failure leaves as a
 :mod:`chains.errors` error: transport problems and HTTP 429/5xx as
 :class:`~chains.errors.NodeUnavailable` (retry later), a refused ``sendTransaction`` as
 :class:`~chains.errors.BroadcastRejected`, anything else the node says as
@@ -13,16 +14,13 @@ Methods: https://solana.com/docs/rpc/http
 from __future__ import annotations
 
 import base64
-import itertools
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Final, ParamSpec, TypeVar
 
-from chains.errors import BroadcastRejected, ChainError, NodeUnavailable
+from chains.errors import BroadcastRejected, ChainError
+from chains.jsonrpc import HttpJsonRpc, RpcFault
 
 COMMITMENT: Final = "confirmed"
 #: JSON-RPC "invalid params"; the node uses it for an account that does not exist.
@@ -83,36 +81,15 @@ class SolanaRpcClient:
             raise ValueError("the Solana RPC URL must be http(s)")
         self.url = url
         self.timeout = timeout
-        self._ids = itertools.count(1)
+        #: kept-alive connections, one per thread (:mod:`chains.jsonrpc`)
+        self._rpc = HttpJsonRpc(url, timeout=timeout, max_response=_MAX_RESPONSE)
 
     def call(self, method: str, params: list[Any] | None = None) -> Any:
         """One JSON-RPC 2.0 request; the ``result``, or a :mod:`chains.errors` error."""
-        body = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method,
-                           "params": params or []}).encode()
-        request = urllib.request.Request(self.url, body, method="POST",  # noqa: S310 (http(s) checked in __init__)
-                                         headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310
-                raw = resp.read(_MAX_RESPONSE + 1)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 429 or exc.code >= 500:
-                raise NodeUnavailable(f"{method}: HTTP {exc.code}") from None
-            raise ChainError(f"{method}: HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise NodeUnavailable(f"{method}: {exc}") from None
-        if len(raw) > _MAX_RESPONSE:
-            raise ChainError(f"{method}: response too large")
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise ChainError(f"{method}: the node's answer is not JSON") from None
-        if not isinstance(doc, dict):
-            raise ChainError(f"{method}: malformed JSON-RPC answer")
-        if doc.get("error") is not None:
-            err = doc["error"] if isinstance(doc["error"], dict) else {}
-            raise RpcError(f"{method}: {err.get('message', doc['error'])}",
-                           int(err.get("code", 0)))
-        return doc.get("result")
+            return self._rpc.call(method, params or [])
+        except RpcFault as exc:
+            raise RpcError(f"{method}: {exc.reason}", exc.rpc_code) from None
 
     # -- the methods ------------------------------------------------------------------
 

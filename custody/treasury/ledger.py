@@ -18,7 +18,7 @@ from custody.broker import Principal
 from custody.errors import BadRequest, Conflict, NotFound
 
 from . import webhooks
-from .models import TERMINAL, State, TransferRecord, Wallet, changed
+from .models import TERMINAL, TRANSFERS, State, TransferRecord, Wallet, changed
 
 #: How soon a failed step (node or HSM unreachable) is tried again.
 RETRY_SECONDS = 5.0
@@ -102,8 +102,8 @@ class TransferLedger:
             moved = {**values, "state": state, "updated_at": now, "version": t.version + 1,
                      "history": [*t.history, {"state": state.value, "at": now.isoformat()}]}
             with self.sessions.begin() as s:
-                won = changed(s.execute(update(TransferRecord).where(
-                    TransferRecord.id == t.id, TransferRecord.version == t.version).values(
+                won = changed(s.connection().execute(update(TRANSFERS).where(
+                    TRANSFERS.c.id == t.id, TRANSFERS.c.version == t.version).values(
                         **moved))) == 1
                 if won:
                     for name, value in moved.items():
@@ -133,8 +133,8 @@ class TransferLedger:
     def claim(self, t: TransferRecord) -> TransferRecord | None:
         """Take the next step of ``t`` for this worker alone (compare-and-set)."""
         with self.sessions.begin() as s:
-            won = s.execute(update(TransferRecord).where(
-                TransferRecord.id == t.id, TransferRecord.version == t.version).values(
+            won = s.connection().execute(update(TRANSFERS).where(
+                TRANSFERS.c.id == t.id, TRANSFERS.c.version == t.version).values(
                     version=t.version + 1))
         if changed(won) != 1:
             return None

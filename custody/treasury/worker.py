@@ -44,26 +44,28 @@ class TransferWorker:
     def step(self) -> int:
         """Move every transfer that can move; returns how many were looked at."""
         now = self.ledger.clock()
+        # the due rows in one query; every step is a compare-and-set on the row's version,
+        # so a row that changed meanwhile loses its step (a move reads it again)
         with self.ledger.sessions() as s:
-            ids = list(s.scalars(select(TransferRecord.id).where(
+            due = list(s.scalars(select(TransferRecord).where(
                 TransferRecord.state.not_in([st.value for st in TERMINAL]),
                 (TransferRecord.next_check.is_(None)) | (TransferRecord.next_check <= now))))
-        for transfer_id in ids:
+        for t in due:
             try:
-                self._advance(transfer_id)
+                self._advance(t)
             except (CustodyError, HsmError, ChainError, OSError) as exc:
-                log.warning("transfer %s: %s", transfer_id, exc)
-                self.ledger.retry(transfer_id, exc)
-        return len(ids)
+                log.warning("transfer %s: %s", t.id, exc)
+                self.ledger.retry(t.id, exc)
+        return len(due)
 
     def advance(self, transfer_id: str) -> TransferRecord:
         """One transfer as far as it can go now; the row as it then is."""
-        self._advance(transfer_id)
+        self._advance(self.ledger.load(transfer_id))
         return self.ledger.load(transfer_id)
 
-    def _advance(self, transfer_id: str) -> None:
+    def _advance(self, t: TransferRecord) -> None:
         ledger = self.ledger
-        t = ledger.load(transfer_id)
+        transfer_id = t.id
         if t.state in WAITING:
             if not t.sign_request_id:
                 if ledger.lease(t):  # else the creating call (or another worker) submits
