@@ -75,9 +75,10 @@ class TransferWorker:
         t = ledger.load(transfer_id)
         if t.state == State.BROADCAST:
             self._confirm(t)
-        t = ledger.load(transfer_id)
-        if was_signed and t.state == State.REQUESTED:  # signed again: its new request now
-            self._request(t)
+        if was_signed:
+            t = ledger.load(transfer_id)
+            if t.state == State.REQUESTED:  # signed again: its new request now
+                self._request(t)
         return ledger.load(transfer_id)
 
     def _request(self, t: TransferRecord) -> None:
