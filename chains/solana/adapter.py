@@ -216,18 +216,21 @@ class SolanaAdapter:
     def expired(self, raw: bytes, last_valid_height: int | None) -> bool:
         """Whether the signed transaction ``raw`` provably can never land, per the node:
         its blockhash is gone - the node's block height is past ``last_valid_height``
-        (recorded when it was built), or the node no longer finds it valid - *and then*
-        its signature is unknown. In that order: a transaction lands only while its
-        blockhash is valid, so a signature unknown after the blockhash went can never
-        appear; asked the other way round, it could land between the two answers."""
+        (recorded when it was built), or, with no height recorded, the node no longer
+        finds it valid - *and then* its signature is unknown. In that order: a
+        transaction lands only while its blockhash is valid, so a signature unknown after
+        the blockhash went can never appear; asked the other way round, it could land
+        between the two answers. (One call for the blockhash, not both: a poll of an
+        unconfirmed transfer costs one call more than before, not two.)"""
         try:
             tx = Transaction.from_bytes(raw)
         except ValueError as exc:
             raise ChainDecodeError(f"not a Solana transaction: {exc}") from None
         blockhash = str(tx.message.recent_blockhash)
-        gone = (last_valid_height is not None
-                and self.client.block_height() > last_valid_height) or (
-                    not self.client.blockhash_valid(blockhash))
+        if last_valid_height is not None:
+            gone = self.client.block_height() > last_valid_height
+        else:
+            gone = not self.client.blockhash_valid(blockhash)
         return gone and not self.landed(transaction_id(raw))
 
     def confirmation(self, txid: str) -> Confirmation:
