@@ -231,3 +231,31 @@ def test_the_resigns_are_bounded(tmp_path: Path, sol: SolanaNode,
         assert _signings(api, w["keyLabel"]) == MAX_RESIGNS + 1
         assert sol.client.balance(dest) == 0
         assert sol.client.balance(w["address"]) == start
+
+
+def test_not_signed_again_until_the_node_proves_it(tmp_path: Path, sol: SolanaNode,
+                                                  people: dict[str, Approver]) -> None:
+    """The node refuses the transaction for its blockhash, but its block height is not
+    past the one recorded (a node behind the one that gave the blockhash): not proven, so
+    the transfer stays signed with the reason noted and nothing is signed again; once the
+    height passes, it is."""
+    with _service(tmp_path, solana=sol.url, workers=False) as api:
+        w = _sol_wallet(api, people, sol)
+        start, dest = sol.client.balance(w["address"]), str(Keypair().pubkey())
+        t = _created(_post_transfer(api, w["id"], "SOL", "0.5", dest, "not-proven"))
+        height = sol.client.block_height()
+        sol.expire_blockhash()
+        node, treasury = sol.last, _treasury(api)
+        real = node.methods["getBlockHeight"]
+        node.methods["getBlockHeight"] = lambda _p: height  # the lagging node's answer
+        for _ in range(3):
+            treasury.advance(t["id"])
+        waiting = get(api, t["id"])
+        assert waiting["state"] == "signed", waiting
+        assert "not yet provably expired" in waiting["error"], waiting
+        assert _signings(api, w["keyLabel"]) == 1 and _resigned(waiting) == []
+        node.methods["getBlockHeight"] = real
+        _drive(treasury, t["id"])
+        done = get(api, t["id"])
+        assert done["state"] == "confirmed" and len(_resigned(done)) == 1, done
+        _landed_once(sol, w, start, dest, SOL // 2)
