@@ -41,7 +41,7 @@ STATUS = {
     "custody.unavailable": 503,
     "chain.node_unavailable": 503, "chain.invalid_address": 400,
     "chain.insufficient_funds": 400, "chain.build_error": 400, "chain.decode_error": 422,
-    "chain.broadcast_rejected": 409, "chain.nonce_error": 409,
+    "chain.broadcast_rejected": 409, "chain.broadcast_expired": 409, "chain.nonce_error": 409,
     "chain.rpc_error": 502,  # the node answered, with an error of its own
 }
 #: A chain error without its own status: the node answered, but not as it should.

@@ -61,3 +61,11 @@ class BroadcastRejected(ChainError):
     """The node refused the transaction (its reason is kept)."""
 
     code = "chain.broadcast_rejected"
+
+
+class BroadcastExpired(BroadcastRejected):
+    """The node refused the transaction as past its validity window (Solana: its recent
+    blockhash is not found). Only the node's view at that moment: whether it provably can
+    never land is the planner's :meth:`~chains.planning.Planner.expired` to say."""
+
+    code = "chain.broadcast_expired"

@@ -16,6 +16,10 @@ The treasury service is chain-agnostic; each chain's ``planner.py`` implements
   harmless on every chain (same id), which is what lets a restart re-send safely.
 * **known** - whether the node still has a broadcast transaction: a node restarted
   without its mempool forgets one it accepted, and the treasury then sends it again.
+* **expired** - whether the transfer's signed transaction provably can never land
+  (Solana: its blockhash is gone and its signature unknown, per the node). Only then
+  does the treasury have it signed again, under a new HSM request. Bitcoin and Ethereum
+  transactions never expire: always False.
 * **balance** - from the node, now.
 
 A planner keeps no state of its own: what must survive a restart is in the broker's
@@ -73,6 +77,16 @@ class TransferRow(Protocol):
 
     @property
     def nonce(self) -> int | None: ...
+
+    @property
+    def raw_b64(self) -> str | None:
+        """The signed transaction, once signed."""
+        ...
+
+    @property
+    def details(self) -> dict[str, object]:
+        """What the planner stored at draft and finalize (Solana: lastValidBlockHeight)."""
+        ...
 
 
 class Ledger(Protocol):
@@ -145,6 +159,10 @@ class Planner(Protocol):
     def confirmation(self, txid: str) -> Confirmation: ...
 
     def known(self, txid: str) -> bool: ...
+
+    def expired(self, t: TransferRow) -> bool:
+        """True only if ``t``'s signed transaction provably can never land."""
+        ...
 
     def after_broadcast(self, s: Session, t: TransferRow) -> None: ...
 

@@ -63,6 +63,11 @@ class BitcoinPlanner:
     def known(self, txid: str) -> bool:
         return self.adapter.known(txid)
 
+    def expired(self, t: TransferRow) -> bool:
+        """Never: a signed transaction of this chain stays valid until it is mined (or a
+        conflicting one is)."""
+        return False
+
     def after_broadcast(self, s: Session, t: TransferRow) -> None:
         pass
 

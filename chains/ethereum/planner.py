@@ -70,6 +70,11 @@ class EthereumPlanner:
     def known(self, txid: str) -> bool:
         return self.adapter.client.known(txid)
 
+    def expired(self, t: TransferRow) -> bool:
+        """Never: a signed transaction of this chain stays valid until it is mined (or a
+        conflicting one is)."""
+        return False
+
     def after_broadcast(self, s: Session, t: TransferRow) -> None:
         self.ledger.nonce_broadcast(s, t.id)
 

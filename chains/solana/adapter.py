@@ -23,6 +23,7 @@ from solders.transaction import Transaction
 
 from chains.base import Chain, Confirmation, Source, TransferRequest, UnsignedTx
 from chains.errors import (
+    BroadcastExpired,
     BroadcastRejected,
     BuildError,
     ChainDecodeError,
@@ -56,6 +57,10 @@ UNIT_LIMIT: Final = {"SOL": 1_000, "SPL": 60_000}
 #: "Finalized" means rooted: report the maximum lockout depth as its confirmations.
 FINALIZED_CONFIRMATIONS: Final = 32
 _BASE58_KEY_CHARS: Final = range(32, 45)
+#: The node's words for a transaction over a blockhash it does not hold (expired, or not
+#: yet seen by a lagging node): ``TransactionError::BlockhashNotFound``, as the dev node
+#: names it and as a validator's preflight message words it.
+_BLOCKHASH_NOT_FOUND: Final = ("BlockhashNotFound", "Blockhash not found")
 
 
 class SolanaAdapter:
@@ -187,18 +192,46 @@ class SolanaAdapter:
 
     def broadcast(self, raw: bytes) -> str:
         """Send; the transaction id is its first signature. Sending the same bytes again
-        returns the same id (the node refuses the duplicate; its status is checked)."""
+        returns the same id (the node refuses the duplicate; its status is checked - also
+        when the refusal is for its blockhash: sent before a crash, it may have landed).
+        A refusal for an unknown blockhash is :class:`~chains.errors.BroadcastExpired`."""
         txid = transaction_id(raw)
         self._check_node()
         try:
             sent = self.client.send_transaction(raw)
-        except BroadcastRejected:
-            if self.client.signature_statuses([txid])[0] is not None:
+        except BroadcastRejected as exc:
+            if self.landed(txid):
                 return txid
+            if any(words in exc.reason for words in _BLOCKHASH_NOT_FOUND):
+                raise BroadcastExpired(exc.reason) from None
             raise
         if sent != txid:
             raise ChainError(f"the node reports signature {sent}, expected {txid}")
         return txid
+
+    def landed(self, txid: str) -> bool:
+        """Whether the node knows ``txid`` at all (history searched; failed ones too)."""
+        return self.client.signature_statuses([txid])[0] is not None
+
+    def expired(self, raw: bytes, last_valid_height: int | None) -> bool:
+        """Whether the signed transaction ``raw`` provably can never land, per the node:
+        its blockhash is gone - the node's block height is past ``last_valid_height``
+        (recorded when it was built), or, with no height recorded, the node no longer
+        finds it valid - *and then* its signature is unknown. In that order: a
+        transaction lands only while its blockhash is valid, so a signature unknown after
+        the blockhash went can never appear; asked the other way round, it could land
+        between the two answers. (One call for the blockhash, not both: a poll of an
+        unconfirmed transfer costs one call more than before, not two.)"""
+        try:
+            tx = Transaction.from_bytes(raw)
+        except ValueError as exc:
+            raise ChainDecodeError(f"not a Solana transaction: {exc}") from None
+        blockhash = str(tx.message.recent_blockhash)
+        if last_valid_height is not None:
+            gone = self.client.block_height() > last_valid_height
+        else:
+            gone = not self.client.blockhash_valid(blockhash)
+        return gone and not self.landed(transaction_id(raw))
 
     def confirmation(self, txid: str) -> Confirmation:
         """Status of ``txid``; a transaction that landed but failed raises

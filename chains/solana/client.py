@@ -149,6 +149,22 @@ class SolanaRpcClient:
             for s in value]
 
     @_answer_checked
+    def block_height(self) -> int:
+        """The node's block height (at :data:`COMMITMENT`), the figure a blockhash's
+        ``lastValidBlockHeight`` is compared with."""
+        return int(self.call("getBlockHeight", [{"commitment": COMMITMENT}]))
+
+    @_answer_checked
+    def blockhash_valid(self, blockhash: str) -> bool:
+        """Whether a transaction over ``blockhash`` can still land (``isBlockhashValid``
+        at :data:`COMMITMENT`: a confirmed bank descends from the one that gave the
+        blockhash, so "not valid" there means too old, not "not seen yet")."""
+        value = self._value("isBlockhashValid", [blockhash, {"commitment": COMMITMENT}])
+        if not isinstance(value, bool):
+            raise ChainError("isBlockhashValid: malformed answer")
+        return value
+
+    @_answer_checked
     def request_airdrop(self, address: str, lamports: int) -> str:
         """Faucet lamports (test validators and devnet only)."""
         return str(self.call("requestAirdrop", [address, lamports]))

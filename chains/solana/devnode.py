@@ -9,11 +9,16 @@ tests only: one LiteSVM, one lock, no persistence, no consensus.
 
 LiteSVM accepts only its latest blockhash; :meth:`DevNode.expire_blockhash` moves it on,
 which lets tests show a transaction signed with an old blockhash being refused and a
-rebuilt one landing.
+rebuilt one landing. The node's answers agree with that: each new blockhash is one block
+higher (LiteSVM's slot does not move, so the height counts the blockhashes seen on top of
+the slot), a blockhash's ``lastValidBlockHeight`` is its own height, and
+``isBlockhashValid`` holds for the latest one only - so "past its last valid height" and
+"not valid" are true of exactly the blockhashes LiteSVM refuses.
 
 Served methods (shapes as in https://solana.com/docs/rpc/http): getLatestBlockhash,
-getGenesisHash, getBalance, getTokenAccountBalance, getAccountInfo, sendTransaction,
-getSignatureStatuses, getMinimumBalanceForRentExemption, requestAirdrop.
+getBlockHeight, isBlockhashValid, getGenesisHash, getBalance, getTokenAccountBalance,
+getAccountInfo, sendTransaction, getSignatureStatuses, getMinimumBalanceForRentExemption,
+requestAirdrop.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final
+from typing import Any
 
 from bip_utils import Base58Decoder
 from solders.hash import Hash
@@ -34,8 +39,6 @@ from solders.token.state import Mint, TokenAccount
 from solders.transaction import Transaction
 from solders.transaction_metadata import FailedTransactionMetadata
 
-#: How many slots a blockhash stays valid on a real cluster.
-BLOCKHASH_VALIDITY_SLOTS: Final = 150
 _MAX_REQUEST = 1024 * 1024
 Handler = Callable[[list[Any]], Any]
 
@@ -57,12 +60,16 @@ class DevNode:
         self.lock = threading.RLock()
         self.genesis_hash = str(Hash.new_unique())
         self._landed: dict[str, int] = {}  #: signature -> slot
+        self._tip = ""  #: the latest blockhash the node has answered about
+        self._moves = 0  #: blockhashes seen after the first: the height above the slot
         self._serving = False
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         daemon=True)
         self.methods: dict[str, Handler] = {
             "getLatestBlockhash": self._latest_blockhash,
+            "getBlockHeight": lambda _p: self._height(),
+            "isBlockhashValid": self._blockhash_valid,
             "getGenesisHash": lambda _p: self.genesis_hash,
             "getBalance": self._balance,
             "getTokenAccountBalance": self._token_balance,
@@ -106,6 +113,7 @@ class DevNode:
         started again on its ledger (tests of node outages). Not started."""
         node = DevNode(self.svm, port=int(self._server.server_address[1]))
         node.genesis_hash, node._landed = self.genesis_hash, self._landed
+        node._tip, node._moves = self._tip, self._moves
         return node
 
     def expire_blockhash(self) -> None:
@@ -125,10 +133,24 @@ class DevNode:
     def _context(self, value: Any) -> dict[str, Any]:
         return {"context": {"slot": self.svm.get_clock().slot}, "value": value}
 
+    def _height(self) -> int:
+        """The block height: the slot, plus one per blockhash move seen (however the
+        blockhash moved: :meth:`expire_blockhash`, an airdrop, a test on the LiteSVM)."""
+        latest = str(self.svm.latest_blockhash())
+        if latest != self._tip:
+            self._moves += 1 if self._tip else 0
+            self._tip = latest
+        return int(self.svm.get_clock().slot) + self._moves
+
     def _latest_blockhash(self, _params: list[Any]) -> dict[str, Any]:
-        slot = self.svm.get_clock().slot
-        return self._context({"blockhash": str(self.svm.latest_blockhash()),
-                              "lastValidBlockHeight": slot + BLOCKHASH_VALIDITY_SLOTS})
+        height = self._height()  # LiteSVM takes no other: valid up to its own height
+        return self._context({"blockhash": self._tip, "lastValidBlockHeight": height})
+
+    def _blockhash_valid(self, params: list[Any]) -> dict[str, Any]:
+        if not params or not isinstance(params[0], str):
+            raise RpcFault(-32602, "Invalid params: a base58 blockhash")
+        self._height()
+        return self._context(params[0] == self._tip)
 
     def _balance(self, params: list[Any]) -> dict[str, Any]:
         return self._context(self.svm.get_balance(_pubkey(params, 0)) or 0)

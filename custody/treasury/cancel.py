@@ -14,7 +14,7 @@ from custody.errors import Conflict, NotFound
 
 from .intake import hsm_request_id
 from .ledger import WAITING, TransferLedger
-from .models import State, TransferRecord
+from .models import State, TransferRecord, attempt
 from .networks import Networks
 
 
@@ -42,7 +42,7 @@ def cancel(broker: Broker, ledger: TransferLedger, networks: Networks, who: Prin
 def _made_for(broker: Broker, t: TransferRecord) -> str | None:
     """A sign request raised for the transfer whose id was not recorded on it yet."""
     try:
-        return broker.get(hsm_request_id(t.id), t.tenant).id
+        return broker.get(hsm_request_id(t.id, attempt(t)), t.tenant).id
     except NotFound:
         return None
 

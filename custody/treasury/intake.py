@@ -27,7 +27,7 @@ from hsm_emulator.model import Action
 
 from . import holdings, reasons, webhooks
 from .ledger import TransferLedger, event
-from .models import State, TransferRecord, Wallet
+from .models import State, TransferRecord, Wallet, attempt
 from .networks import Networks
 from .policy import AssetInfo
 from .signing import TransferSigning
@@ -161,18 +161,22 @@ class TransferIntake:
             self.signing.follow(t, adopted)
             return
         who = Principal(t.initiator, t.tenant, frozenset({"business"}))
-        meta = {"transferId": t.id, "memo": t.memo}
+        n = attempt(t)
+        meta: dict[str, object] = {"transferId": t.id, "memo": t.memo}
+        if n > 1:  # signed again: its earlier transaction expired unlanded
+            meta["attempt"] = n
+        request_id = hsm_request_id(t.id, n)
         try:
             ev = self.networks.hsm.dry_run(wallet.key_label, payload, t.payload_type)
             if ev.released:
                 final = self.signing.finalize_transfer(t.id, tier=ev.released_by)
                 row = self.broker.submit(who, wallet.key_label, Action.USE, final,
                                          t.payload_type, None, meta, fee_cap=int(t.fee_cap),
-                                         request_id=hsm_request_id(t.id), released=True)
+                                         request_id=request_id, released=True)
             else:
                 row = self.broker.submit(who, wallet.key_label, Action.USE, payload,
                                          t.payload_type, None, meta, fee_cap=int(t.fee_cap),
-                                         auto=False, request_id=hsm_request_id(t.id))
+                                         auto=False, request_id=request_id)
         except TransportError as exc:  # the HSM is down, not refusing: keep it, retry
             log.warning("transfer %s: submit deferred, HSM unreachable: %s", t.id, exc)
             ledger.retry(t.id)
@@ -196,7 +200,9 @@ class TransferIntake:
         self.signing.follow(ledger.load(t.id), row)
 
     def _adopt(self, t: TransferRecord, wallet: Wallet) -> SignRequest | None:
-        """After a crash between the HSM and this row: the request already made for it."""
+        """After a crash between the HSM and this row: the request already made for it -
+        for its current attempt only (an earlier one, executed, signed a transaction
+        that expired: adopting it would sign nothing new)."""
         if t.sign_request_id:
             return self.broker.get(t.sign_request_id)
         with self.ledger.sessions() as s:
@@ -204,7 +210,8 @@ class TransferIntake:
                 SignRequest.key_label == wallet.key_label,
                 SignRequest.payload_b64 == t.payload_b64)))
         for row in rows:
-            if (row.meta_data or {}).get("transferId") == t.id:
+            meta = row.meta_data or {}
+            if meta.get("transferId") == t.id and meta.get("attempt", 1) == attempt(t):
                 with self.ledger.sessions.begin() as w:
                     w.execute(update(TransferRecord).where(
                         TransferRecord.id == t.id).values(sign_request_id=row.id))
@@ -212,11 +219,13 @@ class TransferIntake:
         return None
 
 
-def hsm_request_id(transfer_id: str) -> str:
+def hsm_request_id(transfer_id: str, attempt: int = 1) -> str:
     """The HSM request of a transfer has an id of the transfer's own: a submission
     repeated after a crash (the HSM signed or opened it, this database never heard) finds
-    that request in the HSM instead of having the payload signed a second time."""
-    return f"transfer-{transfer_id}"
+    that request in the HSM instead of having the payload signed a second time. A
+    transfer signed again (its transaction expired unlanded) gets a new one per attempt,
+    ``transfer-<id>-r<n>``: the HSM never re-opens an executed request."""
+    return f"transfer-{transfer_id}" if attempt <= 1 else f"transfer-{transfer_id}-r{attempt}"
 
 
 #: Destinations that burn what they receive, by chain: refused unless asked for.

@@ -18,7 +18,16 @@ from custody.broker import Principal
 from custody.errors import BadRequest, Conflict, NotFound
 
 from . import webhooks
-from .models import TERMINAL, TRANSFERS, State, TransferRecord, Wallet, changed
+from .models import (
+    RESIGNS,
+    TERMINAL,
+    TRANSFERS,
+    State,
+    TransferRecord,
+    Wallet,
+    changed,
+    resigns,
+)
 
 #: How soon a failed step (node or HSM unreachable) is tried again.
 RETRY_SECONDS = 5.0
@@ -27,6 +36,10 @@ RETRY_SECONDS = 5.0
 SUBMIT_LEASE_SECONDS = 15.0
 #: States in which a transfer waits for its sign request.
 WAITING = (State.REQUESTED, State.PENDING_APPROVAL, State.ON_HOLD)
+#: How often a transfer whose signed transaction expired unlanded is signed again (under a
+#: new sign request each time) before it fails: a chain that drops every attempt is not
+#: going to take the next one either, and each attempt costs approvals or velocity.
+MAX_RESIGNS = 5
 
 
 class TransferLedger:
@@ -116,6 +129,49 @@ class TransferLedger:
                 self.on_event(body)
                 return True
         raise Conflict(f"transfer {transfer_id} is contended; retry")
+
+    def resign(self, t: TransferRecord, reason: str) -> bool:
+        """``t``'s signed transaction provably can never land (the caller asked the node):
+        back to ``requested`` with no sign request, so a new one is raised for it - the
+        old txid and request kept in ``details`` and in the history, with why. One
+        compare-and-set on version, state and txid, committed before anything is asked
+        of the HSM: a crash after it leaves a transfer the worker submits again (under
+        the next attempt's request id); a crash before it, the old transaction, still
+        dead, for the next pass to prove again. Past :data:`MAX_RESIGNS` the transfer
+        fails instead. False if another worker moved it first; else ``t`` holds the row
+        as written."""
+        earlier = resigns(t)
+        now = datetime.now(UTC)
+        entry: dict[str, object] = {"txid": t.txid, "signRequestId": t.sign_request_id,
+                                    "reason": reason, "at": now.isoformat()}
+        values: dict[str, Any] = {
+            "state": State.REQUESTED, "sign_request_id": None, "raw_b64": None, "txid": None,
+            "confirmations": 0, "block": None, "tier": None, "error": None,
+            "next_check": None, "updated_at": now, "version": t.version + 1,
+            "details": {**t.details, "final": False, RESIGNS: [*earlier, entry]},
+            "history": [*t.history, {"state": State.REQUESTED.value, "at": now.isoformat(),
+                                     "resigned": entry}]}
+        if len(earlier) >= MAX_RESIGNS:
+            values = {"state": State.FAILED, "next_check": None, "updated_at": now,
+                      "version": t.version + 1, "error": (
+                          f"signed {len(earlier) + 1} times; each transaction expired "
+                          f"before it landed (the last: {reason}); nothing moved"),
+                      "history": [*t.history, {"state": State.FAILED.value,
+                                               "at": now.isoformat()}]}
+        with self.sessions.begin() as s:
+            won = s.execute(update(TransferRecord).where(
+                TransferRecord.id == t.id, TransferRecord.version == t.version,
+                TransferRecord.state == t.state, TransferRecord.txid == t.txid).values(
+                    **values))
+            if changed(won) == 1:
+                for name, value in values.items():  # ``t`` is now the row as written
+                    setattr(t, name, value)
+                body = event(t)
+                webhooks.enqueue(s, t.tenant, t.id, body, self.clock())
+        if changed(won) != 1:
+            return False
+        self.on_event(body)
+        return True
 
     def lease(self, t: TransferRecord) -> bool:
         """Take the submission of ``t`` for this worker alone, for a while: only once its

@@ -49,6 +49,9 @@ class State(StrEnum):
 
 TERMINAL = frozenset({State.CONFIRMED, State.REJECTED, State.EXPIRED, State.CANCELLED,
                       State.FAILED})
+#: A transfer's ``details`` key listing its earlier signed transactions that expired
+#: unlanded (Solana), one ``{txid, signRequestId, reason, at}`` each, oldest first.
+RESIGNS = "resigns"
 
 
 class Wallet(Base):
@@ -168,3 +171,16 @@ TRANSFERS = cast(Table, TransferRecord.__table__)
 def changed(result: Result[Any]) -> int:
     """Rows an UPDATE touched (a compare-and-set won iff this is 1)."""
     return int(cast(CursorResult[Any], result).rowcount)
+
+
+def resigns(t: TransferRecord) -> list[dict[str, object]]:
+    """The earlier attempts of ``t`` whose signed transaction expired unlanded."""
+    earlier = t.details.get(RESIGNS) if isinstance(t.details, dict) else None
+    if not isinstance(earlier, list):
+        return []
+    return [dict(a) for a in earlier if isinstance(a, dict)]
+
+
+def attempt(t: TransferRecord) -> int:
+    """Which sign request of ``t`` is current: 1, then one more per re-signing."""
+    return 1 + len(resigns(t))

@@ -21,7 +21,7 @@ from hsm_emulator.policy import parse_policy
 
 from . import reasons
 from .ledger import WAITING, TransferLedger
-from .models import TERMINAL, State, TransferRecord, Wallet, changed
+from .models import RESIGNS, TERMINAL, State, TransferRecord, Wallet, changed
 from .networks import Networks
 from .wallets import assets_of
 
@@ -87,7 +87,8 @@ class TransferSigning:
         intent = Intent.from_json(t.details["intent"])  # type: ignore[arg-type]
         return UnsignedTx(Chain(wallet.chain), wallet.network, t.payload_type,
                           base64.b64decode(t.payload_b64), intent, int(t.fee_cap),
-                          {k: str(v) for k, v in t.details.items() if k != "intent"})
+                          {k: str(v) for k, v in t.details.items()
+                           if k not in ("intent", RESIGNS)})  # the chain's own, as text
 
     # -- following the sign request -----------------------------------------------------
 

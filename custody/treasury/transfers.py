@@ -11,7 +11,9 @@ transaction - each step committed before the next external effect.
         v
     broadcast --depth reached--> confirmed
     (rejected | expired | cancelled | failed end it; an Ethereum nonce taken and never
-    broadcast is freed for the next transfer)
+    broadcast is freed for the next transfer; a signed Solana transaction the node proves
+    can never land - its blockhash went first - sends the transfer back to requested, for
+    a new sign request under the policy again, at most MAX_RESIGNS times)
 
 One concept a module, composed in :class:`Treasury`: :mod:`.intake` (validate, build,
 record, submit), :mod:`.signing` (finalize before the HSM signs, mirror the sign

@@ -1,7 +1,14 @@
 """The transfer worker: carries every transfer on from wherever it stopped - submits the
 ones whose creator died (after its lease), follows sign requests, broadcasts signed
 transactions and watches them to their confirmation depth. Broadcasting re-sends
-identical bytes at worst, which every chain treats as the same transaction."""
+identical bytes at worst, which every chain treats as the same transaction.
+
+A signed transaction that can expire unlanded (Solana: its blockhash went while a
+crash, an outage or load held its broadcast back) is watched until the node proves it
+can never land (:meth:`~chains.planning.Planner.expired`); only then is the transfer
+sent back to ``requested`` (:meth:`.TransferLedger.resign`, committed) and a new sign
+request raised for it, under the key's policy again - so there is never a second live
+transaction for one transfer."""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import threading
 
 from sqlalchemy import select, update
 
-from chains.errors import BroadcastRejected, ChainError
+from chains.errors import BroadcastExpired, BroadcastRejected, ChainError
 from chains.planning import Planner
 from custody.broker import Broker
 from custody.errors import CustodyError
@@ -65,19 +72,26 @@ class TransferWorker:
 
     def _advance(self, t: TransferRecord) -> None:
         ledger = self.ledger
-        transfer_id = t.id
         if t.state in WAITING:
-            if not t.sign_request_id:
-                if ledger.lease(t):  # else the creating call (or another worker) submits
-                    self.intake.submit(t.id)
-            else:
-                self.signing.follow(t, self.broker.advance(t.sign_request_id))
-            t = ledger.load(transfer_id)
+            self._request(t)
+            t = ledger.load(t.id)
         # each step below leaves ``t`` as the row it wrote (or as read, if it lost)
+        signed = t.state in (State.SIGNED, State.BROADCAST)
         if t.state == State.SIGNED:
             self._broadcast(t)
         if t.state == State.BROADCAST:
             self._confirm(t)
+        if signed and t.state == State.REQUESTED:  # its transaction expired unlanded:
+            self._request(t)  # signed again, under a new request
+
+    def _request(self, t: TransferRecord) -> None:
+        """A waiting transfer: submitted (once its creator's lease is over), or its sign
+        request followed."""
+        if not t.sign_request_id:
+            if self.ledger.lease(t):  # else the creating call (or another worker) submits
+                self.intake.submit(t.id)
+        else:
+            self.signing.follow(t, self.broker.advance(t.sign_request_id))
 
     def _broadcast(self, t: TransferRecord) -> None:
         wallet = self.ledger.wallet(t)
@@ -88,6 +102,9 @@ class TransferWorker:
         raw = base64.b64decode(t.raw_b64 or "")
         try:
             txid = planner.broadcast(raw)
+        except BroadcastExpired as exc:  # maybe only the node's view: proven, or kept
+            self._expired(t, planner, f"the node refused it: {exc}")
+            return
         except BroadcastRejected as exc:
             self.ledger.move(t.id, State.FAILED, current=t,
                              also=lambda s: planner.after_failure(s, t),
@@ -107,6 +124,9 @@ class TransferWorker:
         except BroadcastRejected as exc:  # landed but failed (Solana): fee spent, no transfer
             self.ledger.move(t.id, State.FAILED, current=t, error=str(exc))
             return
+        if c.confirmations == 0 and not c.included and planner.expired(t):
+            self._resign(t, "it expired unlanded while broadcast")
+            return
         depth = self.networks.depth(wallet.chain)
         if c.confirmations >= depth:
             self.ledger.move(t.id, State.CONFIRMED, current=t, confirmations=c.confirmations,
@@ -118,6 +138,23 @@ class TransferWorker:
                 s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
                     confirmations=c.confirmations, error=note,
                     next_check=self.ledger.clock() + POLL_SECONDS))
+
+    def _expired(self, t: TransferRecord, planner: Planner, why: str) -> None:
+        """The node refused ``t``'s transaction as expired: signed again if the node
+        proves it can never land, else kept as it is and tried again (a node behind the
+        one that gave the blockhash refuses it too, for a while)."""
+        if planner.expired(t):
+            self._resign(t, why)
+            return
+        with self.ledger.sessions.begin() as s:
+            s.execute(update(TransferRecord).where(TransferRecord.id == t.id).values(
+                error=f"{why}; not yet provably expired, trying again",
+                next_check=self.ledger.clock() + POLL_SECONDS))
+
+    def _resign(self, t: TransferRecord, why: str) -> None:
+        log.warning("transfer %s: %s can never land (%s); signing it again", t.id, t.txid,
+                    why)
+        self.ledger.resign(t, why)
 
     def _resend(self, t: TransferRecord, planner: Planner) -> str | None:
         """The node lost a transaction it had accepted (restarted without its mempool):

@@ -85,7 +85,7 @@ def test_each_spec_names_a_planner_module_with_connect(chain: Chain) -> None:
                 and v.__name__.endswith("Planner")]
     assert len(planners) == 1
     for name in ("draft", "finalize", "assemble", "txid", "broadcast", "confirmation",
-                 "known", "after_broadcast", "after_failure", "balance"):
+                 "known", "expired", "after_broadcast", "after_failure", "balance"):
         assert callable(getattr(planners[0], name)), name
         assert hasattr(Planner, name)
 

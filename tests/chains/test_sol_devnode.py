@@ -12,9 +12,11 @@ import pytest
 from solders.hash import Hash
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
+from solders.transaction import Transaction
 
 from chains.base import Source, TransferRequest
 from chains.errors import (
+    BroadcastExpired,
     BroadcastRejected,
     BuildError,
     ChainError,
@@ -240,3 +242,42 @@ def test_spl_transfer_end_to_end(sol_hsm: Hsm, adapter: SolanaAdapter, client: S
     assert adapter.balance(bob, f"SPL:{mint}") == 1_500_000
     assert adapter.balance(src.address, f"SPL:{mint}") == 10**7 - 1_500_000
     assert adapter.estimate_fee() == 5000
+
+
+def test_expiry_is_proven_by_the_node_blockhash_first(
+        sol_hsm: Hsm, adapter: SolanaAdapter, client: SolanaRpcClient, node: DevNode,
+        people: dict[str, Approver]) -> None:
+    """A signed transaction is provably dead only once its blockhash is gone (the node's
+    height past its lastValidBlockHeight, or the node calls it invalid) and its signature
+    is unknown: not while the blockhash lives, never once it landed. The dev node's
+    heights agree with LiteSVM, which takes its latest blockhash only."""
+    src = hsm_wallet(sol_hsm, people)
+    client.request_airdrop(src.address, 3 * SOL)
+    bob = str(Keypair().pubkey())
+    signed = []
+    for _ in range(2):
+        unsigned = adapter.build_transfer(src, TransferRequest("SOL", SOL // 10, bob))
+        last_valid = int(unsigned.details["lastValidBlockHeight"])
+        assert client.block_height() == last_valid
+        assert client.blockhash_valid(unsigned.details["recentBlockhash"])
+        result = sol_hsm.sign_now("w", unsigned.payload, unsigned.payload_type)
+        raw = adapter.assemble(unsigned, result.signatures)
+        assert not adapter.expired(raw, last_valid) and not adapter.expired(raw, None)
+        signed.append((raw, last_valid))
+        node.expire_blockhash()
+    (lost, lost_valid), (late, late_valid) = signed
+    with pytest.raises(BroadcastExpired):  # the node's words for a gone blockhash
+        adapter.broadcast(lost)
+    assert client.block_height() > lost_valid
+    assert adapter.expired(lost, lost_valid) and adapter.expired(lost, None)
+    node.svm.send_transaction(Transaction.from_bytes(late))  # its blockhash went: refused
+    assert adapter.expired(late, late_valid)
+    # one that landed is never dead, whatever its blockhash
+    unsigned = adapter.build_transfer(src, TransferRequest("SOL", SOL // 10, bob))
+    result = sol_hsm.sign_now("w", unsigned.payload, unsigned.payload_type)
+    raw = adapter.assemble(unsigned, result.signatures)
+    txid = adapter.broadcast(raw)
+    node.expire_blockhash()
+    assert not adapter.expired(raw, int(unsigned.details["lastValidBlockHeight"]))
+    assert adapter.broadcast(raw) == txid  # refused for its blockhash, known as landed
+    assert adapter.balance(bob) == SOL // 10

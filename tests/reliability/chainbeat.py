@@ -9,7 +9,8 @@ each loop iteration. At 5 s (the first chunks in runs.jsonl) up to a fifth of th
 Solana transfers failed on a loaded machine (load 9 on 2 cores): signed, then broadcast
 by a worker thread (of the API or of the worker process) seconds later, after their
 blockhash had gone - a measure of the signing-to-broadcast latency as much as of the
-crashes (see REPORT.md)."""
+crashes (see REPORT.md). Such a transfer is now signed again once the node proves its
+transaction dead, and lands once; the lane counts these re-signs."""
 
 from __future__ import annotations
 

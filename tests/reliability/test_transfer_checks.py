@@ -17,7 +17,7 @@ from .chain_btc import BlockView, BtcChecks
 from .chain_eth import paid
 from .chain_sol import SolChecks
 from .lanes import HOLD_SECONDS, LANES, Funding, wallet_request
-from .transfer_checks import Snapshot, TransferChecks
+from .transfer_checks import Snapshot, TransferChecks, _transfer_of
 from .transfers import Transfer
 
 BTC = LANES["btc"]
@@ -38,7 +38,13 @@ def _checks(people: dict[str, Approver], items: list[Transfer]) -> TransferCheck
 def _row(tid: str, units: int, state: str = "confirmed", **more: Any) -> dict[str, Any]:
     return {"id": tid, "wallet_id": "w-btc", "symbol": "BTC", "state": state, "error": None,
             "destination": f"dest-{tid}", "amount": str(units), "nonce": None,
-            "inputs": [], "raw_b64": None, "txid": f"tx-{tid}", "sign_request_id": tid} | more
+            "inputs": [], "raw_b64": None, "txid": f"tx-{tid}", "sign_request_id": tid,
+            "details": {}} | more
+
+
+def _resigned(*txids: str) -> dict[str, Any]:
+    """A transfer's details after its expired transactions ``txids`` were signed again."""
+    return {"resigns": [{"txid": t, "reason": "BlockhashNotFound"} for t in txids]}
 
 
 def _signing(tid: str, token: str, approvers: list[str], at: float) -> dict[str, Any]:
@@ -86,6 +92,26 @@ def test_the_intent_check_finds_double_transfers_and_signatures(
     assert any("medium b: pending_approval" in x for x in v), v
     assert any("a2 (confirmed): the HSM signed for it 2 times" in x for x in v), v
     assert any("b stuck in pending_approval" in x for x in v), v
+
+
+def test_the_intent_check_counts_signatures_per_attempt(people: dict[str, Approver]) -> None:
+    """A transfer signed again after its transaction expired unlanded: one signature per
+    recorded attempt is sound; one more than its attempts, or a signed attempt that ended
+    without landing or being signed again, is not."""
+    rows = [_row("again", 10**6, details=_resigned("tx-old")),
+            _row("extra", 10**6, details=_resigned("tx-old2")),
+            _row("dropped", 10**6, "failed", error="BlockhashNotFound"),
+            _row("waiting", 10**6, "requested", txid=None, details=_resigned("tx-old3"))]
+    snap = Snapshot(rows, [], {}, executed=Counter({"again": 2, "extra": 3, "dropped": 1,
+                                                    "waiting": 1}))
+    v = _checks(people, []).intents(snap, [])
+    assert not [x for x in v if "transfer again" in x], v
+    assert any("extra (confirmed): the HSM signed for it 3 times in 2 attempts" in x
+               for x in v), v
+    assert any("dropped (failed, BlockhashNotFound): its signed attempt 1 neither landed"
+               in x for x in v), v
+    assert v == [x for x in v if "extra" in x or "dropped" in x or "stuck" in x], v
+    assert _transfer_of("transfer-abc-r3", {}) == "abc" == _transfer_of("transfer-abc", {})
 
 
 class _Rpc:
@@ -162,6 +188,14 @@ def test_the_solana_checks_find_a_second_landing() -> None:
     v = SolChecks(_Sol({"sig-a", "sig-b"}, once - 10**9 - 5000), funding)(  # type: ignore[arg-type]
         Snapshot(rows, [], {}), [])
     assert any("b is failed, but its signature landed" in x for x in v), v
+    # signed again after its first transaction was proven dead - which then landed too
+    again = [_row("a", 10**9, txid="sig-a2", details=_resigned("sig-a"))]
+    assert SolChecks(_Sol({"sig-a2"}, once), funding)(  # type: ignore[arg-type]
+        Snapshot(again, [], {}), []) == []
+    v = SolChecks(_Sol({"sig-a", "sig-a2"}, twice), funding)(  # type: ignore[arg-type]
+        Snapshot(again, [], {}), [])
+    assert any("signed again, but its earlier signature sig-a landed" in x for x in v), v
+    assert any(x.startswith("sol: debited") for x in v), v
 
 
 def test_erc20_calls_are_read_as_payments() -> None:

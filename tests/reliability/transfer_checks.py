@@ -5,10 +5,13 @@ tables and the HSM's hash-chained audit log - and the chain, through the per-cha
 checks (:mod:`.chain_eth`, :mod:`.chain_btc`, :mod:`.chain_sol`):
 
 * one stored transfer per intent; every acknowledged create stored; every transfer final,
-  in its scenario's state (or, on Solana, failed with nothing moved because its blockhash
-  expired between signing and broadcast: :func:`expired`, counted, an open limit); each
-  destination holds its amount once, or nothing;
-* each transfer signed at most once by the HSM (exactly once if it reached broadcast);
+  in its scenario's state; each destination holds its amount once, or nothing;
+* each transfer signed at most once per attempt by the HSM (exactly once per attempt if it
+  reached broadcast). A Solana transfer whose signed transaction expired unlanded is
+  signed again under a new request: one more attempt, recorded on the transfer
+  (:func:`resigns`, counted per lane as ``blockhash_expired``); a signature beyond the
+  recorded attempts, or a signed attempt that neither landed nor was re-signed, is a
+  violation (:mod:`.chain_sol` checks that no earlier attempt landed);
 * nothing signed outside the policy: every signature the HSM made with a wallet's key is
   one transfer's, under the token its amount calls for (small: no approver; medium: two
   traders; large: two traders and compliance, and at least the hold after the request
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,7 +30,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 
 from custody.db import SignRequest, make_engine
-from custody.treasury.models import NonceSlot, TransferRecord
+from custody.treasury.models import RESIGNS, NonceSlot, TransferRecord
 
 from .invariants import SIGNING_OPS, Observation
 from .lanes import HOLD_SECONDS, Lane, balance_reader
@@ -35,7 +39,8 @@ from .transfers import EXPECTED, FINAL, MINED, Transfer, TransferDesk
 _COLUMNS = (TransferRecord.id, TransferRecord.wallet_id, TransferRecord.symbol,
             TransferRecord.state, TransferRecord.error, TransferRecord.destination,
             TransferRecord.amount, TransferRecord.nonce, TransferRecord.inputs,
-            TransferRecord.raw_b64, TransferRecord.txid, TransferRecord.sign_request_id)
+            TransferRecord.raw_b64, TransferRecord.txid, TransferRecord.sign_request_id,
+            TransferRecord.details)
 
 
 @dataclass
@@ -90,7 +95,9 @@ def _transfer_of(request_id: str, requests: dict[str, dict[str, Any]]) -> str | 
     tid = meta.get("transferId") if isinstance(meta, dict) else None
     if isinstance(tid, str):
         return tid
-    return request_id.removeprefix("transfer-") if request_id.startswith("transfer-") else None
+    if not request_id.startswith("transfer-"):
+        return None
+    return re.sub(r"-r\d+$", "", request_id.removeprefix("transfer-"))  # a later attempt
 
 
 class TransferChecks:
@@ -132,7 +139,7 @@ class TransferChecks:
             row = by_id.get(x.transfer_id) if x.transfer_id else by_dest.get(dest)
             if x.acked and row is None:
                 v.append(f"{name}: acknowledged but not in the database")
-            if row is not None and row["state"] != EXPECTED[x.kind] and not expired(row):
+            if row is not None and row["state"] != EXPECTED[x.kind]:
                 v.append(f"{name}: {row['state']} ({row['error']}), expected "
                          f"{EXPECTED[x.kind]}")
             read = self.readers.get(x.lane.name)
@@ -142,9 +149,13 @@ class TransferChecks:
                 if got != paid:
                     v.append(f"{name}: destination holds {got}, expected {paid}")
         for r in snap.rows:
-            n = snap.executed[r["id"]]
-            if n > 1 or (r["state"] in MINED and n != 1):
-                v.append(f"transfer {r['id']} ({r['state']}): the HSM signed for it {n} times")
+            n, attempts = snap.executed[r["id"]], 1 + len(resigns(r))
+            if n > attempts or (r["state"] in MINED and n != attempts):
+                v.append(f"transfer {r['id']} ({r['state']}): the HSM signed for it {n} times "
+                         f"in {attempts} attempts")
+            elif r["state"] in FINAL and r["state"] not in MINED and n == attempts:
+                v.append(f"transfer {r['id']} ({r['state']}, {r['error']}): its signed "
+                         f"attempt {attempts} neither landed nor was signed again")
             if r["state"] not in FINAL:
                 v.append(f"transfer {r['id']} stuck in {r['state']}")
         return v
@@ -192,12 +203,12 @@ class TransferChecks:
         return v
 
 
-def expired(row: dict[str, Any]) -> bool:
-    """Solana: signed over a blockhash that expired before its broadcast, so it can never
-    land - failed, nothing moved (the chain checks hold that). An open limit, counted in
-    the lane's stats (``blockhash_expired``), not a violation: re-signing it over a fresh
-    blockhash needs a new HSM request, the approved one being spent (REPORT.md)."""
-    return row["state"] == "failed" and "BlockhashNotFound" in str(row["error"])
+def resigns(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The transfer's earlier attempts whose signed transaction expired unlanded (Solana:
+    its blockhash went before it landed), each re-signed under a new request."""
+    details = row.get("details")
+    earlier = details.get(RESIGNS) if isinstance(details, dict) else None
+    return [a for a in earlier if isinstance(a, dict)] if isinstance(earlier, list) else []
 
 
 def _fingerprint(spki_b64: str) -> str:
@@ -213,4 +224,4 @@ def _lane_stats(snap: Snapshot, tdesk: TransferDesk, lane: Lane,
             "large": sum(1 for x in mine if x.kind == "large" and x.transfer_id),
             "unacknowledged": sum(1 for x in mine if not x.acked),
             "signatures": sum(snap.executed[r["id"]] for r in rows),
-            "blockhash_expired": sum(1 for r in rows if expired(r))}
+            "blockhash_expired": sum(len(resigns(r)) for r in rows)}  # each re-signed
