@@ -6,7 +6,8 @@ perform the same step. Intake, signing and the worker all move transfers through
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,16 @@ WAITING = (State.REQUESTED, State.PENDING_APPROVAL, State.ON_HOLD)
 #: new sign request each time) before it fails: a chain that drops every attempt is not
 #: going to take the next one either, and each attempt costs approvals or velocity.
 MAX_RESIGNS = 5
+
+
+@dataclass
+class Move:
+    """One transition for :meth:`TransferLedger.move_all`."""
+
+    t: TransferRecord  #: the row as read (its version is the compare-and-set's)
+    state: State
+    values: dict[str, Any] = field(default_factory=dict)  #: more columns to set
+    also: Callable[[Session], None] | None = None  #: more writes, only if it moves
 
 
 class TransferLedger:
@@ -110,25 +121,48 @@ class TransferLedger:
             t = current if current is not None and attempt == 0 else self.load(transfer_id)
             if t.state in TERMINAL or t.state == state.value:
                 return False
-            now = datetime.now(UTC)
-            values.setdefault("error", None)  # a step succeeded: no longer waiting
-            moved = {**values, "state": state, "updated_at": now, "version": t.version + 1,
-                     "history": [*t.history, {"state": state.value, "at": now.isoformat()}]}
-            with self.sessions.begin() as s:
-                won = changed(s.connection().execute(update(TRANSFERS).where(
-                    TRANSFERS.c.id == t.id, TRANSFERS.c.version == t.version).values(
-                        **moved))) == 1
-                if won:
-                    for name, value in moved.items():
-                        setattr(t, name, value)
-                    body = event(t)
-                    webhooks.enqueue(s, t.tenant, t.id, body, self.clock())
-                    if also is not None:
-                        also(s)
-            if won:
-                self.on_event(body)
+            if self.move_all([Move(t, state, dict(values), also)]):
                 return True
         raise Conflict(f"transfer {transfer_id} is contended; retry")
+
+    def move_all(self, moves: Sequence[Move],
+                 notes: Sequence[tuple[str, dict[str, Any]]] = ()) -> int:
+        """Transitions of several rows in one transaction (a worker's pass over what it
+        broadcast or saw confirmed), each its own compare-and-set on its row's version
+        with its history entry, webhook rows and ``also``: one that loses (its row moved
+        meanwhile) is left as the database has it, for the next pass. Each moved ``t``
+        then holds its row as written. ``notes``: plain updates of other rows (how deep,
+        when to look again), in the same transaction. Returns how many moved."""
+        bodies: list[dict[str, Any]] = []
+        endpoints: dict[str, list[str]] = {}
+        with self.sessions.begin() as s:
+            conn = s.connection()
+            for m in moves:
+                t = m.t
+                if t.state in TERMINAL or t.state == m.state.value:
+                    continue
+                now = datetime.now(UTC)
+                moved = {"error": None,  # a step succeeded: no longer waiting
+                         **m.values, "state": m.state, "updated_at": now,
+                         "version": t.version + 1, "history": [
+                             *t.history, {"state": m.state.value, "at": now.isoformat()}]}
+                if changed(conn.execute(update(TRANSFERS).where(
+                        TRANSFERS.c.id == t.id, TRANSFERS.c.version == t.version).values(
+                            **moved))) != 1:
+                    continue
+                for name, value in moved.items():
+                    setattr(t, name, value)
+                body = event(t)
+                webhooks.enqueue(s, t.tenant, t.id, body, self.clock(), endpoints)
+                if m.also is not None:
+                    m.also(s)
+                bodies.append(body)
+            for transfer_id, values in notes:
+                conn.execute(update(TRANSFERS).where(TRANSFERS.c.id == transfer_id).values(
+                    **values))
+        for body in bodies:
+            self.on_event(body)
+        return len(bodies)
 
     def resign(self, t: TransferRecord, reason: str) -> bool:
         """``t``'s signed transaction provably can never land (the caller asked the node):
@@ -185,6 +219,21 @@ class TransferLedger:
                 TransferRecord.next_check.is_(None) | (TransferRecord.next_check <= now)).values(
                     version=t.version + 1, next_check=now + SUBMIT_LEASE_SECONDS))
         return changed(won) == 1
+
+    def claim_all(self, rows: Sequence[TransferRecord]) -> Sequence[TransferRecord]:
+        """:meth:`claim` for several rows in one transaction: the ones this worker won
+        (their version advanced), committed before any of their steps is taken."""
+        won: list[TransferRecord] = []
+        with self.sessions.begin() as s:
+            conn = s.connection()
+            for t in rows:
+                if changed(conn.execute(update(TRANSFERS).where(
+                        TRANSFERS.c.id == t.id, TRANSFERS.c.version == t.version).values(
+                            version=t.version + 1))) == 1:
+                    won.append(t)
+        for t in won:
+            t.version += 1
+        return won
 
     def claim(self, t: TransferRecord) -> TransferRecord | None:
         """Take the next step of ``t`` for this worker alone (compare-and-set)."""

@@ -78,10 +78,17 @@ _ACTIVE = select(_ENDPOINTS.c.id).where(_ENDPOINTS.c.tenant == bindparam("tenant
 
 
 def enqueue(s: Session, tenant: str, transfer_id: str, body: dict[str, Any],
-            now: float) -> None:
+            now: float, known: dict[str, list[str]] | None = None) -> None:
     """Inside the caller's transaction: one delivery per active endpoint of the tenant
-    (asked in Core: it runs with every state move, and most tenants have none)."""
-    for endpoint_id in s.connection().execute(_ACTIVE, {"tenant": tenant}).scalars():
+    (asked in Core: it runs with every state move, and most tenants have none).
+    ``known``: the endpoints already asked for in this transaction, by tenant."""
+    if known is not None and tenant in known:
+        ids = known[tenant]
+    else:
+        ids = list(s.connection().execute(_ACTIVE, {"tenant": tenant}).scalars())
+        if known is not None:
+            known[tenant] = ids
+    for endpoint_id in ids:
         s.add(WebhookDelivery(endpoint_id=endpoint_id, event_id=uuid.uuid4().hex,
                               transfer_id=transfer_id, body=body, next_attempt_at=now))
 
