@@ -4,7 +4,7 @@ Audit text is byte for byte ``canonical_json`` (so entry hashes keep their defin
 also when a batch lays its entries out once; the ledger rows' seal bytes are the
 ``json.dumps`` stores were sealed with; ``Intent.totals`` agrees with ``total``, multi-row
 inserts write every row, and a batch refused while signing names its item and commits
-nothing.
+nothing; intents and executions come back equal from the wire's JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 from hsm_emulator import Hsm
 from hsm_emulator.audit import MAX_TEXT, _Layout, _plain, bounded, event_text, verify_log
 from hsm_emulator.errors import InvalidInput
-from hsm_emulator.model import Intent, IntentKind, Transfer, canonical_json
+from hsm_emulator.model import (
+    Action,
+    Grant,
+    Intent,
+    IntentKind,
+    Transfer,
+    canonical_json,
+)
+from hsm_emulator.results import Execution
 from hsm_emulator.rollback import _row_bytes
 from hsm_emulator.store import MAX_ROWS_PER_INSERT
 
@@ -154,3 +162,37 @@ def test_ledger_row_bytes_are_the_json_dumps_stores_were_sealed_with(
     expected = json.dumps([family, asset, amount, repr(float(at)), token, cum_all,
                            cum_token]).encode()
     assert _row_bytes(row) == expected
+
+
+_amounts = st.integers(0, 2**256 - 1)
+_intents = st.builds(
+    Intent, st.text(max_size=8), st.text(max_size=8), st.sampled_from(list(IntentKind)),
+    st.lists(st.builds(Transfer, st.text(max_size=5), _amounts, st.text(max_size=9)),
+             max_size=3).map(tuple),
+    _amounts, st.text(max_size=5),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3).map(
+        lambda d: tuple(sorted(d.items()))),
+    st.lists(st.builds(Grant, st.text(max_size=5), _amounts, st.text(max_size=9)),
+             max_size=2).map(tuple),
+    _amounts, st.lists(st.text(max_size=9), max_size=2).map(tuple))
+
+
+@given(_intents, st.lists(st.binary(min_size=64, max_size=65), max_size=3))
+def test_intents_and_executions_survive_the_wire(intent: Intent, sigs: list[bytes]) -> None:
+    """What a remote HSM's batch reply carries per signature comes back equal, through
+    JSON; the intent's JSON is its binding plus fee, fee asset and details."""
+    doc = intent.to_json()
+    assert {k: v for k, v in doc.items() if k not in ("fee", "feeAsset", "details")} == (
+        intent.binding())
+    assert Intent.from_json(json.loads(json.dumps(doc))) == intent
+    done = Execution("r" * 32, "k", Action.USE, tuple(sigs), "auto", (), 1.5, intent)
+    assert Execution.from_json(json.loads(json.dumps(done.to_json()))) == done
+
+
+def test_a_malformed_intent_is_refused() -> None:
+    good = Intent("test", "test", IntentKind.TRANSFER, (Transfer("A", 1, "d"),)).to_json()
+    for bad in ({**good, "kind": "teleport"}, {**good, "kind": ["transfer"]},
+                {**good, "details": []}, {**good, "grants": None},
+                {**good, "transfers": [{"asset": "A", "amount": "x", "destination": "d"}]}):
+        with pytest.raises((ValueError, TypeError, AttributeError)):
+            Intent.from_json(bad)
