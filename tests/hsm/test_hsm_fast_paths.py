@@ -4,7 +4,8 @@ Audit text is byte for byte ``canonical_json`` (so entry hashes keep their defin
 also when a batch lays its entries out once; the ledger rows' seal bytes are the
 ``json.dumps`` stores were sealed with; ``Intent.totals`` agrees with ``total``, multi-row
 inserts write every row, and a batch refused while signing names its item and commits
-nothing; intents and executions come back equal from the wire's JSON.
+nothing; intents and executions come back equal from the wire's JSON; derived keys kept
+per path are the keys a fresh derivation gives.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsm_emulator import Hsm
+from hsm_emulator import Hsm, keys
 from hsm_emulator.audit import MAX_TEXT, _Layout, _plain, bounded, event_text, verify_log
-from hsm_emulator.errors import InvalidInput
+from hsm_emulator.errors import DerivationError, InvalidInput
+from hsm_emulator.keys import KeyMaterial
 from hsm_emulator.model import (
     Action,
     Grant,
     Intent,
     IntentKind,
+    KeyAlgorithm,
     Transfer,
     canonical_json,
 )
@@ -196,3 +199,23 @@ def test_a_malformed_intent_is_refused() -> None:
                 {**good, "transfers": [{"asset": "A", "amount": "x", "destination": "d"}]}):
         with pytest.raises((ValueError, TypeError, AttributeError)):
             Intent.from_json(bad)
+
+
+def test_derived_keys_are_kept_per_path_and_equal_fresh_derivations(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept child is the child a fresh derivation gives; a bad path raises every time
+    and is not kept; at most MAX_DERIVED paths are kept, the oldest dropped first."""
+    root = KeyMaterial.generate(KeyAlgorithm.SECP256K1)
+    fresh = KeyMaterial(root.algorithm, root.secret, root.chain_code)  # nothing kept
+    first = root.derive("0/5")
+    assert root.derive("0/5") is first
+    assert first.secret == fresh.derive("0/5").secret != root.derive("0/6").secret
+    assert first.public_key == fresh.derive("0/5").public_key
+    for _ in range(2):
+        with pytest.raises(DerivationError):
+            root.derive("0/x")
+    assert "0/x" not in root._derived
+    monkeypatch.setattr(keys, "MAX_DERIVED", 3)
+    for i in range(7, 10):
+        root.derive(f"1/{i}")
+    assert list(root._derived) == ["1/7", "1/8", "1/9"]
