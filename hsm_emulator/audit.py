@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring
@@ -159,6 +159,55 @@ def event_text(event: dict[str, Any]) -> str:
         text = encode_basestring(value) if kind is str else int.__repr__(value)
         parts.append(f"{encode_basestring(key)}:{text}")
     return "{" + ",".join(parts) + "}"
+
+
+class _Layout:
+    """The canonical JSON of ``{**common, **item}`` for many items with the same keys:
+    ``common``'s fragments encoded once, the keys sorted once (see
+    :meth:`AuditLog.record_all`). Only for events :func:`bounded` leaves as they are and
+    :func:`event_text` writes directly, so the text is theirs byte for byte."""
+
+    def __init__(self, parts: list[tuple[str, str, str | None]], keys: frozenset[str]) -> None:
+        #: per key, sorted: the key, its JSON and ``:``, and its whole fragment if common
+        self._parts = parts
+        self._keys = keys  #: the item keys
+
+    @classmethod
+    def of(cls, common: dict[str, Any], item: dict[str, Any]) -> _Layout | None:
+        """The layout for items keyed like ``item``; None if the events are not plain."""
+        if not _plain(common) or len(common) + len(item) > 16 or not all(
+                type(k) is str and _short(k) and k not in common for k in item):
+            return None
+        parts: list[tuple[str, str, str | None]] = []
+        for key in sorted([*common, *item]):
+            head = encode_basestring(key) + ":"
+            parts.append((key, head, head + _scalar(common[key]) if key in common else None))
+        return cls(parts, frozenset(item))
+
+    def text(self, item: dict[str, Any]) -> str | None:
+        """The event's text, or None if ``item`` does not fit the layout (other keys, a
+        value that is not a short string or a small integer)."""
+        if item.keys() != self._keys:
+            return None
+        out = []
+        for key, head, fixed in self._parts:
+            if fixed is not None:
+                out.append(fixed)
+                continue
+            value = item[key]
+            kind = type(value)
+            if kind is str:
+                if not _short(value):
+                    return None
+            elif kind is not int or value.bit_length() >= MAX_INT_BITS:
+                return None
+            out.append(head + _scalar(value))
+        return "{" + ",".join(out) + "}"
+
+
+def _scalar(value: str | int) -> str:
+    """A plain event value's JSON, as :func:`event_text` writes it."""
+    return encode_basestring(value) if type(value) is str else int.__repr__(value)
 
 
 def bounded(event: dict[str, Any]) -> dict[str, Any]:
@@ -301,12 +350,33 @@ class AuditLog:
         """:meth:`append` for bulk callers that do not use the entry it returns."""
         self._write(at, event)
 
+    def record_all(self, now: Callable[[], float], common: dict[str, Any],
+                   each: Sequence[dict[str, Any]]) -> None:
+        """:meth:`record` of ``{**common, **e}`` for each ``e`` of ``each``, at ``now()``:
+        for bulk callers (a batch of signatures), byte for byte the same entries.
+
+        The usual entry - ``common`` and ``e`` flat, with disjoint keys, short strings and
+        integers - is laid out once (:class:`_Layout`: ``common``'s part bounded and
+        encoded once, the keys sorted once) and each entry's text is then its own values'
+        JSON dropped into that layout; any other goes through :meth:`record`."""
+        layout = _Layout.of(common, each[0]) if each else None
+        for e in each:
+            text = None if layout is None else layout.text(e)
+            if text is None:
+                self._write(now(), {**common, **e})
+            else:
+                self._put(self._seq + 1, now(), text)
+
     def _write(self, at: float, event: dict[str, Any]) -> tuple[int, str, dict[str, Any]]:
         """Write (or buffer) the next entry, its event :func:`bounded`, and move the head
         to it. Bounding here, where every entry passes, covers every caller string."""
         seq = self._seq + 1
         event = bounded(event)
-        text = event_text(event)
+        return seq, self._put(seq, at, event_text(event)), event
+
+    def _put(self, seq: int, at: float, text: str) -> str:
+        """Write (or buffer) entry ``seq`` with ``text`` (its event's canonical JSON, already
+        bounded), sign a checkpoint when one is due, and move the head; its hash."""
         digest = entry_hash(self._head, seq, at, text.encode())
         row = (seq, at, text, self._head, digest)
         try:
@@ -321,7 +391,7 @@ class AuditLog:
         except Exception as exc:
             raise AuditFailure(f"audit entry could not be written: {exc}") from None
         self._seq, self._head = seq, digest
-        return seq, digest, event
+        return digest
 
     @contextmanager
     def buffered(self) -> Iterator[None]:

@@ -100,12 +100,12 @@ class AutoTier:
         b = self._b
 
         def run() -> list[Execution]:
-            if b.keys.usable(label).policy.initiators:
+            check = self._checker(label, payload_type, scheme)
+            if check.state.policy.initiators:
                 raise InvalidInput(f"key {label!r}: its policy names initiators; initiated "
                                    "requests are signed one by one (sign_now, begin)")
             with b.audit.buffered(), b.ledger.buffered():
-                checked = _per_item(
-                    lambda p: self._check_auto(label, p, payload_type, scheme), payloads)
+                checked = _per_item(check, payloads)
                 signatures = _per_item(lambda c: sign(c.state, c.items), checked)
                 return self._release_batch(label, payload_type, checked, signatures)
 
@@ -115,37 +115,32 @@ class AutoTier:
     def _release_batch(self, label: str, payload_type: str, checked: list[_AutoItem],
                        signatures: list[tuple[bytes, ...]]) -> list[Execution]:
         """The batch's results, and for each item its own audit entry - the entry
-        :meth:`sign_now` writes, with the item's index."""
+        :meth:`sign_now` writes, with the item's index (what every item shares is
+        encoded once: :meth:`AuditLog.record_all`)."""
         ids = secrets.token_hex(16 * len(checked))  # every request id from one draw
-        events: list[dict[str, Any]] = [
-            {"op": "sign.now", "label": label, "payloadType": payload_type, "batchIndex": i}
-            for i in range(len(checked))]
-        results = [_release(label, item, sigs, ids[32 * i:32 * i + 32], events[i])
+        common = {"op": "sign.now", "label": label, "payloadType": payload_type,
+                  "result": "ok"}
+        each: list[dict[str, Any]] = [{"batchIndex": i} for i in range(len(checked))]
+        results = [_release(label, item, sigs, ids[32 * i:32 * i + 32], each[i])
                    for i, (item, sigs) in enumerate(zip(checked, signatures, strict=True))]
-        audit, clock = self._b.audit, self._b.clock
-        for event in events:
-            event["result"] = "ok"
-            audit.record(clock.now(), event)
+        self._b.audit.record_all(self._b.clock.now, common, each)
         return results
 
     def _check_auto(self, label: str, payload: bytes, payload_type: str,
                     scheme: SignScheme | str | None) -> _AutoItem:
         """Decode ``payload`` and evaluate the key's policy on it now, with no approvals;
-        refuse unless a token releases it. Records the spend in the velocity ledger (in
-        the caller's transaction), so the next payload's velocity check counts it."""
+        refuse unless a token releases it (see :class:`_AutoCheck`)."""
+        return self._checker(label, payload_type, scheme)(payload)
+
+    def _checker(self, label: str, payload_type: str, scheme: SignScheme | str | None,
+                 ) -> _AutoCheck:
+        """The check of :meth:`_check_auto` for payloads of one key, type and scheme: what
+        does not depend on the payload - the auto tier's freeze, the key's state, the
+        ledger's window reader - looked up once. Within one call the HSM's lock is held
+        and nothing in a batch writes a key, so none of it can change in between."""
         b = self._b
         b.check_auto_tier()  # frozen for a while after a restore from backup
-        state = b.keys.usable(label)
-        final, intent, items = prepare(b.registry, state, _USE, payload, payload_type,
-                                       scheme, None)
-        now = b.clock.now()
-        ev = evaluate(state.policy, _USE, intent, NO_APPROVALS, now, now,
-                      spent=b.ledger.spent(state.family))
-        if not ev.released:
-            raise PolicyNotMet("approvals are needed: " + " | ".join(ev.missing()),
-                               ev.missing())
-        b.ledger.record(state.family, intent, ev.released_by or "")
-        return _AutoItem(state, final, intent, items, ev.released_by, now)
+        return _AutoCheck(b, b.keys.usable(label), payload_type, scheme)
 
     def _keep_auto(self, checked: _AutoItem, result: Execution, payload_type: str,
                    scheme: SignScheme | str | None, proven: Approver | None) -> None:
@@ -155,6 +150,32 @@ class AutoTier:
             parse_scheme(scheme), checked.intent, status=RequestStatus.OPEN,
             created_at=checked.at, proven=proven,
             epoch=self._b.store.counter_value.epoch).executed(result))
+
+
+class _AutoCheck:
+    """Decode a payload for one key and evaluate its policy now, with no approvals;
+    refuse unless a token releases it. Records the spend in the velocity ledger (in the
+    caller's transaction), so the next payload's velocity check counts it."""
+
+    def __init__(self, b: Boundary, state: KeyState, payload_type: str,
+                 scheme: SignScheme | str | None) -> None:
+        self.state = state
+        self._b = b
+        self._payload_type = payload_type
+        self._scheme = scheme
+        self._spent = b.ledger.spent(state.family)
+
+    def __call__(self, payload: bytes) -> _AutoItem:
+        b, state = self._b, self.state
+        final, intent, items = prepare(b.registry, state, _USE, payload, self._payload_type,
+                                       self._scheme, None)
+        now = b.clock.now()
+        ev = evaluate(state.policy, _USE, intent, NO_APPROVALS, now, now, spent=self._spent)
+        if not ev.released:
+            raise PolicyNotMet("approvals are needed: " + " | ".join(ev.missing()),
+                               ev.missing())
+        b.ledger.record(state.family, intent, ev.released_by or "")
+        return _AutoItem(state, final, intent, items, ev.released_by, now)
 
 
 def _release(label: str, checked: _AutoItem, signatures: tuple[bytes, ...],

@@ -226,7 +226,7 @@ def _fee_failures(cond: Conditions, intent: Intent) -> list[str]:
     if not intent.fee_asset:
         return [f"a cost of {intent.cost} in no named asset cannot be bounded"] if (
             intent.cost) else []
-    cap = next((f.max for f in cond.max_fee if f.asset == intent.fee_asset), None)
+    cap = cond.fee_caps.get(intent.fee_asset)
     if cap is None:
         return [f"no maxFee for {intent.fee_asset} in this token: a token with conditions "
                 "must cap what the payload can cost"]
@@ -242,7 +242,7 @@ def _amount_failures(cond: Conditions, intent: Intent) -> list[str]:
     moved = intent.moved()
     if not moved and intent.kind is IntentKind.TRANSFER:
         return ["a transfer of nothing: no amount to bound"]
-    bounds = {b.asset: b for b in cond.amounts}
+    bounds = cond.amount_bounds
     failures: list[str] = []
     for asset, total in sorted(moved.items()):
         bound = bounds.get(asset)

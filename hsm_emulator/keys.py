@@ -24,6 +24,8 @@ from .model import KeyAlgorithm, SignScheme
 #: secp256k1 group order, for the BIP341 tweak.
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 RSA_SIZES = range(2048, 4097)
+#: Derived keys kept per key (see :meth:`KeyMaterial.derive`).
+MAX_DERIVED = 1024
 
 _SCHEMES: dict[KeyAlgorithm, frozenset[SignScheme]] = {
     KeyAlgorithm.SECP256K1: frozenset(
@@ -113,9 +115,29 @@ class KeyMaterial:
                            self.parent_fingerprint, self.index)
 
     def derive(self, path: str) -> KeyMaterial:
+        """The key at ``path`` below this one (itself for ``""``).
+
+        Kept per path on this object (at most :data:`MAX_DERIVED`, the oldest dropped):
+        a Bitcoin wallet's inputs and address scans ask for the same few paths again and
+        again, and each derivation is several curve multiplications. The object is
+        immutable and so is what it derives, so the kept key cannot go stale: a key
+        written anew is read back as a new object (``KeyRecords`` drops its states on
+        every write), with nothing kept. A path that does not derive raises, and is not
+        kept."""
         if not path:
             return self
-        return KeyMaterial.from_extended(self.algorithm, derive(self.extended(), path))
+        children = self._derived
+        child = children.get(path)
+        if child is None:
+            child = KeyMaterial.from_extended(self.algorithm, derive(self.extended(), path))
+            if len(children) >= MAX_DERIVED:
+                del children[next(iter(children))]
+            children[path] = child
+        return child
+
+    @cached_property
+    def _derived(self) -> dict[str, KeyMaterial]:
+        return {}
 
     # -- public parts -----------------------------------------------------------------
 

@@ -157,6 +157,20 @@ class Conditions:
     def allowed_kinds(self) -> frozenset[IntentKind]:
         return DEFAULT_KINDS if self.kinds is None else self.kinds
 
+    @cached_property
+    def fee_caps(self) -> dict[str, int]:
+        """``max_fee`` by asset, the first limit given for an asset (evaluation reads it
+        once per payload; the conditions are parsed once per policy)."""
+        caps: dict[str, int] = {}
+        for f in self.max_fee:
+            caps.setdefault(f.asset, f.max)
+        return caps
+
+    @cached_property
+    def amount_bounds(self) -> dict[str, AmountBound]:
+        """``amounts`` by asset, the last bound given for an asset."""
+        return {b.asset: b for b in self.amounts}
+
 
 @dataclass(frozen=True)
 class Token:

@@ -6,15 +6,21 @@ None of these ever carries private key material.
 from __future__ import annotations
 
 import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any
 
 from .evaluate import Evaluation, GroupStatus, TokenStatus
 from .model import Action, Intent, KeyAlgorithm, KeyAttributes
 
+#: ``base64.b64decode`` of a ``str`` without its wrapper (one call per signature of a
+#: remote batch): the same lenient decoding, a ValueError for non-ASCII text.
+_unb64 = binascii.a2b_base64
+
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    """``base64.b64encode(data).decode()``, without the wrapper."""
+    return binascii.b2a_base64(data, newline=False).decode()
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class Execution:
     def from_json(cls, d: dict[str, Any]) -> Execution:
         return cls(
             d["requestId"], d["label"], Action(d["action"]),
-            tuple(base64.b64decode(s) for s in d["signatures"]), d["token"],
+            tuple([_unb64(s) for s in d["signatures"]]), d["token"],
             tuple(d["approvedBy"]), d["executedAt"],
             None if d["intent"] is None else Intent.from_json(d["intent"]),
         )

@@ -28,6 +28,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from .errors import TamperDetected
@@ -172,7 +173,12 @@ class StateSeal:
 
 
 def _row_bytes(row: Sequence[Any]) -> bytes:
-    """A ledger row as the chain hashes it (floats by ``repr``, which round-trips)."""
+    """A ledger row as the chain hashes it (floats by ``repr``, which round-trips): the
+    ``json.dumps`` of its seven fields as strings, written out directly - a list of
+    strings is each one's ASCII-escaped JSON joined by ``", "`` in brackets, what
+    ``json.dumps`` gives with its defaults - without the encoder's set-up per row."""
     family, asset, amount, at, token, cum_all, cum_token = row
-    return json.dumps([str(family), str(asset), str(amount), repr(float(at)),
-                       str(token), str(cum_all), str(cum_token)]).encode()
+    return ("[" + ", ".join([_json_str(str(family)), _json_str(str(asset)),
+                             _json_str(str(amount)), _json_str(repr(float(at))),
+                             _json_str(str(token)), _json_str(str(cum_all)),
+                             _json_str(str(cum_token))]) + "]").encode()

@@ -9,12 +9,14 @@ from pathlib import Path
 import coincurve
 import pytest
 import rlp
+from Crypto.Hash import keccak
 from eth_account import Account
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rlp.sedes import Binary, CountableList, List, big_endian_int, binary
 
 from chains.errors import BuildError, ChainDecodeError
+from chains.ethereum import encoding
 from chains.ethereum.encoding import (
     address_bytes,
     address_of_public_key,
@@ -270,3 +272,17 @@ def test_oversized_fields_are_refused() -> None:
     big = rlp.encode([2**256, 1, 21000, b"\x01" * 20, 0, b"", 1, 0, 0])
     with pytest.raises(ChainDecodeError):
         decode(big)
+
+
+@given(st.binary(max_size=600))
+def test_keccak_through_the_c_functions_is_pycryptodomes_keccak(data: bytes) -> None:
+    """Both ways ``keccak256`` may run - pycryptodome's C functions called directly, or
+    its ``Keccak_Hash`` - give what ``keccak.new(digest_bits=256)`` gives."""
+    expected = keccak.new(data=data, digest_bits=256).digest()
+    assert keccak256(data) == expected
+    saved = encoding._ffi
+    encoding._ffi = None
+    try:
+        assert keccak256(data) == expected
+    finally:
+        encoding._ffi = saved

@@ -1,22 +1,38 @@
 """The signing path's shortcuts give exactly what the plain code gives.
 
 Audit text is byte for byte ``canonical_json`` (so entry hashes keep their definition),
-``Intent.totals`` agrees with ``total``, multi-row inserts write every row, and a batch
-refused while signing names its item and commits nothing.
+also when a batch lays its entries out once; the ledger rows' seal bytes are the
+``json.dumps`` stores were sealed with; ``Intent.totals`` agrees with ``total``, multi-row
+inserts write every row, and a batch refused while signing names its item and commits
+nothing; intents and executions come back equal from the wire's JSON; derived keys kept
+per path are the keys a fresh derivation gives.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsm_emulator import Hsm
-from hsm_emulator.audit import event_text, verify_log
-from hsm_emulator.errors import InvalidInput
-from hsm_emulator.model import Intent, IntentKind, Transfer, canonical_json
+from hsm_emulator import Hsm, keys
+from hsm_emulator.audit import MAX_TEXT, _Layout, _plain, bounded, event_text, verify_log
+from hsm_emulator.errors import DerivationError, InvalidInput
+from hsm_emulator.keys import KeyMaterial
+from hsm_emulator.model import (
+    Action,
+    Grant,
+    Intent,
+    IntentKind,
+    KeyAlgorithm,
+    Transfer,
+    canonical_json,
+)
+from hsm_emulator.results import Execution
+from hsm_emulator.rollback import _row_bytes
 from hsm_emulator.store import MAX_ROWS_PER_INSERT
 
 _scalars = st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False)
@@ -83,3 +99,123 @@ def test_batch_refused_while_signing_names_the_item_and_commits_nothing(hsm: Hsm
     assert [e.event["requestId"] for e in items[:2]] == [r.request_id for r in results]
     assert len({r.request_id for r in results}) == 2
     assert all(len(r.request_id) == 32 for r in results)
+
+
+# -- a batch's audit entries: the shared part encoded once ------------------------------
+
+_event_scalars = (st.none() | st.booleans() | st.integers(-(2**300), 2**300)
+                  | st.text(max_size=40) | st.just("x" * (MAX_TEXT + 1)) | st.just("\ud800")
+                  | st.floats(allow_nan=False))
+_event_values = _event_scalars | st.lists(_event_scalars, max_size=2)
+
+
+@given(st.dictionaries(st.text(max_size=12), _event_values, max_size=6),
+       st.lists(st.dictionaries(st.text(max_size=12), _event_values, max_size=5),
+                min_size=1, max_size=4))
+def test_a_batch_layout_writes_what_bounded_and_event_text_write(
+        common: dict[str, Any], each: list[dict[str, Any]]) -> None:
+    """Whatever the events, the layout's text is the plain path's text, or None (then the
+    plain path writes the entry); for the signing path's flat events it is never None."""
+    layout = _Layout.of(common, each[0])
+    for item in each:
+        merged = {**common, **item}
+        text = None if layout is None else layout.text(item)
+        if text is not None:
+            assert text == event_text(bounded(merged))
+        elif _plain(merged) and not set(common) & set(item) and item.keys() == each[0].keys():
+            pytest.fail("a plain event missed the layout")
+
+
+@pytest.mark.parametrize(("policy", "token"), [
+    ({"ruleUse": {"tokens": [{"name": "auto \"é\"", "timelock": 0, "timeout": 0,
+                              "groups": []}]}}, "auto \"é\""),  # the layout's path
+    ({"openActions": ["use"]}, None),  # no token: the plain path
+])
+def test_batch_entries_are_the_entries_sign_now_writes(
+        hsm: Hsm, policy: dict[str, Any], token: str | None) -> None:
+    """300 items (a checkpoint inside the batch), a label and payload type as the caller
+    gave them: each entry's event is the one written the plain way, the chain verifies
+    against its checkpoints, and the log records every payload's digest and token."""
+    hsm.create_key("k/awk+ward@1", "SECP256K1", policy=policy)
+    before = hsm.audit_head().seq
+    digests = [bytes([i % 256, i // 256]) * 16 for i in range(300)]
+    results = hsm.sign_batch("k/awk+ward@1", digests, "UNSPECIFIED", "ECDSA_SECP256K1_DIGEST")
+    entries = hsm.audit_entries(1, 10_000)
+    items = [e for e in entries if e.seq > before and e.event["op"] == "sign.now"]
+    assert len(items) == 300
+    for i, (entry, result) in enumerate(zip(items, results, strict=True)):
+        assert entry.event == {"op": "sign.now", "label": "k/awk+ward@1",
+                               "payloadType": "UNSPECIFIED", "batchIndex": i,
+                               "requestId": result.request_id, "token": token,
+                               "payloadDigest": hashlib.sha256(digests[i]).hexdigest(),
+                               "result": "ok"}
+    heads = hsm.audit_checkpoints()
+    assert any(before < h.seq <= before + 300 for h in heads)
+    assert verify_log(entries, [*heads, hsm.audit_head()], hsm.identity_public_key()).ok
+
+
+@given(st.tuples(st.text(), st.text(), st.integers(0, 2**256).map(str),
+                 st.floats(allow_nan=False, allow_infinity=False), st.text(),
+                 st.integers(0, 2**260).map(str), st.integers(0, 2**260).map(str)))
+def test_ledger_row_bytes_are_the_json_dumps_stores_were_sealed_with(
+        row: tuple[str, str, str, float, str, str, str]) -> None:
+    """The seal's chain over ledger rows keeps its definition (stores already written
+    must still open): ``json.dumps`` of the seven fields as strings."""
+    family, asset, amount, at, token, cum_all, cum_token = row
+    expected = json.dumps([family, asset, amount, repr(float(at)), token, cum_all,
+                           cum_token]).encode()
+    assert _row_bytes(row) == expected
+
+
+_amounts = st.integers(0, 2**256 - 1)
+_intents = st.builds(
+    Intent, st.text(max_size=8), st.text(max_size=8), st.sampled_from(list(IntentKind)),
+    st.lists(st.builds(Transfer, st.text(max_size=5), _amounts, st.text(max_size=9)),
+             max_size=3).map(tuple),
+    _amounts, st.text(max_size=5),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3).map(
+        lambda d: tuple(sorted(d.items()))),
+    st.lists(st.builds(Grant, st.text(max_size=5), _amounts, st.text(max_size=9)),
+             max_size=2).map(tuple),
+    _amounts, st.lists(st.text(max_size=9), max_size=2).map(tuple))
+
+
+@given(_intents, st.lists(st.binary(min_size=64, max_size=65), max_size=3))
+def test_intents_and_executions_survive_the_wire(intent: Intent, sigs: list[bytes]) -> None:
+    """What a remote HSM's batch reply carries per signature comes back equal, through
+    JSON; the intent's JSON is its binding plus fee, fee asset and details."""
+    doc = intent.to_json()
+    assert {k: v for k, v in doc.items() if k not in ("fee", "feeAsset", "details")} == (
+        intent.binding())
+    assert Intent.from_json(json.loads(json.dumps(doc))) == intent
+    done = Execution("r" * 32, "k", Action.USE, tuple(sigs), "auto", (), 1.5, intent)
+    assert Execution.from_json(json.loads(json.dumps(done.to_json()))) == done
+
+
+def test_a_malformed_intent_is_refused() -> None:
+    good = Intent("test", "test", IntentKind.TRANSFER, (Transfer("A", 1, "d"),)).to_json()
+    for bad in ({**good, "kind": "teleport"}, {**good, "kind": ["transfer"]},
+                {**good, "details": []}, {**good, "grants": None},
+                {**good, "transfers": [{"asset": "A", "amount": "x", "destination": "d"}]}):
+        with pytest.raises((ValueError, TypeError, AttributeError)):
+            Intent.from_json(bad)
+
+
+def test_derived_keys_are_kept_per_path_and_equal_fresh_derivations(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept child is the child a fresh derivation gives; a bad path raises every time
+    and is not kept; at most MAX_DERIVED paths are kept, the oldest dropped first."""
+    root = KeyMaterial.generate(KeyAlgorithm.SECP256K1)
+    fresh = KeyMaterial(root.algorithm, root.secret, root.chain_code)  # nothing kept
+    first = root.derive("0/5")
+    assert root.derive("0/5") is first
+    assert first.secret == fresh.derive("0/5").secret != root.derive("0/6").secret
+    assert first.public_key == fresh.derive("0/5").public_key
+    for _ in range(2):
+        with pytest.raises(DerivationError):
+            root.derive("0/x")
+    assert "0/x" not in root._derived
+    monkeypatch.setattr(keys, "MAX_DERIVED", 3)
+    for i in range(7, 10):
+        root.derive(f"1/{i}")
+    assert list(root._derived) == ["1/7", "1/8", "1/9"]
