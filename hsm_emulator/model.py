@@ -207,19 +207,9 @@ class Intent:
 
     def to_json(self) -> dict[str, Any]:
         """:meth:`binding` (same keys, same order) with the fee, its asset and the
-        details; written out rather than built on :meth:`binding`, as a remote HSM
-        encodes one per signature of a batch."""
-        out: dict[str, Any] = {
-            "chain": self.chain, "network": self.network, "kind": self.kind.value,
-            "transfers": [{"asset": t.asset, "amount": str(t.amount),
-                           "destination": t.destination} for t in self.transfers]}
-        if self.grants:
-            out["grants"] = [{"asset": g.asset, "amount": str(g.amount), "grantee": g.grantee}
-                             for g in self.grants]
-        if self.rent:
-            out["rent"] = str(self.rent)
-        if self.calls:
-            out["calls"] = list(self.calls)
+        details (added to the fresh dict :meth:`binding` returns: a remote HSM encodes
+        one per signature of a batch)."""
+        out = self.binding()
         out["fee"] = str(self.fee)
         out["feeAsset"] = self.fee_asset
         out["details"] = dict(self.details)
