@@ -18,6 +18,7 @@ import itertools
 import json
 import threading
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from .errors import ChainError, NodeUnavailable
@@ -41,7 +42,11 @@ class RpcFault(ChainError):
 
 class HttpJsonRpc:
     def __init__(self, url: str, *, timeout: float = 10.0,
-                 max_response: int = MAX_RESPONSE) -> None:
+                 max_response: int = MAX_RESPONSE, auth: tuple[str, str] | None = None,
+                 parse_float: Callable[[str], Any] = float) -> None:
+        """``auth``: basic-auth credentials (else those in the URL, if any);
+        ``parse_float``: how numbers with a point are read (Bitcoin Core's amounts are
+        read as :class:`~decimal.Decimal`, exactly)."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ChainError(f"RPC URL must be http:// or https://, not {url!r}")
@@ -53,9 +58,12 @@ class HttpJsonRpc:
         self._port = parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._headers = {"Content-Type": "application/json"}
-        if parts.username is not None:
-            user = urllib.parse.unquote(parts.username)
-            password = urllib.parse.unquote(parts.password or "")
+        self._parse_float = parse_float
+        if auth is None and parts.username is not None:
+            auth = (urllib.parse.unquote(parts.username),
+                    urllib.parse.unquote(parts.password or ""))
+        if auth is not None:
+            user, password = auth
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
         self._local = threading.local()
@@ -70,7 +78,7 @@ class HttpJsonRpc:
         if status in (401, 403):
             raise ChainError(f"{method}: RPC authentication failed")
         try:
-            doc = json.loads(raw)
+            doc = json.loads(raw, parse_float=self._parse_float)
         except ValueError:
             if status == 429 or status >= 500:  # a proxy's busy or down page
                 raise NodeUnavailable(f"{method}: HTTP {status}") from None

@@ -26,17 +26,12 @@ Core's numeric code as ``rpc_code``.
 
 from __future__ import annotations
 
-import base64
-import http.client
-import itertools
-import json
-import urllib.error
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from chains.errors import BroadcastRejected, ChainError, NodeUnavailable
+from chains.jsonrpc import HttpJsonRpc, RpcFault
 
 #: Core's RPC_IN_WARMUP: the node is starting and will answer later.
 RPC_IN_WARMUP = -28
@@ -74,9 +69,9 @@ class BitcoinRpc:
             raise ChainError(f"RPC URL must be http:// or https://, not {url!r}")
         self.url = url
         self.timeout = timeout
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self._auth = f"Basic {token}"
-        self._ids = itertools.count(1)
+        #: kept-alive connections, one per thread; amounts read as Decimal, exactly
+        self._rpc = HttpJsonRpc(url, timeout=timeout, auth=(user, password),
+                                parse_float=Decimal)
 
     @classmethod
     def from_cookie(cls, url: str, cookie_path: str | Path, *, timeout: float = 30.0) -> BitcoinRpc:
@@ -88,50 +83,10 @@ class BitcoinRpc:
         return cls(url, user, password, timeout=timeout)
 
     def call(self, method: str, *params: Any) -> Any:
-        request_id = next(self._ids)
-        body = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": request_id,
-                "method": method,
-                "params": [_jsonable(p) for p in params],
-            }
-        ).encode()
-        reply = self._post(body)
-        error = reply.get("error")
-        if error:
-            raise _translate(method, error)
-        if reply.get("id") != request_id:
-            raise ChainError(
-                f"RPC reply id {reply.get('id')!r} does not match request {request_id}"
-            )
-        return reply.get("result")
-
-    def _post(self, body: bytes) -> dict[str, Any]:
-        req = urllib.request.Request(  # noqa: S310  (scheme checked in __init__)
-            self.url,
-            data=body,
-            method="POST",
-            headers={"Authorization": self._auth, "Content-Type": "application/json"},
-        )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:  # Core answers legacy errors with 4xx/5xx + JSON
-            if exc.code in (401, 403):
-                raise ChainError(f"RPC authentication failed at {self.url}") from None
-            raw = exc.read()
-            if not raw:
-                raise NodeUnavailable(f"HTTP {exc.code} from {self.url}") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            raise NodeUnavailable(f"cannot reach {self.url}: {exc}") from None
-        try:
-            reply = json.loads(raw, parse_float=Decimal)
-        except ValueError:
-            raise NodeUnavailable(f"not a JSON-RPC reply from {self.url}") from None
-        if not isinstance(reply, dict):
-            raise ChainError("unexpected JSON-RPC reply shape")
-        return reply
+            return self._rpc.call(method, [_jsonable(p) for p in params])
+        except RpcFault as exc:
+            raise _translate(method, {"code": exc.rpc_code, "message": exc.reason}) from None
 
     # The calls a wallet adapter makes, named and shaped as in bitcoind.
     def getblockcount(self) -> int:
