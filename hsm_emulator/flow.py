@@ -425,13 +425,17 @@ class ApprovalFlow:
 
     def request_status(self, request_id: str, approvals: Sequence[Approval] = (),
                        rejected: Sequence[str] = ()) -> Evaluation:
-        """Evaluate an open request with these approvals (each verified) and rejections."""
+        """Evaluate an open request with these approvals (each verified) and rejections.
+        A closed one (executed, cancelled) is refused (:class:`RequestClosed`): a broker
+        that died after the HSM closed it learns so here, and recovers its result
+        (``request_result``), instead of waiting on approvals it may never record."""
         b = self._b
         with b.locked():
             req = self._requests.get(request_id)
+            if not req.is_open:
+                raise RequestClosed(f"request {request_id} is {req.status.value}")
             state = self._keys.state(req.label)
-            if req.is_open:
-                _current(req, state)
+            _current(req, state)
             creds = self._verified_set(req, state, approvals)
             return evaluate(b.policy_now(state.policy, req.action), req.action, req.intent,
                             frozenset(creds),

@@ -178,8 +178,9 @@ class Release:
             result = self.hsm.request_result(row.id)
         except RequestClosed as exc:
             cancelled = "cancelled" in exc.reason or POLICY_CHANGED in exc.reason
-            self.store.finish(row.id, unexecuted or (
-                Status.CANCELLED if cancelled else Status.FAILED), error=_why(exc.reason))
+            why = _why(exc.reason)
+            self.store.finish(row.id, unexecuted or _CLOSED_AS.get(why) or (
+                Status.CANCELLED if cancelled else Status.FAILED), error=why)
             return self.store.get(row.id)
         return self._executed(row, result)
 
@@ -237,6 +238,11 @@ class Release:
                     wake_at=self.store.clock() + seconds))
         with self.wake:
             self.wake.notify_all()
+
+
+#: The HSM's reason for a request :meth:`Release._close` ended (it cancels with the
+#: status's name), back to that status when a crash cut the close short.
+_CLOSED_AS = {st.value.lower(): st for st in (Status.REJECTED, Status.EXPIRED)}
 
 
 def _why(reason: str) -> str:
