@@ -1,12 +1,19 @@
 """The approval rules of a key as the broker reads them from the HSM: who may answer a
-request (task lists, rejections) and when a token times out (the scheduler). A view only:
-the HSM evaluates the policy itself on every step."""
+request (task lists, rejections), when a token times out (the scheduler), and whether an
+approval should release a request (:meth:`Rules.would_release`: which HSM call to make).
+A view only: the HSM evaluates the policy itself on every step."""
 
 from __future__ import annotations
 
+import base64
+
+from hsm_emulator.challenge import Challenge
 from hsm_emulator.client import HsmClient
-from hsm_emulator.model import Action
+from hsm_emulator.evaluate import evaluate
+from hsm_emulator.model import Action, Intent
 from hsm_emulator.policy import Policy, Rule, parse_policy
+
+from ..db import SignRequest
 
 
 class Rules:
@@ -23,6 +30,37 @@ class Rules:
             policy = parse_policy({k: v for k, v in info.policy.items() if k != "keyStatus"})
             self._policies[key] = policy
         return policy.rule(Action(action))
+
+    def _policy_under(self, label: str, digest: str) -> Policy | None:
+        """The key's policy if it is still the one with ``digest`` (from the cache, or
+        read from the HSM once per policy); None if the key has another now."""
+        policy = self._policies.get((label, digest))
+        if policy is None:
+            self.rule(label, Action.USE.value)  # caches the key's current policy
+            policy = self._policies.get((label, digest))
+        return policy
+
+    def would_release(self, row: SignRequest, approvers: frozenset[str],
+                      rejected: frozenset[str], now: float) -> bool:
+        """Whether, by the broker's copy of the key's policy, ``approvers`` (fingerprints)
+        release ``row`` now - evaluated on the intent and time its HSM-signed challenge
+        carries. A guess that only picks the HSM call (the last approval releases in one
+        call and commit, ``hsm.approve``): the HSM decides, and a wrong guess costs only
+        a call. It guesses yes where the HSM knows more (velocity spent, a freeze after a
+        restore), no where it cannot evaluate (an address list, a changed policy). A broker
+        clock behind the HSM's counts as the request's own time, so a skew of a few
+        seconds does not turn a request without a hold into a held one here."""
+        if not row.challenge_b64:
+            return False
+        body = Challenge(row.id, base64.b64decode(row.challenge_b64)).body
+        policy = self._policy_under(row.key_label, str(body.get("policyDigest")))
+        if policy is None:
+            return False
+        intent, made = body.get("intent"), float(body["hsmTime"])
+        return evaluate(policy, Action(row.action),
+                        None if intent is None else Intent.from_json(intent), approvers,
+                        made, max(now, made),  # a broker clock behind the HSM's: no hold
+                        rejected=rejected).released
 
     def rule_members(self, label: str, action: str) -> frozenset[str]:
         """Fingerprints of every approver in the key's rule for ``action``."""
