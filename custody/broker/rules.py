@@ -6,6 +6,7 @@ A view only: the HSM evaluates the policy itself on every step."""
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 from hsm_emulator.challenge import Challenge
 from hsm_emulator.client import HsmClient
@@ -46,18 +47,22 @@ class Rules:
         release ``row`` now - evaluated on the intent and time its HSM-signed challenge
         carries. A guess that only picks the HSM call (the last approval releases in one
         call and commit, ``hsm.approve``): the HSM decides, and a wrong guess costs only
-        a call. It guesses yes where the HSM knows more (velocity spent, a freeze after a
-        restore), no where it cannot evaluate (an address list, a changed policy). A broker
-        clock behind the HSM's counts as the request's own time, so a skew of a few
-        seconds does not turn a request without a hold into a held one here."""
+        a call - and a payload finalized early (a nonce taken, a blockhash that may age
+        during a hold), so it guesses no wherever the HSM knows more: only tokens with
+        approver groups and no velocity limit count (one without groups releases without
+        approvals, or, after a restore, not at all; the HSM's ledger decides a velocity
+        limit), and an address list or a changed policy is a no. A broker clock behind
+        the HSM's counts as the request's own time, so a skew of a few seconds does not
+        turn a request without a hold into a held one here."""
         if not row.challenge_b64:
             return False
         body = Challenge(row.id, base64.b64decode(row.challenge_b64)).body
         policy = self._policy_under(row.key_label, str(body.get("policyDigest")))
         if policy is None:
             return False
+        action = Action(row.action)
         intent, made = body.get("intent"), float(body["hsmTime"])
-        return evaluate(policy, Action(row.action),
+        return evaluate(_foreseeable(policy, action), action,
                         None if intent is None else Intent.from_json(intent), approvers,
                         made, max(now, made),  # a broker clock behind the HSM's: no hold
                         rejected=rejected).released
@@ -81,3 +86,11 @@ class Rules:
                 for a in g.approvers:
                     seen.setdefault(a.fingerprint, a.credential.public_key_b64)
         return list(seen.values())
+
+
+def _foreseeable(policy: Policy, action: Action) -> Policy:
+    """``policy`` with only the tokens for ``action`` whose release the broker can foresee
+    from approvals and time alone (see :meth:`Rules.would_release`), and no open action."""
+    rules = tuple((a, Rule(tuple(t for t in r.tokens if t.groups and not t.conditions.velocity))
+                   if a is action else r) for a, r in policy.rules)
+    return replace(policy, rules=rules, open_actions=frozenset())

@@ -173,13 +173,42 @@ def test_an_approver_answering_twice_is_a_conflict(world: World) -> None:
 
 def test_a_wrong_guess_is_an_approval_recorded(tmp_path: Path,
                                                people: dict[str, Approver]) -> None:
-    """The broker cannot see the velocity the key has spent: it guesses the second
-    request releases; the HSM says not met, so the approval is only recorded and the
-    request waits for the higher tier."""
+    """The broker's clock a day ahead of the HSM's: it guesses the large tier's hold is
+    over; the HSM says not met, so the approval is only recorded (one call, one commit)
+    and the request is held."""
+    w = World(tmp_path, people)
+    try:
+        w.broker.store.clock = lambda: w.clock.now() + 86400
+        row = w.submit(10**6)  # large: two traders and compliance, 24 h hold
+        w.answer(row, "t1")
+        w.answer(row, "t2")
+        seen = w.hsm_calls(CALLS)
+        kept = w.answer(row, "c1")
+        assert seen[0] == "approve" and kept.status == Status.APPROVED
+        assert len(w.broker.approvals(row.id)) == 3
+        assert w.ops(row.id)[-1] == ("approval.check", "ok")
+        w.clock.advance(86400)
+        assert w.broker.advance(row.id).status == Status.EXECUTED
+    finally:
+        w.close()
+
+
+def test_a_velocity_limit_is_left_to_the_hsm(tmp_path: Path,
+                                             people: dict[str, Approver]) -> None:
+    """The broker cannot see what the key has spent: a token with a velocity limit is
+    not guessed, so the approval takes the two-call path, whose status read is the
+    HSM's - and the payload is not finalized (no nonce taken) for a request that does
+    not release."""
     policy = tiered_policy([people["t1"], people["t2"]], [people["c1"]])
     policy["ruleUse"]["tokens"][1]["conditions"]["velocity"] = [
         {"asset": "TST", "max": 2000, "windowSeconds": 3600}]
     w = World(tmp_path, people, json.loads(json.dumps(policy)))
+    finalized: list[str] = []
+
+    def finalize(row: SignRequest) -> None:
+        finalized.append(row.id)
+
+    w.broker.release.finalize = finalize
     try:
         first, second = w.submit(1500, nonce=1), w.submit(1500, nonce=2)
         w.answer(first, "t1")
@@ -187,9 +216,8 @@ def test_a_wrong_guess_is_an_approval_recorded(tmp_path: Path,
         w.answer(second, "t1")
         seen = w.hsm_calls(CALLS)
         kept = w.answer(second, "t2")
-        assert seen[0] == "approve" and kept.status == Status.PENDING
-        assert len(w.broker.approvals(second.id)) == 2
-        assert w.ops(second.id)[-1] == ("approval.check", "ok")
+        assert seen == ["check_approval", "request_status"] and kept.status == Status.PENDING
+        assert finalized == [first.id]  # the second, over the window, was not finalized
         assert w.answer(second, "c1").status == Status.APPROVED  # large: the 24 h hold
     finally:
         w.close()
