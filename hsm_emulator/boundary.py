@@ -167,6 +167,28 @@ class Boundary:
             self._audit_refusal(event, exc)
             raise
 
+    def audited_steps(self, steps: list[dict[str, Any]], action: Callable[[], T]) -> T:
+        """:meth:`audited` for a call made of steps, each audited as its own entry, in
+        one transaction and one counted commit: ``action`` appends each step's event to
+        ``steps`` as it starts it (``steps`` holds the first when called). On success
+        every step is appended as done; on a refusal the transaction rolls back and, in
+        one new one, the steps before the last are appended as done and the last as
+        refused - the log reads as if each step had been its own call."""
+        try:
+            with self.store.transaction():
+                result = action()
+                for event in steps:
+                    self.audit.append(self.clock.now(), {**event, "result": "ok"})
+            return result
+        except HsmError as exc:
+            self._reset_after_rollback()
+            with self.store.transaction():
+                for event in steps[:-1]:
+                    self.audit.append(self.clock.now(), {**event, "result": "ok"})
+                self.audit.append(self.clock.now(), {**steps[-1], "result": "refused",
+                                                     "code": exc.code, "reason": exc.reason})
+            raise
+
     def _audit_refusal(self, event: dict[str, Any], exc: HsmError) -> None:
         with self.store.transaction():
             self.audit.append(self.clock.now(), {**event, "result": "refused",

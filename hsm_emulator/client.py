@@ -27,7 +27,7 @@ from .flow import Approval
 from .hsm import Hsm
 from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
 from .officers import OfficerAction, OfficerOutcome, OfficerSet
-from .results import Attestation, Execution, KeyInfo
+from .results import ApprovalOutcome, Attestation, Execution, KeyInfo
 
 
 @runtime_checkable
@@ -70,6 +70,9 @@ class HsmSigning(Protocol):
 
     def execute(self, request_id: str, approvals: Sequence[Approval] = (), *,
                 payload: bytes | None = None) -> Execution: ...
+
+    def approve(self, request_id: str, approval: Approval, approvals: Sequence[Approval] = (),
+                *, payload: bytes | None = None) -> ApprovalOutcome: ...
 
     def sign_now(self, label: str, payload: bytes, payload_type: str = "UNSPECIFIED",
                  scheme: SignScheme | str | None = None, *,

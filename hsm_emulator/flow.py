@@ -9,6 +9,9 @@
    membership, this request's own challenge, not the initiator), evaluates the policy on
    the intent the HSM decoded, and only then performs the action - once: the request is
    closed in the same transaction that signs it.
+4. :meth:`ApprovalFlow.approve` is 2 and 3 in one call, transaction and counted commit:
+   it checks one approval and, if with it (and the others, verified again) the policy is
+   met now, executes - the broker's last approval releases without a second commit.
 
 The initiator is the broker's word (``initiator=``) unless the key's policy names its
 ``initiators``: then every request must carry an initiation - an initiator's signature
@@ -53,7 +56,7 @@ from .payloads import check_network, parse_action, parse_scheme, prepare, sign, 
 from .policy import Approver
 from .records import KeyRecords, KeyState
 from .request import HsmRequest, RequestStatus
-from .results import Execution
+from .results import ApprovalOutcome, Execution
 
 MAX_APPROVALS = 256
 
@@ -177,6 +180,13 @@ def _current(req: HsmRequest, state: KeyState) -> None:
     rules can never release it (the broker mirrors this, :mod:`custody.broker.release`)."""
     if state.policy.digest != req.policy_digest:
         raise RequestClosed(POLICY_CHANGED)
+
+
+def _describe(req: HsmRequest, event: dict[str, Any]) -> None:
+    """Name an execution's request in its audit event: key, action, proven initiator."""
+    event.update(label=req.label, action=req.action.value)
+    if req.initiator_proven:
+        event.update(initiator=req.initiator, initiatorName=req.initiator_name)
 
 
 class ApprovalFlow:
@@ -333,35 +343,99 @@ class ApprovalFlow:
 
         def run() -> Execution:
             req = self._requests.get(request_id)
-            event.update(label=req.label, action=req.action.value)
-            if req.initiator_proven:
-                event.update(initiator=req.initiator, initiatorName=req.initiator_name)
+            _describe(req, event)
             if not req.is_open:
                 raise RequestClosed(f"request {request_id} is already {req.status.value}")
-            if req.epoch != b.store.counter_value.epoch:
-                raise RequestClosed(f"request {request_id} was made in epoch {req.epoch}, "
-                                    "before a restore from backup: void, ask again")
-            state = self._keys.usable(req.label)
+            state = self._releasable(req)
             _current(req, state)
-            act = req.action
             creds = self._verified_set(req, state, approvals)
             event["approvers"] = sorted(creds)
             final, intent = self._final_payload(req, state, payload)
-            ev = evaluate(b.policy_now(state.policy, act), act, intent, frozenset(creds),
-                          req.created_at, b.clock.now(), spent=b.ledger.spent(state.family))
+            ev = self._evaluate(req, state, creds, intent)
             if not ev.released:
-                missing = ev.missing() + b.frozen_note(act)
+                missing = ev.missing() + b.frozen_note(req.action)
                 raise PolicyNotMet("the policy is not met: " + " | ".join(missing), missing)
-            signatures = self._perform(state, act, req, final, intent, ev.released_by or "")
-            now = b.clock.now()
-            result = Execution(request_id, state.label, act, signatures, ev.released_by,
-                               tuple(c.public_key_b64 for c in creds.values()), now, intent)
-            self._requests.put(req.executed(result))
-            event.update(token=ev.released_by, payloadDigest=hashlib.sha256(final).hexdigest())
-            return result
+            return self._release(req, state, creds, final, intent, ev, event)
 
         with b.locked():
             return b.audited(event, run)
+
+    def approve(self, request_id: str, approval: Approval, approvals: Sequence[Approval] = (),
+                *, payload: bytes | None = None) -> ApprovalOutcome:
+        """:meth:`check_approval` and, if with this approval the policy is met now,
+        :meth:`execute` - in one transaction and one counted commit: the last approval
+        releases the request without a second call.
+
+        ``approvals``: the request's other approvals so far (each verified again, as
+        ``execute`` does; ``approval``'s approver must not be among them). ``payload``:
+        the rebuilt payload to sign if the policy is met (bound to the approved intent
+        and fee cap, and the policy evaluated again on it, as by ``execute``; read only
+        once the policy is met on the approved intent). Audited as the two calls would be: the
+        approval's check, then - only if the policy is met - the execution, ok or
+        refused; a refused approval leaves the request as it was. If the policy is not
+        met (a group short, a hold not over) the approval is only checked, as by
+        ``check_approval``, and the outcome carries no execution."""
+        check: dict[str, Any] = {"op": "approval.check", "requestId": request_id}
+        steps = [check]
+
+        def run() -> ApprovalOutcome:
+            req = self._requests.get(request_id)
+            if not req.is_open:
+                raise RequestClosed(f"request {request_id} is {req.status.value}")
+            state = self._keys.state(req.label)
+            _current(req, state)
+            cred = self._verify(req, state, approval)
+            check["approver"] = cred.fingerprint
+            creds = self._verified_set(req, state, approvals)
+            if cred.fingerprint in creds:
+                raise ApprovalRefused(f"approver {cred.fingerprint[:16]} is already among "
+                                      "this request's approvals: an approver counts once")
+            creds[cred.fingerprint] = cred
+            if not self._evaluate(req, state, creds, req.intent).released:
+                return ApprovalOutcome(request_id, cred.public_key_b64, None)
+            event: dict[str, Any] = {"op": "request.execute", "requestId": request_id}
+            steps.append(event)  # from here a refusal is the execution's
+            _describe(req, event)
+            event["approvers"] = sorted(creds)
+            state = self._releasable(req)
+            final, intent = self._final_payload(req, state, payload)
+            ev = self._evaluate(req, state, creds, intent)
+            if not ev.released:  # the rebuilt payload's fee fails a condition the approved one met
+                missing = ev.missing()
+                raise PolicyNotMet("the policy is not met: " + " | ".join(missing), missing)
+            return ApprovalOutcome(request_id, cred.public_key_b64,
+                                   self._release(req, state, creds, final, intent, ev, event))
+
+        with self._b.locked():
+            return self._b.audited_steps(steps, run)
+
+    def _releasable(self, req: HsmRequest) -> KeyState:
+        """The request's key, if a request of this epoch may be executed with it now."""
+        if req.epoch != self._b.store.counter_value.epoch:
+            raise RequestClosed(f"request {req.id} was made in epoch {req.epoch}, "
+                                "before a restore from backup: void, ask again")
+        return self._keys.usable(req.label)
+
+    def _evaluate(self, req: HsmRequest, state: KeyState, creds: dict[str, Credential],
+                  intent: Intent | None) -> Evaluation:
+        b = self._b
+        return evaluate(b.policy_now(state.policy, req.action), req.action, intent,
+                        frozenset(creds), req.created_at, b.clock.now(),
+                        spent=b.ledger.spent(state.family))
+
+    def _release(self, req: HsmRequest, state: KeyState, creds: dict[str, Credential],
+                 final: bytes, intent: Intent | None, ev: Evaluation,
+                 event: dict[str, Any]) -> Execution:
+        """Perform a released request's action and close it, in the caller's
+        transaction: the request is executed once."""
+        signatures = self._perform(state, req.action, req, final, intent,
+                                   ev.released_by or "")
+        result = Execution(req.id, state.label, req.action, signatures, ev.released_by,
+                           tuple(c.public_key_b64 for c in creds.values()),
+                           self._b.clock.now(), intent)
+        self._requests.put(req.executed(result))
+        event.update(token=ev.released_by, payloadDigest=hashlib.sha256(final).hexdigest())
+        return result
 
     def _final_payload(self, req: HsmRequest, state: KeyState, payload: bytes | None,
                        ) -> tuple[bytes, Intent | None]:
@@ -425,13 +499,17 @@ class ApprovalFlow:
 
     def request_status(self, request_id: str, approvals: Sequence[Approval] = (),
                        rejected: Sequence[str] = ()) -> Evaluation:
-        """Evaluate an open request with these approvals (each verified) and rejections."""
+        """Evaluate an open request with these approvals (each verified) and rejections.
+        A closed one (executed, cancelled) is refused (:class:`RequestClosed`): a broker
+        that died after the HSM closed it learns so here, and recovers its result
+        (``request_result``), instead of waiting on approvals it may never record."""
         b = self._b
         with b.locked():
             req = self._requests.get(request_id)
+            if not req.is_open:
+                raise RequestClosed(f"request {request_id} is {req.status.value}")
             state = self._keys.state(req.label)
-            if req.is_open:
-                _current(req, state)
+            _current(req, state)
             creds = self._verified_set(req, state, approvals)
             return evaluate(b.policy_now(state.policy, req.action), req.action, req.intent,
                             frozenset(creds),

@@ -44,7 +44,7 @@ from .model import Action, KeyAlgorithm, KeyAttributes, SignScheme
 from .officer_desk import OfficerDesk
 from .officers import OfficerAction, OfficerOutcome, OfficerSet
 from .records import KeyState
-from .results import Attestation, Execution, KeyInfo
+from .results import ApprovalOutcome, Attestation, Execution, KeyInfo
 from .store import Nvram, Unlock
 
 __all__ = ["Hsm", "KeyState"]
@@ -215,6 +215,10 @@ class Hsm(OfficerCalls, AddressListRole):
     def execute(self, request_id: str, approvals: Sequence[Approval] = (), *,
                 payload: bytes | None = None) -> Execution:
         return self.approvals.execute(request_id, approvals, payload=payload)
+
+    def approve(self, request_id: str, approval: Approval, approvals: Sequence[Approval] = (),
+                *, payload: bytes | None = None) -> ApprovalOutcome:
+        return self.approvals.approve(request_id, approval, approvals, payload=payload)
 
     def sign_now(self, label: str, payload: bytes, payload_type: str = UNSPECIFIED,
                  scheme: SignScheme | str | None = None, *,

@@ -91,6 +91,28 @@ class Execution:
 
 
 @dataclass(frozen=True)
+class ApprovalOutcome:
+    """What :meth:`~hsm_emulator.client.HsmSigning.approve` did with one approval: it
+    verified it (``approver``: its SPKI, base64, as ``check_approval`` returns) and, if
+    with it the policy was met, executed the request in the same transaction
+    (``execution``; None: the approval was only checked, the request stays open)."""
+
+    request_id: str
+    approver: str
+    execution: Execution | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requestId": self.request_id, "approver": self.approver,
+                "execution": None if self.execution is None else self.execution.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ApprovalOutcome:
+        execution = d["execution"]
+        return cls(d["requestId"], d["approver"],
+                   None if execution is None else Execution.from_json(execution))
+
+
+@dataclass(frozen=True)
 class Attestation:
     """The HSM identity's signed statement about one key; verify with
     :func:`hsm_emulator.attestation.verify_attestation`."""

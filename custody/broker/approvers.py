@@ -1,6 +1,8 @@
 """Approver sessions (seed 003): an approver proves a fresh signed timestamp to list its
 tasks, then answers a task by signing its challenge (approve) or the reject prefix and
-the challenge (reject). Each answer is recorded once, then the request is advanced."""
+the challenge (reject). Each answer is recorded once, then the request is advanced - or,
+when the broker's copy of the policy says an approval is the last one needed, the HSM
+checks it and executes in one call (``hsm.approve``), and both are recorded."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from hsm_emulator.flow import Approval
 from ..db import FINAL, ApprovalRecord, SeenTimestamp, SignRequest, Status
 from ..errors import Conflict, Forbidden
 from .model import Task
-from .release import Release
+from .release import Release, approval_of
 from .rules import Rules
 from .store import RequestStore
 
@@ -75,17 +77,37 @@ class ApproverSessions:
             raise Conflict(f"request {request_id} is already {row.status}")
         kind = _credential_kind(credential_value)
         approval = Approval(kind, credential_value, signature, digest)
+        released = self._release_with(row, approval)
+        if released is not None:
+            return released
         try:
             spki = self.hsm.check_approval(request_id, approval)
         except RequestClosed:  # e.g. its key's policy changed: the HSM closed it - mirror
             self.release.advance(request_id)
             raise
-        cred = parse_credential(kind, credential_value)
-        self._record(ApprovalRecord(
-            request_id=request_id, approver=cred.fingerprint, approver_key_b64=spki,
-            credential_type=kind, credential=credential_value,
-            signature_b64=base64.b64encode(signature).decode(), digest=digest))
+        self._record(_record(request_id, approval, spki))
         return self.release.advance(request_id)
+
+    def _release_with(self, row: SignRequest, approval: Approval) -> SignRequest | None:
+        """If by the broker's copy of the policy this approval releases the request, the
+        HSM checks it and executes in one call (:meth:`Release.with_approval`). None:
+        not predicted (or not answered there), so the approval takes the two-call path -
+        which also answers an approver who already answered (``Conflict``)."""
+        try:
+            cred = parse_credential(approval.credential_type, approval.credential)
+        except HsmError:
+            return None  # the HSM's check refuses it, audited
+        records = self.store.approvals(row.id)
+        if any(r.approver == cred.fingerprint for r in records):
+            return None
+        approved = frozenset(r.approver for r in records if not r.rejected)
+        rejected = frozenset(r.approver for r in records if r.rejected)
+        if not self.rules.would_release(row, approved | {cred.fingerprint}, rejected,
+                                        self.store.clock()):
+            return None
+        return self.release.with_approval(
+            row, approval, [approval_of(r) for r in records if not r.rejected],
+            lambda spki: self._record(_record(row.id, approval, spki)))
 
     def reject(self, request_id: str, credential_value: str, signature: bytes,
                digest: str = "SHA-256") -> SignRequest:
@@ -112,6 +134,15 @@ class ApproverSessions:
                 s.add(record)
         except IntegrityError:
             raise Conflict("this approver already answered this request") from None
+
+
+def _record(request_id: str, approval: Approval, spki: str) -> ApprovalRecord:
+    """The broker's record of an approval the HSM verified (``spki``: its answer)."""
+    cred = parse_credential(approval.credential_type, approval.credential)
+    return ApprovalRecord(
+        request_id=request_id, approver=cred.fingerprint, approver_key_b64=spki,
+        credential_type=approval.credential_type, credential=approval.credential,
+        signature_b64=base64.b64encode(approval.signature).decode(), digest=approval.digest)
 
 
 def _credential_kind(value: str) -> str:

@@ -6,11 +6,15 @@ and never lose or repeat a release:
 * every state change here is committed before the next external effect;
 * a broker that crashed after the HSM signed fetches the result again
   (``request_result``) - so after any crash, :meth:`Release.advance` converges.
+
+The last approval usually releases in one HSM call (:meth:`Release.with_approval`,
+``hsm.approve``); :meth:`Release.advance` is the path for everything else.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -21,7 +25,14 @@ from sqlalchemy import select, update
 from chains.errors import ChainError
 from hsm_emulator.challenge import Challenge
 from hsm_emulator.client import HsmClient
-from hsm_emulator.errors import HsmError, PolicyNotMet, RequestClosed, TransportError
+from hsm_emulator.errors import (
+    ApprovalRefused,
+    CredentialInvalid,
+    HsmError,
+    PolicyNotMet,
+    RequestClosed,
+    TransportError,
+)
 from hsm_emulator.evaluate import Evaluation
 from hsm_emulator.flow import POLICY_CHANGED, Approval
 from hsm_emulator.model import Action
@@ -58,7 +69,7 @@ class Release:
         if row.status in FINAL:
             return row
         records = self.store.approvals(request_id)
-        approvals = [_approval(r) for r in records if not r.rejected]
+        approvals = [approval_of(r) for r in records if not r.rejected]
         rejected = [r.approver for r in records if r.rejected]
         try:
             ev = self.hsm.request_status(request_id, approvals, rejected)
@@ -119,6 +130,43 @@ class Release:
             return self._fail(row.id, exc)
         return self._executed(row, result)
 
+    def with_approval(self, row: SignRequest, approval: Approval,
+                      approvals: Sequence[Approval], record: Callable[[str], None],
+                      ) -> SignRequest | None:
+        """Release ``row`` with its last approval in one HSM call and commit
+        (``hsm.approve``: the approval checked and, the policy met, the request executed),
+        the payload finalized first as :meth:`_release` does. ``approvals``: the ones
+        recorded so far; ``record(spki)`` records the new one once the HSM verified it.
+
+        None when the two-call path must answer instead (check the approval, record it,
+        :meth:`advance`) - the payload could not be finalized, or the HSM refused for a
+        reason other than the approval itself: that path answers it as it always has. A
+        refused approval raises, as ``check_approval`` would. If the HSM found the policy
+        not met after all, the approval is recorded and the request advanced. A crash
+        after the HSM executed and before :meth:`_executed` leaves the request open here,
+        closed in the HSM: the next :meth:`advance` (the sweep's) is refused by
+        ``request_status`` and recovers the result (:meth:`_recover`)."""
+        payload = None
+        if self.finalize is not None:
+            try:
+                payload = self.finalize(row)
+            except (CustodyError, ChainError, OSError):  # the two-call path retries it
+                return None
+        try:
+            outcome = self.hsm.approve(row.id, approval, approvals, payload=payload)
+        except TransportError:  # outcome unknown: the retry finds it (request_result)
+            self._unreachable(row.id)
+        except (ApprovalRefused, CredentialInvalid):  # the approval's own refusal
+            raise
+        except HsmError:
+            return None
+        if outcome.execution is None:
+            record(outcome.approver)
+            return self.advance(row.id)
+        with contextlib.suppress(Conflict):  # answered meanwhile: the execution stands
+            record(outcome.approver)
+        return self._executed(row, outcome.execution)
+
     def _executed(self, row: SignRequest, result: Execution) -> SignRequest:
         """Record an execution. A ``modify`` replaced the key's policy, which closed every
         request still open under the old one in the HSM: mirror that first, so a crash in
@@ -178,8 +226,9 @@ class Release:
             result = self.hsm.request_result(row.id)
         except RequestClosed as exc:
             cancelled = "cancelled" in exc.reason or POLICY_CHANGED in exc.reason
-            self.store.finish(row.id, unexecuted or (
-                Status.CANCELLED if cancelled else Status.FAILED), error=_why(exc.reason))
+            why = _why(exc.reason)
+            self.store.finish(row.id, unexecuted or _CLOSED_AS.get(why) or (
+                Status.CANCELLED if cancelled else Status.FAILED), error=why)
             return self.store.get(row.id)
         return self._executed(row, result)
 
@@ -239,6 +288,11 @@ class Release:
             self.wake.notify_all()
 
 
+#: The HSM's reason for a request :meth:`Release._close` ended (it cancels with the
+#: status's name), back to that status when a crash cut the close short.
+_CLOSED_AS = {st.value.lower(): st for st in (Status.REJECTED, Status.EXPIRED)}
+
+
 def _why(reason: str) -> str:
     """The HSM's reason for a closed request, without the request id it repeats."""
     _, sep, why = reason.partition(" is cancelled: ")
@@ -253,6 +307,7 @@ def _policy_digest(row: SignRequest) -> str | None:
     return digest if isinstance(digest, str) else None
 
 
-def _approval(r: ApprovalRecord) -> Approval:
+def approval_of(r: ApprovalRecord) -> Approval:
+    """A recorded approval, as the HSM takes it."""
     return Approval(r.credential_type, r.credential, base64.b64decode(r.signature_b64),
                     r.digest)

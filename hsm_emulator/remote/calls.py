@@ -33,7 +33,14 @@ from ..errors import AuditFailure, InvalidInput, TransportError
 from ..flow import Approval
 from ..model import KeyAttributes
 from ..officers import OfficerOutcome, OfficerSet
-from ..results import Attestation, Execution, KeyInfo, evaluation_from_json, evaluation_to_json
+from ..results import (
+    ApprovalOutcome,
+    Attestation,
+    Execution,
+    KeyInfo,
+    evaluation_from_json,
+    evaluation_to_json,
+)
 from .wire import _INT64, _REPLY_ENVELOPE, MAX_FRAME, _b64, _encode, _unb64
 
 # -- server: arguments ------------------------------------------------------------------
@@ -302,6 +309,7 @@ def _fitting(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 KEY_INFO = _of_json(KeyInfo.from_json)
 EXECUTION = _of_json(Execution.from_json)
+APPROVAL_OUTCOME = _of_json(ApprovalOutcome.from_json)
 EXECUTIONS = _list_of(Execution.from_json)
 CHALLENGE = _of_json(Challenge.from_json)
 ATTESTATION = _of_json(Attestation.from_json)
@@ -400,6 +408,8 @@ TABLE: dict[str, Call] = {c.name: c for c in (
           approval=APPROVAL),
     _call("execute", SIGNING, EXECUTION, request_id=TEXT, approvals=APPROVALS,
           payload=OPT_BYTES),
+    _call("approve", SIGNING, APPROVAL_OUTCOME, request_id=TEXT, approval=APPROVAL,
+          approvals=APPROVALS, payload=OPT_BYTES),
     _call("sign_now", SIGNING, EXECUTION, label=TEXT, payload=BYTES, payload_type=TEXT,
           scheme=OPT_ENUM, request_id=OPT_TEXT, initiation=OPT_APPROVAL),
     _call("sign_batch", SIGNING, EXECUTIONS, label=TEXT, payloads=BYTES_LIST,

@@ -300,6 +300,7 @@ class RemoteHsmClient:
     begin = _stub(HsmClient.begin)
     check_approval = _stub(HsmClient.check_approval)
     execute = _stub(HsmClient.execute)
+    approve = _stub(HsmClient.approve)
     sign_now = _stub(HsmClient.sign_now)
     sign_batch = _stub(HsmClient.sign_batch)
     dry_run = _stub(HsmClient.dry_run)

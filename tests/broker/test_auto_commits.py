@@ -1,7 +1,8 @@
 """The broker's hot paths, counted in the HSM's durable commits (each a WAL sync and an
 anti-rollback counter advance: see tests/hsm/test_counted_commits.py): auto-tier
 requests signed together cost one, whatever their number; a 2-of-3 request one to
-begin, one per approval and one to sign."""
+begin and one per approval - the last approval's check and the signing share it (the
+HSM's ``approve``)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_auto_requests_signed_together_are_one_counted_commit(
     assert counter.advances - before == 1
 
 
-def test_a_quorum_request_costs_one_commit_to_begin_and_one_per_approval_and_to_sign(
+def test_a_quorum_request_costs_one_commit_to_begin_and_one_per_approval(
         counted: tuple[Broker, CountingCounter], people: dict[str, Approver]) -> None:
     broker, counter = counted
     before = counter.advances
@@ -62,10 +63,15 @@ def test_a_quorum_request_costs_one_commit_to_begin_and_one_per_approval_and_to_
                         "TEST_TRANSFER", None, None)
     assert counter.advances - before == 1  # begin
     challenge = base64.b64decode(row.challenge_b64 or "")
-    steps = []
+    steps, statuses = [], []
     for who in ("t1", "t2"):
         before = counter.advances
         row = broker.approvers.approve(row.id, people[who].spki_b64, people[who].sign(challenge))
         steps.append(counter.advances - before)
-    assert row.status == Status.EXECUTED
-    assert steps == [1, 2]  # each approval checked (audited); the last one also signs
+        statuses.append(row.status)
+    assert statuses == [Status.PENDING, Status.EXECUTED]
+    assert steps == [1, 1]  # the last approval is checked and signs in one counted commit
+    assert len(row.result or []) == 1 and row.approved_by == [
+        people["t1"].spki_b64, people["t2"].spki_b64]
+    assert [a.approver_key_b64 for a in broker.approvals(row.id)] == [
+        people["t1"].spki_b64, people["t2"].spki_b64]  # both recorded

@@ -157,8 +157,8 @@ def test_a_crash_resumes_without_repeating(service: Service, people: dict[str, A
     answer(service.client, people["t1"], t["signRequestId"])
     if point == "hsm-executed-not-recorded":
         _crash_once(service.broker.store, "finish", lambda rid, status, **_: status == "EXECUTED")
-    elif point == "after-nonce-before-execute":
-        _crash_once(service.broker.hsm, "execute", lambda *_a, **_k: True)
+    elif point == "after-nonce-before-execute":  # the last approval's one HSM call
+        _crash_once(service.broker.hsm, "approve", lambda *_a, **_k: True)
     with pytest.raises(BaseException) as died:  # through HTTP it arrives wrapped in a group
         if point == "broadcast-not-recorded":
             answer(service.client, people["t2"], t["signRequestId"])
@@ -175,6 +175,8 @@ def test_a_crash_resumes_without_repeating(service: Service, people: dict[str, A
             answer(service.client, people["t2"], t["signRequestId"])
     assert "Crash" in repr(died.value) or isinstance(died.value, Crash)
     service.restart()
+    if point == "after-nonce-before-execute":  # the HSM never saw the approval, nor
+        answer(service.client, people["t2"], t["signRequestId"])  # answered it: retried
     done = _finish(service, t["id"])
     assert service.executions(t["signRequestId"]) == 1  # signed once
     assert eth.pending_nonce(w["address"]) == before + 1  # one transaction on chain

@@ -381,6 +381,7 @@ def test_cancel_status_and_challenge(client: HsmClient, treasury: str,
     refused(ApprovalRefused, client.request_status, ch.request_id, approve(ch, people["x"]))
     client.cancel(ch.request_id, "desk withdrew it")
     refused(RequestClosed, client.execute, ch.request_id, approve(ch, t1, t2))
+    refused(RequestClosed, client.request_status, ch.request_id, approve(ch, t1, t2))
     refused(RequestClosed, client.cancel, ch.request_id)
     refused(RequestClosed, client.request_result, ch.request_id)
     refused(RequestNotFound, client.request_status, "no-such-request")

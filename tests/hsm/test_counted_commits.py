@@ -19,7 +19,9 @@ import pytest
 
 from hsm_emulator import Action, CounterValue, Hsm, ManualClock, decoders
 from hsm_emulator.decoders import transfer_payload
-from hsm_emulator.errors import PolicyNotMet
+from hsm_emulator.errors import ApprovalRefused, PolicyNotMet
+from hsm_emulator.flow import Approval
+from hsm_emulator.results import ApprovalOutcome
 from tests.conftest import SO, TEST_PASSPHRASE
 from tests.helpers import Approver, tiered_policy
 
@@ -129,6 +131,29 @@ def test_the_release_path_commits_once_per_approval_and_once_to_sign(
             challenge.request_id, a)) == (1, 1)
     assert calls.cost(lambda: hsm.request_status(challenge.request_id, approvals)) == (0, 0)
     assert calls.cost(lambda: hsm.execute(challenge.request_id, approvals)) == (1, 1)
+
+
+def test_the_last_approval_checked_and_signed_is_one_counted_commit(
+        calls: Calls, people: dict[str, Approver]) -> None:
+    """``approve`` - the approval checked and, the policy then met, the request executed -
+    in one transaction: each approval one counted commit, the last one included; a
+    refused one too (its audit entry)."""
+    hsm = calls.hsm
+    challenge = hsm.begin("k", Action.USE, _pay(1000, 7), TT)
+    first, last = (people[p].approve(challenge.envelope) for p in ("t1", "t2"))
+    outcome: list[ApprovalOutcome] = []
+    assert calls.cost(lambda: outcome.append(hsm.approve(challenge.request_id, first))) == (1, 1)
+    assert outcome[-1].execution is None
+    forged = Approval("public_key", people["t2"].spki_b64, people["x"].sign(challenge.envelope))
+
+    def refused() -> None:
+        with pytest.raises(ApprovalRefused):
+            hsm.approve(challenge.request_id, forged, [first])
+
+    assert calls.cost(refused) == (1, 1)
+    assert calls.cost(lambda: outcome.append(
+        hsm.approve(challenge.request_id, last, [first]))) == (1, 1)
+    assert outcome[-1].execution is not None and outcome[-1].execution.token == "medium"
 
 
 def test_the_trace_sees_commits(tmp_path: Path) -> None:

@@ -51,6 +51,9 @@ class UnpluggableHsm:
 
 def test_an_hsm_outage_keeps_the_request_and_it_releases_on_return(
         tmp_path: Path, clock: ManualClock) -> None:
+    """The HSM checked the last approval and executed (``approve``, one call), then the
+    cable was pulled before its answer came back: the outcome is unknown to the broker,
+    which keeps the request, answers 503, and on return learns the HSM's result."""
     traders = [Approver.new(n) for n in ("t1", "t2", "t3")]
     hsm, broker = treasury(tmp_path, clock, traders, UnpluggableHsm)
     cable: UnpluggableHsm = broker.hsm  # type: ignore[assignment]
@@ -59,29 +62,55 @@ def test_an_hsm_outage_keeps_the_request_and_it_releases_on_return(
                             "TEST_TRANSFER", None, None)
         challenge = base64.b64decode(row.challenge_b64)
         broker.approvers.approve(row.id, traders[0].spki_b64, traders[0].sign(challenge))
-        # the second approval is checked and recorded, then the HSM goes away mid-release
-        real_status = hsm.request_status
+        real_approve = hsm.approve
 
-        def status_then_unplug(*args: Any, **kwargs: Any) -> Any:
+        def approve_then_unplug(*args: Any, **kwargs: Any) -> Any:
+            done = real_approve(*args, **kwargs)
             cable.down = True
-            return real_status(*args, **kwargs)
+            raise TransportError("approve: the connection dropped before the answer")
+            return done  # pragma: no cover
 
-        hsm.request_status = status_then_unplug  # type: ignore[method-assign]
+        hsm.approve = approve_then_unplug  # type: ignore[method-assign]
         with pytest.raises(TransportError):
             broker.approvers.approve(row.id, traders[1].spki_b64, traders[1].sign(challenge))
         kept = broker.get(row.id)
         assert kept.status == Status.PENDING, kept.error  # was: FAILED, for ever
         assert kept.wake_at is not None and kept.wake_at <= clock.now() + RETRY_SECONDS
-        assert len(broker.approvals(row.id)) == 2  # the acknowledged approval is kept
+        assert hsm.request_result(row.id).signatures  # signed in the HSM, unknown here
         clock.advance(RETRY_SECONDS)
         with pytest.raises(TransportError):  # the scheduler during the outage ...
             broker.tick()  # ... (run_scheduler goes on): the request is still kept
         assert broker.get(row.id).status == Status.PENDING
-        del hsm.request_status
+        del hsm.approve
         cable.down = False
         clock.advance(RETRY_SECONDS)
         assert broker.tick() == 1
         done = broker.get(row.id)
+        assert done.status == Status.EXECUTED
+        assert done.result == [base64.b64encode(s).decode()
+                               for s in hsm.request_result(row.id).signatures]
+    finally:
+        broker.close()
+        hsm.close()
+
+
+def test_an_hsm_outage_before_the_last_approval_is_a_503_and_changes_nothing(
+        tmp_path: Path, clock: ManualClock) -> None:
+    traders = [Approver.new(n) for n in ("t1", "t2", "t3")]
+    hsm, broker = treasury(tmp_path, clock, traders, UnpluggableHsm)
+    cable: UnpluggableHsm = broker.hsm  # type: ignore[assignment]
+    try:
+        row = broker.submit(DESK, "treasury", Action.USE, transfer_payload("TST", 1000, "bob"),
+                            "TEST_TRANSFER", None, None)
+        challenge = base64.b64decode(row.challenge_b64)
+        broker.approvers.approve(row.id, traders[0].spki_b64, traders[0].sign(challenge))
+        cable.down = True
+        with pytest.raises(TransportError):
+            broker.approvers.approve(row.id, traders[1].spki_b64, traders[1].sign(challenge))
+        assert broker.get(row.id).status == Status.PENDING
+        assert len(broker.approvals(row.id)) == 1  # never acknowledged: not recorded
+        cable.down = False  # the approver retries
+        done = broker.approvers.approve(row.id, traders[1].spki_b64, traders[1].sign(challenge))
         assert done.status == Status.EXECUTED and done.result
     finally:
         broker.close()
