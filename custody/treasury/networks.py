@@ -71,7 +71,10 @@ class PublicKeys:
 
     def __init__(self, hsm: HsmClient) -> None:
         self.hsm = hsm
-        self._asked = functools.lru_cache(maxsize=self.SIZE)(hsm.public_key)
+        self._asked = functools.lru_cache(maxsize=self.SIZE)(self._ask)
+
+    def _ask(self, label: str, path: str) -> bytes:
+        return self.hsm.public_key(label, path)
 
     def public_key(self, label: str, path: str = "") -> bytes:
         return self._asked(label, path)
