@@ -20,8 +20,8 @@ from hsm_emulator.model import Action, Intent
 from hsm_emulator.policy import parse_policy
 
 from . import reasons
-from .ledger import WAITING, TransferLedger
-from .models import RESIGNS, TERMINAL, State, TransferRecord, Wallet, changed
+from .ledger import WAITING, Move, TransferLedger
+from .models import RESIGNS, TERMINAL, State, TransferRecord, Wallet, attempt, changed
 from .networks import Networks
 from .wallets import assets_of
 
@@ -108,31 +108,41 @@ class TransferSigning:
         self.nudge()
 
     def follow(self, t: TransferRecord, row: SignRequest, **values: Any) -> None:
-        """Mirror the sign request; on EXECUTED assemble the signed transaction (its row
-        read afresh: the release may have finalized the payload meanwhile). ``values``:
-        more columns for the SIGNED move (the request's id, when it was signed at once)."""
+        """Mirror the sign request on its transfer; on EXECUTED assemble the signed
+        transaction. ``values``: more columns for the SIGNED move (the request's id, when
+        it was signed at once).
+
+        The transfer is read afresh (the release may have finalized its payload
+        meanwhile), and only its current attempt's request is mirrored: a caller that read
+        the transfer before it was signed again (its transaction expired unlanded) may
+        hold the earlier attempt's executed request, whose signature belongs to a
+        transaction already proven dead - mirrored, it would sign the transfer with it
+        once more. Each move is one compare-and-set, not retried on a newer row: a row
+        that moved meanwhile is followed again by the worker's next pass."""
+        t = self.ledger.load(t.id)
+        if _attempt_of(row) != attempt(t):
+            log.info("transfer %s: request %s is of an earlier attempt; not mirrored",
+                     t.id, row.id)
+            return
+        wallet = self.ledger.wallet(t)
         if row.status == Status.EXECUTED:
-            wallet = self.ledger.wallet(t)
             planner = self.networks.planner(wallet.chain)
-            t = self.ledger.load(t.id)
             signatures = [base64.b64decode(x) for x in row.result or []]
             raw = planner.assemble(self._unsigned(t, wallet), signatures)
-            txid = planner.txid(raw)
             tier = t.tier or self._tier(row)
-            self.ledger.move(t.id, State.SIGNED, current=t,
-                             raw_b64=base64.b64encode(raw).decode(), txid=txid, tier=tier,
-                             next_check=None, **values)
+            self.ledger.move_all([Move(t, State.SIGNED, {
+                "raw_b64": base64.b64encode(raw).decode(), "txid": planner.txid(raw),
+                "tier": tier, "next_check": None, **values})])
             return
         state = _BY_REQUEST.get(Status(row.status))
         if state is None or state.value == t.state:
             return
         if state in TERMINAL:
-            wallet = self.ledger.wallet(t)
-            with self.ledger.sessions.begin() as s:
-                self.networks.planner(wallet.chain).after_failure(s, t)
-            self.ledger.move(t.id, state, error=self.reason(row, wallet, state))
+            planner = self.networks.planner(wallet.chain)
+            self.ledger.move_all([Move(t, state, {"error": self.reason(row, wallet, state)},
+                                       also=lambda s: planner.after_failure(s, t))])
         else:
-            self.ledger.move(t.id, state)
+            self.ledger.move_all([Move(t, state)])
 
     def reason(self, row: SignRequest, wallet: Wallet, state: State) -> str:
         """Why the transfer ended, in the desk's words (:mod:`.reasons`)."""
@@ -160,3 +170,10 @@ class TransferSigning:
             return self.networks.hsm.request_result(row.id).token
         except HsmError:
             return None
+
+
+def _attempt_of(row: SignRequest) -> int:
+    """The transfer attempt a sign request was raised for (1 unless signed again)."""
+    meta = row.meta_data if isinstance(row.meta_data, dict) else {}
+    n = meta.get("attempt", 1)
+    return n if isinstance(n, int) else 1

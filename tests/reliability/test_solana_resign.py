@@ -259,3 +259,45 @@ def test_not_signed_again_until_the_node_proves_it(tmp_path: Path, sol: SolanaNo
         done = get(api, t["id"])
         assert done["state"] == "confirmed" and len(_resigned(done)) == 1, done
         _landed_once(sol, w, start, dest, SOL // 2)
+
+
+def test_a_stale_follow_of_the_earlier_attempt_signs_nothing(
+        tmp_path: Path, sol: SolanaNode, people: dict[str, Approver]) -> None:
+    """Found by the long kill loop (PostgreSQL, two workers): a worker that read the
+    transfer while its first request waited for approvals follows that request after the
+    transfer was signed, expired unlanded and raised its second request. The first
+    request is executed; mirrored now, it would make the transfer signed again with the
+    dead transaction (a signed attempt the HSM never signed). It is not mirrored: the
+    transfer waits for its second request, and lands once with one signature per attempt."""
+    with _service(tmp_path, solana=sol.url, workers=False) as api:
+        w = _sol_wallet(api, people, sol)
+        start, dest = sol.client.balance(w["address"]), str(Keypair().pubkey())
+        t = _created(_post_transfer(api, w["id"], "SOL", "5", dest, "resign-stale"))
+        treasury = _treasury(api)
+        stale = treasury.ledger.load(t["id"])  # a worker's read, before the approvals
+        assert stale.state == "pending_approval"
+        answer(api, people["t1"], t["signRequestId"])
+        answer(api, people["t2"], t["signRequestId"])
+        first = get(api, t["id"])
+        assert first["state"] == "signed"
+        sol.expire_blockhash()
+        _drive(treasury, t["id"])
+        again = get(api, t["id"])
+        assert again["state"] == "pending_approval", again
+        assert again["signRequestId"] == hsm_request_id(t["id"], 2)
+
+        old = treasury.broker.get(t["signRequestId"])
+        assert old.status == "EXECUTED"
+        treasury.signing.follow(stale, old)  # the stale worker's step
+        after = get(api, t["id"])
+        assert after["state"] == "pending_approval", after
+        assert after["txid"] is None and len(_resigned(after)) == 1
+
+        answer(api, people["t1"], again["signRequestId"])
+        answer(api, people["t3"], again["signRequestId"])
+        _drive(treasury, t["id"])
+        done = get(api, t["id"])
+        assert done["state"] == "confirmed", done
+        assert len(_resigned(done)) == 1
+        assert _signings(api, w["keyLabel"]) == 2  # one per attempt
+        _landed_once(sol, w, start, dest, 5 * SOL)
