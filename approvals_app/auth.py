@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from enum import StrEnum
 
 import jwt
@@ -34,6 +34,9 @@ class Role(StrEnum):
 ROLES = frozenset(r.value for r in Role)
 #: Failed authentications allowed per client address per minute.
 MAX_FAILURES_PER_MINUTE = 20
+#: Failing client addresses past which idle ones (no failure in the window) are dropped:
+#: the table then holds at most the addresses that failed in the last window.
+MAX_FAILING_CLIENTS = 4096
 
 
 class FailureLimiter:
@@ -47,12 +50,16 @@ class FailureLimiter:
 
     def __init__(self, limit: int = MAX_FAILURES_PER_MINUTE, window: float = 60.0) -> None:
         self.limit, self.window = limit, window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        #: only addresses that failed: a lookup never adds one, and idle ones are
+        #: forgotten once there are more than :data:`MAX_FAILING_CLIENTS`
+        self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
     def check(self, client: str) -> None:
         with self._lock:
-            q = self._failures[client]
+            q = self._failures.get(client)
+            if q is None:
+                return
             while q and q[0] < time.monotonic() - self.window:
                 q.popleft()
             if len(q) >= self.limit:
@@ -60,7 +67,16 @@ class FailureLimiter:
 
     def failed(self, client: str) -> None:
         with self._lock:
-            self._failures[client].append(time.monotonic())
+            now = time.monotonic()
+            if len(self._failures) >= MAX_FAILING_CLIENTS:
+                for c in [c for c, q in self._failures.items()
+                          if not q or q[-1] < now - self.window]:
+                    del self._failures[c]
+            self._failures.setdefault(client, deque()).append(now)
+
+    def __len__(self) -> int:
+        """Client addresses remembered (for tests: the table must stay bounded)."""
+        return len(self._failures)
 
 
 def issue_token(secret: str, subject: str, tenant: str, roles: list[str], *,

@@ -35,7 +35,8 @@ from .errors import TamperDetected
 from .nvram import CounterValue
 
 _GENESIS = bytes(32)
-_RecordKey = tuple[str, str]
+#: A record's (nonce, ciphertext) as the file holds it.
+Row = tuple[bytes, bytes]
 
 
 @dataclass(frozen=True)
@@ -53,27 +54,26 @@ class SealedState:
 class StateSeal:
     """The running digests of one open store and the ``state`` row they make.
 
-    Changes made inside a transaction are journaled so a rollback restores the digests
-    (:meth:`rollback`); :meth:`commit` forgets the journal.
+    A write passes the row it replaces (read from the file in the same transaction), so
+    no per-record state is kept: memory stays constant however many records the store
+    holds (it used to keep one digest per record, ~0.2-0.4 KiB each, for ever - the soak's
+    memory tracing, tests/reliability/REPORT.md). :meth:`begin` remembers the digests
+    and a rollback restores them; :meth:`commit` forgets them.
     """
 
     def __init__(self, key: bytes) -> None:
         self._key = key
-        self._rows: dict[_RecordKey, int] = {}
         self._records = 0
         self._spends = _GENESIS
         self._spend_count = 0
-        self._journal: list[tuple[_RecordKey, int | None]] | None = None
-        self._spends_before = (_GENESIS, 0)
+        self._before = (0, _GENESIS, 0)
 
     # -- recomputing from the file ------------------------------------------------------
 
     def load(self, db: sqlite3.Connection) -> None:
         """Recompute every digest from the store file (at open)."""
         for kind, ident, nonce, body in db.execute("SELECT kind, id, nonce, body FROM records"):
-            digest = self._record(kind, ident, bytes(nonce), bytes(body))
-            self._rows[(kind, ident)] = digest
-            self._records ^= digest
+            self._records ^= self._record(kind, ident, bytes(nonce), bytes(body))
         self.spends(db.execute(
             "SELECT family, asset, amount, at, token, cum_all, cum_token FROM spends "
             "ORDER BY rowid"))
@@ -81,14 +81,16 @@ class StateSeal:
     # -- changes ------------------------------------------------------------------------
 
     def begin(self) -> None:
-        self._journal = []
-        self._spends_before = (self._spends, self._spend_count)
+        self._before = (self._records, self._spends, self._spend_count)
 
-    def put(self, kind: str, ident: str, nonce: bytes, body: bytes) -> None:
-        self._set((kind, ident), self._record(kind, ident, nonce, body))
+    def put(self, kind: str, ident: str, nonce: bytes, body: bytes, old: Row | None) -> None:
+        """A record written; ``old``: the (nonce, body) it replaces in the file, if any."""
+        self.delete(kind, ident, old)
+        self._records ^= self._record(kind, ident, nonce, body)
 
-    def delete(self, kind: str, ident: str) -> None:
-        self._set((kind, ident), None)
+    def delete(self, kind: str, ident: str, old: Row | None) -> None:
+        if old is not None:
+            self._records ^= self._record(kind, ident, bytes(old[0]), bytes(old[1]))
 
     def spends(self, rows: Iterable[Sequence[Any]]) -> None:
         """Chain appended ledger rows (family, asset, amount, at, token and the running
@@ -101,27 +103,10 @@ class StateSeal:
         self._spends, self._spend_count = digest, count
 
     def rollback(self) -> None:
-        for key, old in reversed(self._journal or []):
-            self._replace(key, old)
-        self._spends, self._spend_count = self._spends_before
-        self._journal = None
+        self._records, self._spends, self._spend_count = self._before
 
     def commit(self) -> None:
-        self._journal = None
-
-    def _set(self, key: _RecordKey, digest: int | None) -> None:
-        old = self._replace(key, digest)
-        if self._journal is not None:
-            self._journal.append((key, old))
-
-    def _replace(self, key: _RecordKey, digest: int | None) -> int | None:
-        old = self._rows.pop(key, None)
-        if old is not None:
-            self._records ^= old
-        if digest is not None:
-            self._rows[key] = digest
-            self._records ^= digest
-        return old
+        self._before = (self._records, self._spends, self._spend_count)
 
     def _record(self, kind: str, ident: str, nonce: bytes, body: bytes) -> int:
         mac = hmac.new(self._key, b"ska-state-record-v1\0" + kind.encode() + b"\0" +

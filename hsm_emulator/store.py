@@ -48,7 +48,7 @@ from .errors import (
     TamperDetected,
 )
 from .nvram import CounterValue, MonotonicCounter, SealedFileCounter
-from .rollback import StateSeal
+from .rollback import Row, StateSeal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -294,16 +294,22 @@ class Store:
         body = self._aead.encrypt(nonce, json.dumps(obj, sort_keys=True).encode(),
                                   _aad(kind, ident))
         with self.transaction():
+            old = self._row(kind, ident)
             self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)",
                              (kind, ident, nonce, body))
             if self._seal is not None:
-                self._seal.put(kind, ident, nonce, body)
+                self._seal.put(kind, ident, nonce, body, old)
 
-    def get(self, kind: str, ident: str) -> dict[str, Any] | None:
+    def _row(self, kind: str, ident: str) -> Row | None:
+        """A record's (nonce, ciphertext) as the file holds it."""
         with self._lock:
             row = self._db.execute(
                 "SELECT nonce, body FROM records WHERE kind=? AND id=?", (kind, ident)
             ).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
+    def get(self, kind: str, ident: str) -> dict[str, Any] | None:
+        row = self._row(kind, ident)
         if row is None:
             return None
         try:
@@ -315,9 +321,10 @@ class Store:
 
     def delete(self, kind: str, ident: str) -> None:
         with self.transaction():
+            old = self._row(kind, ident)
             self._db.execute("DELETE FROM records WHERE kind=? AND id=?", (kind, ident))
             if self._seal is not None:
-                self._seal.delete(kind, ident)
+                self._seal.delete(kind, ident, old)
 
     def ids(self, kind: str) -> list[str]:
         with self._lock:

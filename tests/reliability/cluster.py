@@ -22,6 +22,8 @@ import httpx
 from custody.pgserver import PostgresServer, _as_owner, free_port
 from hsm_emulator.remote import RemoteHsmClient
 
+from . import memtrace
+
 SECRET = "reliability-secret-0123456789abcdef-0123"
 ROOT = Path(__file__).resolve().parents[2]
 #: The worker's recovery sweep in these tests: short, so resumption is quick to observe.
@@ -75,6 +77,8 @@ class Cluster:
             env, cmd = self.env, ["-m", "custody.cli", "worker"]
         else:
             env, cmd = self.env, ["-m", "custody.cli", "serve", "--port", str(self.ports[name])]
+        if os.environ.get(memtrace.ENV) and name != "worker":  # opt-in allocation tracing
+            cmd = ["-m", "tests.reliability.memtrace", name, *cmd[1:]]
         log = self.work / f"{name}.log"
         mark = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:

@@ -25,7 +25,8 @@ from .traffic import Desk, Ledger, run_traffic
 def sample(cluster: Cluster, ledger: Ledger, t0: float, last: dict[str, float]) -> dict[str, Any]:
     now = time.time()
     done = sum(1 for s in ledger.scenarios if s.complete)
-    line = {"t": round(now - t0, 1), "calls": ledger.calls, "scenarios_done": done,
+    line = {"t": round(now - t0, 1), "at": round(now, 1), "calls": ledger.calls,
+            "scenarios_done": done,
             "calls_per_s": round((ledger.calls - last["calls"]) / (now - last["at"]), 1),
             "scenarios_per_s": round((done - last["done"]) / (now - last["at"]), 2),
             "errors": sum(ledger.errors.values()),
