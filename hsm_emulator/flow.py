@@ -311,17 +311,25 @@ class ApprovalFlow:
         event = {"op": "approval.check", "requestId": request_id}
 
         def check() -> str:
-            req = self._requests.get(request_id)
-            if not req.is_open:
-                raise RequestClosed(f"request {request_id} is {req.status.value}")
-            state = self._keys.state(req.label)
-            _current(req, state)
-            cred = self._verify(req, state, approval)
-            event["approver"] = cred.fingerprint
+            _req, _state, cred = self._checked(request_id, approval, event)
             return cred.public_key_b64
 
         with self._b.locked():
             return self._b.audited(event, check)
+
+    def _checked(self, request_id: str, approval: Approval, event: dict[str, Any],
+                 ) -> tuple[HsmRequest, KeyState, Credential]:
+        """The open request of the key's current policy, its key's state and the
+        approval's verified credential (named in ``event``): ``check_approval``'s check,
+        and ``approve``'s first step."""
+        req = self._requests.get(request_id)
+        if not req.is_open:
+            raise RequestClosed(f"request {request_id} is {req.status.value}")
+        state = self._keys.state(req.label)
+        _current(req, state)
+        cred = self._verify(req, state, approval)
+        event["approver"] = cred.fingerprint
+        return req, state, cred
 
     def _verified_set(self, req: HsmRequest, state: KeyState,
                       approvals: Sequence[Approval]) -> dict[str, Credential]:
@@ -379,13 +387,7 @@ class ApprovalFlow:
         steps = [check]
 
         def run() -> ApprovalOutcome:
-            req = self._requests.get(request_id)
-            if not req.is_open:
-                raise RequestClosed(f"request {request_id} is {req.status.value}")
-            state = self._keys.state(req.label)
-            _current(req, state)
-            cred = self._verify(req, state, approval)
-            check["approver"] = cred.fingerprint
+            req, state, cred = self._checked(request_id, approval, check)
             creds = self._verified_set(req, state, approvals)
             if cred.fingerprint in creds:
                 raise ApprovalRefused(f"approver {cred.fingerprint[:16]} is already among "
