@@ -143,15 +143,23 @@ def die_once(target: Any, name: str, exc: BaseException | None = None,
     return fired
 
 
+def crash(app: App, body: dict[str, Any], key: str, fired: list[bool]) -> None:
+    """Post and die at the armed point. The test client's event-loop portal reports the
+    death either as the ``Crash`` itself or, when the uncaught BaseException tears the
+    portal down first, as its cancellation (about 1 run in 8): both are the process dying,
+    and ``fired`` proves it died where the test put the crash."""
+    with pytest.raises((Crash, concurrent.futures.CancelledError)):
+        post_sign(app, body, key)
+    assert fired == [True]
+
+
 @pytest.mark.parametrize("tier, amount", [("auto", 50), ("medium", 1000)])
 def test_a_create_cut_short_after_the_hsm_acted_is_finished_by_the_retry(
         app: App, clock: Clock, people: dict[str, Approver], tier: str, amount: int) -> None:
     body = sign_body(amount, 1)
     # the HSM signed (auto) or opened the request (medium); the broker never recorded it
     fired = die_once(app.state.hsm, "sign_now" if tier == "auto" else "begin")
-    with pytest.raises(BaseException) as died:
-        post_sign(app, body, "crash-1")
-    assert fired and "Crash" in repr(died.value)
+    crash(app, body, "crash-1", fired)
     app.kill_and_restart()
     assert app.count("sign_requests") == 0  # the HSM acted; the broker knows nothing
 
@@ -183,10 +191,7 @@ def test_a_create_cut_short_after_the_hsm_acted_is_finished_by_the_retry(
 def test_a_create_cut_short_before_the_hsm_acted_is_done_once_by_the_retry(
         app: App, clock: Clock) -> None:
     body = sign_body(50, 2)
-    die_once(app.state.hsm, "sign_now", after=False)
-    with pytest.raises(BaseException) as died:
-        post_sign(app, body, "crash-2")
-    assert "Crash" in repr(died.value)
+    crash(app, body, "crash-2", die_once(app.state.hsm, "sign_now", after=False))
     app.kill_and_restart()
     clock.lease_runs_out()
     retry = post_sign(app, body, "crash-2")

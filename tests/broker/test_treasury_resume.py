@@ -125,6 +125,13 @@ def _funded(service: Service, people: dict[str, Approver],
     return w, eth, checksum(os.urandom(20)), eth.pending_nonce(w["address"])
 
 
+def _died(value: BaseException) -> bool:
+    """The call ended in the armed crash. Through the test client it arrives as itself,
+    wrapped in an exception group, or - when the uncaught BaseException tears the client's
+    event-loop portal down first (about 1 run in 8) - as that portal's cancellation."""
+    return "Crash" in repr(value) or isinstance(value, concurrent.futures.CancelledError)
+
+
 def _crash_once(target: Any, name: str, when: Callable[..., bool]) -> None:
     original = getattr(target, name)
     fired: list[bool] = []
@@ -173,7 +180,7 @@ def test_a_crash_resumes_without_repeating(service: Service, people: dict[str, A
             service.treasury.advance(t["id"])
         else:
             answer(service.client, people["t2"], t["signRequestId"])
-    assert "Crash" in repr(died.value) or isinstance(died.value, Crash)
+    assert _died(died.value)
     service.restart()
     if point == "after-nonce-before-execute":  # the HSM never saw the approval, nor
         answer(service.client, people["t2"], t["signRequestId"])  # answered it: retried
@@ -203,7 +210,7 @@ def test_a_transfer_create_cut_short_is_answered_by_its_retry(
     headers = {**DESK, "Idempotency-Key": "desk-run-7"}
     with pytest.raises(BaseException) as died:
         service.client.post("/v1/transfers", json=body, headers=headers)
-    assert "Crash" in repr(died.value)
+    assert _died(died.value)
     service.restart()
     assert service.client is not None
     time.sleep(0.4)
