@@ -70,14 +70,14 @@ class ApproverSessions:
     def approve(self, request_id: str, credential_value: str, signature: bytes,
                 digest: str = "SHA-256", challenge_b64: str | None = None) -> SignRequest:
         """Record one approval (verified by the HSM first), then try to release."""
-        row = self.store.get(request_id)
+        row, records = self.store.with_approvals(request_id)
         if challenge_b64 is not None and challenge_b64 != row.challenge_b64:
             raise ApprovalRefused("approvalToBeSigned does not match this task's challenge")
         if row.status in FINAL:
             raise Conflict(f"request {request_id} is already {row.status}")
         kind = _credential_kind(credential_value)
         approval = Approval(kind, credential_value, signature, digest)
-        released = self._release_with(row, approval)
+        released = self._release_with(row, records, approval)
         if released is not None:
             return released
         try:
@@ -88,7 +88,8 @@ class ApproverSessions:
         self._record(_record(request_id, approval, spki))
         return self.release.advance(request_id)
 
-    def _release_with(self, row: SignRequest, approval: Approval) -> SignRequest | None:
+    def _release_with(self, row: SignRequest, records: list[ApprovalRecord],
+                      approval: Approval) -> SignRequest | None:
         """If by the broker's copy of the policy this approval releases the request, the
         HSM checks it and executes in one call (:meth:`Release.with_approval`). None:
         not predicted (or not answered there), so the approval takes the two-call path -
@@ -97,7 +98,6 @@ class ApproverSessions:
             cred = parse_credential(approval.credential_type, approval.credential)
         except HsmError:
             return None  # the HSM's check refuses it, audited
-        records = self.store.approvals(row.id)
         if any(r.approver == cred.fingerprint for r in records):
             return None
         approved = frozenset(r.approver for r in records if not r.rejected)
@@ -107,7 +107,7 @@ class ApproverSessions:
             return None
         return self.release.with_approval(
             row, approval, [approval_of(r) for r in records if not r.rejected],
-            lambda spki: self._record(_record(row.id, approval, spki)))
+            lambda spki: _record(row.id, approval, spki))
 
     def reject(self, request_id: str, credential_value: str, signature: bytes,
                digest: str = "SHA-256") -> SignRequest:
@@ -129,11 +129,7 @@ class ApproverSessions:
         return self.release.advance(request_id)
 
     def _record(self, record: ApprovalRecord) -> None:
-        try:
-            with self.store.sessions.begin() as s:
-                s.add(record)
-        except IntegrityError:
-            raise Conflict("this approver already answered this request") from None
+        self.store.add_approval(record)
 
 
 def _record(request_id: str, approval: Approval, spki: str) -> ApprovalRecord:

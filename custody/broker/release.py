@@ -97,8 +97,7 @@ class Release:
             self.hsm.cancel(request_id, reason or f"cancelled by {principal.subject}")
         except RequestClosed:  # executed meanwhile, or cancelled by a call that then died
             return self._recover(row)
-        self.store.finish(request_id, Status.CANCELLED, error=reason or "cancelled")
-        return self.store.get(request_id)
+        return self.store.finish(request_id, Status.CANCELLED, error=reason or "cancelled")
 
     def _close(self, row: SignRequest, status: Status, ev: Evaluation) -> SignRequest:
         """The policy can no longer be met: close it in the HSM too, then here."""
@@ -106,8 +105,7 @@ class Release:
             self.hsm.cancel(row.id, status.value.lower())
         except RequestClosed:  # closed by this very step before a crash: same outcome
             return self._recover(row, unexecuted=status)
-        self.store.finish(row.id, status, error="; ".join(ev.missing()))
-        return self.store.get(row.id)
+        return self.store.finish(row.id, status, error="; ".join(ev.missing()))
 
     def _release(self, row: SignRequest, approvals: Sequence[Approval]) -> SignRequest:
         payload = None
@@ -131,12 +129,14 @@ class Release:
         return self._executed(row, result)
 
     def with_approval(self, row: SignRequest, approval: Approval,
-                      approvals: Sequence[Approval], record: Callable[[str], None],
+                      approvals: Sequence[Approval],
+                      record: Callable[[str], ApprovalRecord],
                       ) -> SignRequest | None:
         """Release ``row`` with its last approval in one HSM call and commit
         (``hsm.approve``: the approval checked and, the policy met, the request executed),
         the payload finalized first as :meth:`_release` does. ``approvals``: the ones
-        recorded so far; ``record(spki)`` records the new one once the HSM verified it.
+        recorded so far; ``record(spki)`` makes the new one's record once the HSM verified
+        it, written with the execution (one transaction) or alone if it released nothing.
 
         None when the two-call path must answer instead (check the approval, record it,
         :meth:`advance`) - the payload could not be finalized, or the HSM refused for a
@@ -160,23 +160,28 @@ class Release:
             raise
         except HsmError:
             return None
+        record_ = record(outcome.approver)
         if outcome.execution is None:
-            record(outcome.approver)
+            self.store.add_approval(record_)
             return self.advance(row.id)
-        with contextlib.suppress(Conflict):  # answered meanwhile: the execution stands
-            record(outcome.approver)
-        return self._executed(row, outcome.execution)
+        return self._executed(row, outcome.execution, approval=record_)
 
-    def _executed(self, row: SignRequest, result: Execution) -> SignRequest:
-        """Record an execution. A ``modify`` replaced the key's policy, which closed every
+    def _executed(self, row: SignRequest, result: Execution,
+                  approval: ApprovalRecord | None = None) -> SignRequest:
+        """Record an execution (and ``approval``, the one that released it, in the same
+        transaction). A ``modify`` replaced the key's policy, which closed every
         request still open under the old one in the HSM: mirror that first, so a crash in
         between leaves the modify open here and its recovery (:meth:`_recover`) sweeps
         again."""
         if row.action == Action.MODIFY.value:
+            if approval is not None:
+                with contextlib.suppress(Conflict):  # answered meanwhile: it stands
+                    self.store.add_approval(approval)
+                approval = None
             self.close_superseded(but=row.id)
-        self.store.finish(row.id, Status.EXECUTED, signatures=result.signatures,
-                          approved_by=list(result.approved_by), executed_at=result.executed_at)
-        return self.store.get(row.id)
+        return self.store.finish(row.id, Status.EXECUTED, signatures=result.signatures,
+                                 approved_by=list(result.approved_by),
+                                 executed_at=result.executed_at, approval=approval)
 
     def close_superseded(self, but: str | None = None) -> list[str]:
         """Close every open request made under a policy its key no longer has (a
@@ -216,8 +221,7 @@ class Release:
             self.hsm.cancel(row.id, reason)
         except RequestClosed:
             return self._recover(row, unexecuted=status)
-        self.store.finish(row.id, status, error=reason)
-        return self.store.get(row.id)
+        return self.store.finish(row.id, status, error=reason)
 
     def _recover(self, row: SignRequest, unexecuted: Status | None = None) -> SignRequest:
         """The HSM closed the request: executed (maybe by another replica, maybe before
@@ -227,9 +231,8 @@ class Release:
         except RequestClosed as exc:
             cancelled = "cancelled" in exc.reason or POLICY_CHANGED in exc.reason
             why = _why(exc.reason)
-            self.store.finish(row.id, unexecuted or _CLOSED_AS.get(why) or (
+            return self.store.finish(row.id, unexecuted or _CLOSED_AS.get(why) or (
                 Status.CANCELLED if cancelled else Status.FAILED), error=why)
-            return self.store.get(row.id)
         return self._executed(row, result)
 
     def _unreachable(self, request_id: str) -> NoReturn:
@@ -240,8 +243,7 @@ class Release:
                              "retried")
 
     def _fail(self, request_id: str, exc: HsmError) -> SignRequest:
-        self.store.finish(request_id, Status.FAILED, error=f"{exc.code}: {exc.reason}")
-        return self.store.get(request_id)
+        return self.store.finish(request_id, Status.FAILED, error=f"{exc.code}: {exc.reason}")
 
     def _wait(self, row: SignRequest, ev: Evaluation) -> None:
         """Not releasable yet: note when the clock alone could change that - a hold that

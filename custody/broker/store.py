@@ -9,12 +9,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import FINAL, ApprovalRecord, SignRequest, Status
-from ..errors import NotFound
+from ..db import FINAL, ApprovalRecord, SignRequest, Status, utcnow
+from ..errors import Conflict, NotFound
 
 
 class RequestStore:
@@ -44,6 +46,23 @@ class RequestStore:
             return list(s.scalars(select(ApprovalRecord).where(
                 ApprovalRecord.request_id == request_id).order_by(ApprovalRecord.id)))
 
+    def with_approvals(self, request_id: str) -> tuple[SignRequest, list[ApprovalRecord]]:
+        """A request and its approvals so far, read in one session."""
+        with self.sessions() as s:
+            row: SignRequest | None = s.get(SignRequest, request_id)
+            if row is None:
+                raise NotFound(f"no request {request_id!r}")
+            return row, list(s.scalars(select(ApprovalRecord).where(
+                ApprovalRecord.request_id == request_id).order_by(ApprovalRecord.id)))
+
+    def add_approval(self, record: ApprovalRecord) -> None:
+        """Record an approver's answer; :class:`Conflict` if they answered already."""
+        try:
+            with self.sessions.begin() as s:
+                s.add(record)
+        except IntegrityError:
+            raise Conflict("this approver already answered this request") from None
+
     def insert(self, row: SignRequest) -> bool:
         """Add a new row; False if one with its id exists."""
         try:
@@ -55,8 +74,13 @@ class RequestStore:
 
     def finish(self, request_id: str, status: Status, *, error: str | None = None,
                signatures: Sequence[bytes] = (), approved_by: list[str] | None = None,
-               executed_at: float | None = None) -> None:
-        """Move to a final state once: only from a non-final state (first writer wins)."""
+               executed_at: float | None = None,
+               approval: ApprovalRecord | None = None) -> SignRequest:
+        """Move to a final state once: only from a non-final state (first writer wins).
+        Returns the row as it now stands: the one this call wrote (``UPDATE ...
+        RETURNING``, no second read), or - another writer ended it first - theirs.
+        ``approval``: the approval that released it, recorded in the same transaction
+        (unless that approver's answer is recorded already)."""
         values: dict[str, Any] = {"status": status, "error": error, "wake_at": None,
                                   "version": SignRequest.version + 1}
         if status is Status.EXECUTED:
@@ -64,8 +88,25 @@ class RequestStore:
                           approved_by=approved_by, execution_time=datetime.fromtimestamp(
                               executed_at or self.clock(), UTC))
         with self.sessions.begin() as s:
-            changed = s.execute(update(SignRequest).where(
-                SignRequest.id == request_id,
-                SignRequest.status.not_in([st.value for st in FINAL])).values(**values))
-        if changed.rowcount:
-            self.on_change(self.get(request_id))
+            if approval is not None:
+                s.execute(_insert_new(s, approval))
+            row: SignRequest | None = s.scalars(
+                update(SignRequest).where(
+                    SignRequest.id == request_id,
+                    SignRequest.status.not_in([st.value for st in FINAL])).values(**values)
+                .returning(SignRequest),
+                execution_options={"synchronize_session": False}).one_or_none()
+        if row is None:
+            return self.get(request_id)
+        self.on_change(row)
+        return row
+
+
+def _insert_new(s: Session, record: ApprovalRecord) -> Insert:
+    """``record``'s insert, doing nothing if its approver's answer is there already."""
+    values = {c.key: getattr(record, c.key) for c in ApprovalRecord.__table__.columns
+              if c.key not in ("id", "rejected", "created_at")}
+    values.update(rejected=bool(record.rejected), created_at=record.created_at or utcnow())
+    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return insert(ApprovalRecord).values(**values).on_conflict_do_nothing(
+        index_elements=["request_id", "approver"])

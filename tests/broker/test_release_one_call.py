@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from approvals_app.recovery import sweep
 from custody.broker import Broker
@@ -110,16 +111,17 @@ def test_a_crash_after_the_hsm_signed_is_recovered_by_the_sweep(world: World) ->
     ``request_status`` (closed) and records the HSM's result; nothing is signed twice."""
     row = world.submit(1000)
     world.answer(row, "t1")
-    real = world.broker.approvers._record
+    real = world.broker.store.finish  # its first write: the approval with the execution
 
-    def die(*_args: object) -> None:
+    def die(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("killed after the HSM executed")
 
-    world.broker.approvers._record = die  # type: ignore[method-assign]
+    world.broker.store.finish = die  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         world.answer(row, "t2")
-    world.broker.approvers._record = real  # type: ignore[method-assign]
+    world.broker.store.finish = real  # type: ignore[method-assign]
     assert world.broker.get(row.id).status == Status.PENDING
+    assert len(world.broker.approvals(row.id)) == 1
     executed = world.hsm.request_result(row.id)
     assert sweep(world.broker) == 1
     done = world.broker.get(row.id)
@@ -130,22 +132,43 @@ def test_a_crash_after_the_hsm_signed_is_recovered_by_the_sweep(world: World) ->
     assert world.ops(row.id).count(("request.execute", "ok")) == 1
 
 
-def test_a_crash_after_the_approval_was_recorded_is_recovered_too(world: World) -> None:
+def test_the_releasing_approval_and_the_execution_are_recorded_together(world: World) -> None:
+    """One transaction: the database failing at the execution's UPDATE (after the
+    approval's INSERT ran) keeps neither, and the sweep records the HSM's result."""
     row = world.submit(1000)
     world.answer(row, "t1")
-    real = world.broker.store.finish
+    engine = world.broker.store.sessions.kw["bind"]
 
-    def die(*_args: object, **_kwargs: object) -> None:
-        raise RuntimeError("killed before the execution was recorded")
+    def fail_the_update(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SIGN_REQUESTS"):
+            raise RuntimeError("the database failed mid-transaction")
 
-    world.broker.store.finish = die  # type: ignore[method-assign]
-    with pytest.raises(RuntimeError):
-        world.answer(row, "t2")
-    world.broker.store.finish = real  # type: ignore[method-assign]
-    assert len(world.broker.approvals(row.id)) == 2
+    event.listen(engine, "before_cursor_execute", fail_the_update)
+    try:
+        with pytest.raises(RuntimeError):
+            world.answer(row, "t2")
+    finally:
+        event.remove(engine, "before_cursor_execute", fail_the_update)
+    assert len(world.broker.approvals(row.id)) == 1  # the INSERT went with the UPDATE
+    assert world.broker.get(row.id).status == Status.PENDING
     assert sweep(world.broker) == 1
-    assert world.broker.get(row.id).status == Status.EXECUTED
+    done = world.broker.get(row.id)
+    assert done.status == Status.EXECUTED and len(done.approved_by or []) == 2
     assert world.ops(row.id).count(("request.execute", "ok")) == 1
+
+
+def test_the_release_writes_its_approval_and_execution_in_one_transaction(
+        world: World) -> None:
+    row = world.submit(1000)
+    world.answer(row, "t1")
+    engine = world.broker.store.sessions.kw["bind"]
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda _conn: commits.append(1))
+    done = world.answer(row, "t2")
+    assert done.status == Status.EXECUTED
+    assert len(commits) == 1
+    assert [a.approver_key_b64 for a in world.broker.approvals(row.id)] == [
+        world.people[p].spki_b64 for p in ("t1", "t2")]
 
 
 def test_a_forged_last_approval_is_refused_once_and_records_nothing(world: World) -> None:
