@@ -170,6 +170,13 @@ class TokenProgress(Public):
     groups: list[GroupProgress]
 
 
+class EarlierAttempt(Public):
+    """A transaction signed earlier for the same transfer that expired unlanded."""
+
+    txid: str
+    reason: str
+
+
 class PageTask(Public):
     """A task as the approver page shows it: the challenge, and the broker's notes."""
 
@@ -182,6 +189,8 @@ class PageTask(Public):
     approvedBy: list[str]
     rejectedBy: list[str]
     tokens: list[TokenProgress]
+    #: the transfer is being signed again: its earlier transactions, none of which landed
+    earlierAttempts: list[EarlierAttempt] = []
 
 
 class PageTaskList(Public):

@@ -222,8 +222,9 @@ function renderList() {
       const tr = (t.body.intent && t.body.intent.transfers) || [];
       const to = el("div", tr.length ? "to " : t.body.payloadType, "to");
       tr.forEach((x, i) => to.append(...(i ? [", "] : []), address(x.destination)));
+      const again = (t.earlierAttempts || []).length ? " · signed again" : "";
       li.append(el("div", headline(t), "amount"), to,
-        el("div", `${t.body.keyLabel} · ${timeLeft(t)} left`, "hint"));
+        el("div", `${t.body.keyLabel} · ${timeLeft(t)} left${again}`, "hint"));
       li.addEventListener("click", () => openTask(t.id));
     }
     list.append(li);
@@ -260,7 +261,18 @@ function progress(t) {
   row(broker, "Approved by", t.approvedBy.join(", ") || "nobody yet");
   if (t.rejectedBy.length) row(broker, "Rejected by", t.rejectedBy.join(", "));
   row(broker, "Time left", timeLeft(t)).id = "time-left";
+  const earlier = t.earlierAttempts || [];
+  if (earlier.length) row(broker, "Signed again", signedAgain(earlier)).id = "signed-again";
   return broker;
+}
+
+// A transfer whose signed transaction expired before it landed is signed again under a
+// new request: say so, or the approver sees what looks like the same transfer twice.
+function signedAgain(earlier) {
+  const n = earlier.length;
+  const which = earlier.map((a) => `${a.txid.slice(0, 12)}… (${a.reason})`).join("; ");
+  return `attempt ${n + 1}: ${n === 1 ? "the earlier transaction" : `${n} earlier transactions`}`
+    + ` expired without landing, so nothing moved by ${n === 1 ? "it" : "them"}: ${which}`;
 }
 
 function openTask(id) {

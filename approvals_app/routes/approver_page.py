@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import Field
 
-from approvals_app.deps import BrokerDep, EventsDep
+from approvals_app.deps import BrokerDep, EventsDep, TreasuryDep
 from approvals_app.responses import (
+    EarlierAttempt,
     GroupProgress,
     PageTask,
     PageTaskList,
@@ -106,11 +108,13 @@ def _approver(broker: Broker, timestamp: str, signature: str, certificate: str,
 
 
 @router.post("/approver/api/tasks")
-def page_tasks(body: SignedTimestamp, broker: BrokerDep) -> PageTaskList:
+def page_tasks(body: SignedTimestamp, broker: BrokerDep,
+               treasury: TreasuryDep) -> PageTaskList:
     cred = _approver(broker, body.timestamp, body.timestampSignature,
                      body.approverCertificate)
     tasks = broker.approvers.tasks(cred, 0, 50, True)
-    return PageTaskList(tasks=[task_view(broker, t) for t in tasks],
+    return PageTaskList(tasks=[task_view(broker, t, treasury.ledger.earlier_attempts)
+                               for t in tasks],
                         auditHead=SignedHeadPublic(**broker.hsm.audit_head().to_json()))
 
 
@@ -128,8 +132,10 @@ async def page_events(request: Request, broker: BrokerDep, hub: EventsDep,
                            lambda event: {"id": event["id"], "status": event["status"]})
 
 
-def task_view(broker: Broker, task: Task) -> PageTask:
-    """A task as the page shows it: the challenge, plus the broker's progress notes."""
+def task_view(broker: Broker, task: Task,
+              earlier: Callable[[str], list[dict[str, object]]]) -> PageTask:
+    """A task as the page shows it: the challenge, plus the broker's progress notes -
+    and, for a transfer signed again, its earlier transactions (``earlier``)."""
     r: SignRequest = task.request
     records = broker.approvals(r.id)
     names = _names(broker, r)
@@ -138,7 +144,10 @@ def task_view(broker: Broker, task: Task) -> PageTask:
     return PageTask(id=r.id, approvalToBeSigned=r.challenge_b64, keyLabel=r.key_label,
                     action=r.action, status=r.status, initiator=r.initiator,
                     approvedBy=approved, rejectedBy=rejected,
-                    tokens=_tokens(broker, r, records))
+                    tokens=_tokens(broker, r, records),
+                    earlierAttempts=[EarlierAttempt(txid=str(a.get("txid")),
+                                                    reason=str(a.get("reason"))[:300])
+                                     for a in earlier(r.id)])
 
 
 def _names(broker: Broker, r: SignRequest) -> dict[str, str]:

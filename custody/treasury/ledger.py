@@ -72,6 +72,15 @@ class TransferLedger:
                 raise NotFound(f"no transfer {transfer_id!r}")
             return t
 
+    def earlier_attempts(self, request_id: str) -> list[dict[str, object]]:
+        """For a transfer's sign request: that transfer's earlier attempts, whose signed
+        transactions expired unlanded (``txid``, ``reason``, ``at``), from the broker's
+        own record of the transfer - never from the request's caller-set metadata."""
+        with self.sessions() as s:
+            t = s.scalars(select(TransferRecord).where(
+                TransferRecord.sign_request_id == request_id)).first()
+        return resigns(t) if t is not None else []
+
     def wallet(self, t: TransferRecord) -> Wallet:
         """The transfer's wallet. Its row is written once, when the wallet is made, and
         never changed, so each process reads it once."""

@@ -57,6 +57,7 @@ class World:
     admins: list[Approver]
     browser: Any
     cli_env: dict[str, str]
+    app: Any
 
     def cli(self, *args: str) -> str:
         """``custody approver ...`` (the other engineer's CLI), against this server."""
@@ -100,7 +101,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                      args=["--no-sandbox"])
         world = World(base, http, hashlib.sha256(der).hexdigest(), traders, admins, browser,
-                      cli_env)
+                      cli_env, app)
         world.cli("pin-hsm", "--expect-fingerprint", world.hsm_fp)
         yield world
         browser.close()
@@ -487,3 +488,31 @@ def test_a_head_replayed_by_the_broker_is_refused(world: World, page: Any) -> No
             python_answer(world, world.traders[1], request_id, reject=True)
     finally:
         page.unroute("**/approver/api/tasks")
+
+
+def test_a_transfer_signed_again_says_so(world: World, page: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transfer whose signed transaction expired unlanded asks for approval again under
+    a new request: the list and the detail say it is signed again and which transaction
+    died, so the approver is not left looking at what seems the same transfer twice.
+    (The broker's record of the transfer is stood in for here; the re-sign itself is
+    driven on the Solana node in tests/reliability/test_solana_resign.py.)"""
+    request_id = submit(world, 1250, "frank")
+    dead = "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi" + "x" * 44
+    monkeypatch.setattr(world.app.state.treasury.ledger, "earlier_attempts",
+                        lambda rid: [{"txid": dead, "reason": "blockhash expired at height "
+                                      "9,210 before it landed"}] if rid == request_id else [])
+    page.reload()
+    item = f'li.task[data-id="{request_id}"]'
+    page.wait_for_selector(item, timeout=10_000)
+    assert page.text_content(f"{item} .hint").endswith(" · signed again")
+    page.click(item)
+    page.wait_for_selector("#detail:not([hidden])")
+    shown = dd(page, "Signed again")
+    assert shown == ("attempt 2: the earlier transaction expired without landing, so "
+                     f"nothing moved by it: {dead[:12]}… (blockhash expired at height 9,210 "
+                     "before it landed)"), shown
+    no_sideways_scroll(page)
+    shot(page, "16-signed-again")
+    page.click("#back")
+    python_answer(world, world.traders[1], request_id, reject=True)  # leave none open

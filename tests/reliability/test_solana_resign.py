@@ -189,6 +189,7 @@ def test_a_medium_transfer_needs_its_approvals_again(
         w = _sol_wallet(api, people, sol)
         start, dest = sol.client.balance(w["address"]), str(Keypair().pubkey())
         t = _created(_post_transfer(api, w["id"], "SOL", "5", dest, "resign-medium"))
+        assert _treasury(api).ledger.earlier_attempts(t["signRequestId"]) == []
         answer(api, people["t1"], t["signRequestId"])
         answer(api, people["t2"], t["signRequestId"])
         assert get(api, t["id"])["state"] == "signed"
@@ -199,6 +200,11 @@ def test_a_medium_transfer_needs_its_approvals_again(
         assert again["state"] == "pending_approval", again
         assert again["signRequestId"] == hsm_request_id(t["id"], 2)
         assert _executions(api, t["signRequestId"]) == 1
+        # what the approvers' page shows of why the same transfer asks again: the
+        # broker's record of the transfer (its dead transaction), never caller-set metadata
+        shown = treasury.ledger.earlier_attempts(again["signRequestId"])
+        assert [a["txid"] for a in shown] == [r["txid"] for r in _resigned(again)]
+        assert shown[0]["txid"] and shown[0]["reason"]
         answer(api, people["t1"], again["signRequestId"])
         _drive(treasury, t["id"])
         assert get(api, t["id"])["state"] == "pending_approval"  # one trader: not enough
