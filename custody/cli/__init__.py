@@ -205,6 +205,9 @@ def bench_hsm(iterations: int = typer.Option(2000, min=10, help="Signatures per 
               remote: bool = typer.Option(False, "--remote",
                                           help="Also the HSM as its own process over its "
                                                "socket (headline: remote/in-process ratio)."),
+              clients: int = typer.Option(2, min=1, max=16,
+                                          help="With --remote: callers signing at once, "
+                                               "in process and over the socket."),
               ) -> None:
     """Raw coincurve signs/s vs. the HSM's policy-checked auto tier (headline: ratio)."""
     from ..bench import bench_hsm as run
@@ -213,7 +216,7 @@ def bench_hsm(iterations: int = typer.Option(2000, min=10, help="Signatures per 
     if remote:
         from ..bench_remote import bench_hsm_remote
 
-        print_lines(bench_hsm_remote(iterations, rounds, batch))
+        print_lines(bench_hsm_remote(iterations, rounds, batch, clients))
         return
     print_lines(run(iterations, rounds, batch))
 

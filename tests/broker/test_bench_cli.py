@@ -35,6 +35,9 @@ def test_bench_hsm_remote_prints_rounds_then_the_headline() -> None:
     assert abs(head["ratio"] - head["hsm_remote_batch_signs_per_s"]
                / head["hsm_batch_signs_per_s"]) < 0.01 * head["ratio"] + 0.002
     assert head["target_ratio"] == 0.8
+    assert head["clients"] == 2 and head["hsm_remote_clients_batch_signs_per_s"] > 0
+    assert abs(head["ratio_clients"] - head["hsm_remote_clients_batch_signs_per_s"]
+               / head["hsm_clients_batch_signs_per_s"]) < 0.01 * head["ratio_clients"] + 0.002
 
 
 def test_bench_growth_prints_the_curve_then_the_headline() -> None:
