@@ -7,8 +7,12 @@ store seals :meth:`KeyMaterial.to_sealed` and only :meth:`Hsm.export_private_key
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -26,6 +30,8 @@ SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 RSA_SIZES = range(2048, 4097)
 #: Derived keys kept per key (see :meth:`KeyMaterial.derive`).
 MAX_DERIVED = 1024
+#: ... and across every key of the process (see :class:`_DerivedBudget`).
+MAX_DERIVED_TOTAL = 16_384
 
 _SCHEMES: dict[KeyAlgorithm, frozenset[SignScheme]] = {
     KeyAlgorithm.SECP256K1: frozenset(
@@ -62,6 +68,51 @@ def taproot_tweak_secret(secret: bytes, merkle_root: bytes = b"") -> bytes:
     if tweaked == 0:
         raise DerivationError("taproot tweak gives the zero key")
     return tweaked.to_bytes(32, "big")
+
+
+class _DerivedBudget:
+    """Derived keys kept across all keys: at most :data:`MAX_DERIVED_TOTAL`. Per key the
+    bound is :data:`MAX_DERIVED`, but one HSM holds as many keys as its callers make
+    (10,000 Bitcoin wallets scanning 40 paths each would keep 400,000 private keys), so
+    past the total the key that kept a child longest ago has its kept children dropped
+    (approximately least recently used: a hit is not counted, to keep hits free). A key
+    object that is dropped (a key written anew, a state cache cleared) takes its
+    children with it, and the budget forgets them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: id of a key object -> (a weak reference to it, its children when last counted)
+        self._owners: OrderedDict[int, tuple[weakref.ref[KeyMaterial], int]] = OrderedDict()
+        self.total = 0
+
+    def kept(self, owner: KeyMaterial, children: dict[str, KeyMaterial]) -> None:
+        with self._lock:
+            key = id(owner)
+            held = self._owners.pop(key, None)
+            if held is not None and held[0]() is owner:
+                ref, before = held
+            else:
+                if held is not None:  # a dead key object's entry under a reused id
+                    self.total -= held[1]
+                ref, before = weakref.ref(owner, functools.partial(self._gone, key)), 0
+            self._owners[key] = (ref, len(children))
+            self.total += len(children) - before
+            while self.total > MAX_DERIVED_TOTAL and len(self._owners) > 1:
+                _, (old_ref, counted) = self._owners.popitem(last=False)
+                self.total -= counted
+                old = old_ref()
+                if old is not None:
+                    old.__dict__.pop("_derived", None)  # a fresh, empty cache on next use
+
+    def _gone(self, key: int, ref: weakref.ref[KeyMaterial]) -> None:
+        with self._lock:
+            held = self._owners.get(key)
+            if held is not None and held[0] is ref:
+                del self._owners[key]
+                self.total -= held[1]
+
+
+_BUDGET = _DerivedBudget()
 
 
 @dataclass(frozen=True, repr=False)
@@ -133,6 +184,7 @@ class KeyMaterial:
             if len(children) >= MAX_DERIVED:
                 del children[next(iter(children))]
             children[path] = child
+            _BUDGET.kept(self, children)
         return child
 
     @cached_property

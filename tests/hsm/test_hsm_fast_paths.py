@@ -10,6 +10,7 @@ per path are the keys a fresh derivation gives.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from typing import Any
@@ -219,3 +220,31 @@ def test_derived_keys_are_kept_per_path_and_equal_fresh_derivations(
     for i in range(7, 10):
         root.derive(f"1/{i}")
     assert list(root._derived) == ["1/7", "1/8", "1/9"]
+
+
+def test_derived_keys_kept_across_all_keys_are_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_DERIVED_TOTAL, the key that kept a child longest ago loses its kept
+    children (derived afresh, identical, when asked again); a key object that is dropped
+    takes its children out of the count."""
+    budget = keys._DerivedBudget()
+    monkeypatch.setattr(keys, "_BUDGET", budget)
+    monkeypatch.setattr(keys, "MAX_DERIVED_TOTAL", 5)
+    a, b, c = (KeyMaterial.generate(KeyAlgorithm.SECP256K1) for _ in range(3))
+    a_child = a.derive("0/1").secret
+    a.derive("0/2")
+    for root in (b, c):
+        root.derive("0/1")
+        root.derive("0/2")
+    assert budget.total == 4 and a._derived == {}  # a went first: 6 > 5
+    assert len(b._derived) == len(c._derived) == 2
+    assert a.derive("0/1").secret == a_child  # derived afresh, the same key
+    assert budget.total == 5
+    a.derive("0/3")  # 6 > 5 again: b kept its children longest ago now
+    assert budget.total == 4 and b._derived == {} and len(c._derived) == 2
+    d = KeyMaterial.generate(KeyAlgorithm.ED25519)
+    d.derive("0'/1'")
+    assert budget.total == 5
+    del d
+    gc.collect()
+    assert budget.total == 4
