@@ -85,6 +85,13 @@ class RequestPublic(Public):
 # -- approvals --------------------------------------------------------------------------
 
 
+class EarlierAttempt(Public):
+    """A transaction signed earlier for the same transfer that expired unlanded."""
+
+    txid: str
+    reason: str
+
+
 class TaskPublic(Public):
     """A task at ``detailLevel``: level1 the challenge only, level2 adds what it is
     about, level3 the payload too (fields beyond the level are absent, not null)."""
@@ -100,6 +107,9 @@ class TaskPublic(Public):
     payload: str | None = None
     metaData: dict[str, Any] | None = None
     initiator: str | None = None
+    #: level2 on, a transfer signed again: its earlier transactions, none of which landed
+    #: (an extension of TSB's task; the broker's word, not the HSM's)
+    earlierAttempts: list[EarlierAttempt] | None = None
 
 
 class SignedHeadPublic(Public):
@@ -168,13 +178,6 @@ class TokenProgress(Public):
     holdRemaining: int | float
     missing: int
     groups: list[GroupProgress]
-
-
-class EarlierAttempt(Public):
-    """A transaction signed earlier for the same transfer that expired unlanded."""
-
-    txid: str
-    reason: str
 
 
 class PageTask(Public):

@@ -198,6 +198,20 @@ def _show(task: VerifiedTask) -> None:
         table.add_row(name, _safe(value))
     table.add_row("age", _age(task.body))
     out.print(table)
+    for line in signed_again_lines(task.earlier):
+        out.print(_safe(line))
+
+
+def signed_again_lines(earlier: tuple[dict[str, str], ...]) -> list[str]:
+    """A transfer signed again, as the server reports it: which earlier transactions
+    expired without landing - else the approver sees the same transfer twice."""
+    if not earlier:
+        return []
+    n = len(earlier)
+    return [f"signed again (as the server reports it): attempt {n + 1}; the earlier "
+            f"transaction{'s' if n > 1 else ''} expired without landing, so nothing moved "
+            f"by {'them' if n > 1 else 'it'}:"] + [
+        f"  {a['txid']} ({a['reason']})" for a in earlier]
 
 
 @approver_app.command("init")
@@ -322,7 +336,8 @@ def _task_table(verified: list[VerifiedTask]) -> None:
         table.add_column(col, overflow="fold")
     for task in verified:
         s = task_summary(task)
-        table.add_row(s["ref"], _safe(s["keyLabel"]), _safe(s["action"]), _safe(s["amount"]),
+        action = f"{s['action']} (signed again)" if task.earlier else s["action"]
+        table.add_row(s["ref"], _safe(s["keyLabel"]), _safe(action), _safe(s["amount"]),
                       _safe(s["destination"]), _safe(s["fee"]), _age(task.body))
     out.print(table)
 
@@ -345,6 +360,7 @@ def task_summary(task: VerifiedTask) -> dict[str, Any]:
         "units": b.get("units"),
         "challengeVersion": 3 if "epoch" in b else 2 if "units" in b else 1,
         "epoch": challenge_epoch(b),
+        "earlierAttempts": list(task.earlier),  # the server's word, not the HSM's
     }
 
 

@@ -37,6 +37,9 @@ class VerifiedTask:
     body: dict[str, Any]
     envelope: bytes
     challenge_b64: str
+    #: the server's word, not the HSM's: a transfer signed again names its earlier
+    #: transactions, which expired without landing (``{txid, reason}``, well-formed only)
+    earlier: tuple[dict[str, str], ...] = ()
 
     def intent_lines(self) -> list[tuple[str, str]]:
         """(field, value) pairs to show a person, from the HSM-signed body only."""
@@ -156,4 +159,14 @@ def verify_task(task: Any, hsm_public_der: bytes) -> VerifiedTask:
             raise ApproverError(f"task {request_id}: the payload the server shows is not the "
                                 "one in the HSM challenge - do not approve")
     envelope = base64.b64decode(b64)
-    return VerifiedTask(request_id, body, envelope, b64)
+    return VerifiedTask(request_id, body, envelope, b64, _earlier(task.get("earlierAttempts")))
+
+
+def _earlier(raw: Any) -> tuple[dict[str, str], ...]:
+    """The server's earlier attempts of a transfer signed again, bounded; anything not
+    shaped as ``[{txid, reason}]`` is left out (it is only ever shown, never trusted)."""
+    if not isinstance(raw, list):
+        return ()
+    return tuple({"txid": a["txid"][:128], "reason": a["reason"][:300]} for a in raw[:8]
+                 if isinstance(a, dict) and isinstance(a.get("txid"), str)
+                 and isinstance(a.get("reason"), str))

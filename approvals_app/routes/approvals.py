@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
 
-from approvals_app.deps import BrokerDep
+from approvals_app.deps import BrokerDep, TreasuryDep
 from approvals_app.responses import Decision, GroupMissing, TaskList, TierProgress
 from approvals_app.schemas import ApprovalBody, TaskFilter
 from approvals_app.services.approvals import reject_shown
@@ -19,13 +20,21 @@ from hsm_emulator.flow import Approval
 router = APIRouter(prefix="/v1", tags=["approvals"])
 
 
-def task_json(task: Task, level: str) -> dict[str, Any]:
+def task_json(task: Task, level: str,
+              earlier: Callable[[str], list[dict[str, object]]]) -> dict[str, Any]:
+    """A task at TSB's detail level; from level 2 on, beside TSB's fields, the transfer's
+    earlier attempts when it is being signed again (the broker's record: its earlier
+    transactions expired unlanded), so an approver is not shown the same transfer twice
+    without a word."""
     r = task.request
     out: dict[str, Any] = {"detailLevel": level, "id": r.id,
                            "approvalToBeSigned": r.challenge_b64}
     if level in ("level2", "level3"):
         out.update(keyLabel=r.key_label, action=r.action, payloadType=r.payload_type,
                    intent=r.intent, status=r.status)
+        again = earlier_attempts(earlier, r.id)
+        if again:
+            out["earlierAttempts"] = again
     if level == "level3":
         out.update(payload=r.payload_b64, metaData=r.meta_data, initiator=r.initiator)
     return out
@@ -33,13 +42,14 @@ def task_json(task: Task, level: str) -> dict[str, Any]:
 
 @router.post("/filteredSignApprovalTask", response_model=TaskList,
              response_model_exclude_unset=True)
-def tasks(body: TaskFilter, broker: BrokerDep) -> dict[str, Any]:
+def tasks(body: TaskFilter, broker: BrokerDep, treasury: TreasuryDep) -> dict[str, Any]:
     cred = broker.approvers.authenticate_approver(body.approverCertificate, body.timestamp,
                                         body.timestampSignature, body.timestampDigestAlgorithm)
     found = broker.approvers.tasks(cred, body.paging.pageNumber, body.paging.pageSize,
                          body.paging.sortOrder == "CREATION_DATE_DESC")
     # the HSM's head after the listing: approvers' witnesses refuse one that goes back
-    return {"tasks": [task_json(t, body.detailLevel) for t in found],
+    return {"tasks": [task_json(t, body.detailLevel, treasury.ledger.earlier_attempts)
+                      for t in found],
             "auditHead": broker.hsm.audit_head().to_json()}
 
 
@@ -48,6 +58,14 @@ def approve(body: ApprovalBody, broker: BrokerDep) -> Decision:
     row = broker.approvers.approve(body.id, body.approverCertificate, body.signature_bytes(),
                          body.approvalDigestAlgorithm, body.approvalToBeSigned)
     return Decision(id=row.id, status=row.status, tiers=tier_progress(broker, row))
+
+
+def earlier_attempts(earlier: Callable[[str], list[dict[str, object]]],
+                     request_id: str) -> list[dict[str, str]]:
+    """``{txid, reason}`` of each earlier attempt of the transfer ``request_id`` signs
+    (none for a request that is not a transfer's, or its first attempt)."""
+    return [{"txid": str(a.get("txid")), "reason": str(a.get("reason"))[:300]}
+            for a in earlier(request_id)]
 
 
 def tier_progress(broker: Broker, r: SignRequest) -> list[TierProgress]:

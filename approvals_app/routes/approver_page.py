@@ -44,6 +44,7 @@ from approvals_app.responses import (
     SignedHeadPublic,
     TokenProgress,
 )
+from approvals_app.routes.approvals import earlier_attempts
 from approvals_app.schemas import CRED_MAX, Strict
 from approvals_app.sse import documented, sse, stream_response
 from custody.broker import Broker, Task
@@ -145,9 +146,8 @@ def task_view(broker: Broker, task: Task,
                     action=r.action, status=r.status, initiator=r.initiator,
                     approvedBy=approved, rejectedBy=rejected,
                     tokens=_tokens(broker, r, records),
-                    earlierAttempts=[EarlierAttempt(txid=str(a.get("txid")),
-                                                    reason=str(a.get("reason"))[:300])
-                                     for a in earlier(r.id)])
+                    earlierAttempts=[EarlierAttempt(**a)
+                                     for a in earlier_attempts(earlier, r.id)])
 
 
 def _names(broker: Broker, r: SignRequest) -> dict[str, str]:

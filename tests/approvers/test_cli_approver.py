@@ -504,3 +504,39 @@ def test_an_approver_sees_every_unit_that_can_leave() -> None:
     assert lines["fee (most)"] == "0.000000000000021 ETH"
     assert lines["fee cap"] == "0.000042 ETH"  # the cap in the fee's unit
     assert lines["calls"] == "0xc0"
+
+
+def test_a_transfer_signed_again_is_shown_as_the_server_reports_it(
+        live: Live, tmp_path: Path, people: dict[str, Approver],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server names a transfer's earlier, expired transactions (``earlierAttempts``):
+    the CLI marks the task in its list and says it under the verified table - as the
+    server's word; entries of the wrong shape are left out, never shown or trusted."""
+    key_file, me = new_cli_key(tmp_path, "p256", live)
+    new_key(live, "desk-again", [me, people["t2"]])
+    request_id = submit(live, "desk-again", 1500, "carol", nonce=3)
+    dead = "5" * 64
+    real = ApproverClient.tasks
+
+    def noted(self: ApproverClient, key: Any, page: int = 0) -> list[Any]:
+        found = real(self, key, page)
+        for t in found:
+            if t["id"] == request_id:
+                t["earlierAttempts"] = [{"txid": dead, "reason": "blockhash expired"},
+                                        "junk", {"txid": 5, "reason": "x"}]
+        return found
+
+    monkeypatch.setattr(ApproverClient, "tasks", noted)
+    listed = cli("tasks", "--key-file", str(key_file), live=live)
+    assert listed.exit_code == 0, listed.output
+    assert "use (signed again)" in listed.stdout
+    shown = cli("show", request_id, "--key-file", str(key_file), live=live)
+    assert shown.exit_code == 0, shown.output
+    assert ("signed again (as the server reports it): attempt 2; the earlier transaction "
+            "expired without landing, so nothing moved by it:") in " ".join(shown.stdout.split())
+    assert f"{dead} (blockhash expired)" in shown.stdout
+    as_json = cli("tasks", "--json", "--key-file", str(key_file), live=live)
+    [task] = [t for t in json.loads(as_json.stdout)["tasks"] if t["id"] == request_id]
+    assert task["earlierAttempts"] == [{"txid": dead, "reason": "blockhash expired"}]
+    rejected = cli("reject", request_id, "--yes", "--key-file", str(key_file), live=live)
+    assert rejected.exit_code == 0, rejected.output
