@@ -322,14 +322,21 @@ class ApprovalFlow:
         """The open request of the key's current policy, its key's state and the
         approval's verified credential (named in ``event``): ``check_approval``'s check,
         and ``approve``'s first step."""
+        req, state = self._open(request_id)
+        cred = self._verify(req, state, approval)
+        event["approver"] = cred.fingerprint
+        return req, state, cred
+
+    def _open(self, request_id: str) -> tuple[HsmRequest, KeyState]:
+        """An open request made under its key's current policy, and the key's state;
+        :class:`RequestClosed` for one executed, cancelled or made under a replaced
+        policy."""
         req = self._requests.get(request_id)
         if not req.is_open:
             raise RequestClosed(f"request {request_id} is {req.status.value}")
         state = self._keys.state(req.label)
         _current(req, state)
-        cred = self._verify(req, state, approval)
-        event["approver"] = cred.fingerprint
-        return req, state, cred
+        return req, state
 
     def _verified_set(self, req: HsmRequest, state: KeyState,
                       approvals: Sequence[Approval]) -> dict[str, Credential]:
@@ -507,11 +514,7 @@ class ApprovalFlow:
         (``request_result``), instead of waiting on approvals it may never record."""
         b = self._b
         with b.locked():
-            req = self._requests.get(request_id)
-            if not req.is_open:
-                raise RequestClosed(f"request {request_id} is {req.status.value}")
-            state = self._keys.state(req.label)
-            _current(req, state)
+            req, state = self._open(request_id)
             creds = self._verified_set(req, state, approvals)
             return evaluate(b.policy_now(state.policy, req.action), req.action, req.intent,
                             frozenset(creds),

@@ -85,7 +85,7 @@ class ApproverSessions:
         except RequestClosed:  # e.g. its key's policy changed: the HSM closed it - mirror
             self.release.advance(request_id)
             raise
-        self._record(_record(request_id, approval, spki))
+        self.store.add_approval(_record(request_id, approval, spki))
         return self.release.advance(request_id)
 
     def _release_with(self, row: SignRequest, records: list[ApprovalRecord],
@@ -121,15 +121,12 @@ class ApproverSessions:
         message = REJECT_PREFIX + base64.b64decode(row.challenge_b64)
         if not verify(cred, message, signature, digest):
             raise ApprovalRefused("rejection signature does not verify")
-        self._record(ApprovalRecord(
+        self.store.add_approval(ApprovalRecord(
             request_id=request_id, approver=cred.fingerprint,
             approver_key_b64=cred.public_key_b64, credential_type=_credential_kind(
                 credential_value), credential=credential_value,
             signature_b64=base64.b64encode(signature).decode(), digest=digest, rejected=True))
         return self.release.advance(request_id)
-
-    def _record(self, record: ApprovalRecord) -> None:
-        self.store.add_approval(record)
 
 
 def _record(request_id: str, approval: Approval, spki: str) -> ApprovalRecord:

@@ -43,8 +43,7 @@ class RequestStore:
 
     def approvals(self, request_id: str) -> list[ApprovalRecord]:
         with self.sessions() as s:
-            return list(s.scalars(select(ApprovalRecord).where(
-                ApprovalRecord.request_id == request_id).order_by(ApprovalRecord.id)))
+            return _approvals(s, request_id)
 
     def with_approvals(self, request_id: str) -> tuple[SignRequest, list[ApprovalRecord]]:
         """A request and its approvals so far, read in one session."""
@@ -52,8 +51,7 @@ class RequestStore:
             row: SignRequest | None = s.get(SignRequest, request_id)
             if row is None:
                 raise NotFound(f"no request {request_id!r}")
-            return row, list(s.scalars(select(ApprovalRecord).where(
-                ApprovalRecord.request_id == request_id).order_by(ApprovalRecord.id)))
+            return row, _approvals(s, request_id)
 
     def add_approval(self, record: ApprovalRecord) -> None:
         """Record an approver's answer; :class:`Conflict` if they answered already."""
@@ -100,6 +98,11 @@ class RequestStore:
             return self.get(request_id)
         self.on_change(row)
         return row
+
+
+def _approvals(s: Session, request_id: str) -> list[ApprovalRecord]:
+    return list(s.scalars(select(ApprovalRecord).where(
+        ApprovalRecord.request_id == request_id).order_by(ApprovalRecord.id)))
 
 
 def _insert_new(s: Session, record: ApprovalRecord) -> Insert:
