@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,8 +19,7 @@ from hsm_emulator.flow import Approval
 router = APIRouter(prefix="/v1", tags=["approvals"])
 
 
-def task_json(task: Task, level: str,
-              earlier: Callable[[str], list[dict[str, object]]]) -> dict[str, Any]:
+def task_json(task: Task, level: str, earlier: list[dict[str, object]]) -> dict[str, Any]:
     """A task at TSB's detail level; from level 2 on, beside TSB's fields, the transfer's
     earlier attempts when it is being signed again (the broker's record: its earlier
     transactions expired unlanded), so an approver is not shown the same transfer twice
@@ -32,9 +30,8 @@ def task_json(task: Task, level: str,
     if level in ("level2", "level3"):
         out.update(keyLabel=r.key_label, action=r.action, payloadType=r.payload_type,
                    intent=r.intent, status=r.status)
-        again = earlier_attempts(earlier, r.id)
-        if again:
-            out["earlierAttempts"] = again
+        if earlier:
+            out["earlierAttempts"] = earlier_attempts(earlier)
     if level == "level3":
         out.update(payload=r.payload_b64, metaData=r.meta_data, initiator=r.initiator)
     return out
@@ -48,7 +45,8 @@ def tasks(body: TaskFilter, broker: BrokerDep, treasury: TreasuryDep) -> dict[st
     found = broker.approvers.tasks(cred, body.paging.pageNumber, body.paging.pageSize,
                          body.paging.sortOrder == "CREATION_DATE_DESC")
     # the HSM's head after the listing: approvers' witnesses refuse one that goes back
-    return {"tasks": [task_json(t, body.detailLevel, treasury.ledger.earlier_attempts)
+    again = treasury.ledger.earlier_attempts([t.request.id for t in found])
+    return {"tasks": [task_json(t, body.detailLevel, again.get(t.request.id, []))
                       for t in found],
             "auditHead": broker.hsm.audit_head().to_json()}
 
@@ -60,12 +58,11 @@ def approve(body: ApprovalBody, broker: BrokerDep) -> Decision:
     return Decision(id=row.id, status=row.status, tiers=tier_progress(broker, row))
 
 
-def earlier_attempts(earlier: Callable[[str], list[dict[str, object]]],
-                     request_id: str) -> list[dict[str, str]]:
-    """``{txid, reason}`` of each earlier attempt of the transfer ``request_id`` signs
-    (none for a request that is not a transfer's, or its first attempt)."""
+def earlier_attempts(earlier: list[dict[str, object]]) -> list[dict[str, str]]:
+    """``{txid, reason}`` of each earlier attempt of a transfer signed again, as an
+    approver is shown them (the reason bounded)."""
     return [{"txid": str(a.get("txid")), "reason": str(a.get("reason"))[:300]}
-            for a in earlier(request_id)]
+            for a in earlier]
 
 
 def tier_progress(broker: Broker, r: SignRequest) -> list[TierProgress]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +113,8 @@ def page_tasks(body: SignedTimestamp, broker: BrokerDep,
     cred = _approver(broker, body.timestamp, body.timestampSignature,
                      body.approverCertificate)
     tasks = broker.approvers.tasks(cred, 0, 50, True)
-    return PageTaskList(tasks=[task_view(broker, t, treasury.ledger.earlier_attempts)
+    again = treasury.ledger.earlier_attempts([t.request.id for t in tasks])
+    return PageTaskList(tasks=[task_view(broker, t, again.get(t.request.id, []))
                                for t in tasks],
                         auditHead=SignedHeadPublic(**broker.hsm.audit_head().to_json()))
 
@@ -133,8 +133,7 @@ async def page_events(request: Request, broker: BrokerDep, hub: EventsDep,
                            lambda event: {"id": event["id"], "status": event["status"]})
 
 
-def task_view(broker: Broker, task: Task,
-              earlier: Callable[[str], list[dict[str, object]]]) -> PageTask:
+def task_view(broker: Broker, task: Task, earlier: list[dict[str, object]]) -> PageTask:
     """A task as the page shows it: the challenge, plus the broker's progress notes -
     and, for a transfer signed again, its earlier transactions (``earlier``)."""
     r: SignRequest = task.request
@@ -146,8 +145,7 @@ def task_view(broker: Broker, task: Task,
                     action=r.action, status=r.status, initiator=r.initiator,
                     approvedBy=approved, rejectedBy=rejected,
                     tokens=_tokens(broker, r, records),
-                    earlierAttempts=[EarlierAttempt(**a)
-                                     for a in earlier_attempts(earlier, r.id)])
+                    earlierAttempts=[EarlierAttempt(**a) for a in earlier_attempts(earlier)])
 
 
 def _names(broker: Broker, r: SignRequest) -> dict[str, str]:

@@ -72,14 +72,20 @@ class TransferLedger:
                 raise NotFound(f"no transfer {transfer_id!r}")
             return t
 
-    def earlier_attempts(self, request_id: str) -> list[dict[str, object]]:
-        """For a transfer's sign request: that transfer's earlier attempts, whose signed
-        transactions expired unlanded (``txid``, ``reason``, ``at``), from the broker's
-        own record of the transfer - never from the request's caller-set metadata."""
+    def earlier_attempts(self, request_ids: Sequence[str],
+                         ) -> dict[str, list[dict[str, object]]]:
+        """For transfers' sign requests (a task list's, in one query): each signed-again
+        transfer's earlier attempts, whose signed transactions expired unlanded
+        (``txid``, ``reason``, ``at``), by request id - from the broker's own record of
+        the transfer, never from a request's caller-set metadata. Requests of no
+        transfer, and first attempts, are absent."""
+        if not request_ids:
+            return {}
         with self.sessions() as s:
-            t = s.scalars(select(TransferRecord).where(
-                TransferRecord.sign_request_id == request_id)).first()
-        return resigns(t) if t is not None else []
+            found = list(s.scalars(select(TransferRecord).where(
+                TransferRecord.sign_request_id.in_(list(request_ids)))))
+        return {t.sign_request_id: earlier for t in found
+                if t.sign_request_id is not None and (earlier := resigns(t))}
 
     def wallet(self, t: TransferRecord) -> Wallet:
         """The transfer's wallet. Its row is written once, when the wallet is made, and

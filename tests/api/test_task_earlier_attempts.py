@@ -53,7 +53,7 @@ def test_a_task_names_the_transfers_earlier_attempts_from_level_2(
         again, first = ids
         dead = {"txid": "ab" * 32, "reason": "blockhash expired", "at": "2026-12-07T20:00:00"}
         monkeypatch.setattr(app.state.treasury.ledger, "earlier_attempts",
-                            lambda rid: [dead] if rid == again else [])
+                            lambda ids: {again: [dead]} if again in ids else {})
         level2 = _tasks(api, people["t1"], "level2")
         assert level2[again]["earlierAttempts"] == [{"txid": "ab" * 32,
                                                      "reason": "blockhash expired"}]

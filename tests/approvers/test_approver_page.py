@@ -500,8 +500,9 @@ def test_a_transfer_signed_again_says_so(world: World, page: Any,
     request_id = submit(world, 1250, "frank")
     dead = "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi" + "x" * 44
     monkeypatch.setattr(world.app.state.treasury.ledger, "earlier_attempts",
-                        lambda rid: [{"txid": dead, "reason": "blockhash expired at height "
-                                      "9,210 before it landed"}] if rid == request_id else [])
+                        lambda ids: {request_id: [{"txid": dead, "reason": "blockhash "
+                                                   "expired at height 9,210 before it "
+                                                   "landed"}]} if request_id in ids else {})
     page.reload()
     item = f'li.task[data-id="{request_id}"]'
     page.wait_for_selector(item, timeout=10_000)

@@ -189,7 +189,7 @@ def test_a_medium_transfer_needs_its_approvals_again(
         w = _sol_wallet(api, people, sol)
         start, dest = sol.client.balance(w["address"]), str(Keypair().pubkey())
         t = _created(_post_transfer(api, w["id"], "SOL", "5", dest, "resign-medium"))
-        assert _treasury(api).ledger.earlier_attempts(t["signRequestId"]) == []
+        assert _treasury(api).ledger.earlier_attempts([t["signRequestId"]]) == {}
         answer(api, people["t1"], t["signRequestId"])
         answer(api, people["t2"], t["signRequestId"])
         assert get(api, t["id"])["state"] == "signed"
@@ -202,7 +202,8 @@ def test_a_medium_transfer_needs_its_approvals_again(
         assert _executions(api, t["signRequestId"]) == 1
         # what the approvers' page shows of why the same transfer asks again: the
         # broker's record of the transfer (its dead transaction), never caller-set metadata
-        shown = treasury.ledger.earlier_attempts(again["signRequestId"])
+        shown = treasury.ledger.earlier_attempts([again["signRequestId"]])[
+            again["signRequestId"]]
         assert [a["txid"] for a in shown] == [r["txid"] for r in _resigned(again)]
         assert shown[0]["txid"] and shown[0]["reason"]
         answer(api, people["t1"], again["signRequestId"])
